@@ -1,0 +1,162 @@
+"""The typed records that flow through one tick: sources → Sample → derive → diagnose → sinks.
+
+Ratios are 0..1, rates are per second, sizes in bytes, energy in joules: the names say the unit.
+``None`` always means "the source could not say", never zero.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping
+
+# Clock-event (throttle) reasons, in the words of NVML's clock event reasons.
+THROTTLE_REASONS = (
+    "sw_power_cap",
+    "sw_thermal_slowdown",
+    "hw_thermal_slowdown",
+    "hw_power_brake_slowdown",
+    "hw_slowdown",
+    "sync_boost",
+    "clocks_setting",
+)
+
+SEVERITIES = ("page", "ticket")
+
+
+@dataclass(frozen=True, slots=True)
+class GpuInfo:
+    """Static facts about one GPU, read once at start."""
+
+    index: int
+    uuid: str
+    name: str
+    pci_bus_id: str
+    memory_total_bytes: int
+    driver_version: str
+    cuda_driver_version: str | None  # "12.8": the newest CUDA the driver supports
+    max_sm_clock_mhz: float | None
+    max_memory_clock_mhz: float | None
+    memory_bus_width_bits: int | None
+    power_limit_watts: float | None
+    default_power_limit_watts: float | None
+    gpm_supported: bool
+    sm_count: int | None = None
+    pcie_link_gen_max: int | None = None
+    pcie_link_width_max: int | None = None
+    numa_node: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GpuProcess:
+    """One process with a context on a GPU, as NVML reports it."""
+
+    pid: int
+    used_memory_bytes: int | None
+    sm_ratio: float | None  # share of the GPU's SM time this process had since the last tick
+    memory_ratio: float | None  # share of memory-controller time
+
+
+@dataclass(frozen=True, slots=True)
+class GpuSample:
+    """One GPU's readings over one tick. Activity ratios cover the whole interval (counters)."""
+
+    info: GpuInfo
+    timestamp: float
+    interval_seconds: float
+    source_quality: str  # "gpm": per-cycle counters; "coarse": NVML's kernel-time utilization only
+    unsupported: tuple[str, ...] = ()
+    error: str | None = None  # set when the GPU could not be read this tick (lost, timed out)
+    sm_active: float | None = None
+    sm_occupancy: float | None = None
+    tensor_active: float | None = None
+    hmma_active: float | None = None
+    dram_active: float | None = None
+    fp16_active: float | None = None
+    fp32_active: float | None = None
+    fp64_active: float | None = None
+    integer_active: float | None = None
+    pcie_tx_bytes_per_second: float | None = None
+    pcie_rx_bytes_per_second: float | None = None
+    nvlink_tx_bytes_per_second: float | None = None
+    nvlink_rx_bytes_per_second: float | None = None
+    nvml_utilization: float | None = None  # NVML utilization.gpu: time a kernel ran, not SM work
+    memory_used_bytes: int | None = None
+    power_watts: float | None = None
+    energy_joules: float | None = None  # cumulative since the agent started, from the counter
+    sm_clock_mhz: float | None = None
+    memory_clock_mhz: float | None = None
+    temperature_celsius: float | None = None
+    clock_event_reasons: int | None = None  # NVML bitmask, as seen at the end of the tick
+    throttle_seconds: Mapping[str, float] = field(default_factory=dict)  # cumulative by reason
+    processes: tuple[GpuProcess, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class HostProcess:
+    """What the host knows of one GPU process (psutil), over the last tick."""
+
+    pid: int
+    name: str
+    user: str | None = None
+    cmdline: str = ""  # redacted
+    state: str = ""  # psutil status: running, sleeping, disk-sleep, ...
+    cpu_ratio: float | None = None  # cores busy, 1.0 = one full core
+    busiest_thread_cpu_ratio: float | None = None  # a single-threaded stage shows here at ~1.0
+    threads: int = 0
+    threads_in_disk_wait: int = 0
+    children: int = 0
+    children_cpu_ratio: float | None = None  # data-loader workers and other descendants
+    rss_bytes: int | None = None
+    io_read_bytes_per_second: float | None = None
+    io_write_bytes_per_second: float | None = None
+    job: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HostSample:
+    timestamp: float
+    cpu_count: int
+    cpu_busy_ratio: float | None  # whole host, 0..1
+    iowait_ratio: float | None  # whole host, 0..1
+    processes: Mapping[int, HostProcess] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class GpuFigures:
+    """Derived figures for one GPU and one tick (derive.py)."""
+
+    index: int
+    uuid: str
+    timestamp: float
+    interval_seconds: float
+    source_quality: str
+    utilization: float | None
+    sm_occupancy: float | None
+    tensor_active: float | None
+    dram_active: float | None
+    fp32_active: float | None
+    fp64_active: float | None
+    fp16_active: float | None
+    flops_utilization: float | None
+    achieved_flops_per_second: float | None
+    dram_bytes_per_second: float | None
+    memory_turnover_per_second: float | None
+    power_watts: float | None
+    energy_joules: float | None
+    energy_joules_delta: float | None
+    sm_clock_ratio: float | None
+    memory_used_bytes: int | None
+    memory_total_bytes: int
+    throttle_fractions: Mapping[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """Why a GPU is under-used or inefficient: a cause from the taxonomy, with its evidence."""
+
+    cause: str
+    severity: str  # "page" (under the utilization threshold) or "ticket" (busy but inefficient)
+    confidence: float
+    evidence: Mapping[str, float | int | str | None]
+    advice: str
+    summary: str = ""
