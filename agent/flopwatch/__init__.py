@@ -1,0 +1,3 @@
+"""flopwatch: continuous GPU efficiency monitoring."""
+
+__version__ = "0.1.0"

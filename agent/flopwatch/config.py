@@ -1,0 +1,184 @@
+"""Configuration: defaults ← TOML file ← FLOPWATCH_<SECTION>_<KEY> environment ← command-line flags.
+
+Every section is a dataclass; its field names are the TOML keys. A wrong type or an unknown key
+is a ConfigError naming ``[section].key``, which the CLI turns into exit 2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+from .thresholds import Thresholds
+
+DEFAULT_PATH = Path("/etc/flopwatch/config.toml")
+ENV_PREFIX = "FLOPWATCH_"
+
+
+class ConfigError(ValueError):
+    """A user's configuration mistake; the message names the key."""
+
+
+@dataclass
+class AgentConfig:
+    listen: str = "0.0.0.0:9765"
+    interval_seconds: float = 1.0
+    # The energy counter costs ~4.3 ms of CPU a read; it is a counter, so reading it less often
+    # loses no joules (power is integrated in between).
+    energy_interval_seconds: float = 5.0
+    simulate: list[str] = field(default_factory=list)
+    simulate_gpus: int = 1
+    simulate_processes: int = 1
+    seed: int = 0
+    hostname: str = ""
+    web_config_file: str = ""
+    log_level: str = "info"
+
+
+@dataclass
+class HistoryConfig:
+    url: str = "sqlite:////var/lib/flopwatch/history.db"
+    flush_interval_seconds: float = 5.0
+    buffer_rows: int = 200_000
+    retention_raw_days: float = 7.0
+    retention_minute_days: float = 90.0
+    retention_hour_days: float = 730.0
+
+
+@dataclass
+class AlertingConfig:
+    alertmanager_urls: list[str] = field(default_factory=list)
+    resend_interval_seconds: float = 60.0
+    timeout_seconds: float = 5.0
+    external_url: str = ""
+
+
+@dataclass
+class AttributionConfig:
+    # First rule that yields a name wins: slurm job, Kubernetes pod, systemd unit, user:command.
+    job_rules: list[str] = field(default_factory=lambda: ["slurm", "pod", "unit", "user_command"])
+    top_processes: int = 10
+
+
+@dataclass
+class TokensConfig:
+    push_listen: str = "127.0.0.1:9766"
+    allow_remote_push: bool = False
+    scrape_urls: list[str] = field(default_factory=list)
+    scrape_interval_seconds: float = 5.0
+    price_per_gpu_hour: float = 0.0
+    price_per_kwh: float = 0.0
+    currency: str = "USD"
+
+
+@dataclass
+class Config:
+    agent: AgentConfig = field(default_factory=AgentConfig)
+    diagnosis: Thresholds = field(default_factory=Thresholds)
+    history: HistoryConfig = field(default_factory=HistoryConfig)
+    alerting: AlertingConfig = field(default_factory=AlertingConfig)
+    attribution: AttributionConfig = field(default_factory=AttributionConfig)
+    tokens: TokensConfig = field(default_factory=TokensConfig)
+
+
+def load(path: str | os.PathLike | None = None, env: Mapping[str, str] | None = None) -> Config:
+    """Build the configuration. ``path=None`` reads the default file only if it exists."""
+    config = Config()
+    if path is not None or DEFAULT_PATH.exists():
+        _apply_file(config, Path(path) if path is not None else DEFAULT_PATH)
+    _apply_env(config, os.environ if env is None else env)
+    return config
+
+
+def override(config: Config, section: str, key: str, value: Any) -> None:
+    """Set one key from a command-line flag, with the same checks as the file."""
+    _set(config, section, key, value, source="command line")
+
+
+def _apply_file(config: Config, path: Path) -> None:
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"config file {path} cannot be read: {e}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
+    for section, values in data.items():
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: top-level key {section!r} must be a [section]")
+        for key, value in values.items():
+            _set(config, section, key, value, source=str(path))
+
+
+def _apply_env(config: Config, env: Mapping[str, str]) -> None:
+    sections = {f.name for f in dataclasses.fields(config)}
+    for name, value in env.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        rest = name[len(ENV_PREFIX):].lower()
+        section = next((s for s in sections if rest.startswith(s + "_")), None)
+        if section is None:
+            continue  # FLOPWATCH_ variables that are not settings (e.g. of the test suite)
+        _set(config, section, rest[len(section) + 1:], value, source=f"environment {name}")
+
+
+def _set(config: Config, section: str, key: str, value: Any, *, source: str) -> None:
+    target = getattr(config, section, None) if section in _section_names() else None
+    if target is None:
+        raise ConfigError(f"unknown section [{section}] ({source}); valid: {', '.join(_section_names())}")
+    fields = {f.name: f for f in dataclasses.fields(target)}
+    if key not in fields:
+        raise ConfigError(
+            f"unknown key [{section}].{key} ({source}); valid keys: {', '.join(sorted(fields))}"
+        )
+    hint = typing.get_type_hints(type(target))[key]
+    try:
+        setattr(target, key, _coerce(value, hint))
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"bad value for [{section}].{key} ({source}): {e}") from None
+
+
+def _section_names() -> list[str]:
+    return [f.name for f in dataclasses.fields(Config)]
+
+
+def _coerce(value: Any, hint: Any) -> Any:
+    origin = typing.get_origin(hint)
+    if origin is list:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise TypeError(f"expected a list of strings, got {value!r}")
+        return list(value)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+            return value.lower() in ("1", "true", "yes", "on")
+        raise TypeError(f"expected true or false, got {value!r}")
+    if hint in (int, float):
+        if isinstance(value, bool):
+            raise TypeError(f"expected a number, got {value!r}")
+        try:
+            number = hint(value)
+        except (TypeError, ValueError):
+            raise TypeError(f"expected a number, got {value!r}") from None
+        if number < 0:
+            raise ValueError(f"must not be negative, got {value!r}")
+        return number
+    if hint is str:
+        if not isinstance(value, str):
+            raise TypeError(f"expected a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported setting type {hint!r}")  # pragma: no cover

@@ -1,0 +1,45 @@
+"""The one table of diagnosis thresholds (config section [diagnosis]). docs/causes.md explains each."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class Thresholds:
+    # Paging signal: SM active below this for alert_after_seconds pages.
+    utilization_threshold: float = 0.6
+    alert_after_seconds: float = 120.0
+    # A finding needs this much history; the window slides over the last window_seconds.
+    min_window_seconds: float = 3.0
+    window_seconds: float = 30.0
+    # A new cause must lead for this long before it replaces the current one (no flapping).
+    switch_after_seconds: float = 10.0
+    # A process with this much GPU memory and SM active under idle_sm_active is holding, not working.
+    idle_sm_active: float = 0.05
+    held_memory_bytes: float = 256 * 2**20
+    # Host CPU: a thread (or the loader workers, each) at this share of a core is saturated.
+    cpu_saturated_ratio: float = 0.8
+    # The process is doing something on the CPU (not just sleeping while holding the GPU).
+    cpu_busy_ratio: float = 0.3
+    # io_bound: threads in uninterruptible disk wait, or host iowait.
+    disk_wait_threads: float = 0.5
+    iowait_ratio: float = 0.2
+    # host_transfer_bound: PCIe traffic while the SMs wait.
+    pcie_busy_bytes_per_second: float = 1.0e9
+    # launch_bound: kernels ran for this many times longer than the SMs had work (tiny kernels).
+    launch_kernel_time_over_sm_active: float = 3.0
+    launch_min_kernel_time: float = 0.1
+    # Busy-but-inefficient tickets.
+    memory_bound_dram_active: float = 0.6
+    memory_bound_max_flops_utilization: float = 0.3
+    fp_pipe_busy: float = 0.2
+    tensor_idle: float = 0.05
+    # Clocks: throttled for this fraction of the window, and the SM clock below this share of max.
+    throttle_fraction: float = 0.2
+    clock_ratio_low: float = 0.85
+    # Contention: this many processes each with at least this SM share.
+    contention_processes: int = 2
+    contention_min_sm_ratio: float = 0.1
+    # communication_bound: interconnect traffic while SMs wait.
+    nvlink_busy_bytes_per_second: float = 5.0e9
