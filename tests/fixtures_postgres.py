@@ -1,0 +1,1 @@
+"""Fixtures that start a real PostgreSQL server on a loopback port in a temporary directory."""

@@ -1,0 +1,1 @@
+"""Fixtures that start real Prometheus and Alertmanager servers on loopback ports."""
