@@ -36,7 +36,7 @@ summary = [
         width=6,
     ),
     fw.stat(
-        "Joules per token",
+        "Joules per token, range mean",
         "GPU energy per token over the range, as the agent attributes it to each job's GPUs.",
         fw.target(f"avg(avg_over_time(flopwatch_joules_per_token{{{JOBS}}}[$__range]))", instant=True),
         "joule",
