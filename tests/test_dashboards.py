@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
-import os
 import re
-import subprocess
 import sys
 import time
 import urllib.error
@@ -16,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures_prometheus import eventually, free_port, http_json, start_prometheus
+from tests.fixtures_prometheus import Server, eventually, http_json, start_prometheus
 
 generator = pytest.importorskip("grafanalib._gen")
 
@@ -117,66 +116,57 @@ REPO = Path(__file__).resolve().parents[1]
 SCENARIOS = ("healthy", "input_starved", "memory_bound")
 STARVED_GPU = str(SCENARIOS.index("input_starved"))
 # What Grafana would put in for a 1 s scrape interval and a short time range.
-GRAFANA_INTERVALS = {"__rate_interval": "10s", "__interval": "1s", "__range": "30s"}
-RATE_WINDOW_SECONDS = 10
+GRAFANA_INTERVALS = {"__rate_interval": "15s", "__interval": "1s", "__range": "30s"}
+RATE_WINDOW_SECONDS = 15
 # The simulated agents process no tokens: token series exist only once something pushes or
 # scrapes token counts. Until the agent's token push API lands, queries over them are checked for
 # errors only.
 NEEDS_TOKENS = ("flopwatch_tokens_total", "flopwatch_joules_per_token")
 
 
-class Agent:
+class Agent(Server):
     """`flopwatch run` on simulated GPUs, one per scenario, serving /metrics on a loopback port."""
 
+    name = "agent"
+
     def __init__(self, workdir: Path, scenarios: tuple[str, ...]):
-        self.port = free_port()
+        super().__init__(workdir)
         self.address = f"127.0.0.1:{self.port}"
-        self.log_path = workdir / f"agent-{self.port}.log"
-        command = [
-            sys.executable, "-c", "from flopwatch.cli import main; main()",
-            "run", "--simulate", ",".join(scenarios), "--listen", self.address,
+        self.scenarios = scenarios
+
+    def command(self) -> list[str]:
+        return [
+            "env", f"PYTHONPATH={REPO / 'agent'}", sys.executable, "-m", "flopwatch",
+            "run", "--simulate", ",".join(self.scenarios), "--listen", self.address,
             "--history", "none", "--interval", "0.2",
         ]  # fmt: skip
-        environment = {**os.environ, "PYTHONPATH": str(REPO / "agent")}
-        with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=environment)
-        eventually(self._serving, timeout=30, what=f"the agent's /metrics (log {self.log_path})")
 
-    def _serving(self) -> bool:
-        assert self.process.poll() is None, self.log_path.read_text(errors="replace")[-2000:]
+    def _ready(self) -> bool:
         try:
-            with urllib.request.urlopen(f"http://{self.address}/metrics", timeout=1) as response:
+            with urllib.request.urlopen(f"{self.url}/metrics", timeout=1) as response:
                 return response.status == 200
         except OSError:
             return False
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
 
 
 @pytest.fixture(scope="module")
 def prometheus(tmp_path_factory):
     """A real Prometheus that has scraped two simulated agents every second for a full rate window."""
     workdir = tmp_path_factory.mktemp("dashboards")
-    agents = [Agent(workdir, SCENARIOS), Agent(workdir, ("healthy", "input_starved"))]
-    try:
-        with start_prometheus(workdir, [agent.address for agent in agents]) as prom:
-            eventually(
-                lambda: len(prom.query(f"count_over_time(up[{RATE_WINDOW_SECONDS}s]) >= {RATE_WINDOW_SECONDS}"))
-                == len(agents),
-                timeout=RATE_WINDOW_SECONDS + 20,
-                what="a full rate window of scrapes from every agent",
-            )
-            prom.agent = agents[0].address
-            yield prom
-    finally:
-        for agent in agents:
-            agent.stop()
+    with contextlib.ExitStack() as running:
+        agents = [
+            running.enter_context(Agent(workdir / f"agent-{n}", scenarios).start())
+            for n, scenarios in enumerate([SCENARIOS, ("healthy", "input_starved")])
+        ]
+        prom = running.enter_context(start_prometheus(workdir, [agent.address for agent in agents]))
+        eventually(
+            lambda: len(prom.query(f"count_over_time(up[{RATE_WINDOW_SECONDS}s]) >= {RATE_WINDOW_SECONDS}"))
+            == len(agents),
+            timeout=RATE_WINDOW_SECONDS + 20,
+            what="a full rate window of scrapes from every agent",
+        )
+        prom.agent = agents[0].address
+        yield prom
 
 
 def substitute(expr: str, values: dict[str, str]) -> str:
