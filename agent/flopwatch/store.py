@@ -246,6 +246,9 @@ class HistoryStore:
             self._up, self._last_error = True, None
             return
         message = _describe(error)
+        path = sqlite_path(self.engine.url)
+        if path is not None and path.exists() and not os.access(path, os.W_OK):
+            message = f"database file {path} is read-only: {message}"
         if self._up or message != self._last_error:
             log.warning("history store %s is down, rows are kept in memory: %s", self.url, message)
         self._up, self._last_error = False, message
