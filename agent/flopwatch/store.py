@@ -469,7 +469,9 @@ class HistoryStore:
         return True
 
     def close(self) -> bool:
-        """Flush what is buffered (SIGTERM) and release the connections."""
+        """Flush what is buffered and release the connections. On SIGTERM, call it from the main
+        flow once sampling has stopped, not inside the signal handler: the handler may have
+        interrupted ``record`` while it held the buffer's lock."""
         flushed = self.flush()
         if not flushed:
             log.warning("history store: %d rows could not be written before exit", len(self._buffer))
