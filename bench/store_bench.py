@@ -32,20 +32,21 @@ START = 1_767_225_600.0  # 2026-01-01, so timestamps have today's magnitude
 RAW_TABLES = ("gpu_raw", "process_samples", "processes", "gpus", "findings", "job_spans")
 
 
-def varied(per_gpu, i: int):
+def varied(state, i: int):
     """The same tick with readings that change every second and every GPU, as real ones do."""
     out = []
-    for sample, figures, finding in per_gpu:
+    for g in state.gpus:
+        figures = g.figures
         wave = 0.5 + 0.45 * math.sin(i / 37.0 + figures.index)
         figures = dataclasses.replace(
             figures, utilization=wave, sm_occupancy=wave * 0.61, tensor_active=wave * 0.43,
             dram_active=0.2 + wave * 0.3, flops_utilization=wave * 0.37,
             memory_turnover_per_second=9.0 + wave * 3.7, power_watts=180.0 + 500.0 * wave,
             energy_joules_delta=180.0 + 500.0 * wave + 0.013 * i)
-        processes = tuple(dataclasses.replace(p, sm_ratio=wave / len(sample.processes))
-                          for p in sample.processes[: 1 + figures.index % 4])
-        out.append((dataclasses.replace(sample, processes=processes), figures, finding))
-    return out
+        processes = tuple(dataclasses.replace(p, sm_ratio=wave / len(g.processes))
+                          for p in g.processes[: 1 + figures.index % 4])
+        out.append(dataclasses.replace(g, figures=figures, processes=processes))
+    return dataclasses.replace(state, gpus=tuple(out))
 
 
 def table_bytes(path: Path) -> dict[str, int]:
@@ -92,10 +93,9 @@ def main() -> None:
         for i in range(seconds):
             ts = START + i + 0.137  # ticks are not on whole seconds
             finding = starved() if (i // 300) % 3 == 2 else None  # a cause now and then
-            per_gpu, host = tick(ts, gpus=args.gpus, processes=4, finding=finding)
-            per_gpu = varied(per_gpu, i)
+            state = varied(tick(ts, gpus=args.gpus, processes=4, finding=finding), i)
             began = time.perf_counter()
-            store.record(ts, per_gpu, host)
+            store.record(state)
             spent["record"] += time.perf_counter() - began
             if i % 5 == 4:
                 began = time.perf_counter()

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from flopwatch.model import (Finding, GpuFigures, GpuInfo, GpuProcess, GpuSample, HostProcess,
-                             HostSample)
+from flopwatch.model import (AgentState, Finding, GpuFigures, GpuInfo, GpuProcess, GpuSample, GpuState,
+                             HostProcess, HostSample, ProcessView)
 
 
 def gpu_info(index: int) -> GpuInfo:
@@ -23,7 +23,7 @@ def starved(evidence_cpu: float = 0.98) -> Finding:
 
 def tick(ts: float, gpus: int = 1, processes: int = 2, finding: Finding | None = None,
          utilization: float = 0.9, job: str = "slurm:4242"):
-    """One tick of ``gpus`` GPUs, each with ``processes`` processes of ``job``: (gpus, host)."""
+    """One tick of ``gpus`` GPUs, each with ``processes`` processes of ``job``."""
     per_gpu = []
     host_processes = {}
     for index in range(gpus):
@@ -44,7 +44,13 @@ def tick(ts: float, gpus: int = 1, processes: int = 2, finding: Finding | None =
             memory_turnover_per_second=11.0, power_watts=512.5, energy_joules=1000.0 + ts,
             energy_joules_delta=512.5, sm_clock_ratio=0.99, memory_used_bytes=40 * 2**30,
             memory_total_bytes=info.memory_total_bytes)
-        per_gpu.append((sample, figures, finding))
+        views = tuple(ProcessView(pid=p.pid, job=job, user="alice", cmdline="python train.py --epochs 3",
+                                  sm_ratio=p.sm_ratio, memory_bytes=p.used_memory_bytes, cpu_ratio=1.0)
+                      for p in procs)
+        per_gpu.append(GpuState(sample=sample, figures=figures, finding=finding,
+                                below_threshold=utilization < 0.6 or (finding is not None and finding.severity == "page"),
+                                wasted_seconds={}, processes=views))
     host = HostSample(timestamp=ts, cpu_count=64, cpu_busy_ratio=0.2, iowait_ratio=0.0,
                       processes=host_processes)
-    return per_gpu, host
+    return AgentState(hostname="node1", timestamp=ts, ticks=1, gpus=tuple(per_gpu), host=host,
+                      collector_success={}, collector_seconds={})

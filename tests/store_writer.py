@@ -31,7 +31,7 @@ def main() -> None:
     print("ready", flush=True)
     ticks = 0
     while not stopping:
-        store.record(start + ticks, *tick(start + ticks, gpus=GPUS, processes=PROCESSES))
+        store.record(tick(start + ticks, gpus=GPUS, processes=PROCESSES))
         ticks += 1
         if flush_every and ticks % flush_every == 0:
             if store.flush():

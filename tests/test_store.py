@@ -37,7 +37,7 @@ def scalar(store: HistoryStore, sql: str):
 
 def record_seconds(store: HistoryStore, start: float, seconds: int, **kwargs) -> None:
     for n in range(seconds):
-        store.record(start + n, *tick(start + n, **kwargs))
+        store.record(tick(start + n, **kwargs))
 
 
 # -- the file ------------------------------------------------------------------------------
@@ -117,7 +117,7 @@ def test_record_only_queues_rows_and_flush_writes_them(tmp_path):
 def test_a_tick_keeps_its_figures_to_a_hundredth_of_a_percent(tmp_path):
     url = sqlite_url(tmp_path)
     store = HistoryStore(url, "node1")
-    store.record(T0, *tick(T0, utilization=0.87654, finding=starved()), tokens_by_gpu={0: 1200.0})
+    store.record(tick(T0, utilization=0.87654, finding=starved()), tokens_by_gpu={0: 1200.0})
     store.flush()
     [row] = query_history(url, T0, T0 + 1, level="raw")
     assert row.host == "node1" and row.gpu == 0 and row.uuid.startswith("GPU-00000000")
@@ -130,7 +130,7 @@ def test_a_ticket_finding_is_not_below_the_threshold_and_wastes_nothing(tmp_path
     store = HistoryStore(sqlite_url(tmp_path), "node1")
     ticket = starved().__class__(cause="no_tensor_cores", severity="ticket", confidence=0.9,
                                  evidence={}, advice="Use bf16.")
-    store.record(T0, *tick(T0, finding=ticket))
+    store.record(tick(T0, finding=ticket))
     store.flush()
     with store.engine.connect() as connection:
         row = connection.execute(text("SELECT cause, below_threshold, wasted_seconds FROM gpu_raw")).one()
@@ -140,7 +140,7 @@ def test_a_ticket_finding_is_not_below_the_threshold_and_wastes_nothing(tmp_path
 def test_findings_are_kept_from_start_to_end_with_evidence_and_advice(tmp_path):
     store = HistoryStore(sqlite_url(tmp_path), "node1")
     for n in range(10):
-        store.record(T0 + n, *tick(T0 + n, finding=starved() if 3 <= n < 7 else None))
+        store.record(tick(T0 + n, finding=starved() if 3 <= n < 7 else None))
     store.flush()
     with store.engine.connect() as connection:
         rows = connection.execute(text("SELECT cause, severity, start_ts, end_ts, evidence, advice FROM findings")).all()
@@ -220,7 +220,7 @@ def test_a_read_only_database_file_leaves_the_agent_running_and_says_so(tmp_path
     HistoryStore(url, "node1").engine.dispose()
     (tmp_path / "history.db").chmod(0o444)
     probe = ("from flopwatch.store import HistoryStore; from tests.store_ticks import tick; "
-             "import sys; s = HistoryStore(sys.argv[1], 'node1'); s.record(1.0, *tick(1.0)); "
+             "import sys; s = HistoryStore(sys.argv[1], 'node1'); s.record(tick(1.0)); "
              "print(s.flush(), s.up, s.pending_rows > 0, s.last_error)")
     # Root writes read-only files; without the capability to override permissions it does not.
     as_user = (["setpriv", "--inh-caps=-dac_override,-fowner", "--bounding-set=-dac_override,-fowner"]
@@ -293,7 +293,7 @@ def test_a_minute_holds_means_maxima_sums_and_the_dominant_cause(tmp_path):
     store = HistoryStore(url, "node1")
     for n in range(60):
         below = n < 40
-        store.record(T0 + n, *tick(T0 + n, utilization=0.2 if below else 0.8,
+        store.record(tick(T0 + n, utilization=0.2 if below else 0.8,
                                    finding=starved() if below else None), tokens_by_gpu={0: 10.0})
     store.flush()
     assert store.rollup(T0 + 60)

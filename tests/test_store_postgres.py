@@ -19,7 +19,7 @@ def test_a_new_database_gets_the_schema_and_keeps_ticks_findings_and_rollups(pos
     store = HistoryStore(postgres_url, "node1")
     assert store.up, store.last_error
     for n in range(120):
-        store.record(T0 + n, *tick(T0 + n, gpus=2, finding=starved() if n < 30 else None))
+        store.record(tick(T0 + n, gpus=2, finding=starved() if n < 30 else None))
     assert store.flush()
     assert store.rollup(T0 + 120)
     assert store.retain(T0 + 120)
@@ -35,7 +35,7 @@ def test_many_hosts_write_one_database_and_each_rolls_up_its_own(postgres_url):
     stores = [HistoryStore(postgres_url, f"node{n}") for n in range(3)]
     for store in stores:
         for n in range(60):
-            store.record(T0 + n, *tick(T0 + n))
+            store.record(tick(T0 + n))
         assert store.flush()
         assert store.rollup(T0 + 60)
     assert {row.host for row in query_history(postgres_url, T0, T0 + 59)} == {"node0", "node1", "node2"}
@@ -45,7 +45,7 @@ def test_many_hosts_write_one_database_and_each_rolls_up_its_own(postgres_url):
 
 def test_no_tick_is_lost_while_postgres_is_stopped(postgres_server, postgres_url):
     store = HistoryStore(postgres_url, "node1")
-    store.record(time.time(), *tick(time.time()))
+    store.record(tick(time.time()))
     assert store.flush()
     postgres_server.stop()
     recorded = 1
@@ -53,7 +53,7 @@ def test_no_tick_is_lost_while_postgres_is_stopped(postgres_server, postgres_url
         began = time.monotonic()
         while time.monotonic() - began < OUTAGE_SECONDS:
             now = time.time()
-            store.record(now, *tick(now))  # the agent samples on
+            store.record(tick(now))  # the agent samples on
             recorded += 1
             if recorded % 5 == 0:
                 assert not store.flush()

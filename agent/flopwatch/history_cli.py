@@ -64,23 +64,10 @@ def _cells(row) -> list[str]:  # noqa: ANN001
 
 
 def _print_table(rows, level: str) -> None:  # noqa: ANN001
+    from .tables import simple_table
+
     headings = [heading for heading, _, _ in _COLUMNS]
-    try:
-        from rich.console import Console
-        from rich.table import Table
-    except ImportError:  # rich is the optional [table] extra
-        body = [headings, *(_cells(row) for row in rows)]
-        widths = [max(len(line[i]) for line in body) for i in range(len(headings))]
-        for line in body:
-            click.echo("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip())
-        click.echo(f"{len(rows)} rows ({level})")
-        return
-    table = Table(caption=f"{len(rows)} rows ({level})")
-    for heading in headings:
-        table.add_column(heading, justify="left" if heading in ("time", "host", "cause", "job") else "right")
-    for row in rows:
-        table.add_row(*_cells(row))
-    Console().print(table)
+    click.echo(simple_table(f"{len(rows)} rows ({level})", headings, [_cells(row) for row in rows]))
 
 
 @click.command("history")

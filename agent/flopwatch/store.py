@@ -29,7 +29,7 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
 from . import store_schema as schema
 from .config import ConfigError, HistoryConfig
-from .model import Finding, GpuFigures, GpuSample, HostSample
+from .model import AgentState, Finding
 
 log = logging.getLogger(__name__)
 
@@ -166,6 +166,8 @@ class _SpanTracker:
 class HistoryStore:
     """The history sink. ``record`` is cheap and thread-safe; the rest run on the scheduler."""
 
+    name = "store"
+
     def __init__(
         self,
         url: str,
@@ -207,6 +209,10 @@ class HistoryStore:
                               config.retention_hour_days)
         return cls(config.url, host, config.buffer_rows, config.flush_interval_seconds,
                    retention=retention, **kwargs)
+
+    def jobs(self) -> list[tuple[Callable[[], Any], float]]:
+        """What the scheduler runs for this sink, and how often (seconds)."""
+        return [(self.flush, self.flush_interval_seconds), (self.rollup, 60.0), (self.retain, 3600.0)]
 
     # -- state -------------------------------------------------------------------------------
 
@@ -270,17 +276,13 @@ class HistoryStore:
 
     # -- the sampling side -------------------------------------------------------------------
 
-    def record(
-        self,
-        timestamp: float,
-        gpus: Sequence[tuple[GpuSample, GpuFigures | None, Finding | None]],
-        host: HostSample,
-        tokens_by_gpu: Mapping[int, float] | None = None,
-    ) -> None:
-        """Queue one tick. A GPU below the utilization threshold (a ``page`` finding) wastes its
-        whole interval; ``tokens_by_gpu`` gives tokens processed this tick, where known."""
+    def record(self, state: AgentState, tokens_by_gpu: Mapping[int, float] | None = None) -> None:
+        """Queue one tick. A GPU under the utilization threshold wastes its whole interval;
+        ``tokens_by_gpu`` gives tokens processed this tick, where known."""
+        timestamp = state.timestamp
         rows: list[tuple] = []
-        for sample, figures, finding in gpus:
+        for g in state.gpus:
+            sample, figures, finding = g.sample, g.figures, g.finding
             if figures is None:  # the GPU could not be read this tick
                 continue
             gpu = figures.index
@@ -289,15 +291,13 @@ class HistoryStore:
                 rows.append((_GPU, {"host": self.host, "gpu": gpu, "uuid": figures.uuid,
                                     "name": sample.info.name, "first_ts": timestamp}))
             job = None
-            for process in sorted(sample.processes, key=lambda p: -(p.sm_ratio or 0.0)):
-                known = host.processes.get(process.pid)
-                identity = (process.pid, known.job, known.user, known.cmdline) if known else (
-                    process.pid, None, None, "")
-                job = job or identity[1]
+            for process in sorted(g.processes, key=lambda p: -(p.sm_ratio or 0.0)):
+                identity = (process.pid, process.job, process.user, process.cmdline)
+                job = job or process.job
                 rows.append((_PROC, (identity, {
                     "ts": timestamp, "gpu": gpu,
-                    "sm_ratio": process.sm_ratio, "memory_bytes": process.used_memory_bytes})))
-            below = finding is not None and finding.severity == "page"
+                    "sm_ratio": process.sm_ratio, "memory_bytes": process.memory_bytes})))
+            below = g.below_threshold
             rows.append((_RAW, {
                 "host": self.host, "gpu": gpu, "ts": timestamp,
                 "utilization": figures.utilization, "sm_occupancy": figures.sm_occupancy,
