@@ -116,7 +116,7 @@ def test_clock_event_reasons(reasons, status, shown):
 
 def test_uncorrectable_ecc_errors_since_boot_fail():
     check = check_ecc(gpu(ecc_uncorrected_volatile=2, ecc_uncorrected_aggregate=5))
-    assert check.status == "fail" and "2 since the driver loaded, 5 lifetime" in check.value
+    assert check.status == "fail" and "2 since driver load, 5 lifetime" in check.value
 
 
 def test_old_uncorrectable_ecc_errors_warn():

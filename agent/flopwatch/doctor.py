@@ -239,8 +239,8 @@ def check_ecc(gpu: GpuFacts) -> Check:
     if gpu.ecc_enabled is None:
         return Check("ecc", "pass", "not supported", gpu=gpu.index)
     volatile, aggregate = gpu.ecc_uncorrected_volatile or 0, gpu.ecc_uncorrected_aggregate or 0
-    value = (f"{'on' if gpu.ecc_enabled else 'off'}; uncorrectable errors: {volatile} since the driver "
-             f"loaded, {aggregate} lifetime")
+    value = (f"{'on' if gpu.ecc_enabled else 'off'}; uncorrectable errors: {volatile} since driver load, "
+             f"{aggregate} lifetime")
     if volatile:
         return Check("ecc", "fail", value,
                      "uncorrectable memory errors: drain the node and reset the GPU (nvidia-smi -r) or "
@@ -261,7 +261,7 @@ def check_ecc(gpu: GpuFacts) -> Check:
 def check_remapped_rows(gpu: GpuFacts) -> Check:
     if gpu.remap_pending is None and gpu.remap_failure is None:
         return Check("remapped_rows", "pass", "not supported", gpu=gpu.index)
-    value = f"{gpu.remapped_rows_uncorrectable or 0} rows remapped for uncorrectable errors"
+    value = f"{gpu.remapped_rows_uncorrectable or 0} rows remapped"
     if gpu.remap_failure:
         return Check("remapped_rows", "fail", value + "; a remapping failed",
                      "the memory has run out of spare rows: have the card replaced", gpu.index)
@@ -285,7 +285,7 @@ def check_mig(gpu: GpuFacts) -> Check:
 
 def check_gpm(gpu: GpuFacts) -> Check:
     if gpu.gpm_supported:
-        return Check("gpm", "pass", "supported: utilization is measured per SM cycle", gpu=gpu.index)
+        return Check("gpm", "pass", "supported", gpu=gpu.index)
     return Check("gpm", "warn", "not supported: utilization falls back to NVML's coarse kernel time",
                  "GPM needs a Hopper or newer GPU and driver >= 520; in a VM the host must expose "
                  "profiling counters", gpu.index)
