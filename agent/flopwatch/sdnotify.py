@@ -2,7 +2,8 @@
 
 A datagram of ``KEY=value`` lines to the AF_UNIX socket named by $NOTIFY_SOCKET ("@name" is an
 abstract socket). Outside systemd the variable is unset and every call is a no-op returning False.
-A failed send is logged and swallowed: notifying must never stop the agent.
+A failed send is logged and swallowed: notifying must never stop the agent. ``Notifier`` is the
+agent sink that pets the watchdog after each completed tick.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import logging
 import os
 import socket
 import time
-from typing import Mapping
+from typing import Any, Mapping
 
 log = logging.getLogger(__name__)
 
@@ -66,3 +67,32 @@ def watchdog_interval(environ: Mapping[str, str] | None = None) -> float | None:
     if usec <= 0 or (pid and pid != str(os.getpid())):
         return None
     return usec / 1_000_000
+
+
+class Notifier:
+    """A sink that tells systemd the agent is alive: WATCHDOG=1 and a STATUS line after every
+    completed tick, so a sampling loop stuck in NVML stops petting the watchdog and is restarted."""
+
+    name = "systemd"
+
+    def __init__(self, environ: Mapping[str, str] | None = None):
+        self.environ = dict(os.environ if environ is None else environ)
+        self._status = ""
+
+    def record(self, state: Any) -> None:
+        watchdog(self.environ)
+        text = summary(state)
+        if text != self._status:
+            self._status = text
+            status(text, self.environ)
+
+
+def summary(state: Any) -> str:
+    """One line for ``systemctl status``: the GPUs, and which are under-used and why."""
+    under = [f"gpu{g.sample.info.index} {g.finding.cause}" for g in state.gpus
+             if g.below_threshold and g.finding is not None]
+    lost = [f"gpu{g.sample.info.index}" for g in state.gpus if g.sample.error is not None]
+    parts = [f"{len(state.gpus)} GPU(s)", "under-used: " + ", ".join(under) if under else "none under-used"]
+    if lost:
+        parts.append("unreadable: " + ", ".join(lost))
+    return "; ".join(parts)
