@@ -134,11 +134,14 @@ def run(config_path: str | None, listen: str | None, interval: float | None, his
     config = load_config(config_path, overrides)
     logging.basicConfig(level=config.agent.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from .daemon import schedule
-    from .server import ListenError, MetricsServer
+    from .server import ListenError, MetricsServer, check_local_bind
     from .status import status_document
 
     try:
         web = _load_web(config)
+        # The token push endpoint accepts data: loopback or a unix socket unless configured.
+        check_local_bind(config.tokens.push_listen, allow_remote=config.tokens.allow_remote_push,
+                         setting="[tokens].push_listen", allow_setting="[tokens].allow_remote_push")
     except ConfigError as e:
         raise UsageError(str(e)) from None
     # Under systemd (Type=notify) every completed tick pets the watchdog.
