@@ -1,9 +1,13 @@
-"""The unit file: valid for systemd, sandboxed to an exposure of 2.0 or less, and asking what
-the agent promises (notify + watchdog, reload on SIGHUP, its own user and directories)."""
+"""The unit file: valid for systemd, sandboxed to an exposure of 2.0 or less, asking what the
+agent promises (notify + watchdog, reload on SIGHUP, its own user and directories), and with no
+sandbox option that breaks the agent."""
 
+import json
+import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,7 +16,7 @@ UNIT = Path(__file__).resolve().parents[1] / "systemd" / "flopwatch.service"
 SYSUSERS = UNIT.with_name("flopwatch.sysusers")
 INSTALLED_BINARY = "/usr/local/bin/flopwatch"
 
-pytestmark = pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="needs systemd-analyze")
+needs_systemd_analyze = pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="needs systemd-analyze")
 
 
 def settings(path: Path) -> dict[str, list[str]]:
@@ -25,6 +29,7 @@ def settings(path: Path) -> dict[str, list[str]]:
     return out
 
 
+@needs_systemd_analyze
 def test_systemd_analyze_verify_passes(tmp_path):
     # verify insists that ExecStart's program exists. The test machine has no flopwatch at the
     # installed path, so a copy of the unit points at a stand-in executable; nothing else changes.
@@ -37,6 +42,7 @@ def test_systemd_analyze_verify_passes(tmp_path):
     assert (result.returncode, result.stdout + result.stderr) == (0, "")
 
 
+@needs_systemd_analyze
 def test_exposure_is_at_most_2():
     result = subprocess.run(["systemd-analyze", "security", "--offline=true", "--no-pager", str(UNIT)],
                             capture_output=True, text=True, check=True)
@@ -76,3 +82,26 @@ def test_sysusers_creates_the_flopwatch_user():
     result = subprocess.run(["systemd-sysusers", "--dry-run", str(SYSUSERS)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert re.search(r"Creating user '?flopwatch'?", result.stdout + result.stderr)
+
+
+def run_without_wx_memory(*args: str) -> subprocess.CompletedProcess:
+    mdwe = Path(__file__).with_name("mdwe.py")
+    env = {**os.environ, "PYTHONPATH": str(UNIT.parents[1] / "agent")}
+    result = subprocess.run([sys.executable, str(mdwe), *args], capture_output=True, text=True, env=env)
+    if result.returncode == 77:
+        pytest.skip("the kernel cannot refuse writable+executable memory (PR_SET_MDWE needs Linux 6.3)")
+    return result
+
+
+def test_writable_executable_memory_is_really_refused_in_the_check_below():
+    result = run_without_wx_memory("-c", "import mmap; mmap.mmap(-1, 4096, prot=7)")
+    assert result.returncode != 0 and "PermissionError" in result.stderr
+
+
+def test_the_agent_runs_without_writable_executable_memory():
+    # MemoryDenyWriteExecute=yes holds only if nothing the agent loads needs W+X pages (ctypes
+    # callbacks, a JIT). tests/gpu checks NVML itself the same way on a real GPU.
+    result = run_without_wx_memory("-m", "flopwatch", "status", "--simulate", "healthy,input_starved",
+                                   "--window", "2", "--json")
+    assert result.returncode == 0, result.stderr
+    assert len(json.loads(result.stdout)["gpus"]) == 2
