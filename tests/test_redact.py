@@ -1,3 +1,6 @@
+import subprocess
+import sys
+
 import pytest
 
 from flopwatch.redact import is_secret_name, redact_cmdline, redact_environ, redact_text, redact_value
@@ -97,3 +100,16 @@ def test_environment_values_are_hidden_by_name_or_by_shape():
 
 def test_redact_value_keeps_a_harmless_value():
     assert redact_value("CUDA_VISIBLE_DEVICES", "0,1") == "0,1"
+
+
+def test_a_real_process_is_shown_with_its_secrets_hidden():
+    from flopwatch.sources.host import HostSource
+
+    process = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()", "--token=abc123",
+                                "PASSWORD=hunter2"], stdin=subprocess.PIPE)
+    try:
+        seen = HostSource().read([process.pid], timestamp=0.0).processes[process.pid]
+    finally:
+        process.communicate(b"")
+    assert seen.cmdline.endswith("--token=*** PASSWORD=***")
+    assert "abc123" not in seen.cmdline and "hunter2" not in seen.cmdline
