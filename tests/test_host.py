@@ -42,7 +42,7 @@ def test_loader_workers_show_as_children_cpu(process):
 @pytest.mark.parametrize("process", [SPIN_MAIN], indirect=True)
 def test_a_busy_main_thread_shows_as_the_busiest_thread(process):
     seen = _read_twice(process.pid)
-    assert seen.busiest_thread_cpu_ratio > 0.2 and seen.children == 0
+    assert seen.busiest_thread_cpu_ratio > 0.1 and seen.children == 0
 
 
 def test_a_process_that_is_gone_is_left_out():
