@@ -136,7 +136,6 @@ def annotations(gpu: GpuView, generator_url: str) -> dict[str, str]:
                     else f"GPU {gpu.figures.index} under-utilized"),
         "evidence": ", ".join(f"{k}={_plain(v)}" for k, v in evidence.items()),
         "advice": finding.advice if finding else "",
-        "jobs": ", ".join(sorted({j for p in gpu.sample.processes if (j := getattr(p, "job", None))})),
         "link": generator_url,
     }
 
@@ -293,20 +292,29 @@ class AlertmanagerSink:
         next_resend = time.monotonic() + self.resend_interval
         while True:
             stopping = self._stopping.is_set()
-            self._take_changes()
-            now = time.monotonic()
-            if now >= next_resend:
-                self._queue_firing()
-                next_resend = now + self.resend_interval
-            for target in self.targets:
-                if stopping or now >= target.retry_at:
-                    self._deliver(target)
-            self._pending = len(self.outbox)
+            try:
+                next_resend = self._send_round(next_resend, final=stopping)
+            except Exception:  # a bug here must not end alerting for the agent's lifetime
+                log.exception("alert sender failed; retrying")
+                next_resend = time.monotonic() + self.resend_interval
             if stopping:
                 return
             due = min([next_resend] + [t.retry_at for t in self.targets if self._has_pending(t)])
             self._wake.wait(max(0.0, due - time.monotonic()))
             self._wake.clear()
+
+    def _send_round(self, next_resend: float, final: bool) -> float:
+        """Queue changes and due re-sends, post what is due; returns when to re-send next."""
+        self._take_changes()
+        now = time.monotonic()
+        if now >= next_resend:
+            self._queue_firing()
+            next_resend = now + self.resend_interval
+        for target in self.targets:
+            if final or now >= target.retry_at:
+                self._deliver(target)
+        self._pending = len(self.outbox)
+        return next_resend
 
     def _take_changes(self) -> None:
         with self._lock:
@@ -351,13 +359,13 @@ class AlertmanagerSink:
 
     def _post(self, target: _Target, bodies: list[dict]) -> str | None:
         """Post one batch; ``None`` when Alertmanager took it, else why not."""
-        request = urllib.request.Request(
-            target.post_url, data=json.dumps(bodies).encode(), method="POST",
-            headers={"Content-Type": "application/json"},
-        )
-        if target.authorization:
-            request.add_header("Authorization", target.authorization)
         try:
+            request = urllib.request.Request(
+                target.post_url, data=json.dumps(bodies).encode(), method="POST",
+                headers={"Content-Type": "application/json"},
+            )
+            if target.authorization:
+                request.add_header("Authorization", target.authorization)
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
                 response.read()
             return None
