@@ -160,3 +160,41 @@ class Finding:
     evidence: Mapping[str, float | int | str | None]
     advice: str
     summary: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessView:
+    """A GPU process as the sinks show it: NVML's share joined with the host's identity."""
+
+    pid: int
+    job: str
+    user: str | None
+    cmdline: str
+    sm_ratio: float | None
+    memory_bytes: int | None
+    cpu_ratio: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class GpuState:
+    """Everything the sinks need about one GPU after a tick."""
+
+    sample: GpuSample
+    figures: GpuFigures | None  # None when the GPU could not be read
+    finding: Finding | None
+    below_threshold: bool
+    wasted_seconds: Mapping[str, float]  # cumulative since start, by cause
+    processes: tuple[ProcessView, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class AgentState:
+    """The result of one tick: what /metrics, status, the store and alerting read."""
+
+    hostname: str
+    timestamp: float
+    ticks: int
+    gpus: tuple[GpuState, ...]
+    host: HostSample | None
+    collector_success: Mapping[str, bool]
+    collector_seconds: Mapping[str, float]

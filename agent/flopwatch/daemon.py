@@ -1,0 +1,168 @@
+"""The agent: one tick (sources → derive → diagnose → sinks) on an APScheduler interval job.
+
+Sources and sinks are each timed and guarded by the same wrapper, so one failing collector is a
+``0`` on ``flopwatch_collector_success{collector}`` and a log line, never a lost tick.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from collections import deque
+from typing import Any, Callable, Iterable, Protocol
+
+from .config import Config
+from .derive import derive
+from .diagnose import DiagnosisState, Tick, diagnose, waste_seconds
+from .model import AgentState, GpuSample, GpuState, HostSample, ProcessView
+
+log = logging.getLogger(__name__)
+
+
+class GpuSource(Protocol):
+    name: str
+
+    def read(self) -> list[GpuSample]: ...
+
+
+class HostReader(Protocol):
+    name: str
+
+    def read(self, pids: Iterable[int], timestamp: float) -> HostSample: ...
+
+
+class Sink(Protocol):
+    name: str
+
+    def record(self, state: AgentState) -> None: ...
+
+
+class _PerGpu:
+    """What the agent carries from tick to tick for one GPU."""
+
+    def __init__(self) -> None:
+        self.previous: GpuSample | None = None
+        self.window: deque[Tick] = deque()
+        self.diagnosis = DiagnosisState()
+        self.wasted: dict[str, float] = {}
+
+
+class Agent:
+    def __init__(
+        self,
+        config: Config,
+        gpu_source: GpuSource,
+        host_source: HostReader,
+        sinks: Iterable[Sink] = (),
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+    ):
+        self.config = config
+        self.gpu_source = gpu_source
+        self.host_source = host_source
+        self.sinks = list(sinks)
+        self.clock = clock
+        self.wall_clock = wall_clock
+        self.hostname = config.agent.hostname or socket.gethostname()
+        self.state: AgentState | None = None
+        self._gpus: dict[int, _PerGpu] = {}
+        self._ticks = 0
+        self.last_tick_at: float | None = None
+
+    def _timed(self, name: str, success: dict, seconds: dict, fn: Callable, *args: Any) -> Any:
+        start = self.clock()
+        try:
+            result = fn(*args)
+            success[name] = True
+            return result
+        except Exception:
+            log.exception("collector %s failed", name)
+            success[name] = False
+            return None
+        finally:
+            seconds[name] = self.clock() - start
+
+    def tick(self) -> AgentState:
+        success: dict[str, bool] = {}
+        seconds: dict[str, float] = {}
+        timestamp = self.wall_clock()
+        samples = self._timed(self.gpu_source.name, success, seconds, self.gpu_source.read) or []
+        pids = {p.pid for s in samples for p in s.processes}
+        host = self._timed(self.host_source.name, success, seconds, self.host_source.read, pids, timestamp)
+        host = host or HostSample(timestamp=timestamp, cpu_count=0, cpu_busy_ratio=None, iowait_ratio=None)
+        gpus = tuple(self._advance(sample, host) for sample in samples)
+        self._ticks += 1
+        self.state = AgentState(
+            hostname=self.hostname, timestamp=timestamp, ticks=self._ticks, gpus=gpus, host=host,
+            collector_success=success, collector_seconds=seconds,
+        )
+        for sink in self.sinks:
+            self._timed(sink.name, success, seconds, sink.record, self.state)
+        self.last_tick_at = self.clock()
+        return self.state
+
+    def _advance(self, sample: GpuSample, host: HostSample) -> GpuState:
+        th = self.config.diagnosis
+        per = self._gpus.setdefault(sample.info.index, _PerGpu())
+        if sample.error is not None:
+            per.previous = None
+            per.window.clear()
+            per.diagnosis = DiagnosisState()
+            return GpuState(sample=sample, figures=None, finding=None, below_threshold=False,
+                            wasted_seconds=dict(per.wasted))
+        figures = derive(sample, per.previous)
+        per.previous = sample
+        per.window.append(Tick(sample, figures, host))
+        while per.window and sample.timestamp - per.window[0].sample.timestamp > th.window_seconds:
+            per.window.popleft()
+        per.diagnosis = diagnose(per.window, th, per.diagnosis)
+        finding = per.diagnosis.finding
+        waste = waste_seconds(figures, finding, th)
+        if waste is not None:
+            cause, wasted = waste
+            per.wasted[cause] = per.wasted.get(cause, 0.0) + wasted
+        return GpuState(
+            sample=sample, figures=figures, finding=finding, below_threshold=waste is not None,
+            wasted_seconds=dict(per.wasted), processes=_process_views(sample, host),
+        )
+
+    def close(self) -> None:
+        for sink in self.sinks:
+            close = getattr(sink, "close", None)
+            if close is not None:
+                try:
+                    close()
+                except Exception:
+                    log.exception("closing %s failed", sink.name)
+        closer = getattr(self.gpu_source, "close", None)
+        if closer is not None:
+            closer()
+
+
+def _process_views(sample: GpuSample, host: HostSample) -> tuple[ProcessView, ...]:
+    views = []
+    for p in sample.processes:
+        h = host.processes.get(p.pid)
+        views.append(ProcessView(
+            pid=p.pid,
+            job=(h.job if h is not None and h.job else f"pid:{p.pid}"),
+            user=h.user if h is not None else None,
+            cmdline=h.cmdline if h is not None else "",
+            sm_ratio=p.sm_ratio,
+            memory_bytes=p.used_memory_bytes,
+            cpu_ratio=h.cpu_ratio if h is not None else None,
+        ))
+    return tuple(views)
+
+
+def schedule(agent: Agent, interval_seconds: float) -> Any:
+    """Start the tick on a background scheduler; returns the scheduler (``shutdown()`` to stop)."""
+    from apscheduler.schedulers.background import BackgroundScheduler
+
+    scheduler = BackgroundScheduler(daemon=True)
+    scheduler.add_job(agent.tick, "interval", seconds=interval_seconds, id="tick", max_instances=1,
+                      coalesce=True, misfire_grace_time=max(interval_seconds, 1.0))
+    scheduler.start()
+    return scheduler

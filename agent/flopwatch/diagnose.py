@@ -1,0 +1,349 @@
+"""Why is this GPU under-used? Pure rules from a window of ticks to a Finding. No I/O.
+
+Each rule reads what its bottleneck does to the counters (docs/causes.md has the physics):
+the SMs' active share against NVML's kernel-time figure, the pipes (tensor vs FP32/FP64), DRAM,
+PCIe and NVLink traffic, clock-event reasons, and the owning processes' CPU threads, data-loader
+children and disk waits. Thresholds come from one table (thresholds.py). A cause must lead for
+``switch_after_seconds`` before it replaces another, so findings do not flap on noisy ticks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Callable, Mapping, Sequence
+
+from .model import Finding, GpuFigures, GpuSample, HostProcess, HostSample
+from .thresholds import Thresholds
+
+CAUSES = (
+    "idle", "held_idle", "input_starved", "io_bound", "host_transfer_bound", "launch_bound",
+    "memory_bound", "no_tensor_cores", "power_capped", "thermal_throttled", "clocks_capped",
+    "contention", "communication_bound", "system", "unknown",
+)
+
+ADVICE = {
+    "idle": "No process uses this GPU. Release it to the scheduler or shrink the allocation.",
+    "held_idle": "A process holds GPU memory and runs nothing (often a notebook or a finished job "
+                 "waiting). Stop it or free the memory (torch.cuda.empty_cache, end the kernel).",
+    "input_starved": "The GPU waits for the input pipeline, which is CPU-bound. Raise DataLoader "
+                     "num_workers, set pin_memory=True and persistent_workers=True, prefetch; use a fast "
+                     "(Rust) tokenizer in batch mode or pre-tokenize; store data in a binary format.",
+    "io_bound": "The input pipeline waits on storage. Stage data on local NVMe, use larger sequential "
+                "reads (WebDataset/TFRecord shards), more loader workers, or cache the dataset in RAM.",
+    "host_transfer_bound": "Host-to-device copies dominate. Use pinned memory (pin_memory=True) with "
+                           "non_blocking copies, overlap copies with compute, and keep data on the GPU.",
+    "launch_bound": "Kernels are too small to fill the GPU: the CPU cannot launch them fast enough. "
+                    "Use bigger batches, fuse ops (torch.compile), or capture the loop in CUDA graphs.",
+    "memory_bound": "DRAM bandwidth is the limit, not math. Batch requests (as Triton's dynamic batcher "
+                    "does), fuse elementwise ops, and quantize weights (bitsandbytes, GPTQ, TensorRT).",
+    "no_tensor_cores": "Math runs on the FP32/FP64 pipes while the tensor cores idle. Enable AMP "
+                       "(bf16/fp16 autocast) or TF32 (torch.backends.cuda.matmul.allow_tf32 = True).",
+    "power_capped": "The power limit is below the card's default and the clocks drop to fit it. "
+                    "Restore the default limit (nvidia-smi -pl) or accept the slower clocks knowingly.",
+    "thermal_throttled": "The GPU slows itself to cool down. Check airflow, fans, inlet temperature and "
+                         "the data-centre cooling for this node.",
+    "clocks_capped": "Application or locked clocks hold the SM clock below its maximum. Reset them "
+                     "(nvidia-smi -rac / -rgc) unless the cap is intended.",
+    "contention": "Several processes time-slice this GPU, each getting a share and paying context "
+                  "switches. Give each job its own GPU, or use MPS/MIG for deliberate sharing.",
+    "communication_bound": "GPUs wait on collectives (all-reduce) over NVLink/PCIe. Use larger per-GPU "
+                           "batches, gradient accumulation, overlap communication with compute (DDP "
+                           "buckets, FSDP prefetch), or check NCCL's topology and P2P settings.",
+    "system": "The node itself holds the GPU back. Update the driver to >= 530 with CUDA >= 12.1 and "
+              "check the PCIe link (reseat, BIOS), ECC and Xid errors; run `flopwatch doctor`.",
+    "unknown": "Utilization is low and no known signature matches. Profile one step (PyTorch profiler, "
+               "Nsight Systems) to see where the time goes.",
+}
+
+SUMMARY = {
+    "idle": "GPU idle: no process",
+    "held_idle": "GPU memory held, no work",
+    "input_starved": "GPU starved by a CPU-bound input pipeline",
+    "io_bound": "GPU starved by storage I/O",
+    "host_transfer_bound": "GPU waiting on host-to-device copies",
+    "launch_bound": "GPU idle between tiny kernels (launch-bound)",
+    "memory_bound": "GPU bound by DRAM bandwidth",
+    "no_tensor_cores": "GPU busy on FP32/FP64 pipes, tensor cores idle",
+    "power_capped": "GPU clocks held down by a lowered power limit",
+    "thermal_throttled": "GPU clocks held down by temperature",
+    "clocks_capped": "GPU clocks locked below maximum",
+    "contention": "Several processes time-slice the GPU",
+    "communication_bound": "GPU waiting on inter-GPU communication",
+    "system": "Node problem (driver, PCIe link) holds the GPU back",
+    "unknown": "GPU under-used, cause not identified",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """One GPU's view of one tick, as diagnosis sees it."""
+
+    sample: GpuSample
+    figures: GpuFigures
+    host: HostSample
+
+
+@dataclass(frozen=True, slots=True)
+class DiagnosisState:
+    """The current finding and a challenger that must lead long enough to replace it."""
+
+    finding: Finding | None = None
+    candidate: str | None = None
+    candidate_since: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Signals:
+    """Time-weighted means over the window; ``None`` where the source could not say."""
+
+    seconds: float
+    utilization: float | None
+    nvml_utilization: float | None
+    sm_occupancy: float | None
+    tensor_active: float | None
+    fp32_active: float | None
+    fp64_active: float | None
+    dram_active: float | None
+    flops_utilization: float | None
+    pcie_bytes_per_second: float | None
+    nvlink_bytes_per_second: float | None
+    sm_clock_ratio: float | None
+    throttle: Mapping[str, float]
+    processes: int
+    process_shares: Mapping[int, float]
+    memory_held_bytes: int
+    cpu_ratio: float  # the GPU processes' own CPU, cores
+    busiest_thread_cpu_ratio: float
+    children: int
+    children_cpu_ratio: float
+    threads_in_disk_wait: float
+    iowait_ratio: float | None
+    driver_major: int | None
+    cuda_version: tuple[int, int] | None
+    pcie_width: int | None
+    pcie_width_max: int | None
+    power_limit_ratio: float | None
+    source_quality: str
+    jobs: tuple[str, ...] = field(default=())
+
+
+def _mean(values: Sequence[tuple[float | None, float]]) -> float | None:
+    known = [(v, w) for v, w in values if v is not None]
+    total = sum(w for _, w in known)
+    return sum(v * w for v, w in known) / total if total > 0 else None
+
+
+def signals(window: Sequence[Tick]) -> Signals:
+    weights = [max(t.sample.interval_seconds, 1e-6) for t in window]
+
+    def mean(get: Callable[[Tick], float | None]) -> float | None:
+        return _mean([(get(t), w) for t, w in zip(window, weights)])
+
+    last = window[-1]
+    pids = [p.pid for p in last.sample.processes]
+    shares: dict[int, float] = {}
+    for pid in pids:
+        share = mean(lambda t, pid=pid: next((p.sm_ratio for p in t.sample.processes if p.pid == pid), None))
+        shares[pid] = share or 0.0
+
+    def host_sum(get: Callable[[HostProcess], float | None]) -> Callable[[Tick], float | None]:
+        def total(t: Tick) -> float | None:
+            values = [get(t.host.processes[pid]) for pid in pids if pid in t.host.processes]
+            values = [v for v in values if v is not None]
+            return sum(values) if values else None
+        return total
+
+    def host_max(get: Callable[[HostProcess], float | None]) -> Callable[[Tick], float | None]:
+        def most(t: Tick) -> float | None:
+            values = [get(t.host.processes[pid]) for pid in pids if pid in t.host.processes]
+            values = [v for v in values if v is not None]
+            return max(values) if values else None
+        return most
+
+    reasons = {r for t in window for r in t.figures.throttle_fractions}
+    throttle = {r: mean(lambda t, r=r: t.figures.throttle_fractions.get(r)) or 0.0 for r in reasons}
+    info = last.sample.info
+    driver_major = int(info.driver_version.split(".")[0]) if info.driver_version[:1].isdigit() else None
+    cuda = None
+    if info.cuda_driver_version:
+        major, _, minor = info.cuda_driver_version.partition(".")
+        cuda = (int(major), int(minor or 0))
+    pcie_tx = mean(lambda t: t.sample.pcie_tx_bytes_per_second)
+    pcie_rx = mean(lambda t: t.sample.pcie_rx_bytes_per_second)
+    nvl_tx = mean(lambda t: t.sample.nvlink_tx_bytes_per_second)
+    nvl_rx = mean(lambda t: t.sample.nvlink_rx_bytes_per_second)
+    limit_ratio = None
+    if info.power_limit_watts and info.default_power_limit_watts:
+        limit_ratio = info.power_limit_watts / info.default_power_limit_watts
+    jobs = tuple(sorted({last.host.processes[pid].job for pid in pids
+                         if pid in last.host.processes and last.host.processes[pid].job}))
+    return Signals(
+        seconds=sum(weights),
+        utilization=mean(lambda t: t.figures.utilization),
+        nvml_utilization=mean(lambda t: t.sample.nvml_utilization),
+        sm_occupancy=mean(lambda t: t.figures.sm_occupancy),
+        tensor_active=mean(lambda t: t.figures.tensor_active),
+        fp32_active=mean(lambda t: t.figures.fp32_active),
+        fp64_active=mean(lambda t: t.figures.fp64_active),
+        dram_active=mean(lambda t: t.figures.dram_active),
+        flops_utilization=mean(lambda t: t.figures.flops_utilization),
+        pcie_bytes_per_second=None if pcie_tx is None and pcie_rx is None else (pcie_tx or 0) + (pcie_rx or 0),
+        nvlink_bytes_per_second=None if nvl_tx is None and nvl_rx is None else (nvl_tx or 0) + (nvl_rx or 0),
+        sm_clock_ratio=mean(lambda t: t.figures.sm_clock_ratio),
+        throttle=throttle,
+        processes=len(pids),
+        process_shares=shares,
+        memory_held_bytes=sum(p.used_memory_bytes or 0 for p in last.sample.processes),
+        cpu_ratio=mean(host_sum(lambda p: p.cpu_ratio)) or 0.0,
+        busiest_thread_cpu_ratio=mean(host_max(lambda p: p.busiest_thread_cpu_ratio)) or 0.0,
+        children=max((last.host.processes[pid].children for pid in pids if pid in last.host.processes), default=0),
+        children_cpu_ratio=mean(host_sum(lambda p: p.children_cpu_ratio)) or 0.0,
+        threads_in_disk_wait=mean(host_sum(lambda p: float(p.threads_in_disk_wait))) or 0.0,
+        iowait_ratio=mean(lambda t: t.host.iowait_ratio),
+        driver_major=driver_major,
+        cuda_version=cuda,
+        pcie_width=None,
+        pcie_width_max=info.pcie_link_width_max,
+        power_limit_ratio=limit_ratio,
+        source_quality=last.sample.source_quality,
+        jobs=jobs,
+    )
+
+
+def _r(value: float | None, digits: int = 3) -> float | None:
+    return round(value, digits) if value is not None else None
+
+
+def _finding(cause: str, severity: str, confidence: float, s: Signals, **evidence: float | int | str | None) -> Finding:
+    base = {"utilization": _r(s.utilization), "window_seconds": round(s.seconds, 1), "source_quality": s.source_quality}
+    return Finding(
+        cause=cause, severity=severity, confidence=round(min(max(confidence, 0.05), 0.99), 2),
+        evidence={**base, **{k: (_r(v) if isinstance(v, float) else v) for k, v in evidence.items()}},
+        advice=ADVICE[cause], summary=SUMMARY[cause],
+    )
+
+
+def _strength(value: float, threshold: float) -> float:
+    """0.6 at the threshold, rising towards 0.95 as the signal doubles it."""
+    if threshold <= 0:
+        return 0.9
+    return 0.6 + 0.35 * min(max(value / threshold - 1.0, 0.0), 1.0)
+
+
+def classify(s: Signals, th: Thresholds) -> Finding | None:
+    """The most likely cause for one window, or None when the GPU is doing its job."""
+    if s.utilization is None:
+        return None
+    util = s.utilization
+    busy_shares = [v for v in s.process_shares.values() if v >= th.contention_min_sm_ratio * max(util, 1e-9)]
+    thermal = s.throttle.get("sw_thermal_slowdown", 0.0) + s.throttle.get("hw_thermal_slowdown", 0.0)
+    clocks_low = s.sm_clock_ratio is not None and s.sm_clock_ratio < th.clock_ratio_low
+
+    if util < th.utilization_threshold:
+        if s.processes == 0:
+            return _finding("idle", "ticket", 0.95, s, processes=0)
+        if util < th.idle_sm_active and s.memory_held_bytes >= th.held_memory_bytes and \
+                s.cpu_ratio + s.children_cpu_ratio < th.cpu_busy_ratio and (s.nvml_utilization or 0) < th.launch_min_kernel_time:
+            return _finding("held_idle", "page", 0.9, s, memory_held_bytes=s.memory_held_bytes,
+                            process_cpu_cores=s.cpu_ratio, processes=s.processes)
+        if len(busy_shares) >= th.contention_processes and s.processes >= th.contention_processes:
+            return _finding("contention", "page", 0.8, s, processes=s.processes,
+                            sm_shares=", ".join(f"{pid}:{v:.2f}" for pid, v in sorted(s.process_shares.items())))
+        if s.nvlink_bytes_per_second is not None and s.nvlink_bytes_per_second >= th.nvlink_busy_bytes_per_second:
+            return _finding("communication_bound", "page", _strength(s.nvlink_bytes_per_second, th.nvlink_busy_bytes_per_second),
+                            s, nvlink_bytes_per_second=s.nvlink_bytes_per_second, nvml_utilization=s.nvml_utilization)
+        if s.pcie_bytes_per_second is not None and s.pcie_bytes_per_second >= th.pcie_busy_bytes_per_second:
+            return _finding("host_transfer_bound", "page", _strength(s.pcie_bytes_per_second, th.pcie_busy_bytes_per_second),
+                            s, pcie_bytes_per_second=s.pcie_bytes_per_second,
+                            busiest_thread_cpu_cores=s.busiest_thread_cpu_ratio)
+        if s.threads_in_disk_wait >= th.disk_wait_threads or (
+                (s.iowait_ratio or 0) >= th.iowait_ratio and s.busiest_thread_cpu_ratio < th.cpu_saturated_ratio):
+            return _finding("io_bound", "page", _strength(max(s.threads_in_disk_wait, 0.01), th.disk_wait_threads), s,
+                            threads_in_disk_wait=s.threads_in_disk_wait, iowait_ratio=s.iowait_ratio,
+                            process_cpu_cores=s.cpu_ratio)
+        if s.dram_active is not None and s.dram_active >= th.memory_bound_dram_active:
+            return _finding("memory_bound", "page", _strength(s.dram_active, th.memory_bound_dram_active), s,
+                            dram_active=s.dram_active, flops_utilization=s.flops_utilization)
+        kernel_time = s.nvml_utilization or 0.0
+        if s.source_quality == "gpm" and kernel_time >= th.launch_min_kernel_time and \
+                kernel_time >= th.launch_kernel_time_over_sm_active * max(util, 1e-3):
+            return _finding("launch_bound", "page", _strength(kernel_time / max(util, 1e-3), th.launch_kernel_time_over_sm_active),
+                            s, nvml_utilization=kernel_time, sm_occupancy=s.sm_occupancy,
+                            busiest_thread_cpu_cores=s.busiest_thread_cpu_ratio)
+        per_child = s.children_cpu_ratio / s.children if s.children else 0.0
+        if s.busiest_thread_cpu_ratio >= th.cpu_saturated_ratio or per_child >= th.cpu_saturated_ratio:
+            return _finding("input_starved", "page",
+                            _strength(max(s.busiest_thread_cpu_ratio, per_child), th.cpu_saturated_ratio) - 0.1, s,
+                            busiest_thread_cpu_cores=s.busiest_thread_cpu_ratio, loader_workers=s.children,
+                            loader_cpu_cores=s.children_cpu_ratio, process_cpu_cores=s.cpu_ratio)
+        problems = _system_problems(s)
+        if problems:
+            return _finding("system", "page", 0.7, s, problems="; ".join(problems))
+        return _finding("unknown", "page", 0.3, s, nvml_utilization=s.nvml_utilization,
+                        process_cpu_cores=s.cpu_ratio, pcie_bytes_per_second=s.pcie_bytes_per_second)
+
+    # Busy, but is the work efficient?
+    if s.power_limit_ratio is not None and s.power_limit_ratio < 0.98 and clocks_low and \
+            s.throttle.get("sw_power_cap", 0.0) >= th.throttle_fraction:
+        return _finding("power_capped", "ticket", 0.85, s, power_limit_ratio=s.power_limit_ratio,
+                        sm_clock_ratio=s.sm_clock_ratio, sw_power_cap_fraction=s.throttle.get("sw_power_cap"))
+    if thermal >= th.throttle_fraction and clocks_low:
+        return _finding("thermal_throttled", "ticket", _strength(thermal, th.throttle_fraction), s,
+                        thermal_throttle_fraction=min(thermal, 1.0), sm_clock_ratio=s.sm_clock_ratio)
+    if s.throttle.get("clocks_setting", 0.0) >= th.throttle_fraction and clocks_low:
+        return _finding("clocks_capped", "ticket", 0.8, s, sm_clock_ratio=s.sm_clock_ratio,
+                        clocks_setting_fraction=s.throttle.get("clocks_setting"))
+    fp_busy = (s.fp32_active or 0.0) + (s.fp64_active or 0.0)
+    if s.dram_active is not None and s.dram_active >= th.memory_bound_dram_active and \
+            (s.flops_utilization is None or s.flops_utilization < th.memory_bound_max_flops_utilization) and \
+            fp_busy < s.dram_active:
+        return _finding("memory_bound", "ticket", _strength(s.dram_active, th.memory_bound_dram_active), s,
+                        dram_active=s.dram_active, flops_utilization=s.flops_utilization, tensor_active=s.tensor_active)
+    if s.tensor_active is not None and s.tensor_active < th.tensor_idle and fp_busy >= th.fp_pipe_busy:
+        return _finding("no_tensor_cores", "ticket", _strength(fp_busy, th.fp_pipe_busy), s,
+                        fp32_active=s.fp32_active, fp64_active=s.fp64_active, tensor_active=s.tensor_active)
+    if len(busy_shares) >= th.contention_processes:
+        return _finding("contention", "ticket", 0.7, s, processes=s.processes,
+                        sm_shares=", ".join(f"{pid}:{v:.2f}" for pid, v in sorted(s.process_shares.items())))
+    return None
+
+
+def _system_problems(s: Signals) -> list[str]:
+    problems = []
+    if s.driver_major is not None and s.driver_major < 530:
+        problems.append(f"driver {s.driver_major} < 530")
+    if s.cuda_version is not None and s.cuda_version < (12, 1):
+        problems.append(f"CUDA {s.cuda_version[0]}.{s.cuda_version[1]} < 12.1")
+    if s.pcie_width is not None and s.pcie_width_max and s.pcie_width < s.pcie_width_max:
+        problems.append(f"PCIe link x{s.pcie_width} of x{s.pcie_width_max}")
+    return problems
+
+
+def diagnose(window: Sequence[Tick], th: Thresholds, state: DiagnosisState = DiagnosisState()) -> DiagnosisState:
+    """Advance one GPU's diagnosis by one tick. ``window`` is the last ``window_seconds`` of ticks."""
+    window = [t for t in window if t.sample.error is None]
+    if not window:
+        return DiagnosisState()
+    s = signals(window)
+    if s.seconds < th.min_window_seconds:
+        return state
+    now = window[-1].sample.timestamp
+    found = classify(s, th)
+    current = state.finding
+    if current is None or found is None and current is None:
+        return DiagnosisState(finding=found)
+    new_cause = found.cause if found is not None else None
+    if new_cause == current.cause:
+        return DiagnosisState(finding=found)  # same cause, fresh evidence
+    if state.candidate != new_cause:
+        return DiagnosisState(finding=current, candidate=new_cause, candidate_since=now)
+    if now - (state.candidate_since or now) >= th.switch_after_seconds:
+        return DiagnosisState(finding=found)
+    return replace(state, finding=current)
+
+
+def waste_seconds(figures: GpuFigures, finding: Finding | None, th: Thresholds) -> tuple[str, float] | None:
+    """GPU-seconds of this tick spent under the threshold, and the cause they are charged to."""
+    if figures.utilization is None or figures.utilization >= th.utilization_threshold:
+        return None
+    return (finding.cause if finding is not None else "unknown"), figures.interval_seconds

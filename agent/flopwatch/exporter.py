@@ -1,0 +1,180 @@
+"""Prometheus exposition of the last tick. Scraping never calls NVML: it renders ``Agent.state``."""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable, Iterator
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import CollectorRegistry
+
+from . import __version__
+from .model import AgentState, GpuState
+
+GPU_LABELS = ["gpu", "uuid"]
+
+# (metric name, help, the GpuState → value function) for the plain per-GPU gauges.
+GAUGES: tuple[tuple[str, str, Callable[[GpuState], float | None]], ...] = (
+    ("utilization_ratio", "Fraction of time the SMs had work (GPM SM_UTIL; NVML utilization.gpu where "
+     "source_quality is coarse).", lambda g: g.figures.utilization),
+    ("nvml_utilization_ratio", "NVML utilization.gpu: fraction of time any kernel ran (coarse).",
+     lambda g: g.sample.nvml_utilization),
+    ("sm_occupancy_ratio", "Resident warps over the SMs' maximum (GPM SM_OCCUPANCY).", lambda g: g.figures.sm_occupancy),
+    ("tensor_active_ratio", "Fraction of cycles any tensor pipe was active.", lambda g: g.figures.tensor_active),
+    ("fp32_active_ratio", "Fraction of cycles the FP32 pipe was active.", lambda g: g.figures.fp32_active),
+    ("fp64_active_ratio", "Fraction of cycles the FP64 pipe was active.", lambda g: g.figures.fp64_active),
+    ("fp16_active_ratio", "Fraction of cycles the (non-tensor) FP16 pipe was active.", lambda g: g.figures.fp16_active),
+    ("dram_active_ratio", "DRAM bandwidth used over peak (GPM DRAM_BW_UTIL).", lambda g: g.figures.dram_active),
+    ("flops_utilization_ratio", "Achieved FLOP/s over the card's dense tensor peak.",
+     lambda g: g.figures.flops_utilization),
+    ("memory_turnover_per_second", "Bytes moved through DRAM per second over memory capacity.",
+     lambda g: g.figures.memory_turnover_per_second),
+    ("dram_bytes_per_second", "Bytes moved through DRAM per second.", lambda g: g.figures.dram_bytes_per_second),
+    ("power_watts", "Board power draw.", lambda g: g.figures.power_watts),
+    ("sm_clock_hertz", "SM clock.", lambda g: g.sample.sm_clock_mhz * 1e6 if g.sample.sm_clock_mhz is not None else None),
+    ("temperature_celsius", "GPU temperature.", lambda g: g.sample.temperature_celsius),
+    ("pcie_tx_bytes_per_second", "PCIe traffic from the GPU.", lambda g: g.sample.pcie_tx_bytes_per_second),
+    ("pcie_rx_bytes_per_second", "PCIe traffic to the GPU.", lambda g: g.sample.pcie_rx_bytes_per_second),
+    ("nvlink_tx_bytes_per_second", "NVLink traffic from the GPU.", lambda g: g.sample.nvlink_tx_bytes_per_second),
+    ("nvlink_rx_bytes_per_second", "NVLink traffic to the GPU.", lambda g: g.sample.nvlink_rx_bytes_per_second),
+    ("memory_used_bytes", "GPU memory in use.", lambda g: g.figures.memory_used_bytes),
+    ("memory_total_bytes", "GPU memory capacity.", lambda g: g.figures.memory_total_bytes),
+)
+
+
+class Exporter:
+    """A prometheus-client custom collector over the agent's last state and its sinks' metrics."""
+
+    def __init__(self, state: Callable[[], AgentState | None], extra: Iterable[object] = (), top_processes: int = 10):
+        self.state = state
+        self.extra = list(extra)  # sinks and sources with a collect() of their own
+        self.top_processes = top_processes
+
+    def registry(self) -> CollectorRegistry:
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(self)
+        return registry
+
+    def collect(self) -> Iterator[Metric]:
+        state = self.state()
+        yield from self._agent(state)
+        if state is not None:
+            yield from self._gpus(state)
+        for source in self.extra:
+            yield from source.collect()
+
+    def _agent(self, state: AgentState | None) -> Iterator[Metric]:
+        build = GaugeMetricFamily("flopwatch_build_info", "flopwatch version.", labels=["version"])
+        build.add_metric([__version__], 1)
+        yield build
+        if state is None:
+            return
+        ticks = CounterMetricFamily("flopwatch_ticks", "Ticks completed.")
+        ticks.add_metric([], state.ticks)
+        yield ticks
+        success = GaugeMetricFamily("flopwatch_collector_success", "1 if the collector's last run succeeded.",
+                                    labels=["collector"])
+        duration = GaugeMetricFamily("flopwatch_collector_duration_seconds", "Time the collector's last run took.",
+                                     labels=["collector"])
+        for name, ok in sorted(state.collector_success.items()):
+            success.add_metric([name], 1 if ok else 0)
+            duration.add_metric([name], state.collector_seconds.get(name, 0.0))
+        yield success
+        yield duration
+        if state.host is not None and state.host.cpu_busy_ratio is not None:
+            cpu = GaugeMetricFamily("flopwatch_host_cpu_busy_ratio", "Host CPU busy share (all cores).")
+            cpu.add_metric([], state.host.cpu_busy_ratio)
+            yield cpu
+            iowait = GaugeMetricFamily("flopwatch_host_iowait_ratio", "Host CPU share spent waiting on I/O.")
+            iowait.add_metric([], state.host.iowait_ratio or 0.0)
+            yield iowait
+
+    def _gpus(self, state: AgentState) -> Iterator[Metric]:
+        up = GaugeMetricFamily("flopwatch_gpu_up", "1 if the GPU was read this tick.", labels=GPU_LABELS)
+        info = GaugeMetricFamily("flopwatch_gpu_info", "Static facts about the GPU.",
+                                 labels=GPU_LABELS + ["name", "driver", "cuda", "pci_bus_id", "source_quality"])
+        for g in state.gpus:
+            labels = _labels(g)
+            up.add_metric(labels, 0 if g.figures is None else 1)
+            i = g.sample.info
+            info.add_metric(labels + [i.name, i.driver_version, i.cuda_driver_version or "", i.pci_bus_id,
+                                      g.sample.source_quality], 1)
+        yield up
+        yield info
+        readable = [g for g in state.gpus if g.figures is not None]
+        for name, help_text, get in GAUGES:
+            family = GaugeMetricFamily(f"flopwatch_{name}", help_text, labels=GPU_LABELS)
+            for g in readable:
+                value = get(g)
+                if value is not None:
+                    family.add_metric(_labels(g), value)
+            yield family
+        yield from self._counters(readable)
+        yield from self._findings(readable)
+        yield from self._processes(readable)
+
+    def _counters(self, gpus: list[GpuState]) -> Iterator[Metric]:
+        energy = CounterMetricFamily("flopwatch_energy_joules", "Energy used since the agent started (counter).",
+                                     labels=GPU_LABELS)
+        throttle = CounterMetricFamily("flopwatch_throttle_seconds", "Time the clocks were held down, by reason.",
+                                       labels=GPU_LABELS + ["reason"])
+        wasted = CounterMetricFamily("flopwatch_wasted_gpu_seconds", "GPU-seconds spent under the utilization "
+                                     "threshold, by cause.", labels=GPU_LABELS + ["cause"])
+        for g in gpus:
+            labels = _labels(g)
+            if g.sample.energy_joules is not None:
+                energy.add_metric(labels, g.sample.energy_joules)
+            for reason, seconds in sorted(g.sample.throttle_seconds.items()):
+                throttle.add_metric(labels + [reason], seconds)
+            for cause, seconds in sorted(g.wasted_seconds.items()):
+                wasted.add_metric(labels + [cause], seconds)
+        yield energy
+        yield throttle
+        yield wasted
+
+    def _findings(self, gpus: list[GpuState]) -> Iterator[Metric]:
+        below = GaugeMetricFamily("flopwatch_below_threshold", "1 while utilization is under the threshold, "
+                                  "labelled with the likely cause.", labels=GPU_LABELS + ["cause"])
+        info = GaugeMetricFamily("flopwatch_finding_info", "The current finding: cause, severity and advice.",
+                                 labels=GPU_LABELS + ["cause", "severity", "summary", "advice"])
+        confidence = GaugeMetricFamily("flopwatch_finding_confidence", "Confidence in the current finding.",
+                                       labels=GPU_LABELS + ["cause"])
+        for g in gpus:
+            labels = _labels(g)
+            if g.below_threshold:
+                below.add_metric(labels + [g.finding.cause if g.finding else "unknown"], 1)
+            else:
+                below.add_metric(labels + ["none"], 0)
+            if g.finding is not None:
+                f = g.finding
+                info.add_metric(labels + [f.cause, f.severity, f.summary, f.advice], 1)
+                confidence.add_metric(labels + [f.cause], f.confidence)
+        yield below
+        yield info
+        yield confidence
+
+    def _processes(self, gpus: list[GpuState]) -> Iterator[Metric]:
+        sm = GaugeMetricFamily("flopwatch_process_sm_ratio", "A process's share of the GPU's SM time (top N; "
+                               "the rest summed as pid=\"other\").", labels=GPU_LABELS + ["pid", "job"])
+        memory = GaugeMetricFamily("flopwatch_process_memory_bytes", "GPU memory a process holds (top N; the rest "
+                                   "summed as pid=\"other\").", labels=GPU_LABELS + ["pid", "job"])
+        count = GaugeMetricFamily("flopwatch_processes", "Processes with a context on the GPU.", labels=GPU_LABELS)
+        for g in gpus:
+            labels = _labels(g)
+            count.add_metric(labels, len(g.processes))
+            ranked = sorted(g.processes, key=lambda p: (p.sm_ratio or 0.0, p.memory_bytes or 0), reverse=True)
+            top, rest = ranked[: self.top_processes], ranked[self.top_processes:]
+            for p in top:
+                if p.sm_ratio is not None:
+                    sm.add_metric(labels + [str(p.pid), p.job], p.sm_ratio)
+                if p.memory_bytes is not None:
+                    memory.add_metric(labels + [str(p.pid), p.job], p.memory_bytes)
+            if rest:
+                sm.add_metric(labels + ["other", "other"], sum(p.sm_ratio or 0.0 for p in rest))
+                memory.add_metric(labels + ["other", "other"], sum(p.memory_bytes or 0 for p in rest))
+        yield count
+        yield sm
+        yield memory
+
+
+def _labels(g: GpuState) -> list[str]:
+    return [str(g.sample.info.index), g.sample.info.uuid]

@@ -1,0 +1,92 @@
+"""The HTTP endpoint: /metrics (Prometheus text) and /api/v1/status (JSON). Read-only.
+
+Requests only render the last tick's state, so any number of scrapers cost no NVML calls.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Callable
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import CollectorRegistry
+
+log = logging.getLogger(__name__)
+
+INDEX = b"""<html><head><title>flopwatch</title></head><body><h1>flopwatch</h1>
+<p><a href="/metrics">/metrics</a> &middot; <a href="/api/v1/status">/api/v1/status</a></p></body></html>
+"""
+
+
+class ListenError(OSError):
+    pass
+
+
+def parse_listen(address: str) -> tuple[str, int]:
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ValueError(f"listen address {address!r} is not HOST:PORT")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: "MetricsServer"
+    protocol_version = "HTTP/1.1"
+    timeout = 10  # a slow client cannot hold a handler thread forever
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        path = self.path.split("?", 1)[0]
+        if path == "/metrics":
+            self._send(200, CONTENT_TYPE_LATEST, generate_latest(self.server.registry))
+        elif path == "/api/v1/status":
+            body = json.dumps(self.server.status(), default=str).encode()
+            self._send(200, "application/json", body)
+        elif path in ("/", ""):
+            self._send(200, "text/html; charset=utf-8", INDEX)
+        elif path in ("/-/healthy", "/-/ready"):
+            self._send(200, "text/plain", b"OK\n")
+        else:
+            self._send(404, "text/plain", b"not found\n")
+
+    def do_POST(self) -> None:  # noqa: N802
+        self._send(405, "text/plain", b"method not allowed\n")
+
+    do_PUT = do_DELETE = do_PATCH = do_POST
+
+    def _send(self, code: int, content_type: str, body: bytes) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("%s " + format, self.address_string(), *args)
+
+
+class MetricsServer(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, address: str, registry: CollectorRegistry, status: Callable[[], dict]):
+        host, port = parse_listen(address)
+        self.registry = registry
+        self.status = status
+        try:
+            super().__init__((host, port), _Handler)
+        except OSError as e:
+            raise ListenError(f"cannot listen on {address}: {e.strerror or e}") from None
+
+    @property
+    def url(self) -> str:
+        host, port = self.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def start(self) -> threading.Thread:
+        thread = threading.Thread(target=self.serve_forever, name="http", daemon=True)
+        thread.start()
+        return thread

@@ -1,0 +1,139 @@
+"""The host side of a tick (psutil and /proc): host CPU and iowait, and for each GPU process its
+CPU use, busiest thread, threads in disk wait, data-loader children, RSS and I/O rates."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+import psutil
+
+from ..model import HostProcess, HostSample
+from ..redact import redact_cmdline
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+@dataclass
+class _Seen:
+    """What the previous tick saw of one process, to turn counters into rates."""
+
+    process: psutil.Process
+    at: float
+    cpu_seconds: float
+    thread_cpu_seconds: dict[int, float]
+    children_cpu_seconds: float
+    io_read_bytes: int | None
+    io_write_bytes: int | None
+
+
+class HostSource:
+    name = "host"
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic, proc_root: str = "/proc"):
+        self.clock = clock
+        self.proc_root = proc_root
+        self._seen: dict[int, _Seen] = {}
+        self._cpu_times = psutil.cpu_times()
+        self._cpu_count = psutil.cpu_count() or 1
+
+    def read(self, pids: Iterable[int], timestamp: float) -> HostSample:
+        now = self.clock()
+        cpu_busy, iowait = self._host_cpu()
+        processes = {}
+        alive = set()
+        for pid in set(pids):
+            proc = self._read_process(pid, now)
+            if proc is not None:
+                processes[pid] = proc
+                alive.add(pid)
+        for pid in set(self._seen) - alive:
+            del self._seen[pid]
+        return HostSample(timestamp=timestamp, cpu_count=self._cpu_count, cpu_busy_ratio=cpu_busy,
+                          iowait_ratio=iowait, processes=processes)
+
+    def _host_cpu(self) -> tuple[float | None, float | None]:
+        now = psutil.cpu_times()
+        before, self._cpu_times = self._cpu_times, now
+        total = sum(now) - sum(before)
+        if total <= 0:
+            return None, None
+        idle = (now.idle - before.idle) + (getattr(now, "iowait", 0) - getattr(before, "iowait", 0))
+        iowait = getattr(now, "iowait", 0) - getattr(before, "iowait", 0)
+        return 1.0 - idle / total, iowait / total
+
+    def _threads(self, pid: int) -> tuple[dict[int, float], int]:
+        """CPU seconds per thread and how many threads wait on disk, from /proc/PID/task."""
+        cpu: dict[int, float] = {}
+        disk_wait = 0
+        task_dir = f"{self.proc_root}/{pid}/task"
+        try:
+            tids = os.listdir(task_dir)
+        except OSError:
+            return cpu, 0
+        for tid in tids:
+            try:
+                with open(f"{task_dir}/{tid}/stat", "rb") as f:
+                    stat = f.read()
+            except OSError:
+                continue
+            fields = stat[stat.rfind(b")") + 2:].split()
+            if fields[0] == b"D":
+                disk_wait += 1
+            cpu[int(tid)] = (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+        return cpu, disk_wait
+
+    def _read_process(self, pid: int, now: float) -> HostProcess | None:
+        seen = self._seen.get(pid)
+        try:
+            process = seen.process if seen is not None else psutil.Process(pid)
+            with process.oneshot():
+                times = process.cpu_times()
+                cpu_seconds = times.user + times.system
+                name = process.name()
+                status = process.status()
+                rss = process.memory_info().rss
+                user = _safe(process.username)
+                cmdline = _safe(process.cmdline) or []
+                io = _safe(process.io_counters)
+                children = _safe(lambda: process.children(recursive=True)) or []
+        except (psutil.NoSuchProcess, psutil.ZombieProcess):
+            return None
+        except psutil.AccessDenied:
+            return HostProcess(pid=pid, name="?", state="unknown")
+        thread_cpu, disk_wait = self._threads(pid)
+        children_cpu = sum(_child_cpu_seconds(c) for c in children)
+        io_read = getattr(io, "read_bytes", None)
+        io_write = getattr(io, "write_bytes", None)
+        self._seen[pid] = _Seen(process, now, cpu_seconds, thread_cpu, children_cpu, io_read, io_write)
+        cpu_ratio = busiest = children_ratio = read_rate = write_rate = None
+        if seen is not None and now > seen.at:
+            dt = now - seen.at
+            cpu_ratio = max(cpu_seconds - seen.cpu_seconds, 0.0) / dt
+            deltas = [v - seen.thread_cpu_seconds.get(tid, v) for tid, v in thread_cpu.items()]
+            busiest = max(deltas, default=0.0) / dt
+            children_ratio = max(children_cpu - seen.children_cpu_seconds, 0.0) / dt
+            if io_read is not None and seen.io_read_bytes is not None:
+                read_rate = max(io_read - seen.io_read_bytes, 0) / dt
+                write_rate = max(io_write - seen.io_write_bytes, 0) / dt
+        return HostProcess(
+            pid=pid, name=name, user=user, cmdline=redact_cmdline(cmdline), state=status,
+            cpu_ratio=cpu_ratio, busiest_thread_cpu_ratio=busiest, threads=len(thread_cpu),
+            threads_in_disk_wait=disk_wait, children=len(children), children_cpu_ratio=children_ratio,
+            rss_bytes=rss, io_read_bytes_per_second=read_rate, io_write_bytes_per_second=write_rate,
+            job=f"{user}:{name}" if user else name,
+        )
+
+
+def _safe(fn: Callable) -> object:
+    try:
+        return fn()
+    except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess, OSError):
+        return None
+
+
+def _child_cpu_seconds(child: psutil.Process) -> float:
+    times = _safe(child.cpu_times)
+    return times.user + times.system if times is not None else 0.0

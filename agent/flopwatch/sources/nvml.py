@@ -1,0 +1,396 @@
+"""The NVML reader: static facts once, then cheap counter reads every tick.
+
+``lib`` is the ``pynvml`` module or anything with the same functions (the simulated library), so
+simulated GPUs run through exactly this code. Every NVML call goes through ``NvmlGpu._call``:
+NotSupported-like errors become ``None`` and a note in ``GpuSample.unsupported``; a lost GPU
+marks that GPU's sample with an error while the others go on, and it is reopened on later ticks.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Callable
+
+from ..model import GpuInfo, GpuProcess, GpuSample
+
+log = logging.getLogger(__name__)
+
+MIB = 1024 * 1024
+
+# GPM metric ids (from pynvml) by the Sample field they fill. Ratios arrive as percent.
+GPM_RATIOS = {
+    "sm_active": "NVML_GPM_METRIC_SM_UTIL",
+    "sm_occupancy": "NVML_GPM_METRIC_SM_OCCUPANCY",
+    "tensor_active": "NVML_GPM_METRIC_ANY_TENSOR_UTIL",
+    "hmma_active": "NVML_GPM_METRIC_HMMA_TENSOR_UTIL",
+    "dram_active": "NVML_GPM_METRIC_DRAM_BW_UTIL",
+    "fp16_active": "NVML_GPM_METRIC_FP16_UTIL",
+    "fp32_active": "NVML_GPM_METRIC_FP32_UTIL",
+    "fp64_active": "NVML_GPM_METRIC_FP64_UTIL",
+    "integer_active": "NVML_GPM_METRIC_INTEGER_UTIL",
+}
+# Throughputs arrive in MiB/s.
+GPM_RATES = {
+    "pcie_tx_bytes_per_second": "NVML_GPM_METRIC_PCIE_TX_PER_SEC",
+    "pcie_rx_bytes_per_second": "NVML_GPM_METRIC_PCIE_RX_PER_SEC",
+    "nvlink_tx_bytes_per_second": "NVML_GPM_METRIC_NVLINK_TOTAL_TX_PER_SEC",
+    "nvlink_rx_bytes_per_second": "NVML_GPM_METRIC_NVLINK_TOTAL_RX_PER_SEC",
+}
+# Clock-event reason time counters (ns), one field-values call a tick.
+THROTTLE_FIELDS = {
+    "sw_power_cap": "NVML_FI_DEV_CLOCKS_EVENT_REASON_SW_POWER_CAP",
+    "sw_thermal_slowdown": "NVML_FI_DEV_CLOCKS_EVENT_REASON_SW_THERM_SLOWDOWN",
+    "hw_thermal_slowdown": "NVML_FI_DEV_CLOCKS_EVENT_REASON_HW_THERM_SLOWDOWN",
+    "hw_power_brake_slowdown": "NVML_FI_DEV_CLOCKS_EVENT_REASON_HW_POWER_BRAKE_SLOWDOWN",
+    "sync_boost": "NVML_FI_DEV_CLOCKS_EVENT_REASON_SYNC_BOOST",
+}
+# Reasons NVML has no time counter for: accounted from the bitmask × the tick.
+THROTTLE_BITS = {
+    "hw_slowdown": 0x8,  # nvmlClocksEventReasonHwSlowdown
+    "clocks_setting": 0x2 | 0x100,  # applications clocks / user-defined (locked) clocks
+}
+FALLBACK_BITS = {
+    "sw_power_cap": 0x4,
+    "sw_thermal_slowdown": 0x20,
+    "hw_thermal_slowdown": 0x40,
+    "hw_power_brake_slowdown": 0x80,
+    "sync_boost": 0x10,
+}
+
+
+class NvmlUnavailable(RuntimeError):
+    """NVML cannot be initialised (no driver, no GPU)."""
+
+
+class GpuLost(RuntimeError):
+    pass
+
+
+def _error_codes(lib: Any) -> tuple[set[int], set[int]]:
+    unsupported = {
+        getattr(lib, name)
+        for name in (
+            "NVML_ERROR_NOT_SUPPORTED",
+            "NVML_ERROR_FUNCTION_NOT_FOUND",
+            "NVML_ERROR_NO_PERMISSION",
+            "NVML_ERROR_INVALID_ARGUMENT",
+            "NVML_ERROR_ARGUMENT_VERSION_MISMATCH",
+        )
+        if hasattr(lib, name)
+    }
+    lost = {
+        getattr(lib, name)
+        for name in ("NVML_ERROR_GPU_IS_LOST", "NVML_ERROR_TIMEOUT", "NVML_ERROR_UNINITIALIZED")
+        if hasattr(lib, name)
+    }
+    return unsupported, lost
+
+
+class NvmlGpu:
+    """One GPU: its handle, static facts and the counters carried from tick to tick."""
+
+    def __init__(self, lib: Any, index: int, *, energy_interval_seconds: float, clock: Callable[[], float]):
+        self.lib = lib
+        self.index = index
+        self.energy_interval_seconds = energy_interval_seconds
+        self.clock = clock
+        self._unsupported_codes, self._lost_codes = _error_codes(lib)
+        self._gpm_ids = {
+            field: getattr(lib, const) for field, const in {**GPM_RATIOS, **GPM_RATES}.items() if hasattr(lib, const)
+        }
+        self._throttle_ids = {r: getattr(lib, c) for r, c in THROTTLE_FIELDS.items() if hasattr(lib, c)}
+        self.open()
+
+    # -- NVML access -------------------------------------------------------------------------
+    def _call(self, name: str, *args: Any) -> Any:
+        """Call NVML; ``None`` where the GPU or driver cannot say; GpuLost where the GPU is gone."""
+        fn = getattr(self.lib, name, None)
+        if fn is None:
+            return None
+        try:
+            return fn(*args)
+        except self.lib.NVMLError as e:
+            code = getattr(e, "value", None)
+            if code in self._lost_codes:
+                raise GpuLost(f"{name}: {e}") from None
+            if code not in self._unsupported_codes:
+                log.debug("GPU %d: %s failed: %s", self.index, name, e)
+            return None
+
+    def open(self) -> None:
+        self.handle = self._call("nvmlDeviceGetHandleByIndex", self.index)
+        if self.handle is None:
+            raise GpuLost(f"GPU {self.index}: no handle")
+        self.info = self._read_info()
+        self._gpm_previous = self._gpm_sample() if self.info.gpm_supported else None
+        self._last_process_timestamp = 0
+        now = self.clock()
+        self._last_read = now
+        self._energy_counter_start = self._call("nvmlDeviceGetTotalEnergyConsumption", self.handle)
+        self._energy_joules = 0.0 if self._energy_counter_start is not None else None
+        self._energy_read_at = now
+        self._throttle_start = self._throttle_counters()
+        self._throttle_fallback: dict[str, float] = dict.fromkeys(THROTTLE_BITS, 0.0)
+        if self._throttle_start is None:
+            self._throttle_fallback.update(dict.fromkeys(FALLBACK_BITS, 0.0))
+
+    def _read_info(self) -> GpuInfo:
+        h = self.handle
+        lib = self.lib
+        memory = self._call("nvmlDeviceGetMemoryInfo", h)
+        pci = self._call("nvmlDeviceGetPciInfo", h)
+        cuda = self._call("nvmlSystemGetCudaDriverVersion")
+        gpm = self._call("nvmlGpmQueryDeviceSupport", h)
+
+        def watts(mw: Any) -> float | None:
+            return mw / 1000.0 if mw is not None else None
+
+        return GpuInfo(
+            index=self.index,
+            uuid=_text(self._call("nvmlDeviceGetUUID", h)) or f"GPU-{self.index}",
+            name=_text(self._call("nvmlDeviceGetName", h)) or "unknown",
+            pci_bus_id=_text(getattr(pci, "busId", "")) if pci is not None else "",
+            memory_total_bytes=int(memory.total) if memory is not None else 0,
+            driver_version=_text(self._call("nvmlSystemGetDriverVersion")) or "",
+            cuda_driver_version=f"{cuda // 1000}.{cuda % 1000 // 10}" if cuda else None,
+            max_sm_clock_mhz=self._call("nvmlDeviceGetMaxClockInfo", h, lib.NVML_CLOCK_SM),
+            max_memory_clock_mhz=self._call("nvmlDeviceGetMaxClockInfo", h, lib.NVML_CLOCK_MEM),
+            memory_bus_width_bits=self._call("nvmlDeviceGetMemoryBusWidth", h),
+            power_limit_watts=watts(self._call("nvmlDeviceGetEnforcedPowerLimit", h)),
+            default_power_limit_watts=watts(self._call("nvmlDeviceGetPowerManagementDefaultLimit", h)),
+            gpm_supported=bool(gpm is not None and getattr(gpm, "isSupportedDevice", 0)),
+            pcie_link_gen_max=self._call("nvmlDeviceGetMaxPcieLinkGeneration", h),
+            pcie_link_width_max=self._call("nvmlDeviceGetMaxPcieLinkWidth", h),
+            numa_node=self._call("nvmlDeviceGetNumaNodeId", h),
+        )
+
+    def _gpm_sample(self) -> Any:
+        sample = self._call("nvmlGpmSampleAlloc")
+        if sample is None or self._call("nvmlGpmSampleGet", self.handle, sample) is None:
+            return None
+        return sample
+
+    def _throttle_counters(self) -> dict[str, float] | None:
+        if not self._throttle_ids:
+            return None
+        values = self._call("nvmlDeviceGetFieldValues", self.handle, list(self._throttle_ids.values()))
+        if values is None:
+            return None
+        out = {}
+        for reason, value in zip(self._throttle_ids, values):
+            if value.nvmlReturn != 0:
+                return None
+            out[reason] = value.value.ullVal / 1e9
+        return out
+
+    # -- one tick ----------------------------------------------------------------------------
+    def read(self, timestamp: float) -> GpuSample:
+        now = self.clock()
+        interval = max(now - self._last_read, 1e-6)
+        self._last_read = now
+        h = self.handle
+        unsupported: list[str] = []
+        fields: dict[str, Any] = {}
+
+        if self._gpm_previous is not None:
+            fields.update(self._read_gpm(unsupported))
+        quality = "gpm" if "sm_active" in fields and fields["sm_active"] is not None else "coarse"
+
+        rates = self._call("nvmlDeviceGetUtilizationRates", h)
+        fields["nvml_utilization"] = rates.gpu / 100.0 if rates is not None else None
+        if quality == "coarse":
+            # NVML's utilization.gpu is the share of time any kernel ran, not SM work: coarse.
+            fields["sm_active"] = fields["nvml_utilization"]
+            unsupported.append("gpm")
+
+        memory = self._call("nvmlDeviceGetMemoryInfo", h)
+        fields["memory_used_bytes"] = int(memory.used) if memory is not None else None
+        power_mw = self._call("nvmlDeviceGetPowerUsage", h)
+        fields["power_watts"] = power_mw / 1000.0 if power_mw is not None else None
+        fields["energy_joules"] = self._read_energy(now, interval, fields["power_watts"])
+        fields["sm_clock_mhz"] = self._call("nvmlDeviceGetClockInfo", h, self.lib.NVML_CLOCK_SM)
+        fields["memory_clock_mhz"] = self._call("nvmlDeviceGetClockInfo", h, self.lib.NVML_CLOCK_MEM)
+        fields["temperature_celsius"] = self._call("nvmlDeviceGetTemperature", h, self.lib.NVML_TEMPERATURE_GPU)
+        reasons = self._call("nvmlDeviceGetCurrentClocksEventReasons", h)
+        fields["clock_event_reasons"] = reasons
+        fields["throttle_seconds"] = self._read_throttle(reasons, interval)
+        fields["processes"] = self._read_processes()
+
+        for name in ("power_watts", "energy_joules", "memory_used_bytes", "sm_clock_mhz"):
+            if fields[name] is None:
+                unsupported.append(name)
+        return GpuSample(
+            info=self.info,
+            timestamp=timestamp,
+            interval_seconds=interval,
+            source_quality=quality,
+            unsupported=tuple(unsupported),
+            **fields,
+        )
+
+    def _read_gpm(self, unsupported: list[str]) -> dict[str, float | None]:
+        current = self._gpm_sample()
+        if current is None:
+            return {}
+        previous, self._gpm_previous = self._gpm_previous, current
+        lib = self.lib
+        request = lib.c_nvmlGpmMetricsGet_t()
+        request.version = lib.NVML_GPM_METRICS_GET_VERSION
+        request.numMetrics = len(self._gpm_ids)
+        request.sample1 = previous
+        request.sample2 = current
+        for i, metric_id in enumerate(self._gpm_ids.values()):
+            request.metrics[i].metricId = metric_id
+        result = self._call("nvmlGpmMetricsGet", request)
+        self._call("nvmlGpmSampleFree", previous)
+        if result is None:
+            return {}
+        out: dict[str, float | None] = {}
+        for i, field in enumerate(self._gpm_ids):
+            metric = result.metrics[i]
+            if metric.nvmlReturn != 0:
+                out[field] = None
+                unsupported.append(field)
+            elif field in GPM_RATIOS:
+                out[field] = min(max(metric.value / 100.0, 0.0), 1.0)
+            else:
+                out[field] = max(metric.value, 0.0) * MIB
+        return out
+
+    def _read_energy(self, now: float, interval: float, power_watts: float | None) -> float | None:
+        """Joules since the agent started: the counter every few seconds, power × time between.
+
+        The total never goes backwards: if integrated power ran ahead of the counter, the total
+        holds until the counter passes it, so the error never exceeds one read interval's drift.
+        """
+        if self._energy_joules is None:
+            return None
+        if now - self._energy_read_at >= self.energy_interval_seconds:
+            counter = self._call("nvmlDeviceGetTotalEnergyConsumption", self.handle)
+            if counter is not None:
+                self._energy_read_at = now
+                self._energy_joules = max(self._energy_joules, (counter - self._energy_counter_start) / 1000.0)
+                return self._energy_joules
+        if power_watts is not None:
+            self._energy_joules += power_watts * interval
+        return self._energy_joules
+
+    def _read_throttle(self, reasons: int | None, interval: float) -> dict[str, float]:
+        for reason, bits in {**THROTTLE_BITS, **FALLBACK_BITS}.items():
+            if reason in self._throttle_fallback and reasons is not None and reasons & bits:
+                self._throttle_fallback[reason] += interval
+        counters = self._throttle_counters() if self._throttle_start is not None else None
+        totals = dict(self._throttle_fallback)
+        if counters is not None:
+            totals.update({r: max(v - self._throttle_start[r], 0.0) for r, v in counters.items()})
+        return totals
+
+    def _read_processes(self) -> tuple[GpuProcess, ...]:
+        running = self._call("nvmlDeviceGetComputeRunningProcesses", self.handle) or []
+        memory = {p.pid: p.usedGpuMemory for p in running}
+        samples = self._call("nvmlDeviceGetProcessUtilization", self.handle, self._last_process_timestamp)
+        sm: dict[int, list[float]] = {}
+        mem: dict[int, list[float]] = {}
+        for s in samples or []:
+            sm.setdefault(s.pid, []).append(s.smUtil / 100.0)
+            mem.setdefault(s.pid, []).append(s.memUtil / 100.0)
+            self._last_process_timestamp = max(self._last_process_timestamp, s.timeStamp)
+        utilization_known = samples is not None or bool(running)
+        out = []
+        for pid in sorted(set(memory) | set(sm)):
+            used = memory.get(pid)
+            out.append(
+                GpuProcess(
+                    pid=pid,
+                    used_memory_bytes=int(used) if isinstance(used, int) else None,
+                    # No sample since the last tick means the process ran nothing on the SMs.
+                    sm_ratio=_mean(sm.get(pid)) if pid in sm else (0.0 if utilization_known else None),
+                    memory_ratio=_mean(mem.get(pid)) if pid in mem else (0.0 if utilization_known else None),
+                )
+            )
+        return tuple(out)
+
+
+class NvmlSource:
+    """All GPUs of the node. ``read()`` never raises for one GPU's failure."""
+
+    name = "nvml"
+
+    def __init__(
+        self,
+        lib: Any | None = None,
+        *,
+        energy_interval_seconds: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+    ):
+        if lib is None:
+            import pynvml as lib
+        self.lib = lib
+        self.wall_clock = wall_clock
+        try:
+            lib.nvmlInit()
+            count = lib.nvmlDeviceGetCount()
+        except lib.NVMLError as e:
+            raise NvmlUnavailable(str(e)) from None
+        except OSError as e:  # libnvidia-ml.so missing
+            raise NvmlUnavailable(str(e)) from None
+        self._kwargs = dict(energy_interval_seconds=energy_interval_seconds, clock=clock)
+        self.gpus: list[NvmlGpu | None] = []
+        self._last_info: dict[int, GpuInfo] = {}
+        for index in range(count):
+            self.gpus.append(self._open(index))
+
+    def _open(self, index: int) -> NvmlGpu | None:
+        try:
+            gpu = NvmlGpu(self.lib, index, **self._kwargs)
+        except (GpuLost, self.lib.NVMLError) as e:
+            log.warning("GPU %d cannot be opened: %s", index, e)
+            return None
+        self._last_info[index] = gpu.info
+        return gpu
+
+    @property
+    def infos(self) -> list[GpuInfo]:
+        return [self._last_info[i] for i in sorted(self._last_info)]
+
+    def read(self) -> list[GpuSample]:
+        timestamp = self.wall_clock()
+        samples = []
+        for index, gpu in enumerate(self.gpus):
+            if gpu is None:
+                gpu = self.gpus[index] = self._open(index)
+                if gpu is None:
+                    samples.append(self._lost_sample(index, timestamp, "cannot be opened"))
+                    continue
+            try:
+                samples.append(gpu.read(timestamp))
+            except GpuLost as e:
+                log.warning("GPU %d lost: %s", index, e)
+                self.gpus[index] = None
+                samples.append(self._lost_sample(index, timestamp, str(e)))
+        return samples
+
+    def _lost_sample(self, index: int, timestamp: float, error: str) -> GpuSample:
+        info = self._last_info.get(index) or GpuInfo(
+            index=index, uuid=f"GPU-{index}", name="unknown", pci_bus_id="", memory_total_bytes=0,
+            driver_version="", cuda_driver_version=None, max_sm_clock_mhz=None, max_memory_clock_mhz=None,
+            memory_bus_width_bits=None, power_limit_watts=None, default_power_limit_watts=None,
+            gpm_supported=False,
+        )
+        return GpuSample(info=info, timestamp=timestamp, interval_seconds=0.0, source_quality="none", error=error)
+
+    def close(self) -> None:
+        try:
+            self.lib.nvmlShutdown()
+        except self.lib.NVMLError:
+            pass
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else (value or "")
+
+
+def _mean(values: list[float] | None) -> float | None:
+    return sum(values) / len(values) if values else None

@@ -1,0 +1,52 @@
+"""Terminal tables for the CLI (rich). Imported only by commands that print, never by the agent."""
+
+from __future__ import annotations
+
+import io
+from typing import Any, Sequence
+
+from rich.console import Console
+from rich.table import Table
+
+
+def render(table: Any) -> str:
+    buffer = io.StringIO()
+    Console(file=buffer, width=140, force_terminal=False, color_system=None).print(table)
+    return buffer.getvalue().rstrip("\n")
+
+
+def _pct(value: float | None) -> str:
+    return "—" if value is None else f"{value * 100:.0f}%"
+
+
+def simple_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*["—" if v is None else str(v) for v in row])
+    return render(table)
+
+
+def status_table(doc: dict) -> str:
+    table = Table(title=f"flopwatch status — {doc.get('host', '')}")
+    for column in ("GPU", "name", "util", "NVML util", "tensor", "DRAM", "flops", "power", "memory", "processes", "finding"):
+        table.add_column(column)
+    notes = []
+    for g in doc["gpus"]:
+        finding = g.get("finding")
+        cause = "—"
+        if g.get("error"):
+            cause = f"unreadable: {g['error']}"
+        elif finding:
+            cause = f"{finding['cause']} ({finding['severity']}, {finding['confidence']:.0%})"
+            notes.append(f"GPU {g['index']}: {finding['summary']}. {finding['advice']}")
+        memory = "—" if g.get("memory_used_bytes") is None else \
+            f"{g['memory_used_bytes'] / 2**30:.1f}/{g['memory_total_bytes'] / 2**30:.0f} GiB"
+        table.add_row(
+            str(g["index"]), g["name"], _pct(g["utilization"]) + ("" if g["source_quality"] == "gpm" else " (coarse)"),
+            _pct(g.get("nvml_utilization")), _pct(g.get("tensor_active")), _pct(g.get("dram_active")),
+            _pct(g.get("flops_utilization")), "—" if g.get("power_watts") is None else f"{g['power_watts']:.0f} W",
+            memory, ", ".join(f"{p['pid']} {p['job']}" for p in g["processes"][:3]) or "—", cause,
+        )
+    return "\n".join([render(table), *notes])
