@@ -5,17 +5,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from flopwatch.alerting import MemoryOutbox, UnderutilizationAlerts, parse_target
-from flopwatch.model import Finding, GpuFigures
+from flopwatch.model import Finding, GpuFigures, ProcessView
 
 
 @dataclass
 class Gpu:
-    figures: GpuFigures
+    """The part of the agent's GpuState the sink reads."""
+
+    figures: GpuFigures | None
     finding: Finding | None
-    sample: object = None
+    processes: tuple[ProcessView, ...] = ()
 
 
-def gpu(utilization: float | None, cause: str | None = None, index: int = 0) -> Gpu:
+def gpu(utilization: float | None, cause: str | None = None, index: int = 0, severity: str = "page") -> Gpu:
+    """One GPU's tick with its finding (diagnosis pages when the window's utilization is low)."""
     figures = GpuFigures(
         index=index, uuid=f"GPU-{index}", timestamp=0.0, interval_seconds=1.0, source_quality="gpm",
         utilization=utilization, sm_occupancy=None, tensor_active=None, dram_active=None,
@@ -24,12 +27,14 @@ def gpu(utilization: float | None, cause: str | None = None, index: int = 0) -> 
         power_watts=None, energy_joules=None, energy_joules_delta=None, sm_clock_ratio=None,
         memory_used_bytes=None, memory_total_bytes=80 * 2**30,
     )
-    finding = Finding(cause, "page", 0.8, {}, f"fix {cause}") if cause else None
-    return Gpu(figures, finding)
+    finding = Finding(cause, severity, 0.8, {}, f"fix {cause}") if cause else None
+    job = ProcessView(pid=7, job="slurm:1234", user="ana", cmdline="python train.py", sm_ratio=utilization,
+                      memory_bytes=2**30, cpu_ratio=1.0)
+    return Gpu(figures, finding, (job,))
 
 
 def tracker() -> UnderutilizationAlerts:
-    return UnderutilizationAlerts(0.6, alert_after_seconds=120, static_labels={"host": "n1", "job": "flopwatch"},
+    return UnderutilizationAlerts(alert_after_seconds=120, static_labels={"host": "n1", "job": "flopwatch"},
                                   annotate=lambda g: {"advice": g.finding.advice if g.finding else ""})
 
 
@@ -37,7 +42,7 @@ def causes(alerts) -> list[str]:
     return [a.labels["cause"] for a in alerts]
 
 
-def test_a_gpu_under_the_threshold_pages_only_after_alert_after_seconds():
+def test_a_paging_finding_pages_only_after_alert_after_seconds():
     t = tracker()
     assert t.update(0, [gpu(0.1, "input_starved")]).started == []
     assert t.update(119, [gpu(0.1, "input_starved")]).started == []
@@ -58,7 +63,15 @@ def test_a_firing_alert_is_started_once():
     assert causes(t.firing) == ["input_starved"]
 
 
-def test_a_busy_tick_restarts_the_count():
+def test_a_starved_gpu_busy_for_a_tick_still_pages():
+    """The finding covers the window, so a busy second between idle ones does not restart the count."""
+    t = tracker()
+    t.update(0, [gpu(0.1, "input_starved")])
+    t.update(60, [gpu(1.0, "input_starved")])
+    assert causes(t.update(120, [gpu(0.1, "input_starved")]).started) == ["input_starved"]
+
+
+def test_a_tick_without_a_paging_finding_restarts_the_count():
     t = tracker()
     t.update(0, [gpu(0.1, "input_starved")])
     t.update(100, [gpu(0.9)])
@@ -69,6 +82,12 @@ def test_a_busy_tick_restarts_the_count():
 def test_a_healthy_gpu_never_pages():
     t = tracker()
     assert all(t.update(now, [gpu(0.95)]).started == [] for now in range(0, 600, 60))
+
+
+def test_a_busy_but_inefficient_gpu_is_a_ticket_not_a_page():
+    t = tracker()
+    assert all(t.update(now, [gpu(0.9, "no_tensor_cores", severity="ticket")]).started == []
+               for now in range(0, 600, 60))
 
 
 def test_a_changed_cause_resolves_the_old_alert_and_fires_the_new():
@@ -88,17 +107,12 @@ def test_a_gpu_back_to_work_resolves():
     assert t.firing == []
 
 
-def test_no_finding_under_the_threshold_pages_as_unknown():
-    t = tracker()
-    t.update(0, [gpu(0.1)])
-    assert causes(t.update(120, [gpu(0.1)]).started) == ["unknown"]
-
-
 def test_an_unreadable_gpu_neither_fires_nor_resolves():
     t = tracker()
     t.update(0, [gpu(0.1, "input_starved")])
     t.update(120, [gpu(0.1, "input_starved")])
-    changes = t.update(130, [gpu(None)])
+    unreadable = Gpu(figures=None, finding=None)
+    changes = t.update(130, [unreadable])
     assert (changes.started, changes.resolved) == ([], [])
     assert causes(t.firing) == ["input_starved"]
 

@@ -42,10 +42,11 @@ def test_a_starved_gpu_reaches_alertmanager_with_cause_and_advice(alertmanager):
         sink.record(State(gpu(0.1, "input_starved")))
         [alert] = eventually(lambda: alertmanager.alerts(alertname="GPUUnderutilized"))
     finally:
-        sink.stop()
+        sink.close()
     assert alert["labels"]["cause"] == "input_starved"
     assert alert["labels"]["host"] == "gpu-node-1"
     assert alert["annotations"]["advice"] == "fix input_starved"
+    assert alert["annotations"]["jobs"] == "slurm:1234"
     assert alert["generatorURL"] == "http://gpu-node-1:9765/api/v1/status"
 
 
@@ -56,7 +57,7 @@ def test_every_alertmanager_of_an_ha_pair_gets_the_alert(tmp_path, webhook):
             sink.record(State(gpu(0.1, "input_starved")))
             eventually(lambda: am1.alerts() and am2.alerts(), what="the alert in both")
         finally:
-            sink.stop()
+            sink.close()
 
 
 def test_a_resolved_gpu_sends_ends_at_and_the_alert_leaves_alertmanager(alertmanager, webhook):
@@ -68,7 +69,7 @@ def test_a_resolved_gpu_sends_ends_at_and_the_alert_leaves_alertmanager(alertman
         eventually(lambda: not alertmanager.alerts(), what="the alert to resolve")
         eventually(lambda: webhook.alerts("resolved"), what="a resolved notification")
     finally:
-        sink.stop()
+        sink.close()
     assert len(webhook.alerts("firing")) == 1
 
 
@@ -85,7 +86,7 @@ def test_alerts_wait_while_alertmanager_is_down_and_page_once_when_it_returns(al
         eventually(lambda: metric(sink, "flopwatch_alerts_pending") == {(): 0.0}, what="an empty outbox")
         eventually(lambda: sink.targets[0].sent >= 3, what="two re-sends")  # which must not page again
     finally:
-        sink.stop()
+        sink.close()
     assert len(webhook.alerts("firing")) == 1
 
 
@@ -99,7 +100,7 @@ def test_an_unreachable_or_malformed_alertmanager_url_is_a_warning_and_a_metric(
             eventually(lambda: set(metric(sink, "flopwatch_alerts_send_failures").values()) == {2.0},
                        what="two failed posts to each")
         finally:
-            sink.stop()
+            sink.close()
     assert metric(sink, "flopwatch_alertmanager_up") == {(unreachable,): 0.0, ("not a url",): 0.0}
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len(warnings) == 2  # once per URL going down, not once per retry
@@ -119,4 +120,4 @@ def test_record_returns_while_a_post_hangs():
         connection.close()
     finally:
         blackhole.close()
-        sink.stop()
+        sink.close()

@@ -1,8 +1,10 @@
 """Alertmanager sink: page through Alertmanager's v2 API with the cause, evidence and advice.
 
-One alert per GPU and cause (``alertname="GPUUnderutilized"``) fires once the GPU's utilization
-has stayed under the threshold for ``[diagnosis] alert_after_seconds``; a changed cause resolves
-the old alert and fires the new one; a busy GPU resolves it. Like Prometheus, the sink re-sends
+One alert per GPU and cause (``alertname="GPUUnderutilized"``) fires once the GPU's finding has
+been a page (utilization under the threshold over the diagnosis window) for ``[diagnosis]
+alert_after_seconds``; a changed cause resolves the old alert and fires the new one; a GPU back at
+work resolves it. The per-tick ``below_threshold`` is not the signal: a starved GPU alternates busy
+and idle seconds, so it flips every few ticks and would never stay up long enough. Like Prometheus, the sink re-sends
 firing alerts every ``resend_interval_seconds`` with an ``endsAt`` a few intervals ahead, so an
 agent that dies stops paging on its own, and sends ``endsAt`` = now on resolve.
 
@@ -29,7 +31,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterable, Iterator, Protocol
 
-from .model import Finding, GpuFigures, GpuSample
+from .model import Finding, GpuFigures, ProcessView
 
 log = logging.getLogger(__name__)
 
@@ -50,16 +52,16 @@ class FiringAlert:
 
 @dataclass
 class _GpuState:
-    below_since: float | None = None
+    paging_since: float | None = None
     firing: FiringAlert | None = None
 
 
 class GpuView(Protocol):
-    """What the sink reads of one GPU in one tick."""
+    """What the sink reads of one GPU in one tick (daemon's GpuState)."""
 
-    sample: GpuSample
-    figures: GpuFigures
+    figures: GpuFigures | None
     finding: Finding | None
+    processes: tuple[ProcessView, ...]
 
 
 @dataclass
@@ -71,9 +73,8 @@ class Changes:
 class UnderutilizationAlerts:
     """Which GPUs page, and for what cause, from one tick to the next. Pure: no clock, no I/O."""
 
-    def __init__(self, threshold: float, alert_after_seconds: float, static_labels: dict[str, str],
+    def __init__(self, alert_after_seconds: float, static_labels: dict[str, str],
                  annotate: Callable[[GpuView], dict[str, str]]):
-        self.threshold = threshold
         self.alert_after_seconds = alert_after_seconds
         self.static_labels = static_labels
         self.annotate = annotate
@@ -86,19 +87,18 @@ class UnderutilizationAlerts:
     def update(self, now: float, gpus: Iterable[GpuView]) -> Changes:
         changes = Changes()
         for gpu in gpus:
-            state = self._gpus.setdefault(gpu.figures.uuid, _GpuState())
-            utilization = gpu.figures.utilization
-            if utilization is None:
+            if gpu.figures is None:
                 continue  # the GPU could not be read: nothing new is known, keep what was
-            if utilization >= self.threshold:
-                state.below_since = None
+            state = self._gpus.setdefault(gpu.figures.uuid, _GpuState())
+            if gpu.finding is None or gpu.finding.severity != "page":
+                state.paging_since = None
                 self._resolve(state, changes)
                 continue
-            if state.below_since is None:
-                state.below_since = now
-            if now - state.below_since < self.alert_after_seconds:
+            if state.paging_since is None:
+                state.paging_since = now
+            if now - state.paging_since < self.alert_after_seconds:
                 continue
-            cause = gpu.finding.cause if gpu.finding else "unknown"
+            cause = gpu.finding.cause
             if state.firing is not None and state.firing.labels["cause"] != cause:
                 self._resolve(state, changes)
             if state.firing is None:
@@ -136,6 +136,7 @@ def annotations(gpu: GpuView, generator_url: str) -> dict[str, str]:
                     else f"GPU {gpu.figures.index} under-utilized"),
         "evidence": ", ".join(f"{k}={_plain(v)}" for k, v in evidence.items()),
         "advice": finding.advice if finding else "",
+        "jobs": ", ".join(sorted({p.job for p in gpu.processes})),
         "link": generator_url,
     }
 
@@ -242,7 +243,6 @@ class AlertmanagerSink:
         self.outbox: Outbox = outbox if outbox is not None else MemoryOutbox()
         self.clock = clock
         self.alerts = UnderutilizationAlerts(
-            config.diagnosis.utilization_threshold,
             config.diagnosis.alert_after_seconds,
             {"host": host, "job": alerting.job},
             lambda gpu: annotations(gpu, self.generator_url),
@@ -273,13 +273,13 @@ class AlertmanagerSink:
 
     # The sending side ---------------------------------------------------------------------------
 
-    def start(self) -> None:
-        if not self.targets or self._thread is not None:
-            return
-        self._thread = threading.Thread(target=self._run, name="flopwatch-alerting", daemon=True)
-        self._thread.start()
+    def start(self) -> "AlertmanagerSink":
+        if self.targets and self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="flopwatch-alerting", daemon=True)
+            self._thread.start()
+        return self
 
-    def stop(self, timeout: float | None = None) -> None:
+    def close(self, timeout: float | None = None) -> None:
         """Stop the sender after one last delivery attempt (bounded by the HTTP timeout)."""
         if self._thread is None:
             return

@@ -92,6 +92,15 @@ def build_agent(config: Config, *, clock: Callable[[], float] = time.monotonic,
     return Built(agent, exporter, source.lib)
 
 
+def _sinks(config: Config) -> list:
+    sinks: list = []
+    if config.alerting.alertmanager_urls:
+        from .alerting import AlertmanagerSink
+
+        sinks.append(AlertmanagerSink(config).start())
+    return sinks
+
+
 def _simulate_list(value: str | None) -> list[str] | None:
     return [v.strip() for v in value.split(",") if v.strip()] if value else None
 
@@ -133,7 +142,7 @@ def run(config_path: str | None, listen: str | None, interval: float | None, his
     from .server import ListenError, MetricsServer
     from .status import status_document
 
-    built = build_agent(config)
+    built = build_agent(config, sinks=_sinks(config))
     agent = built.agent
     try:
         server = MetricsServer(config.agent.listen, built.exporter.registry(),
