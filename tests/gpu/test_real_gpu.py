@@ -30,7 +30,7 @@ from flopwatch.sources.host import HostSource  # noqa: E402
 from flopwatch.sources.nvml import NvmlSource  # noqa: E402
 
 HERE = Path(__file__).parent
-WARMUP_SECONDS = float(os.environ.get("FLOPWATCH_GPU_WARMUP", "10"))
+WARMUP_SECONDS = float(os.environ.get("FLOPWATCH_GPU_WARMUP", "3"))  # after the first step ran
 MEASURE_SECONDS = float(os.environ.get("FLOPWATCH_GPU_MEASURE", "20"))
 
 # workload(s) → the cause a correct diagnosis names (None: healthy, no finding).
@@ -72,8 +72,13 @@ class Run:
 
 def _measure(name: str, copies: int) -> Run:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    procs = [subprocess.Popen([sys.executable, str(HERE / "workloads.py"), name], env=env) for _ in range(copies)]
+    procs = [subprocess.Popen([sys.executable, str(HERE / "workloads.py"), name], env=env, stdout=subprocess.PIPE,
+                              text=True) for _ in range(copies)]
     try:
+        for p in procs:
+            for line in p.stdout:
+                if line.strip() == "ready":
+                    break
         time.sleep(WARMUP_SECONDS)
         config = Config()
         config.diagnosis.window_seconds = 10.0
