@@ -97,7 +97,8 @@ def build_agent(config: Config, *, clock: Callable[[], float] = time.monotonic,
 
 
 def _sinks(config: Config) -> list:
-    """The sinks `run` writes to: the history store unless disabled, and systemd's watchdog."""
+    """The sinks `run` writes to: the history store unless disabled, systemd's watchdog, and
+    Alertmanager when configured."""
     sinks = []
     if config.history.url.lower() != "none":
         import socket
@@ -111,6 +112,10 @@ def _sinks(config: Config) -> list:
     if os.environ.get("NOTIFY_SOCKET"):
         # Under systemd (Type=notify) every completed tick pets the watchdog.
         sinks.append(sdnotify.Notifier())
+    if config.alerting.alertmanager_urls:
+        from .alerting import AlertmanagerSink
+
+        sinks.append(AlertmanagerSink(config).start())
     return sinks
 
 
