@@ -121,3 +121,27 @@ def test_record_returns_while_a_post_hangs():
     finally:
         blackhole.close()
         sink.close()
+
+
+def test_store_outbox_keeps_unsent_alerts_across_a_restart(tmp_path):
+    from flopwatch.alerting import StoreOutbox
+    from flopwatch.store import HistoryStore
+
+    url = f"sqlite:///{tmp_path}/h.db"
+    first = StoreOutbox(HistoryStore(url, "node1"))
+    first.put("am1", "GPU-0/input_starved", {"labels": {"cause": "input_starved"}})
+    first.put("am1", "GPU-1/held_idle", {"labels": {"cause": "held_idle"}})
+    first.done("am1", ["GPU-1/held_idle"])
+    again = StoreOutbox(HistoryStore(url, "node1"))
+    assert again.pending("am1") == [("GPU-0/input_starved", {"labels": {"cause": "input_starved"}})]
+
+
+def test_store_outbox_keeps_only_the_newest_message_per_alert(tmp_path):
+    from flopwatch.alerting import StoreOutbox
+    from flopwatch.store import HistoryStore
+
+    url = f"sqlite:///{tmp_path}/h.db"
+    box = StoreOutbox(HistoryStore(url, "node1"))
+    box.put("am1", "GPU-0/input_starved", {"v": 1})
+    box.put("am1", "GPU-0/input_starved", {"v": 2})
+    assert StoreOutbox(HistoryStore(url, "node1")).pending("am1") == [("GPU-0/input_starved", {"v": 2})]

@@ -195,6 +195,45 @@ class MemoryOutbox:
         return sum(len(m) for m in self._messages.values())
 
 
+class StoreOutbox(MemoryOutbox):
+    """The outbox kept in the history store as well, so alerts survive a restart.
+
+    Memory stays the working copy (the sender never waits on the database); every change is
+    written through, and a database that is down costs durability for a while, never alerts.
+    """
+
+    def __init__(self, store: Any):
+        super().__init__()
+        self.store = store
+        self._ids: dict[tuple[str, str], int] = {}
+        try:
+            for row_id, saved in store.outbox_pending(limit=10_000):
+                super().put(saved["url"], saved["key"], saved["body"])
+                self._ids[(saved["url"], saved["key"])] = row_id
+        except Exception as e:  # a store that is down at start: begin empty
+            log.warning("alerts outbox: cannot read pending alerts from the history store: %s", e)
+
+    def put(self, url: str, key: str, body: dict) -> None:
+        super().put(url, key, body)
+        replaced = self._ids.pop((url, key), None)
+        try:
+            if replaced is not None:
+                self.store.outbox_mark([replaced], sent=True)  # superseded by the newer message
+            self._ids[(url, key)] = self.store.outbox_enqueue({"url": url, "key": key, "body": body})
+        except Exception as e:
+            log.warning("alerts outbox: history store unavailable, alert kept in memory only: %s", e)
+
+    def done(self, url: str, keys: Iterable[str]) -> None:
+        keys = list(keys)
+        super().done(url, keys)
+        sent = [self._ids.pop((url, key)) for key in keys if (url, key) in self._ids]
+        if sent:
+            try:
+                self.store.outbox_mark(sent, sent=True)
+            except Exception as e:
+                log.warning("alerts outbox: cannot mark %d alert(s) sent in the history store: %s", len(sent), e)
+
+
 @dataclass
 class _Target:
     """One Alertmanager: where to post, how to name it in logs and metrics, how it is doing."""

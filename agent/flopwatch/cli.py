@@ -113,9 +113,11 @@ def _sinks(config: Config) -> list:
         # Under systemd (Type=notify) every completed tick pets the watchdog.
         sinks.append(sdnotify.Notifier())
     if config.alerting.alertmanager_urls:
-        from .alerting import AlertmanagerSink
+        from .alerting import AlertmanagerSink, StoreOutbox
 
-        sinks.append(AlertmanagerSink(config).start())
+        store = next((s for s in sinks if s.name == "store"), None)
+        outbox = StoreOutbox(store) if store is not None else None
+        sinks.append(AlertmanagerSink(config, outbox=outbox).start())
     return sinks
 
 
