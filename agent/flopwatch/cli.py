@@ -75,9 +75,19 @@ def build_agent(config: Config, *, clock: Callable[[], float] = time.monotonic,
         host = SimulatedHost(lib)
     else:
         from .sources.host import HostSource
+        from .sources.identity import BadJobRule
 
         lib = None
-        host = HostSource(clock=clock)
+        try:
+            host = HostSource(clock=clock, job_rules=config.attribution.job_rules)
+        except BadJobRule as e:
+            raise UsageError(str(e)) from None
+    from .sources.tokens import ListenRefused, TokenSource
+
+    try:
+        tokens = TokenSource.from_config(config.tokens)
+    except (ListenRefused, ValueError) as e:
+        raise UsageError(str(e)) from None
     try:
         source = NvmlSource(lib, energy_interval_seconds=a.energy_interval_seconds, clock=clock,
                             wall_clock=wall_clock)
@@ -86,9 +96,9 @@ def build_agent(config: Config, *, clock: Callable[[], float] = time.monotonic,
             f"NVML is not available ({e}). To run on simulated GPUs instead: "
             "flopwatch run --simulate healthy,input_starved"
         ) from None
-    agent = Agent(config, source, host, sinks or [], clock=clock, wall_clock=wall_clock)
-    exporter = Exporter(lambda: agent.state, extra=[s for s in agent.sinks if hasattr(s, "collect")],
-                        top_processes=config.attribution.top_processes)
+    agent = Agent(config, source, host, sinks or [], tokens=tokens, clock=clock, wall_clock=wall_clock)
+    exporter = Exporter(lambda: agent.state, extra=[tokens, *(s for s in agent.sinks if hasattr(s, "collect"))],
+                        top_processes=config.attribution.top_processes, currency=config.tokens.currency)
     return Built(agent, exporter, source.lib)
 
 
@@ -131,14 +141,20 @@ def run(config_path: str | None, listen: str | None, interval: float | None, his
     logging.basicConfig(level=config.agent.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from .daemon import schedule
     from .server import ListenError, MetricsServer
+    from .sources.tokens import ListenRefused
     from .status import status_document
 
     built = build_agent(config)
     agent = built.agent
     try:
+        agent.tokens.start()
+    except ListenRefused as e:
+        raise UsageError(str(e)) from None
+    try:
         server = MetricsServer(config.agent.listen, built.exporter.registry(),
                                lambda: status_document(agent.state, agent.hostname))
     except (ListenError, ValueError) as e:
+        agent.tokens.close()
         raise UsageError(f"{e} (set with --listen or [agent].listen)") from None
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -148,6 +164,8 @@ def run(config_path: str | None, listen: str | None, interval: float | None, his
     server.start()
     log.info("flopwatch %s serving %s/metrics, %d GPU(s)%s", __version__, server.url, len(agent.state.gpus),
              " (simulated)" if config.agent.simulate else "")
+    if agent.tokens.push is not None:
+        log.info("token push endpoint %s (POST /v1/tokens)", agent.tokens.push.url)
     while not stop.wait(1.0):
         pass
     log.info("stopping")

@@ -10,12 +10,14 @@ import logging
 import socket
 import time
 from collections import deque
+from dataclasses import replace
 from typing import Any, Callable, Iterable, Protocol
 
 from .config import Config
 from .derive import derive
 from .diagnose import DiagnosisState, Tick, diagnose, waste_seconds
-from .model import AgentState, GpuSample, GpuState, HostSample, ProcessView
+from .model import AgentState, GpuSample, GpuState, HostSample, ProcessView, TokenCount
+from .tokencost import Prices, TokenAccount
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +32,12 @@ class HostReader(Protocol):
     name: str
 
     def read(self, pids: Iterable[int], timestamp: float) -> HostSample: ...
+
+
+class TokenReader(Protocol):
+    name: str
+
+    def snapshot(self) -> tuple[TokenCount, ...]: ...
 
 
 class Sink(Protocol):
@@ -56,6 +64,7 @@ class Agent:
         host_source: HostReader,
         sinks: Iterable[Sink] = (),
         *,
+        tokens: TokenReader | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
     ):
@@ -63,6 +72,9 @@ class Agent:
         self.gpu_source = gpu_source
         self.host_source = host_source
         self.sinks = list(sinks)
+        self.tokens = tokens
+        t = config.tokens
+        self.token_account = TokenAccount(t.window_seconds, Prices(t.price_per_gpu_hour, t.price_per_kwh))
         self.clock = clock
         self.wall_clock = wall_clock
         self.hostname = config.agent.hostname or socket.gethostname()
@@ -93,10 +105,15 @@ class Agent:
         host = self._timed(self.host_source.name, success, seconds, self.host_source.read, pids, timestamp)
         host = host or HostSample(timestamp=timestamp, cpu_count=0, cpu_busy_ratio=None, iowait_ratio=None)
         gpus = tuple(self._advance(sample, host) for sample in samples)
+        if self.tokens is not None:
+            counts = self._timed(self.tokens.name, success, seconds, self.tokens.snapshot) or ()
+            figures = self.token_account.advance(counts, gpus, timestamp)
+            gpus = tuple(replace(g, tokens=figures.get(g.sample.info.index)) for g in gpus)
         self._ticks += 1
         self.state = AgentState(
             hostname=self.hostname, timestamp=timestamp, ticks=self._ticks, gpus=gpus, host=host,
             collector_success=success, collector_seconds=seconds,
+            unattributed_tokens=dict(self.token_account.unattributed),
         )
         for sink in self.sinks:
             self._timed(sink.name, success, seconds, sink.record, self.state)
@@ -136,9 +153,10 @@ class Agent:
                     close()
                 except Exception:
                     log.exception("closing %s failed", sink.name)
-        closer = getattr(self.gpu_source, "close", None)
-        if closer is not None:
-            closer()
+        for source in (self.tokens, self.gpu_source):
+            closer = getattr(source, "close", None)
+            if closer is not None:
+                closer()
 
 
 def _process_views(sample: GpuSample, host: HostSample) -> tuple[ProcessView, ...]:
@@ -153,6 +171,7 @@ def _process_views(sample: GpuSample, host: HostSample) -> tuple[ProcessView, ..
             sm_ratio=p.sm_ratio,
             memory_bytes=p.used_memory_bytes,
             cpu_ratio=h.cpu_ratio if h is not None else None,
+            identity=h.identity if h is not None else None,
         ))
     return tuple(views)
 
@@ -164,5 +183,11 @@ def schedule(agent: Agent, interval_seconds: float) -> Any:
     scheduler = BackgroundScheduler(daemon=True)
     scheduler.add_job(agent.tick, "interval", seconds=interval_seconds, id="tick", max_instances=1,
                       coalesce=True, misfire_grace_time=max(interval_seconds, 1.0))
+    scraper = getattr(agent.tokens, "scraper", None)
+    if scraper is not None and scraper.targets:
+        # Inference servers are scraped on their own job: a slow one never delays a tick.
+        every = agent.tokens.scrape_interval_seconds
+        scheduler.add_job(agent.tokens.scrape, "interval", seconds=every, id="scrape-tokens", max_instances=1,
+                          coalesce=True, misfire_grace_time=max(every, 1.0))
     scheduler.start()
     return scheduler
