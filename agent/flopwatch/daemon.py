@@ -7,6 +7,7 @@ Sources and sinks are each timed and guarded by the same wrapper, so one failing
 from __future__ import annotations
 
 import logging
+import math
 import socket
 import time
 from collections import deque
@@ -176,18 +177,23 @@ def _process_views(sample: GpuSample, host: HostSample) -> tuple[ProcessView, ..
     return tuple(views)
 
 
+def _grace(interval_seconds: float) -> int:
+    """APScheduler takes whole seconds only."""
+    return max(math.ceil(interval_seconds), 1)
+
+
 def schedule(agent: Agent, interval_seconds: float) -> Any:
     """Start the tick on a background scheduler; returns the scheduler (``shutdown()`` to stop)."""
     from apscheduler.schedulers.background import BackgroundScheduler
 
     scheduler = BackgroundScheduler(daemon=True)
     scheduler.add_job(agent.tick, "interval", seconds=interval_seconds, id="tick", max_instances=1,
-                      coalesce=True, misfire_grace_time=max(interval_seconds, 1.0))
+                      coalesce=True, misfire_grace_time=_grace(interval_seconds))
     scraper = getattr(agent.tokens, "scraper", None)
     if scraper is not None and scraper.targets:
         # Inference servers are scraped on their own job: a slow one never delays a tick.
         every = agent.tokens.scrape_interval_seconds
         scheduler.add_job(agent.tokens.scrape, "interval", seconds=every, id="scrape-tokens", max_instances=1,
-                          coalesce=True, misfire_grace_time=max(every, 1.0))
+                          coalesce=True, misfire_grace_time=_grace(every))
     scheduler.start()
     return scheduler
