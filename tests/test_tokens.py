@@ -386,7 +386,7 @@ def test_scraping_has_its_own_scheduler_job(metrics_page):
     built, _ = _simulated_agent(["healthy"], scrape_urls=[f"http://127.0.0.1:{metrics_page.server_port}/metrics"])
     scheduler = schedule(built.agent, 3600)
     try:
-        assert scheduler.get_job("scrape-tokens") is not None
+        assert built.agent.tokens.scrape in [job.func for job in scheduler.get_jobs()]
     finally:
         scheduler.shutdown(wait=False)
         built.agent.close()
@@ -404,3 +404,12 @@ def test_two_processes_sharing_a_gpu_are_a_contention_finding_with_each_share_an
         assert sorted(p.job for p in state.gpus[0].processes) == ["alice:train_a.py", "bob:train_b.py"]
     finally:
         built.agent.close()
+
+
+def test_a_push_port_in_use_turns_pushes_off_but_not_the_agent(push):
+    server, _ = push
+    source = TokenSource(push_listen=server.url.removeprefix("http://"))
+    source.start()
+    up = [s.value for f in source.collect() if f.name == "flopwatch_token_push_up" for s in f.samples]
+    assert (source.push, up) == (None, [0])
+    assert "Address already in use" in source.push_error

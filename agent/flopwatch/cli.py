@@ -102,6 +102,21 @@ def build_agent(config: Config, *, clock: Callable[[], float] = time.monotonic,
     return Built(agent, exporter, source.lib)
 
 
+def _sinks(config: Config) -> list:
+    """The sinks `run` writes to: the history store unless disabled."""
+    sinks = []
+    if config.history.url.lower() != "none":
+        import socket
+
+        from .store import HistoryStore
+
+        try:
+            sinks.append(HistoryStore.from_config(config.history, config.agent.hostname or socket.gethostname()))
+        except ConfigError as e:
+            raise UsageError(str(e)) from None
+    return sinks
+
+
 def _simulate_list(value: str | None) -> list[str] | None:
     return [v.strip() for v in value.split(",") if v.strip()] if value else None
 
@@ -139,12 +154,13 @@ def run(config_path: str | None, listen: str | None, interval: float | None, his
         ("agent", "simulate_processes"): simulate_processes, ("agent", "log_level"): log_level,
     })
     logging.basicConfig(level=config.agent.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)  # a line per tick is noise
     from .daemon import schedule
     from .server import ListenError, MetricsServer
     from .sources.tokens import ListenRefused
     from .status import status_document
 
-    built = build_agent(config)
+    built = build_agent(config, sinks=_sinks(config))
     agent = built.agent
     try:
         agent.tokens.start()
@@ -234,6 +250,14 @@ def version() -> None:
     """Print the version."""
     click.echo(f"flopwatch {__version__}")
 
+
+def _register() -> None:
+    from .history_cli import history
+
+    main.add_command(history)
+
+
+_register()
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -177,23 +177,19 @@ def _process_views(sample: GpuSample, host: HostSample) -> tuple[ProcessView, ..
     return tuple(views)
 
 
-def _grace(interval_seconds: float) -> int:
-    """APScheduler takes whole seconds only."""
-    return max(math.ceil(interval_seconds), 1)
-
-
 def schedule(agent: Agent, interval_seconds: float) -> Any:
-    """Start the tick on a background scheduler; returns the scheduler (``shutdown()`` to stop)."""
+    """Start the tick, and the sinks' own periodic jobs (flush, rollup, retention), on a
+    background scheduler; returns it (``shutdown()`` to stop)."""
     from apscheduler.schedulers.background import BackgroundScheduler
 
     scheduler = BackgroundScheduler(daemon=True)
-    scheduler.add_job(agent.tick, "interval", seconds=interval_seconds, id="tick", max_instances=1,
-                      coalesce=True, misfire_grace_time=_grace(interval_seconds))
-    scraper = getattr(agent.tokens, "scraper", None)
-    if scraper is not None and scraper.targets:
-        # Inference servers are scraped on their own job: a slow one never delays a tick.
-        every = agent.tokens.scrape_interval_seconds
-        scheduler.add_job(agent.tokens.scrape, "interval", seconds=every, id="scrape-tokens", max_instances=1,
-                          coalesce=True, misfire_grace_time=_grace(every))
+    jobs = [(agent.tick, interval_seconds)]
+    # Sinks' own work and the token scraper run on their own jobs: a slow one never delays a tick.
+    for part in (*agent.sinks, agent.tokens):
+        jobs += getattr(part, "jobs", list)()
+    for fn, seconds in jobs:
+        # APScheduler wants a whole number of seconds of grace; a late tick runs once, not twice.
+        scheduler.add_job(fn, "interval", seconds=seconds, max_instances=1, coalesce=True,
+                          misfire_grace_time=max(math.ceil(seconds), 1))
     scheduler.start()
     return scheduler

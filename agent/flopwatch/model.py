@@ -206,6 +206,7 @@ class TokenFigures:
     """One GPU's token accounting: totals since start and costs over the recent window."""
 
     totals: Mapping[tuple[str, str, str], float]  # (source, job, kind) → tokens attributed to this GPU
+    tokens_this_tick: float
     window_seconds: float
     tokens_per_second: float | None
     joules_per_token: float | None

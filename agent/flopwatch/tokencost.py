@@ -41,7 +41,7 @@ class Prices:
 
 
 def token_figures(window: Sequence[WindowEntry], totals: Mapping[tuple[str, str, str], float],
-                  prices: Prices) -> TokenFigures:
+                  prices: Prices, tokens_this_tick: float = 0.0) -> TokenFigures:
     """Costs over a window of ticks; None where there were no tokens or the GPU could not say."""
     seconds = sum(e.seconds for e in window)
     tokens = sum(e.tokens for e in window)
@@ -54,6 +54,7 @@ def token_figures(window: Sequence[WindowEntry], totals: Mapping[tuple[str, str,
         cost = money / tokens * 1e6
     return TokenFigures(
         totals=dict(totals),
+        tokens_this_tick=tokens_this_tick,
         window_seconds=seconds,
         tokens_per_second=tokens / seconds if seconds > 0 else None,
         joules_per_token=joules / tokens if per_token and joules is not None else None,
@@ -121,7 +122,7 @@ class TokenAccount:
                 window.append(entry)
             while window and now - window[0].timestamp >= self.window_seconds:
                 window.popleft()
-            out[index] = token_figures(window, self._totals.get(index, {}), self.prices)
+            out[index] = token_figures(window, self._totals.get(index, {}), self.prices, added.get(index, 0.0))
         return out
 
     def _deltas(self, row: TokenCount) -> tuple[int, int] | None:

@@ -54,6 +54,10 @@ class ListenRefused(ValueError):
     """A push address this configuration must not bind (remote without allow_remote_push)."""
 
 
+class PushBindError(OSError):
+    """The push address is valid but cannot be bound (in use, no permission)."""
+
+
 # -- the ledger ---------------------------------------------------------------------------------
 
 class _Row:
@@ -279,7 +283,7 @@ class PushServer:
                 server_class = _Tcp6PushServer if ":" in address[0] else _TcpPushServer
                 self._server = server_class(address, _PushHandler)
         except OSError as e:
-            raise ListenRefused(f"cannot listen on {listen} ([tokens].push_listen): {e.strerror or e}") from None
+            raise PushBindError(f"cannot listen on {listen} ([tokens].push_listen): {e.strerror or e}") from None
         self._server.ledger = ledger
         self._server.rejected = 0
         self.family, self.listen = family, listen
@@ -437,22 +441,35 @@ class TokenSource:
             push_address(push_listen, allow_remote_push)
         self._push_args = (push_listen, allow_remote_push)
         self.push: PushServer | None = None
+        self.push_error: str | None = None
 
     @classmethod
     def from_config(cls, tokens: Any) -> "TokenSource":
         return cls(tokens.push_listen, tokens.allow_remote_push, tokens.scrape_urls, tokens.scrape_interval_seconds)
 
     def start(self) -> None:
+        """Open the push endpoint. One that cannot bind is logged and exported, not fatal: the
+        GPUs are still worth watching without it."""
         listen, allow_remote = self._push_args
-        if listen:
+        if not listen:
+            return
+        try:
             self.push = PushServer(listen, self.ledger, allow_remote)
-            self.push.start()
+        except PushBindError as e:
+            self.push_error = str(e)
+            log.error("%s; token pushes are off", e)
+            return
+        self.push.start()
 
     def snapshot(self) -> tuple[TokenCount, ...]:
         return self.ledger.snapshot()
 
     def scrape(self) -> None:
         self.scraper.scrape()
+
+    def jobs(self) -> list[tuple[Callable[[], None], float]]:
+        """Scheduler jobs: scraping, when there is anything to scrape."""
+        return [(self.scrape, self.scrape_interval_seconds)] if self.scraper.targets else []
 
     def collect(self) -> Iterator[Any]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -462,6 +479,10 @@ class TokenSource:
         for target, (server, ok) in self.scraper.up.items():
             up.add_metric([server, target.name], 1 if ok else 0)
         yield up
+        if self._push_args[0]:
+            push_up = GaugeMetricFamily("flopwatch_token_push_up", "1 if the token push endpoint is listening.")
+            push_up.add_metric([], 1 if self.push is not None else 0)
+            yield push_up
         if self.push is not None:
             rejected = CounterMetricFamily("flopwatch_token_pushes_rejected", "Token pushes answered with a 4xx.")
             rejected.add_metric([], self.push.rejected)
