@@ -413,3 +413,20 @@ def test_a_push_port_in_use_turns_pushes_off_but_not_the_agent(push):
     up = [s.value for f in source.collect() if f.name == "flopwatch_token_push_up" for s in f.samples]
     assert (source.push, up) == (None, [0])
     assert "Address already in use" in source.push_error
+
+
+def test_exported_token_jobs_are_bounded_the_rest_summed_as_other():
+    built, tick = _simulated_agent(["healthy"])
+    built.exporter.top_processes = 2
+    try:
+        tick()
+        for job, tokens in (("a", 30), ("b", 20), ("c", 5), ("d", 1)):
+            with TokenClient(built.agent.tokens.push.url, job=job) as client:
+                client.add(prompt_tokens=tokens)
+        tick()
+        text = generate_latest(built.exporter.registry()).decode()
+        jobs = {line.split('job="')[1].split('"')[0]: float(line.rsplit(" ", 1)[1])
+                for line in text.splitlines() if line.startswith("flopwatch_tokens_total{")}
+        assert jobs == {"a": 30, "b": 20, "other": 6}
+    finally:
+        built.agent.close()

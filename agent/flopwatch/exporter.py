@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, Mapping
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import CollectorRegistry
@@ -207,7 +207,7 @@ class Exporter:
             if g.tokens is None:
                 continue
             labels = _labels(g)
-            for (source, job, kind), value in sorted(g.tokens.totals.items()):
+            for (source, job, kind), value in sorted(_top_jobs(g.tokens.totals, self.top_processes).items()):
                 total.add_metric(labels + [source, job, kind], value)
             for family, get in per_token:
                 value = get(g.tokens)
@@ -222,6 +222,19 @@ class Exporter:
         for family, _ in per_token:
             yield family
         yield cost
+
+
+def _top_jobs(totals: Mapping[tuple[str, str, str], float], n: int) -> dict[tuple[str, str, str], float]:
+    """The n jobs with the most tokens keep their label; the rest are summed as job="other"."""
+    by_job: dict[str, float] = {}
+    for (_, job, _), value in totals.items():
+        by_job[job] = by_job.get(job, 0.0) + value
+    keep = set(sorted(by_job, key=lambda j: (-by_job[j], j))[:n])
+    out: dict[tuple[str, str, str], float] = {}
+    for (source, job, kind), value in totals.items():
+        key = (source, job if job in keep else "other", kind)
+        out[key] = out.get(key, 0.0) + value
+    return out
 
 
 def _labels(g: GpuState) -> list[str]:

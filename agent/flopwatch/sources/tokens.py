@@ -158,7 +158,9 @@ def _count(doc: dict, key: str) -> int:
 
 
 def record_push(ledger: TokenLedger, push: Push, peer_pid: int | None = None) -> bool:
-    pid = push.pid if push.pid is not None else peer_pid
+    """Count one push. The kernel's word on the sender (unix socket) beats the body's: a client in
+    a container knows only its own pid namespace's number."""
+    pid = peer_pid if peer_pid is not None else push.pid
     key = f"{push.job or ''}/{pid or ''}"
     return ledger.add("push", key, push.job, frozenset({pid}) if pid else frozenset(),
                       push.prompt_tokens, push.generated_tokens)
