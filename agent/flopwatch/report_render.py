@@ -13,7 +13,6 @@ import json
 from datetime import datetime
 from typing import Any, Iterable, Sequence
 
-from .diagnose import CAUSES
 from .report import Report, Usage, as_dict
 
 MISSING = "—"
@@ -175,11 +174,18 @@ def render_table(report: Report) -> str:
 # -- HTML --------------------------------------------------------------------------------------
 
 
-def cause_colors() -> dict[str, str]:
-    """A fixed colour per cause, the same in every report."""
-    palette = ["#d62728", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#bcbd22", "#17becf", "#1f77b4",
-               "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94", "#7f7f7f"]
-    return {cause: palette[i % len(palette)] for i, cause in enumerate(CAUSES)}
+# A fixed colour per cause, the same in every report; neighbours in the usual top five differ.
+CAUSE_COLORS = {
+    "idle": "#d62728", "held_idle": "#9467bd", "input_starved": "#ff7f0e", "io_bound": "#8c564b",
+    "host_transfer_bound": "#e377c2", "launch_bound": "#bcbd22", "memory_bound": "#17becf",
+    "no_tensor_cores": "#1f77b4", "power_capped": "#aec7e8", "thermal_throttled": "#ffbb78",
+    "clocks_capped": "#98df8a", "contention": "#393b79", "communication_bound": "#c49c94",
+    "system": "#637939", "unknown": "#7f7f7f",
+}
+
+
+def _color(cause: str) -> str:
+    return CAUSE_COLORS.get(cause, "#7f7f7f")
 
 
 def _svg(figure: Any) -> str:
@@ -199,7 +205,6 @@ def _figures(report: Report) -> list[tuple[str, str]]:
         from matplotlib.figure import Figure
     except ImportError:
         raise MissingExtra("the HTML report needs matplotlib: pip install 'flopwatch[report]'") from None
-    colors = cause_colors()
     times = [datetime.fromtimestamp(p.ts + report.step_seconds / 2) for p in report.series]
     plotted = [c.cause for c in report.causes]
     out = []
@@ -209,7 +214,7 @@ def _figures(report: Report) -> list[tuple[str, str]]:
         ax = fig.add_subplot()
         if plotted and times:
             ax.stackplot(times, [[p.wasted_share_by_cause.get(c, 0.0) for p in report.series] for c in plotted],
-                         labels=[f"wasted: {c}" for c in plotted], colors=[colors.get(c, "#7f7f7f") for c in plotted],
+                         labels=[f"wasted: {c}" for c in plotted], colors=[_color(c) for c in plotted],
                          alpha=0.35, step="mid")
         ax.plot(times, [_nan(p.utilization) for p in report.series], color="#2ca02c", lw=1.6, label="utilization")
         ax.plot(times, [_nan(p.flops_utilization) for p in report.series], color="#1f4e79", lw=1.2,
@@ -225,7 +230,7 @@ def _figures(report: Report) -> list[tuple[str, str]]:
         fig = Figure(figsize=(11, 0.6 + 0.38 * max(len(plotted), 1)))
         ax = fig.add_subplot()
         hours = [c.wasted_gpu_hours for c in report.causes]
-        ax.barh(plotted[::-1], hours[::-1], color=[colors.get(c, "#7f7f7f") for c in plotted[::-1]])
+        ax.barh(plotted[::-1], hours[::-1], color=[_color(c) for c in plotted[::-1]])
         for y, (cause, value) in enumerate(zip(plotted[::-1], hours[::-1])):
             ax.text(value, y, f" {value:,.2f} GPU-h", va="center", fontsize=8)
         ax.set_xlabel("wasted GPU-hours")
@@ -315,10 +320,9 @@ def render_html(report: Report) -> str:
             f'<div class="card"><span>{e(k)}</span><b>{e(v)}</b></div>' for k, v in cards) + "</div>")
         for caption, svg in _figures(report):
             parts.append(f'<figure aria-label="{e(caption)}">{svg}</figure>')
-        colors = cause_colors()
         parts.append("<h2>Waste by cause, and the fix</h2>")
         parts.append(_table(["cause", "wasted GPU-h", "share", "what it is", "advice"], (
-            [f'<span class="swatch" style="background:{colors.get(c.cause, "#7f7f7f")}"></span>{e(c.cause)}',
+            [f'<span class="swatch" style="background:{_color(c.cause)}"></span>{e(c.cause)}',
              f"{c.wasted_gpu_hours:,.2f}", f"{c.share:.0%}", e(c.summary), e(c.advice)]
             for c in report.causes), {1, 2}))
         numeric = set(range(1, 6)) | set(range(7, 12))
