@@ -147,6 +147,13 @@ def test_the_minute_rollups_give_the_raw_totals(url):
     assert minute.mean_utilization == pytest.approx(raw.mean_utilization)
 
 
+def test_the_plotted_series_holds_all_the_energy_and_waste(url):
+    r = report(url)
+    assert sum(p.energy_kwh for p in r.series) == pytest.approx(r.total.energy_kwh)
+    wasted = sum(share * p.gpus * r.step_seconds for p in r.series for share in p.wasted_share_by_cause.values())
+    assert wasted / 3600 == pytest.approx(r.total.wasted_gpu_hours, rel=0.02)  # the edge buckets are cut
+
+
 def test_a_long_range_is_read_in_slices_with_progress(url):
     calls = []
     read_history(url, Query(T0 - 29 * 86_400, T0 + 86_400), progress=lambda done, total: calls.append((done, total)))
@@ -166,6 +173,12 @@ def test_json_and_csv_carry_the_same_numbers(url):
     assert jobs == {g["name"]: g["wasted_gpu_hours"] for g in as_json["groups"]}
     causes = {r["name"]: float(r["wasted_gpu_hours"]) for r in rows if r["section"] == "cause"}
     assert causes == {c["cause"]: c["wasted_gpu_hours"] for c in as_json["causes"]}
+
+
+def test_progress_goes_to_stderr_and_leaves_the_json_whole(url):
+    result = cli("--history", url, "--since", "2025-12-01T00:00Z", "--until", "2026-01-02T00:00Z",
+                 "--format", "json", "--progress")
+    assert result.exit_code == 0 and json.loads(result.stdout)["total"]["gpu_hours"] > 0
 
 
 def test_the_table_names_the_causes_and_their_advice(url):

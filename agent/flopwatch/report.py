@@ -119,7 +119,7 @@ class Point:
     gpus: int
     utilization: float | None
     flops_utilization: float | None
-    power_watts: float | None  # all GPUs together: the bucket's energy over its length
+    power_watts: float | None  # all GPUs together: mean power per GPU × GPUs
     energy_kwh: float | None
     wasted_share_by_cause: dict[str, float]  # of the bucket's GPU time
 
@@ -420,11 +420,13 @@ def _series(read: Read, interval_seconds: float) -> list[Point]:
             wasted[_cause(key.cause)] += cell.wasted_seconds
         seconds = sums.samples * interval_seconds
         energy = sums.energy_joules
+        gpus = len({(k.host, k.gpu) for k, _ in by_bucket[bucket]})
         points.append(Point(
-            ts=read.origin + bucket * read.step, gpus=len({(k.host, k.gpu) for k, _ in by_bucket[bucket]}),
+            ts=read.origin + bucket * read.step, gpus=gpus,
             utilization=_ratio(sums.utilization_sum, sums.utilization_samples),
             flops_utilization=_ratio(sums.flops_sum, sums.flops_samples),
-            power_watts=None if energy is None else energy / read.step,
+            # Per GPU-second, so a bucket the range cuts short does not look like a power drop.
+            power_watts=None if energy is None or not seconds else energy / seconds * gpus,
             energy_kwh=None if energy is None else energy / KWH,
             wasted_share_by_cause={c: w / seconds for c, w in sorted(wasted.items()) if w and seconds},
         ))

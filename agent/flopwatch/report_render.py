@@ -16,6 +16,8 @@ from typing import Any, Iterable, Sequence
 from .report import Report, Usage, as_dict
 
 MISSING = "—"
+# The table and the page list this many groups; JSON and CSV carry them all.
+SHOWN_GROUPS = 40
 
 
 class MissingExtra(RuntimeError):
@@ -141,6 +143,11 @@ def _usage_headings(report: Report, first: str) -> list[str]:
     return headings
 
 
+def _more(report: Report) -> list[str]:
+    hidden = len(report.groups) - SHOWN_GROUPS
+    return [f"… and {hidden} more by GPU-hours (--format json or csv lists all)"] if hidden > 0 else []
+
+
 def render_table(report: Report) -> str:
     """The terminal view: headline, waste by cause with the fix, the groups, the top jobs."""
     if report.empty:
@@ -158,9 +165,9 @@ def render_table(report: Report) -> str:
     groups = Table(title=f"By {report.group_by}")
     for column in _usage_headings(report, report.group_by):
         groups.add_column(column)
-    for u in report.groups:
+    for u in report.groups[:SHOWN_GROUPS]:
         groups.add_row(*_usage_cells(report, u))
-    parts += ["", render(groups)]
+    parts += ["", render(groups), *_more(report)]
     if report.top_jobs and report.group_by != "job":
         top = Table(title="Top jobs by waste")
         for column in _usage_headings(report, "job"):
@@ -328,7 +335,9 @@ def render_html(report: Report) -> str:
         numeric = set(range(1, 6)) | set(range(7, 12))
         parts.append(f"<h2>By {e(report.group_by)}</h2>")
         parts.append(_table(_usage_headings(report, report.group_by),
-                            ([e(c) for c in _usage_cells(report, u)] for u in report.groups), numeric))
+                            ([e(c) for c in _usage_cells(report, u)] for u in report.groups[:SHOWN_GROUPS]),
+                            numeric))
+        parts += [f"<p>{e(line)}</p>" for line in _more(report)]
         if report.top_jobs:
             parts.append("<h2>Top jobs by waste</h2>")
             parts.append(_table(_usage_headings(report, "job"),
