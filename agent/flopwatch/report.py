@@ -199,12 +199,13 @@ def read_history(url: str, query: Query, progress: Callable[[int, int], None] | 
     with _connected(url) as connection:
         first = LEVELS.index(query.level or choose_level(query.since, query.until))
         keys = _gpu_keys(connection, query)
-        for level in LEVELS[first:] if query.level is None else (query.level,):
+        # Retention may have removed the finer level's rows for the range: fall back to coarser.
+        for level in (query.level,) if query.level else LEVELS[first:]:
             read = _read_level(connection, level, query, keys, progress)
-            if read.cells or level == LEVELS[-1] or query.level is not None:
-                read.users = _users(connection, {k.job for k in read.cells if k.job})
-                return read
-    raise AssertionError("unreachable")  # pragma: no cover
+            if read.cells:
+                break
+        read.users = _users(connection, {k.job for k in read.cells if k.job})
+        return read
 
 
 class _connected:
