@@ -22,6 +22,7 @@ from . import config as config_mod
 from .config import Config, ConfigError
 from .doctor_cli import doctor_command
 from .history_cli import history
+from .report_cli import report_command
 
 log = logging.getLogger("flopwatch")
 
@@ -298,6 +299,7 @@ def _fetch_status(url: str) -> dict:
 
 main.add_command(doctor_command)
 main.add_command(history)
+main.add_command(report_command)
 
 
 @main.command()
