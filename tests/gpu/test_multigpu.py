@@ -88,7 +88,7 @@ def _measure(batch: str) -> list[GpuRun]:
                     ready.append(line)
                     if len(ready) == RANKS:
                         all_ready.set()
-            all_ready.set()  # torchrun gave up
+            all_ready.set()  # stdout closed: torchrun ended
 
         threading.Thread(target=watch, daemon=True).start()
         all_ready.wait(STARTUP_SECONDS)
