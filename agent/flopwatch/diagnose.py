@@ -3,8 +3,10 @@
 Each rule reads what its bottleneck does to the counters (docs/causes.md has the physics):
 the SMs' active share against NVML's kernel-time figure, the pipes (tensor vs FP32/FP64), DRAM,
 PCIe and NVLink traffic, clock-event reasons, and the owning processes' CPU threads, data-loader
-children and disk waits. Thresholds come from one table (thresholds.py). A cause must lead for
-``switch_after_seconds`` before it replaces another, so findings do not flap on noisy ticks.
+children and disk waits, and whether the other GPUs of the same job are under-used at the same
+time (``Peers``: a data-parallel job waits on its collectives on all GPUs at once). Thresholds
+come from one table (thresholds.py). A cause must lead for ``switch_after_seconds`` before it
+replaces another, so findings do not flap on noisy ticks.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Callable, Mapping, Sequence
 
-from .model import Finding, GpuFigures, GpuSample, HostProcess, HostSample
+from .model import Finding, GpuFigures, GpuSample, GpuState, HostProcess, HostSample
 from .thresholds import Thresholds
 
 CAUSES = (
@@ -75,12 +77,32 @@ SUMMARY = {
 
 
 @dataclass(frozen=True, slots=True)
+class Peers:
+    """The other GPUs running a job of this GPU, as the previous tick left them."""
+
+    gpus: int = 0
+    below: int = 0  # of those, how many were under the utilization threshold
+
+
+@dataclass(frozen=True, slots=True)
 class Tick:
     """One GPU's view of one tick, as diagnosis sees it."""
 
     sample: GpuSample
     figures: GpuFigures
     host: HostSample
+    peers: Peers = Peers()
+
+
+def job_peers(gpus: Sequence[GpuState]) -> dict[int, Peers]:
+    """For each GPU (by index), the other GPUs sharing one of its jobs and how many were below."""
+    jobs = {g.sample.info.index: {p.job for p in g.processes} for g in gpus}
+    below = {g.sample.info.index: g.below_threshold for g in gpus}
+    out = {}
+    for index, mine in jobs.items():
+        others = [other for other, theirs in jobs.items() if other != index and mine & theirs]
+        out[index] = Peers(gpus=len(others), below=sum(below[other] for other in others))
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +148,8 @@ class Signals:
     source_quality: str
     jobs: tuple[str, ...] = field(default=())
     process_jobs: Mapping[int, str] = field(default_factory=dict)
+    job_gpus: int = 0  # other GPUs running this GPU's job (last tick)
+    peers_below_ratio: float | None = None  # share of those under the threshold; None: no other GPU
 
 
 def _mean(values: Sequence[tuple[float | None, float]]) -> float | None:
@@ -178,6 +202,7 @@ def signals(window: Sequence[Tick]) -> Signals:
         limit_ratio = info.power_limit_watts / info.default_power_limit_watts
     jobs = tuple(sorted({last.host.processes[pid].job for pid in pids
                          if pid in last.host.processes and last.host.processes[pid].job}))
+    peers_below = mean(lambda t: t.peers.below / t.peers.gpus if t.peers.gpus else None)
     return Signals(
         seconds=sum(weights),
         utilization=mean(lambda t: t.figures.utilization),
@@ -210,6 +235,8 @@ def signals(window: Sequence[Tick]) -> Signals:
         jobs=jobs,
         process_jobs={pid: last.host.processes[pid].job for pid in pids
                       if pid in last.host.processes and last.host.processes[pid].job},
+        job_gpus=last.peers.gpus,
+        peers_below_ratio=peers_below,
     )
 
 
@@ -253,10 +280,24 @@ def classify(s: Signals, th: Thresholds) -> Finding | None:
             return _finding("contention", "page", 0.8, s, processes=s.processes,
                             sm_shares=", ".join(f"{pid} {s.process_jobs.get(pid, '?')} {v:.2f}"
                                                 for pid, v in sorted(s.process_shares.items())))
-        if s.nvlink_bytes_per_second is not None and s.nvlink_bytes_per_second >= th.nvlink_busy_bytes_per_second:
-            return _finding("communication_bound", "page", _strength(s.nvlink_bytes_per_second, th.nvlink_busy_bytes_per_second),
-                            s, nvlink_bytes_per_second=s.nvlink_bytes_per_second, nvml_utilization=s.nvml_utilization)
-        if s.pcie_bytes_per_second is not None and s.pcie_bytes_per_second >= th.pcie_busy_bytes_per_second:
+        kernel_time = s.nvml_utilization or 0.0
+        # Kernels run far longer than the SMs have work: tiny kernels, or NCCL's few spinning blocks.
+        kernels_outrun_sms = s.source_quality == "gpm" and kernel_time >= th.launch_min_kernel_time and \
+            kernel_time >= th.launch_kernel_time_over_sm_active * max(util, 1e-3)
+        peers_low = s.peers_below_ratio is not None and s.peers_below_ratio >= th.peers_below_ratio
+        waiting_on_peers = peers_low and kernels_outrun_sms
+        per_child = s.children_cpu_ratio / s.children if s.children else 0.0
+        loaders_saturated = per_child >= th.cpu_saturated_ratio
+        thread_saturated = s.busiest_thread_cpu_ratio >= th.cpu_saturated_ratio
+        nvlink_busy = s.nvlink_bytes_per_second is not None and s.nvlink_bytes_per_second >= th.nvlink_busy_bytes_per_second
+        pcie_busy = s.pcie_bytes_per_second is not None and s.pcie_bytes_per_second >= th.pcie_busy_bytes_per_second
+        if nvlink_busy:
+            return _communication(s, "nvlink", _strength(s.nvlink_bytes_per_second, th.nvlink_busy_bytes_per_second)
+                                  + (0.1 if peers_low else 0.0))
+        if pcie_busy and waiting_on_peers:
+            # Collectives over PCIe (no NVLink, or P2P off): the job's GPUs wait together, NCCL spins.
+            return _communication(s, "pcie", _strength(s.pcie_bytes_per_second, th.pcie_busy_bytes_per_second))
+        if pcie_busy:
             return _finding("host_transfer_bound", "page", _strength(s.pcie_bytes_per_second, th.pcie_busy_bytes_per_second),
                             s, pcie_bytes_per_second=s.pcie_bytes_per_second,
                             busiest_thread_cpu_cores=s.busiest_thread_cpu_ratio)
@@ -268,18 +309,20 @@ def classify(s: Signals, th: Thresholds) -> Finding | None:
         if s.dram_active is not None and s.dram_active >= th.memory_bound_dram_active:
             return _finding("memory_bound", "page", _strength(s.dram_active, th.memory_bound_dram_active), s,
                             dram_active=s.dram_active, flops_utilization=s.flops_utilization)
-        kernel_time = s.nvml_utilization or 0.0
-        if s.source_quality == "gpm" and kernel_time >= th.launch_min_kernel_time and \
-                kernel_time >= th.launch_kernel_time_over_sm_active * max(util, 1e-3):
+        if waiting_on_peers and not loaders_saturated and not thread_saturated:
+            # Little traffic, yet every GPU of the job waits in its collectives: latency-bound
+            # all-reduces or a straggler rank.
+            return _communication(s, "waiting", 0.55)
+        if kernels_outrun_sms and not (peers_low and loaders_saturated):
             return _finding("launch_bound", "page", _strength(kernel_time / max(util, 1e-3), th.launch_kernel_time_over_sm_active),
                             s, nvml_utilization=kernel_time, sm_occupancy=s.sm_occupancy,
                             busiest_thread_cpu_cores=s.busiest_thread_cpu_ratio)
-        per_child = s.children_cpu_ratio / s.children if s.children else 0.0
-        if s.busiest_thread_cpu_ratio >= th.cpu_saturated_ratio or per_child >= th.cpu_saturated_ratio:
+        if thread_saturated or loaders_saturated:
             return _finding("input_starved", "page",
                             _strength(max(s.busiest_thread_cpu_ratio, per_child), th.cpu_saturated_ratio) - 0.1, s,
                             busiest_thread_cpu_cores=s.busiest_thread_cpu_ratio, loader_workers=s.children,
-                            loader_cpu_cores=s.children_cpu_ratio, process_cpu_cores=s.cpu_ratio)
+                            loader_cpu_cores=s.children_cpu_ratio, process_cpu_cores=s.cpu_ratio,
+                            nvlink_bytes_per_second=s.nvlink_bytes_per_second)
         problems = _system_problems(s)
         if problems:
             return _finding("system", "page", 0.7, s, problems="; ".join(problems))
@@ -310,6 +353,13 @@ def classify(s: Signals, th: Thresholds) -> Finding | None:
         return _finding("contention", "ticket", 0.7, s, processes=s.processes,
                         sm_shares=", ".join(f"{pid}:{v:.2f}" for pid, v in sorted(s.process_shares.items())))
     return None
+
+
+def _communication(s: Signals, via: str, confidence: float) -> Finding:
+    return _finding("communication_bound", "page", confidence, s, via=via,
+                    nvlink_bytes_per_second=s.nvlink_bytes_per_second, pcie_bytes_per_second=s.pcie_bytes_per_second,
+                    nvml_utilization=s.nvml_utilization, job_gpus=s.job_gpus + 1,
+                    peers_below_ratio=s.peers_below_ratio)
 
 
 def _system_problems(s: Signals) -> list[str]:

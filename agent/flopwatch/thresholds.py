@@ -41,5 +41,7 @@ class Thresholds:
     # Contention: this many processes each with at least this SM share.
     contention_processes: int = 2
     contention_min_sm_ratio: float = 0.1
-    # communication_bound: interconnect traffic while SMs wait.
+    # communication_bound: interconnect traffic while SMs wait, and the job's other GPUs waiting
+    # with this one (this share of them under the threshold too, averaged over the window).
     nvlink_busy_bytes_per_second: float = 5.0e9
+    peers_below_ratio: float = 0.75

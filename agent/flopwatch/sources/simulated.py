@@ -94,10 +94,12 @@ def _trainer(**overrides: Any) -> SimProcess:
 
 SCENARIOS: dict[str, Scenario] = {
     # A well-fed bf16 training loop: tensor cores busy, at the card's default power limit, which
-    # it touches now and then (that is the card doing its job, not a cap).
+    # it touches now and then (that is the card doing its job, not a cap). Repeated over GPUs it is
+    # a data-parallel job whose all-reduce overlaps compute: modest NVLink traffic.
     "healthy": Scenario(
         sm_active=0.96, sm_occupancy=0.45, nvml_utilization=1.0, tensor_active=0.72, hmma_active=0.72,
         dram_active=0.38, fp32_active=0.08, fp16_active=0.04, power_watts=660, sm_clock_mhz=1755,
+        nvlink_tx_bytes_per_second=2e9, nvlink_rx_bytes_per_second=2e9,
         temperature_celsius=66, reasons=SW_POWER_CAP, throttled={"sw_power_cap": 0.4},
         processes=(_trainer(),),
     ),
@@ -178,12 +180,14 @@ SCENARIOS: dict[str, Scenario] = {
             _trainer(memory_bytes=30 * GIB, sm_share=0.5, cmdline="python train_b.py", user="bob"),
         ),
     ),
-    # Data-parallel job waiting on all-reduce: NVLink busy in bursts, SMs idle between.
+    # A data-parallel rank waiting on all-reduce: NVLink busy, SMs idle but for NCCL's few blocks,
+    # whose kernels keep NVML's kernel time high. Repeated over GPUs (--simulate-gpus) it is one
+    # job with a torchrun worker on each GPU.
     "communication_bound": Scenario(
         sm_active=0.3, sm_occupancy=0.15, nvml_utilization=0.85, tensor_active=0.2, hmma_active=0.2,
         dram_active=0.15, power_watts=300, nvlink_tx_bytes_per_second=60e9, nvlink_rx_bytes_per_second=60e9,
         processes=(_trainer(cpu_ratio=1.0, busiest_thread_cpu_ratio=0.6, children=2, children_cpu_ratio=0.3,
-                            cmdline="torchrun --nproc-per-node 8 train.py"),),
+                            cmdline="python -u train.py"),),
     ),
     # An old driver on a downtrained PCIe link.
     "system": Scenario(
@@ -202,8 +206,14 @@ SCENARIOS: dict[str, Scenario] = {
 
 CARD = dict(
     name="NVIDIA H100 80GB HBM3", memory_total=80 * GIB, max_sm_clock=1980, max_memory_clock=2619,
-    bus_width=5120, default_power_limit_watts=700.0, pcie_gen=5,
+    bus_width=5120, default_power_limit_watts=700.0, pcie_gen=5, nvlinks=18,
 )
+
+# GPM's per-link NVLink rate metrics, by metric id: (the Scenario's total it is a share of, link).
+_GPM_LINKS = {
+    getattr(pynvml, f"NVML_GPM_METRIC_NVLINK_L{link}_{d}_PER_SEC"): (f"nvlink_{d.lower()}_bytes_per_second", link)
+    for link in range(CARD["nvlinks"]) for d in ("TX", "RX")
+}
 
 
 class UnknownScenario(ValueError):
@@ -428,6 +438,12 @@ class SimulatedNvml:
         mask = (2**32 - 1) << (32 * numa)
         return [mask >> (64 * w) & (2**64 - 1) for w in range(words)]
 
+    def nvmlDeviceGetNvLinkState(self, h: Any, link: int) -> int:
+        self._gpu(h, "nvmlDeviceGetNvLinkState")
+        if link >= CARD["nvlinks"]:
+            raise pynvml.NVMLError(pynvml.NVML_ERROR_INVALID_ARGUMENT)
+        return pynvml.NVML_FEATURE_ENABLED
+
     def nvmlGpmQueryDeviceSupport(self, h: Any) -> Any:
         self._gpu(h, "nvmlGpmQueryDeviceSupport")
         return SimpleNamespace(isSupportedDevice=1)
@@ -446,7 +462,7 @@ class SimulatedNvml:
     def c_nvmlGpmMetricsGet_t(self) -> Any:
         return SimpleNamespace(
             version=0, numMetrics=0, sample1=None, sample2=None,
-            metrics=[SimpleNamespace(metricId=0, nvmlReturn=0, value=0.0) for _ in range(32)],
+            metrics=[SimpleNamespace(metricId=0, nvmlReturn=0, value=0.0) for _ in range(pynvml.NVML_GPM_METRIC_MAX)],
         )
 
     NVML_GPM_METRICS_GET_VERSION = pynvml.NVML_GPM_METRICS_GET_VERSION
@@ -472,11 +488,15 @@ class SimulatedNvml:
         t1, t2 = request.sample1.t, request.sample2.t
         for i in range(request.numMetrics):
             metric = request.metrics[i]
-            key = self._GPM_FIELDS.get(metric.metricId)
+            key, link = self._GPM_FIELDS.get(metric.metricId), None
+            if key is None and metric.metricId in _GPM_LINKS:
+                key, link = _GPM_LINKS[metric.metricId]
             if key is None:
                 metric.nvmlReturn = pynvml.NVML_ERROR_NOT_SUPPORTED
                 continue
             value = self._activity(gpu, key, t1, t2)
+            if link is not None:
+                value /= CARD["nvlinks"]  # the links share the traffic evenly, so they sum to the total
             metric.value = value / 2**20 if key.endswith("per_second") else value * 100.0
         return request
 
