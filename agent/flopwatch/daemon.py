@@ -7,6 +7,7 @@ Sources and sinks are each timed and guarded by the same wrapper, so one failing
 from __future__ import annotations
 
 import logging
+import math
 import socket
 import time
 from collections import deque
@@ -163,6 +164,6 @@ def schedule(agent: Agent, interval_seconds: float) -> Any:
 
     scheduler = BackgroundScheduler(daemon=True)
     scheduler.add_job(agent.tick, "interval", seconds=interval_seconds, id="tick", max_instances=1,
-                      coalesce=True, misfire_grace_time=max(interval_seconds, 1.0))
+                      coalesce=True, misfire_grace_time=max(math.ceil(interval_seconds), 1))  # APScheduler wants an int
     scheduler.start()
     return scheduler
