@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import signal
@@ -144,6 +145,9 @@ def run(config_path: str | None, listen: str | None, interval: float | None, his
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     agent.tick()
+    # What exists now (modules, configuration, static facts) lives as long as the process: keep
+    # it out of the collector's full passes, which then only walk the window's recent ticks.
+    gc.freeze()
     scheduler = schedule(agent, config.agent.interval_seconds)
     server.start()
     log.info("flopwatch %s serving %s/metrics, %d GPU(s)%s", __version__, server.url, len(agent.state.gpus),
