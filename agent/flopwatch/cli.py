@@ -138,7 +138,8 @@ def run(config_path: str | None, listen: str | None, interval: float | None, his
     agent = built.agent
     try:
         server = MetricsServer(config.agent.listen, built.exporter.registry(),
-                               lambda: status_document(agent.state, agent.hostname))
+                               lambda: status_document(agent.state, agent.hostname),
+                               version=lambda: agent.state)
     except (ListenError, ValueError) as e:
         raise UsageError(f"{e} (set with --listen or [agent].listen)") from None
     stop = threading.Event()
