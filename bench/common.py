@@ -166,3 +166,60 @@ def skip_without_gpu() -> None:
     if not has_nvidia_gpu():
         print("skipped: no NVIDIA GPU")
         raise SystemExit(0)
+
+
+# A GPU process for the per-process readers to find: bf16 matmuls in bursts (1.5 s on, 1.5 s
+# off, so power moves), until its parent goes away.
+LOAD_SCRIPT = """
+import os, sys, time, torch
+parent = os.getppid()
+a = torch.randn(4096, 4096, device="cuda", dtype=torch.bfloat16)
+b = torch.randn(4096, 4096, device="cuda", dtype=torch.bfloat16)
+while os.getppid() == parent:
+    until = time.monotonic() + 1.5
+    while time.monotonic() < until:
+        for _ in range(20):
+            c = a @ b
+        torch.cuda.synchronize()
+    time.sleep(1.5)
+"""
+
+
+def has_torch_cuda() -> bool:
+    try:
+        import importlib.util
+
+        return importlib.util.find_spec("torch") is not None
+    except Exception:
+        return False
+
+
+def start_gpu_load() -> subprocess.Popen | None:
+    """A background GPU process (needs torch), or None where torch is missing."""
+    if not has_torch_cuda():
+        print("note: torch not importable, no GPU load: per-process readings will be empty")
+        return None
+    process = subprocess.Popen([sys.executable, "-c", LOAD_SCRIPT], stdout=subprocess.DEVNULL)
+    time.sleep(8.0)  # CUDA context up and the first bursts running
+    if process.poll() is not None:
+        print(f"note: the GPU load exited with {process.returncode}; per-process readings will be empty")
+        return None
+    return process
+
+
+def install_wheels(wheels_dir: str | None) -> str | None:
+    """``pip install --target`` every wheel of ``wheels_dir`` (no index, no deps); the folder to
+    put on PYTHONPATH, or None."""
+    if not wheels_dir:
+        return None
+    wheels = sorted(str(p) for p in Path(wheels_dir).glob("*.whl"))
+    if not wheels:
+        return None
+    target = Path(wheels_dir).resolve() / "_site"
+    if not target.exists():
+        subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-index", "--no-deps",
+                        "--disable-pip-version-check", "--root-user-action=ignore",
+                        "--target", str(target), *wheels], check=True)
+    sys.path.append(str(target))
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), str(target)) if p)
+    return str(target)
