@@ -84,6 +84,35 @@ def run_point(gpus: int, processes: int, ticks: int) -> dict:
     return json.loads(out.stdout)
 
 
+def fit(points: list[tuple[int, int, float]]) -> tuple[float, float, float, float]:
+    """Least squares of ms = a + b·GPUs + c·GPU·procs over (GPUs, GPU·procs, ms) points, on
+    relative errors (each point weighted by 1/ms, so small points count); also the largest
+    residual relative to its point."""
+    xs = [(1.0 / ms, g / ms, n / ms) for g, n, ms in points]
+    ys = [1.0 for _ in points]
+    ata = [[sum(x[i] * x[j] for x in xs) for j in range(3)] for i in range(3)]
+    aty = [sum(x[i] * y for x, y in zip(xs, ys)) for i in range(3)]
+    a, b, c = _solve(ata, aty)
+    worst = max(abs(a + b * g + c * n - ms) / ms for g, n, ms in points)
+    return a, b, c, worst
+
+
+def _solve(m: list[list[float]], v: list[float]) -> list[float]:
+    """Gaussian elimination with partial pivoting (3 unknowns, no numpy needed)."""
+    rows = [row[:] + [x] for row, x in zip(m, v)]
+    n = len(rows)
+    for i in range(n):
+        pivot = max(range(i, n), key=lambda r: abs(rows[r][i]))
+        rows[i], rows[pivot] = rows[pivot], rows[i]
+        for r in range(i + 1, n):
+            f = rows[r][i] / rows[i][i]
+            rows[r] = [x - f * y for x, y in zip(rows[r], rows[i])]
+    out = [0.0] * n
+    for i in reversed(range(n)):
+        out[i] = (rows[i][n] - sum(rows[i][j] * out[j] for j in range(i + 1, n))) / rows[i][i]
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--gpus", default="1,2,4,8,16")
@@ -117,6 +146,9 @@ def main() -> None:
           f"({time.monotonic() - started:.0f} s)")
     print(table(["GPUs", "procs/GPU", "GPU·procs", "tick ms", "gpu src ms", "host ms", "rest ms", "render ms",
                  "RSS MB", "µs/GPU·proc"], rows))
+    fixed, per_gpu, per_unit, worst = fit([(r[0], r[2], r[3]) for r in rows])
+    print(f"least squares: tick ms ≈ {fixed:.3f} + {per_gpu:.3f}·GPUs + {1000 * per_unit:.2f} µs·GPU·procs; "
+          f"largest residual {100 * worst:.0f} % of the point")
     # Linear growth: the marginal cost of a GPU·process is the same for few and for many.
     large = [m for n, m in marginals if n >= 512]
     small = [m for n, m in marginals if n < 512]
