@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -16,9 +18,11 @@ from typing import Any, Callable
 
 import click
 
-from . import __version__
+from . import __version__, sdnotify
 from . import config as config_mod
 from .config import Config, ConfigError
+from .doctor_cli import doctor_command
+from .history_cli import history
 
 log = logging.getLogger("flopwatch")
 
@@ -93,6 +97,31 @@ def build_agent(config: Config, *, clock: Callable[[], float] = time.monotonic,
     return Built(agent, exporter, source.lib)
 
 
+def _sinks(config: Config) -> list:
+    """The sinks `run` writes to: the history store unless disabled, systemd's watchdog, and
+    Alertmanager when configured."""
+    sinks = []
+    if config.history.url.lower() != "none":
+        import socket
+
+        from .store import HistoryStore
+
+        try:
+            sinks.append(HistoryStore.from_config(config.history, config.agent.hostname or socket.gethostname()))
+        except ConfigError as e:
+            raise UsageError(str(e)) from None
+    if os.environ.get("NOTIFY_SOCKET"):
+        # Under systemd (Type=notify) every completed tick pets the watchdog.
+        sinks.append(sdnotify.Notifier())
+    if config.alerting.alertmanager_urls:
+        from .alerting import AlertmanagerSink, StoreOutbox
+
+        store = next((s for s in sinks if s.name == "store"), None)
+        outbox = StoreOutbox(store) if store is not None else None
+        sinks.append(AlertmanagerSink(config, outbox=outbox).start())
+    return sinks
+
+
 def _simulate_list(value: str | None) -> list[str] | None:
     return [v.strip() for v in value.split(",") if v.strip()] if value else None
 
@@ -124,27 +153,37 @@ def main() -> None:
 def run(config_path: str | None, listen: str | None, interval: float | None, history: str | None,
         simulate: str | None, simulate_gpus: int | None, simulate_processes: int | None, log_level: str | None) -> None:
     """Run the agent: sample every interval, serve /metrics, keep history, send alerts."""
-    config = load_config(config_path, {
+    overrides = {
         ("agent", "listen"): listen, ("agent", "interval_seconds"): interval, ("history", "url"): history,
         ("agent", "simulate"): _simulate_list(simulate), ("agent", "simulate_gpus"): simulate_gpus,
         ("agent", "simulate_processes"): simulate_processes, ("agent", "log_level"): log_level,
-    })
+    }
+    config = load_config(config_path, overrides)
     logging.basicConfig(level=config.agent.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)  # a line per tick is noise
     from .daemon import schedule
-    from .server import ListenError, MetricsServer
+    from .server import ListenError, MetricsServer, check_local_bind
     from .status import status_document
 
-    built = build_agent(config)
+    try:
+        web = _load_web(config)
+        # The token push endpoint accepts data: loopback or a unix socket unless configured.
+        check_local_bind(config.tokens.push_listen, allow_remote=config.tokens.allow_remote_push,
+                         setting="[tokens].push_listen", allow_setting="[tokens].allow_remote_push")
+    except ConfigError as e:
+        raise UsageError(str(e)) from None
+    built = build_agent(config, sinks=_sinks(config))
     agent = built.agent
     try:
         server = MetricsServer(config.agent.listen, built.exporter.registry(),
-                               lambda: status_document(agent.state, agent.hostname),
+                               lambda: status_document(agent.state, agent.hostname), web=web,
                                version=lambda: agent.state)
     except (ListenError, ValueError) as e:
         raise UsageError(f"{e} (set with --listen or [agent].listen)") from None
-    stop = threading.Event()
+    stop, reload = threading.Event(), threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGHUP, lambda *_: reload.set())
     agent.tick()
     # What exists now (modules, configuration, static facts) lives as long as the process: keep
     # it out of the collector's full passes, which then only walk the window's recent ticks.
@@ -153,12 +192,43 @@ def run(config_path: str | None, listen: str | None, interval: float | None, his
     server.start()
     log.info("flopwatch %s serving %s/metrics, %d GPU(s)%s", __version__, server.url, len(agent.state.gpus),
              " (simulated)" if config.agent.simulate else "")
+    sdnotify.ready()
     while not stop.wait(1.0):
-        pass
+        if reload.is_set():
+            reload.clear()
+            _reload(config_path, overrides, agent, server)
     log.info("stopping")
+    sdnotify.stopping()
     scheduler.shutdown(wait=True)
     server.shutdown()
     agent.close()
+
+
+def _load_web(config: Config) -> Any:
+    from . import webconfig
+
+    path = config.agent.web_config_file
+    return webconfig.load(path) if path else webconfig.WebConfig()
+
+
+def _reload(config_path: str | None, overrides: dict, agent: Any, server: Any) -> None:
+    """SIGHUP: apply a re-read configuration, or log why not and keep the running one."""
+    sdnotify.reloading()
+    try:
+        new = load_config(config_path, overrides)
+        server.set_web(_load_web(new))
+    except (UsageError, ConfigError) as e:
+        log.error("reload failed, keeping the running configuration: %s", getattr(e, "message", e))
+    else:
+        old = agent.config
+        live = {"web_config_file": "", "log_level": ""}
+        if (dataclasses.replace(new.agent, **live), new.history) != (dataclasses.replace(old.agent, **live), old.history):
+            log.warning("reload: [agent] and [history] changes other than web_config_file and log_level "
+                        "take effect at the next restart")
+        logging.getLogger().setLevel(new.agent.log_level.upper())
+        agent.config = dataclasses.replace(new, agent=old.agent, history=old.history)
+        log.info("configuration reloaded")
+    sdnotify.ready()
 
 
 @main.command()
@@ -214,6 +284,10 @@ def _fetch_status(url: str) -> dict:
             return json.load(response)
     except (urllib.error.URLError, OSError, ValueError) as e:
         raise UsageError(f"cannot read {target}: {getattr(e, 'reason', e)}") from None
+
+
+main.add_command(doctor_command)
+main.add_command(history)
 
 
 @main.command()

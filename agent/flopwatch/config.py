@@ -61,6 +61,9 @@ class AlertingConfig:
     resend_interval_seconds: float = 60.0
     timeout_seconds: float = 5.0
     external_url: str = ""
+    # The alerts' `job` label: the name of Prometheus's scrape job for the agents, so an alert the
+    # agent pushes and the same alert from alerts/flopwatch.rules.yml are one alert.
+    job: str = "flopwatch"
 
 
 @dataclass

@@ -159,11 +159,17 @@ def _process_views(sample: GpuSample, host: HostSample) -> tuple[ProcessView, ..
 
 
 def schedule(agent: Agent, interval_seconds: float) -> Any:
-    """Start the tick on a background scheduler; returns the scheduler (``shutdown()`` to stop)."""
+    """Start the tick, and the sinks' own periodic jobs (flush, rollup, retention), on a
+    background scheduler; returns it (``shutdown()`` to stop)."""
     from apscheduler.schedulers.background import BackgroundScheduler
 
     scheduler = BackgroundScheduler(daemon=True)
-    scheduler.add_job(agent.tick, "interval", seconds=interval_seconds, id="tick", max_instances=1,
-                      coalesce=True, misfire_grace_time=max(math.ceil(interval_seconds), 1))  # APScheduler wants an int
+    jobs = [(agent.tick, interval_seconds)]
+    for sink in agent.sinks:
+        jobs += getattr(sink, "jobs", list)()
+    for fn, seconds in jobs:
+        # APScheduler wants a whole number of seconds of grace; a late tick runs once, not twice.
+        scheduler.add_job(fn, "interval", seconds=seconds, max_instances=1, coalesce=True,
+                          misfire_grace_time=max(math.ceil(seconds), 1))
     scheduler.start()
     return scheduler

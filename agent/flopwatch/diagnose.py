@@ -323,6 +323,9 @@ def classify(s: Signals, th: Thresholds) -> Finding | None:
             return _finding("io_bound", "page", _strength(max(s.threads_in_disk_wait, 0.01), th.disk_wait_threads), s,
                             threads_in_disk_wait=s.threads_in_disk_wait, iowait_ratio=s.iowait_ratio,
                             process_cpu_cores=s.cpu_ratio)
+        if s.dram_active is not None and s.dram_active >= th.memory_bound_dram_active:
+            return _finding("memory_bound", "page", _strength(s.dram_active, th.memory_bound_dram_active), s,
+                            dram_active=s.dram_active, flops_utilization=s.flops_utilization)
         kernel_time = s.nvml_utilization or 0.0
         if s.source_quality == "gpm" and kernel_time >= th.launch_min_kernel_time and \
                 kernel_time >= th.launch_kernel_time_over_sm_active * max(util, 1e-3):

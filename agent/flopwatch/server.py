@@ -1,18 +1,24 @@
 """The HTTP endpoint: /metrics (Prometheus text) and /api/v1/status (JSON). Read-only.
 
 Requests only render the last tick's state, so any number of scrapers cost no NVML calls.
+TLS and basic auth come from a web-config file (webconfig.py); both are off by default.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
+import ssl
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import CollectorRegistry
+
+from .config import ConfigError
+from .webconfig import WWW_AUTHENTICATE, WebConfig
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +38,28 @@ def parse_listen(address: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
+def check_local_bind(address: str, *, allow_remote: bool, setting: str, allow_setting: str) -> None:
+    """Refuse to listen beyond this host unless configured: for endpoints that accept data or
+    change state. ``unix:PATH`` and loopback addresses are always fine."""
+    if address.startswith("unix:") or allow_remote:
+        return
+    try:
+        host, _ = parse_listen(address)
+    except ValueError as e:
+        raise ConfigError(f"{setting}: {e}") from None
+    if host == "localhost" or _is_loopback(host):
+        return
+    raise ConfigError(f"{setting} = {address!r} would accept data from other hosts; listen on 127.0.0.1, "
+                      f"::1 or unix:PATH, or set {allow_setting} = true")
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name other than localhost may resolve anywhere
+        return False
+
+
 class _Handler(BaseHTTPRequestHandler):
     server: "MetricsServer"
     protocol_version = "HTTP/1.1"
@@ -41,6 +69,8 @@ class _Handler(BaseHTTPRequestHandler):
     disable_nagle_algorithm = True
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        if not self._authorized():
+            return
         path = self.path.split("?", 1)[0]
         if path == "/metrics":
             self._send(200, CONTENT_TYPE_LATEST, self.server.metrics())
@@ -55,12 +85,21 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(404, "text/plain", b"not found\n")
 
     def do_POST(self) -> None:  # noqa: N802
-        self._send(405, "text/plain", b"method not allowed\n")
+        if self._authorized():
+            self._send(405, "text/plain", b"method not allowed\n")
 
     do_PUT = do_DELETE = do_PATCH = do_POST
 
-    def _send(self, code: int, content_type: str, body: bytes) -> None:
+    def _authorized(self) -> bool:
+        if self.server.web.check_basic_auth(self.headers.get("Authorization")):
+            return True
+        self._send(401, "text/plain", b"Unauthorized\n", {"WWW-Authenticate": WWW_AUTHENTICATE})
+        return False
+
+    def _send(self, code: int, content_type: str, body: bytes, headers: dict[str, str] | None = None) -> None:
         self.send_response(code)
+        for name, value in {**self.server.web.headers, **(headers or {})}.items():
+            self.send_header(name, value)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -79,12 +118,13 @@ class MetricsServer(ThreadingHTTPServer):
     request_queue_size = 128
 
     def __init__(self, address: str, registry: CollectorRegistry, status: Callable[[], dict],
-                 version: Callable[[], object] | None = None):
+                 web: WebConfig | None = None, version: Callable[[], object] | None = None):
         """``version`` names what the registry renders (the agent's last state): while it is the
         same object, scrapes get the same bytes, so ten scrapers cost one render a tick."""
         host, port = parse_listen(address)
         self.registry = registry
         self.status = status
+        self.web = web or WebConfig()
         self.version = version
         self._rendered: tuple[object, bytes] | None = None
         self._render_lock = threading.Lock()
@@ -92,6 +132,15 @@ class MetricsServer(ThreadingHTTPServer):
             super().__init__((host, port), _Handler)
         except OSError as e:
             raise ListenError(f"cannot listen on {address}: {e.strerror or e}") from None
+        context = self.web.ssl_context()
+        if context is not None:
+            # The handshake happens on the first read, in the request's thread, under the
+            # handler's timeout: a slow client cannot stall accept() for everyone else.
+            self.socket = context.wrap_socket(self.socket, server_side=True, do_handshake_on_connect=False)
+
+    @property
+    def tls(self) -> bool:
+        return isinstance(self.socket, ssl.SSLSocket)
 
     def metrics(self) -> bytes:
         if self.version is None:
@@ -105,7 +154,21 @@ class MetricsServer(ThreadingHTTPServer):
     @property
     def url(self) -> str:
         host, port = self.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"{'https' if self.tls else 'http'}://{host}:{port}"
+
+    def set_web(self, web: WebConfig) -> None:
+        """Take a re-read web config: new users, headers and certificate for new connections.
+        Turning TLS on or off needs a restart, since the listening socket changes."""
+        context = web.ssl_context()
+        if (context is not None) != self.tls:
+            raise ConfigError("turning TLS on or off takes a restart of the agent")
+        if context is not None:
+            self.socket.context = context
+        self.web = web
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that fails the TLS handshake or hangs up is its problem, not a traceback.
+        log.debug("request from %s failed", client_address, exc_info=True)
 
     def start(self) -> threading.Thread:
         thread = threading.Thread(target=self.serve_forever, name="http", daemon=True)

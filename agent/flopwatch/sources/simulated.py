@@ -409,6 +409,37 @@ class SimulatedNvml:
         self._gpu(h, "nvmlDeviceGetNumaNodeId")
         return 0 if h.index < 4 else 1
 
+    # -- what `flopwatch doctor` reads: a well-kept node, apart from what a scenario changes ----
+    def nvmlDeviceGetPersistenceMode(self, h: Any) -> int:
+        self._gpu(h, "nvmlDeviceGetPersistenceMode")
+        return pynvml.NVML_FEATURE_ENABLED
+
+    def nvmlDeviceGetGpuMaxPcieLinkGeneration(self, h: Any) -> int:
+        self._gpu(h, "nvmlDeviceGetGpuMaxPcieLinkGeneration")
+        return CARD["pcie_gen"]
+
+    def nvmlDeviceGetEccMode(self, h: Any) -> list[int]:
+        self._gpu(h, "nvmlDeviceGetEccMode")
+        return [pynvml.NVML_FEATURE_ENABLED, pynvml.NVML_FEATURE_ENABLED]
+
+    def nvmlDeviceGetTotalEccErrors(self, h: Any, error_type: int, counter_type: int) -> int:
+        self._gpu(h, "nvmlDeviceGetTotalEccErrors")
+        return 0
+
+    def nvmlDeviceGetRemappedRows(self, h: Any) -> tuple[int, int, int, int]:
+        self._gpu(h, "nvmlDeviceGetRemappedRows")
+        return (0, 0, 0, 0)  # correctable, uncorrectable, pending, failure
+
+    def nvmlDeviceGetMigMode(self, h: Any) -> list[int]:
+        self._gpu(h, "nvmlDeviceGetMigMode")
+        return [pynvml.NVML_DEVICE_MIG_DISABLE, pynvml.NVML_DEVICE_MIG_DISABLE]
+
+    def nvmlDeviceGetCpuAffinity(self, h: Any, words: int) -> list[int]:
+        # Two sockets of 32 CPUs (the simulated host has 64): GPUs 0-3 on the first.
+        numa = self.nvmlDeviceGetNumaNodeId(h)
+        mask = (2**32 - 1) << (32 * numa)
+        return [mask >> (64 * w) & (2**64 - 1) for w in range(words)]
+
     def nvmlGpmQueryDeviceSupport(self, h: Any) -> Any:
         self._gpu(h, "nvmlGpmQueryDeviceSupport")
         return SimpleNamespace(isSupportedDevice=1)

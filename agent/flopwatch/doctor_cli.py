@@ -1,0 +1,68 @@
+"""``flopwatch doctor``: the system-level checks as a table or JSON; exit 1 if one fails."""
+
+from __future__ import annotations
+
+import json
+import socket
+import sys
+
+import click
+
+from . import doctor
+
+_STYLE = {"pass": "green", "warn": "yellow", "fail": "bold red"}
+
+
+@click.command("doctor")
+@click.option("--json", "as_json", is_flag=True, help="Print the checks as JSON.")
+@click.option("--simulate", metavar="SCENARIO[,SCENARIO...]", default="",
+              help="Check simulated GPUs, one per scenario, instead of the real ones.")
+def doctor_command(as_json: bool, simulate: str) -> None:
+    """Check the driver, CUDA, and each GPU's link, power, clocks, memory errors, Xids, MIG, GPM
+    and NUMA affinity. Exit 1 if a check fails."""
+    facts = _read(simulate)
+    checks = doctor.run_checks(facts)
+    if as_json:
+        click.echo(json.dumps({
+            "host": socket.gethostname(),
+            "status": doctor.worst(checks),
+            "checks": [c.to_dict() for c in checks],
+        }, indent=2))
+    else:
+        _print_table(checks)
+    sys.exit(1 if doctor.worst(checks) == "fail" else 0)
+
+
+def _read(simulate: str) -> doctor.NodeFacts:
+    from . import sysfacts
+
+    if simulate:
+        from .sources.simulated import SimulatedNvml, UnknownScenario
+
+        try:
+            lib = SimulatedNvml([s.strip() for s in simulate.split(",") if s.strip()])
+        except UnknownScenario as e:
+            raise click.BadParameter(str(e), param_hint="--simulate") from None
+        # Simulated GPUs leave no trace in this host's kernel log.
+        return sysfacts.read_facts(lib)
+    import pynvml
+
+    records = sysfacts.read_kernel_log()
+    return sysfacts.read_facts(pynvml, records or (), kernel_log_readable=records is not None)
+
+
+def _print_table(checks: list[doctor.Check]) -> None:
+    rows = [("" if c.gpu is None else str(c.gpu), c.name, c.status, c.value, c.fix) for c in checks]
+    headers = ("GPU", "CHECK", "STATUS", "VALUE", "FIX")
+    try:
+        from rich.console import Console
+        from rich.table import Table
+    except ImportError:
+        widths = [max(len(r[i]) for r in (headers, *rows)) for i in range(4)]
+        for row in (headers, *rows):
+            click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[4])
+        return
+    table = Table(*headers, show_lines=False)
+    for gpu, name, status, value, fix in rows:
+        table.add_row(gpu, name, f"[{_STYLE[status]}]{status}[/]", value, fix)
+    Console().print(table)

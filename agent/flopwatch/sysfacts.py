@@ -1,0 +1,162 @@
+"""Read the facts ``flopwatch doctor`` checks: NVML through a pynvml-compatible ``lib`` (pynvml
+itself or the simulated library), the OS, the NUMA layout and the kernel log's Xid records.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+from .doctor import GpuFacts, NodeFacts, parse_xid_events, same_pci_device
+
+log = logging.getLogger(__name__)
+
+_NODE_DIR = Path("/sys/devices/system/node")
+
+
+def read_facts(lib: Any, kernel_log: Sequence[str] = (), *, kernel_log_readable: bool | None = None,
+               init: bool = True) -> NodeFacts:
+    """Everything doctor checks. ``kernel_log`` holds /dev/kmsg records (see read_kernel_log);
+    ``kernel_log_readable`` None means the log was not consulted (simulated GPUs)."""
+    base = dict(os_name=platform.system(), os_release=platform.release(), numa_nodes=_numa_nodes(),
+                kernel_log_readable=kernel_log_readable,
+                # kmsg stamps records on the monotonic clock (time since boot, as Python's on Linux).
+                seconds_since_boot=time.monotonic())
+    if init:
+        try:
+            lib.nvmlInit()
+        except (lib.NVMLError, OSError) as e:  # no driver, or no libnvidia-ml.so at all
+            return NodeFacts(nvml_error=str(e) or type(e).__name__, **base)
+    try:
+        events = parse_xid_events(kernel_log)
+        count = _query(lib, "nvmlDeviceGetCount") or 0
+        return NodeFacts(
+            driver_version=_text(_query(lib, "nvmlSystemGetDriverVersion")),
+            cuda_driver_version=_query(lib, "nvmlSystemGetCudaDriverVersion"),
+            gpus=tuple(_gpu_facts(lib, i, events) for i in range(count)),
+            **base,
+        )
+    finally:
+        if init:
+            _query(lib, "nvmlShutdown")
+
+
+def read_kernel_log(path: str = "/dev/kmsg") -> list[str] | None:
+    """The kernel's message buffer as /dev/kmsg records, or None where this user may not read it."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as e:
+        log.debug("cannot open %s: %s", path, e)
+        return None
+    try:
+        return list(_records(fd))
+    except OSError as e:
+        log.debug("reading %s failed: %s", path, e)
+        return None
+    finally:
+        os.close(fd)
+
+
+def _records(fd: int) -> Iterator[str]:
+    while True:
+        try:
+            record = os.read(fd, 8192)  # /dev/kmsg gives one record per read
+        except BlockingIOError:  # all there is has been read
+            return
+        except BrokenPipeError:  # the ring buffer overwrote the next record: go on
+            continue
+        if not record:
+            return
+        yield record.decode(errors="replace")
+
+
+def _gpu_facts(lib: Any, index: int, events: list) -> GpuFacts:
+    try:
+        handle = lib.nvmlDeviceGetHandleByIndex(index)
+    except lib.NVMLError as e:
+        return GpuFacts(index=index, error=f"cannot open GPU {index}: {e}")
+    q = lambda name, *args: _query(lib, name, handle, *args)  # noqa: E731
+    pci = q("nvmlDeviceGetPciInfo")
+    bus_id = _text(getattr(pci, "busId", None))
+    ecc = q("nvmlDeviceGetEccMode")
+    remap = q("nvmlDeviceGetRemappedRows")
+    mig = q("nvmlDeviceGetMigMode")
+    gpm = q("nvmlGpmQueryDeviceSupport")
+    utilization = q("nvmlDeviceGetUtilizationRates")
+    numa = q("nvmlDeviceGetNumaNodeId")
+    return GpuFacts(
+        index=index,
+        name=_text(q("nvmlDeviceGetName")),
+        pci_bus_id=bus_id,
+        persistence_mode=_flag(q("nvmlDeviceGetPersistenceMode")),
+        pcie_gen_current=q("nvmlDeviceGetCurrPcieLinkGeneration"),
+        pcie_gen_max=q("nvmlDeviceGetMaxPcieLinkGeneration"),
+        pcie_gen_gpu_max=q("nvmlDeviceGetGpuMaxPcieLinkGeneration"),
+        pcie_width_current=q("nvmlDeviceGetCurrPcieLinkWidth"),
+        pcie_width_max=q("nvmlDeviceGetMaxPcieLinkWidth"),
+        utilization_ratio=utilization.gpu / 100 if utilization is not None else None,
+        power_limit_watts=_watts(q("nvmlDeviceGetEnforcedPowerLimit")),
+        default_power_limit_watts=_watts(q("nvmlDeviceGetPowerManagementDefaultLimit")),
+        clock_event_reasons=q("nvmlDeviceGetCurrentClocksEventReasons"),
+        ecc_enabled=_flag(ecc[0]) if ecc is not None else None,
+        ecc_pending_enabled=_flag(ecc[1]) if ecc is not None else None,
+        ecc_uncorrected_volatile=q("nvmlDeviceGetTotalEccErrors", lib.NVML_MEMORY_ERROR_TYPE_UNCORRECTED,
+                                   lib.NVML_VOLATILE_ECC),
+        ecc_uncorrected_aggregate=q("nvmlDeviceGetTotalEccErrors", lib.NVML_MEMORY_ERROR_TYPE_UNCORRECTED,
+                                    lib.NVML_AGGREGATE_ECC),
+        remapped_rows_uncorrectable=remap[1] if remap is not None else None,
+        remap_pending=_flag(remap[2]) if remap is not None else None,
+        remap_failure=_flag(remap[3]) if remap is not None else None,
+        mig_enabled=_flag(mig[0]) if mig is not None else None,
+        mig_pending_enabled=_flag(mig[1]) if mig is not None else None,
+        gpm_supported=bool(gpm.isSupportedDevice) if gpm is not None else None,
+        numa_node=numa,
+        cpus=_affinity(q("nvmlDeviceGetCpuAffinity", _cpu_words())),
+        xid_events=tuple(e for e in events if bus_id and same_pci_device(e.pci_bus_id, bus_id)),
+    )
+
+
+def _query(lib: Any, name: str, *args: Any) -> Any:
+    """One NVML call; None where the function is missing or the driver cannot answer."""
+    fn = getattr(lib, name, None)
+    if fn is None:
+        return None
+    try:
+        return fn(*args)
+    except lib.NVMLError as e:
+        log.debug("%s: %s", name, e)
+        return None
+
+
+def _text(value: Any) -> str | None:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _flag(value: Any) -> bool | None:
+    return None if value is None else bool(value)
+
+
+def _watts(milliwatts: int | None) -> float | None:
+    return None if milliwatts is None else milliwatts / 1000
+
+
+def _cpu_words() -> int:
+    return max(1, ((os.cpu_count() or 1) + 63) // 64)
+
+
+def _affinity(words: Any) -> tuple[int, ...] | None:
+    """NVML's CPU bitmask (an array of 64-bit words) → the CPU numbers set in it."""
+    if words is None:
+        return None
+    return tuple(64 * w + bit for w, word in enumerate(words) for bit in range(64) if int(word) >> bit & 1)
+
+
+def _numa_nodes() -> int | None:
+    try:
+        return sum(1 for p in _NODE_DIR.iterdir() if p.name.startswith("node") and p.name[4:].isdigit())
+    except OSError:
+        return None

@@ -1,0 +1,205 @@
+"""On a real NVIDIA GPU: readings and causes for real PyTorch workloads started by the test.
+
+Skipped where there is no GPU. Run with -s to see the tables (readings and confusion matrix).
+Every workload runs once (module fixture); the tests below read the recorded windows.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+pynvml = pytest.importorskip("pynvml")
+try:
+    pynvml.nvmlInit()
+    HAVE_GPU = pynvml.nvmlDeviceGetCount() > 0
+except pynvml.NVMLError:
+    HAVE_GPU = False
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not HAVE_GPU, reason="needs an NVIDIA GPU")]
+
+from flopwatch.config import Config  # noqa: E402
+from flopwatch.daemon import Agent  # noqa: E402
+from flopwatch.sources.host import HostSource  # noqa: E402
+from flopwatch.sources.nvml import NvmlSource  # noqa: E402
+
+HERE = Path(__file__).parent
+WARMUP_SECONDS = float(os.environ.get("FLOPWATCH_GPU_WARMUP", "3"))  # after the first step ran
+MEASURE_SECONDS = float(os.environ.get("FLOPWATCH_GPU_MEASURE", "20"))
+
+# workload(s) → the cause a correct diagnosis names (None: healthy, no finding).
+EXPECTED = {
+    "healthy": None,
+    "starved_dataloader": "input_starved",
+    "tokenizer_in_loop": "input_starved",
+    "held_idle": "held_idle",
+    "fp32_no_tf32": "no_tensor_cores",
+    "tiny_kernels": "launch_bound",
+    "pageable_copies": "host_transfer_bound",
+    "elementwise_bandwidth": "memory_bound",
+    "shared_matmul x2": "contention",
+}
+
+
+@dataclass
+class Run:
+    name: str
+    pids: list[int]
+    causes: list[str | None] = field(default_factory=list)
+    utilization: list[float] = field(default_factory=list)
+    nvml_utilization: list[float] = field(default_factory=list)
+    tensor: list[float] = field(default_factory=list)
+    fp32: list[float] = field(default_factory=list)
+    dram: list[float] = field(default_factory=list)
+    pcie: list[float] = field(default_factory=list)
+    power: list[float] = field(default_factory=list)
+    process_memory: dict[int, int] = field(default_factory=dict)
+    process_share: dict[int, float] = field(default_factory=dict)
+    agent_energy_joules: float = 0.0
+    counter_energy_joules: float = 0.0
+    seconds: float = 0.0
+    evidence: dict = field(default_factory=dict)
+
+    def mean(self, values: list[float]) -> float:
+        return sum(values) / len(values) if values else float("nan")
+
+
+def _measure(name: str, copies: int) -> Run:
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    procs = [subprocess.Popen([sys.executable, str(HERE / "workloads.py"), name], env=env, stdout=subprocess.PIPE,
+                              text=True) for _ in range(copies)]
+    try:
+        for p in procs:
+            for line in p.stdout:
+                if line.strip() == "ready":
+                    break
+        time.sleep(WARMUP_SECONDS)
+        config = Config()
+        config.diagnosis.window_seconds = 10.0
+        config.diagnosis.min_window_seconds = 5.0
+        source = NvmlSource()
+        agent = Agent(config, source, HostSource())
+        run = Run(name if copies == 1 else f"{name} x{copies}", [p.pid for p in procs])
+        handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+        first_energy = None
+        for tick in range(int(MEASURE_SECONDS)):
+            time.sleep(1.0)
+            state = agent.tick()
+            g = state.gpus[0]
+            f = g.figures
+            if first_energy is None:
+                # Energy spans start here, for the agent and the counter alike.
+                first_energy = g.sample.energy_joules
+                counter_start = pynvml.nvmlDeviceGetTotalEnergyConsumption(handle)
+                started = time.monotonic()
+                continue
+            run.utilization.append(f.utilization)
+            run.nvml_utilization.append(g.sample.nvml_utilization)
+            run.tensor.append(f.tensor_active or 0.0)
+            run.fp32.append(f.fp32_active or 0.0)
+            run.dram.append(f.dram_active or 0.0)
+            run.pcie.append((g.sample.pcie_rx_bytes_per_second or 0) + (g.sample.pcie_tx_bytes_per_second or 0))
+            run.power.append(f.power_watts)
+            for p in g.sample.processes:
+                run.process_memory[p.pid] = p.used_memory_bytes or 0
+                run.process_share[p.pid] = p.sm_ratio or 0.0
+            if tick >= config.diagnosis.min_window_seconds:
+                run.causes.append(g.finding.cause if g.finding else None)
+                if g.finding:
+                    run.evidence = dict(g.finding.evidence)
+        run.seconds = time.monotonic() - started
+        # Energy: the counter over the same span, and the agent's total over its ticks.
+        run.counter_energy_joules = (pynvml.nvmlDeviceGetTotalEnergyConsumption(handle) - counter_start) / 1000.0
+        run.agent_energy_joules = g.sample.energy_joules - first_energy
+        agent.close()
+        return run
+    finally:
+        for p in procs:
+            p.kill()
+        for p in procs:
+            p.wait()
+        time.sleep(2.0)  # let the context go before the next workload
+
+
+@pytest.fixture(scope="module")
+def runs() -> dict[str, Run]:
+    out = {}
+    for key in EXPECTED:
+        name, _, copies = key.partition(" x")
+        out[key] = _measure(name, int(copies or 1))
+    _print_tables(out)
+    return out
+
+
+def _print_tables(runs: dict[str, Run]) -> None:
+    lines = ["", "readings (means over the measured ticks)",
+             f"{'workload':24} {'util':>5} {'nvml':>5} {'tensor':>6} {'fp32':>5} {'dram':>5} {'pcie GB/s':>9} {'power W':>7}"]
+    for key, r in runs.items():
+        lines.append(f"{key:24} {r.mean(r.utilization):5.2f} {r.mean(r.nvml_utilization):5.2f} {r.mean(r.tensor):6.2f} "
+                     f"{r.mean(r.fp32):5.2f} {r.mean(r.dram):5.2f} {r.mean(r.pcie) / 1e9:9.2f} {r.mean(r.power):7.0f}")
+    causes = sorted({c or "none" for r in runs.values() for c in r.causes} | {c or "none" for c in EXPECTED.values()})
+    lines += ["", "confusion matrix (rows: expected cause; columns: named cause; cells: windows)",
+              f"{'expected':22} " + " ".join(f"{c[:10]:>10}" for c in causes)]
+    right = total = 0
+    for key, r in runs.items():
+        expected = EXPECTED[key] or "none"
+        counts = Counter(c or "none" for c in r.causes)
+        right += counts[expected]
+        total += len(r.causes)
+        lines.append(f"{expected[:22]:22} " + " ".join(f"{counts.get(c, 0):>10}" for c in causes))
+    lines.append(f"windows right: {right}/{total} = {right / max(total, 1):.1%}")
+    lines += ["", "energy: agent total vs counter over the same ticks"]
+    for key, r in runs.items():
+        lines.append(f"{key:24} agent {r.agent_energy_joules:9.1f} J  counter {r.counter_energy_joules:9.1f} J  "
+                     f"mean power x time {r.mean(r.power) * r.seconds:9.1f} J")
+    lines += ["", "evidence of the last finding"] + [f"{k:24} {r.evidence}" for k, r in runs.items()]
+    text = "\n".join(lines)
+    print(text)
+    out = os.environ.get("OUT")
+    if out:
+        Path(out, "gpu_readings.txt").write_text(text)
+
+
+def test_bf16_matmul_loop_reads_busy_with_tensor_cores(runs):
+    r = runs["healthy"]
+    assert r.mean(r.utilization) >= 0.9
+    assert r.mean(r.tensor) >= 0.7
+
+
+def test_healthy_training_gives_no_finding(runs):
+    assert set(runs["healthy"].causes) == {None}
+
+
+def test_idle_process_holding_memory_reads_idle_and_owns_its_memory(runs):
+    r = runs["held_idle"]
+    assert r.mean(r.utilization) <= 0.05
+    assert r.process_memory.get(r.pids[0], 0) >= 20 * 2**30
+
+
+def test_tiny_kernels_read_low_while_nvml_says_more(runs):
+    r = runs["tiny_kernels"]
+    assert r.mean(r.utilization) <= 0.2
+    assert r.mean(r.nvml_utilization) > r.mean(r.utilization)
+
+
+def test_energy_matches_mean_power_times_time(runs):
+    r = runs["healthy"]
+    assert r.counter_energy_joules == pytest.approx(r.mean(r.power) * r.seconds, rel=0.05)
+    assert r.agent_energy_joules == pytest.approx(r.counter_energy_joules, rel=0.05)
+
+
+def test_causes_are_right_in_95_percent_of_windows(runs):
+    right = sum(c == EXPECTED[k] for k, r in runs.items() for c in r.causes)
+    total = sum(len(r.causes) for r in runs.values())
+    assert right / total >= 0.95
+
+
+def test_both_sharing_processes_have_an_sm_share(runs):
+    r = runs["shared_matmul x2"]
+    assert all(r.process_share.get(pid, 0.0) > 0.1 for pid in r.pids)

@@ -1,0 +1,97 @@
+"""The README's agent command, end to end: a real agent process, real promtool, the status document."""
+
+import json
+import re
+import signal
+import socket
+import subprocess
+
+import pytest
+
+from tests.agent_process import flopwatch, get, running_agent, wait_for
+
+CONTRACT_PER_GPU = [
+    "flopwatch_utilization_ratio", "flopwatch_sm_occupancy_ratio", "flopwatch_tensor_active_ratio",
+    "flopwatch_dram_active_ratio", "flopwatch_flops_utilization_ratio", "flopwatch_memory_turnover_per_second",
+    "flopwatch_power_watts", "flopwatch_energy_joules_total", "flopwatch_throttle_seconds_total",
+    "flopwatch_memory_used_bytes", "flopwatch_below_threshold", "flopwatch_process_sm_ratio", "flopwatch_gpu_info",
+]
+
+
+@pytest.fixture(scope="module")
+def agent():
+    with running_agent("--simulate", "healthy,input_starved", "--history", "none", "--interval", "0.2") as (url, proc):
+        # The diagnosis needs a few seconds of window before it names a cause.
+        wait_for(lambda: json.loads(get(url + "/api/v1/status"))["gpus"][1]["finding"])
+        yield url
+
+
+def test_metrics_have_every_contract_series_for_both_gpus(agent):
+    text = get(agent + "/metrics")
+    for name in CONTRACT_PER_GPU:
+        gpus = set(re.findall(rf'^{name}{{[^}}]*gpu="(\d+)"', text, re.M))
+        assert gpus == {"0", "1"}, name
+    assert re.search(r'^flopwatch_collector_success{collector="nvml"} 1', text, re.M)
+
+
+def test_promtool_finds_nothing_to_say_about_the_metrics(agent):
+    result = subprocess.run(["promtool", "check", "metrics"], input=get(agent + "/metrics"), capture_output=True, text=True)
+    assert (result.returncode, result.stdout + result.stderr) == (0, "")
+
+
+def test_status_from_a_running_agent_has_the_contract_shape(agent):
+    result = flopwatch("status", "--from", agent, "--json")
+    doc = json.loads(result.stdout)
+    assert [g["index"] for g in doc["gpus"]] == [0, 1]
+    gpu = doc["gpus"][1]
+    for key in ("uuid", "name", "source_quality", "utilization", "flops_utilization", "memory_turnover_per_second",
+                "power_watts", "processes", "finding"):
+        assert key in gpu
+    assert set(gpu["processes"][0]) >= {"pid", "job", "sm_ratio", "memory_bytes"}
+
+
+def test_status_table_names_the_cause_and_the_advice(agent):
+    result = flopwatch("status", "--from", agent)
+    assert "input_starved" in result.stdout and "num_workers" in result.stdout
+
+
+def test_sigterm_stops_the_agent_with_exit_0():
+    with running_agent("--simulate", "healthy", "--history", "none") as (url, proc):
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+
+
+def test_port_in_use_is_exit_2_naming_the_address():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        result = flopwatch("run", "--simulate", "healthy", "--history", "none", "--listen", f"127.0.0.1:{port}")
+    assert result.returncode == 2
+    assert f"127.0.0.1:{port}" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_unknown_scenario_is_exit_2_listing_the_valid_ones():
+    result = flopwatch("status", "--simulate", "sleepy", "--window", "1")
+    assert result.returncode == 2
+    assert "'sleepy'" in result.stderr and "input_starved" in result.stderr
+
+
+def test_bad_config_is_exit_2_naming_the_key(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text("[agent]\ninterval_seconds = -1\n")
+    result = flopwatch("run", "--config", str(path), "--simulate", "healthy")
+    assert result.returncode == 2
+    assert "[agent].interval_seconds" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_no_nvml_and_no_simulation_says_how_to_simulate():
+    result = flopwatch("run", "--history", "none", "--listen", "127.0.0.1:0", env={"LD_LIBRARY_PATH": "/nonexistent"})
+    if result.returncode == 0:
+        pytest.skip("this machine has NVML")
+    assert result.returncode == 2
+    assert "--simulate" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_version():
+    assert flopwatch("version").stdout.startswith("flopwatch ")

@@ -1,0 +1,68 @@
+"""Configuration: file, environment and flags; mistakes name the key."""
+
+import pytest
+
+from flopwatch import config
+from flopwatch.config import ConfigError
+
+
+def test_defaults_without_a_file():
+    c = config.load(env={})
+    assert c.agent.listen == "0.0.0.0:9765" and c.diagnosis.utilization_threshold == 0.6
+
+
+def test_file_sets_keys(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('[agent]\ninterval_seconds = 2\n[diagnosis]\nutilization_threshold = 0.5\n')
+    c = config.load(path, env={})
+    assert c.agent.interval_seconds == 2.0 and c.diagnosis.utilization_threshold == 0.5
+
+
+def test_environment_overrides_the_file(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('[history]\nurl = "sqlite:////tmp/a.db"\n')
+    c = config.load(path, env={"FLOPWATCH_HISTORY_URL": "none"})
+    assert c.history.url == "none"
+
+
+def test_environment_lists_are_comma_separated():
+    c = config.load(env={"FLOPWATCH_ALERTING_ALERTMANAGER_URLS": "http://a:9093, http://b:9093"})
+    assert c.alerting.alertmanager_urls == ["http://a:9093", "http://b:9093"]
+
+
+def test_unknown_key_is_named(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('[agent]\nintervall = 2\n')
+    with pytest.raises(ConfigError, match=r"\[agent\]\.intervall"):
+        config.load(path, env={})
+
+
+def test_wrong_type_is_named(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('[diagnosis]\nutilization_threshold = "high"\n')
+    with pytest.raises(ConfigError, match=r"\[diagnosis\]\.utilization_threshold"):
+        config.load(path, env={})
+
+
+def test_bad_environment_value_is_named():
+    with pytest.raises(ConfigError, match="FLOPWATCH_AGENT_INTERVAL_SECONDS"):
+        config.load(env={"FLOPWATCH_AGENT_INTERVAL_SECONDS": "soon"})
+
+
+def test_unknown_section_is_named(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('[agnet]\nlisten = "x"\n')
+    with pytest.raises(ConfigError, match=r"\[agnet\]"):
+        config.load(path, env={})
+
+
+def test_invalid_toml_says_so(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('[agent\n')
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        config.load(path, env={})
+
+
+def test_missing_file_says_so(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        config.load(tmp_path / "nope.toml", env={})
