@@ -35,14 +35,16 @@ def _read_twice(pid: int):
 def test_loader_workers_show_as_children_cpu(process):
     time.sleep(0.5)
     seen = _read_twice(process.pid)
-    assert seen.children == 1 and seen.children_cpu_ratio > 0.2
-    assert seen.busiest_thread_cpu_ratio < 0.2
+    # The worker does the work, the main process sleeps (ratios, so a loaded machine still agrees).
+    assert seen.children == 1 and seen.children_cpu_ratio > 0
+    assert seen.children_cpu_ratio > 5 * seen.busiest_thread_cpu_ratio
 
 
 @pytest.mark.parametrize("process", [SPIN_MAIN], indirect=True)
 def test_a_busy_main_thread_shows_as_the_busiest_thread(process):
     seen = _read_twice(process.pid)
-    assert seen.busiest_thread_cpu_ratio > 0.1 and seen.children == 0
+    assert seen.children == 0 and seen.cpu_ratio > 0
+    assert seen.busiest_thread_cpu_ratio == pytest.approx(seen.cpu_ratio, rel=0.2)
 
 
 def test_a_process_that_is_gone_is_left_out():

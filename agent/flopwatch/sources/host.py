@@ -10,8 +10,9 @@ from typing import Callable, Iterable
 
 import psutil
 
-from ..model import HostProcess, HostSample
+from ..model import HostProcess, HostSample, Identity
 from ..redact import redact_cmdline
+from .identity import JOB_RULES, check_rules, job_name, read_identity
 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 # Listing descendants scans all of /proc; loader workers live for the whole job, so a fresh list
@@ -32,14 +33,17 @@ class _Seen:
     children_cpu_seconds: dict[int, float]
     io_read_bytes: int | None
     io_write_bytes: int | None
+    identity: Identity
 
 
 class HostSource:
     name = "host"
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic, proc_root: str = "/proc"):
+    def __init__(self, clock: Callable[[], float] = time.monotonic, proc_root: str = "/proc",
+                 job_rules: Iterable[str] = JOB_RULES):
         self.clock = clock
         self.proc_root = proc_root
+        self.job_rules = check_rules(job_rules)
         self._seen: dict[int, _Seen] = {}
         self._cpu_times = psutil.cpu_times()
         self._cpu_count = psutil.cpu_count() or 1
@@ -115,8 +119,10 @@ class HostSource:
         children_cpu = {c.pid: v for c in children if (v := _child_cpu_seconds(c)) is not None}
         io_read = getattr(io, "read_bytes", None)
         io_write = getattr(io, "write_bytes", None)
+        # A process's cgroup and start environment do not change under it: read them once.
+        identity = seen.identity if seen is not None else read_identity(pid, self.proc_root)
         self._seen[pid] = _Seen(process, now, cpu_seconds, thread_cpu, children, listed_at, children_cpu,
-                                io_read, io_write)
+                                io_read, io_write, identity)
         cpu_ratio = busiest = children_ratio = read_rate = write_rate = None
         if seen is not None and now > seen.at:
             dt = now - seen.at
@@ -134,7 +140,7 @@ class HostSource:
             cpu_ratio=cpu_ratio, busiest_thread_cpu_ratio=busiest, threads=len(thread_cpu),
             threads_in_disk_wait=disk_wait, children=len(children), children_cpu_ratio=children_ratio,
             rss_bytes=rss, io_read_bytes_per_second=read_rate, io_write_bytes_per_second=write_rate,
-            job=f"{user}:{name}" if user else name,
+            job=job_name(self.job_rules, identity, user, name), identity=identity,
         )
 
 
