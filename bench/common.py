@@ -36,7 +36,10 @@ def start_agent(args: Sequence[str], port: int) -> subprocess.Popen:
     """``flopwatch run`` on loopback with no history store, ready to be scraped."""
     command = [sys.executable, "-m", "flopwatch", "run", "--listen", f"127.0.0.1:{port}", "--history", "none",
                "--log-level", "warning", *args]
-    process = subprocess.Popen(command, env=agent_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    env = agent_env()
+    # The token push endpoint has a fixed default port: another agent on this machine holds it.
+    env.setdefault("FLOPWATCH_TOKENS_PUSH_LISTEN", f"127.0.0.1:{free_port()}")
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     wait_ready(process, f"http://127.0.0.1:{port}/-/ready")
     return process
 
