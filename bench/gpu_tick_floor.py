@@ -130,6 +130,10 @@ def floor_vs_agent(ticks: int, period: float) -> tuple[list, float]:
             cpu, wall = timed_block(step, ticks // blocks, period)
             totals[name][0] += cpu
             totals[name][1] += wall
+    for g in built.agent.state.gpus:  # what was really read: GPM or coarse, and what the driver refused
+        s = g.sample
+        print(f"GPU {s.info.index} {s.info.name}: source {s.source_quality}, {len(s.processes)} process(es), "
+              f"unsupported: {', '.join(s.unsupported) or 'none'}")
     built.agent.close()
     n = (ticks // blocks) * blocks
     rows = [[name, n, 1000 * cpu / n, 1000 * wall / n] for name, (cpu, wall) in totals.items()]
