@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import logging
 import os
@@ -188,7 +189,8 @@ def run(config_path: str | None, listen: str | None, interval: float | None, his
         raise UsageError(str(e)) from None
     try:
         server = MetricsServer(config.agent.listen, built.exporter.registry(),
-                               lambda: status_document(agent.state, agent.hostname), web=web)
+                               lambda: status_document(agent.state, agent.hostname), web=web,
+                               version=lambda: agent.state)
     except (ListenError, ValueError) as e:
         agent.tokens.close()
         raise UsageError(f"{e} (set with --listen or [agent].listen)") from None
@@ -197,6 +199,9 @@ def run(config_path: str | None, listen: str | None, interval: float | None, his
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGHUP, lambda *_: reload.set())
     agent.tick()
+    # What exists now (modules, configuration, static facts) lives as long as the process: keep
+    # it out of the collector's full passes, which then only walk the window's recent ticks.
+    gc.freeze()
     scheduler = schedule(agent, config.agent.interval_seconds)
     server.start()
     log.info("flopwatch %s serving %s/metrics, %d GPU(s)%s", __version__, server.url, len(agent.state.gpus),

@@ -25,6 +25,7 @@ class Thresholds:
     # io_bound: threads in uninterruptible disk wait, or host iowait.
     disk_wait_threads: float = 0.5
     iowait_ratio: float = 0.2
+    io_read_bytes_per_second: float = 10e6
     # host_transfer_bound: PCIe traffic while the SMs wait.
     pcie_busy_bytes_per_second: float = 1.0e9
     # launch_bound: kernels ran for this many times longer than the SMs had work (tiny kernels).

@@ -333,23 +333,23 @@ class NvmlGpu:
         running = self._call("nvmlDeviceGetComputeRunningProcesses", self.handle) or []
         memory = {p.pid: p.usedGpuMemory for p in running}
         samples = self._call("nvmlDeviceGetProcessUtilization", self.handle, self._last_process_timestamp)
-        sm: dict[int, list[float]] = {}
-        mem: dict[int, list[float]] = {}
+        by_pid: dict[int, list[Any]] = {}
         for s in samples or []:
-            sm.setdefault(s.pid, []).append(s.smUtil / 100.0)
-            mem.setdefault(s.pid, []).append(s.memUtil / 100.0)
-            self._last_process_timestamp = max(self._last_process_timestamp, s.timeStamp)
-        utilization_known = samples is not None or bool(running)
+            by_pid.setdefault(s.pid, []).append(s)
+        if samples:
+            self._last_process_timestamp = max(self._last_process_timestamp, max(s.timeStamp for s in samples))
+        # No sample since the last tick means the process ran nothing on the SMs.
+        idle = 0.0 if samples is not None or running else None
         out = []
-        for pid in sorted(set(memory) | set(sm)):
+        for pid in sorted(memory.keys() | by_pid.keys()):
             used = memory.get(pid)
+            seen = by_pid.get(pid)
             out.append(
                 GpuProcess(
                     pid=pid,
                     used_memory_bytes=int(used) if isinstance(used, int) else None,
-                    # No sample since the last tick means the process ran nothing on the SMs.
-                    sm_ratio=_mean(sm.get(pid)) if pid in sm else (0.0 if utilization_known else None),
-                    memory_ratio=_mean(mem.get(pid)) if pid in mem else (0.0 if utilization_known else None),
+                    sm_ratio=sum(s.smUtil / 100.0 for s in seen) / len(seen) if seen else idle,
+                    memory_ratio=sum(s.memUtil / 100.0 for s in seen) / len(seen) if seen else idle,
                 )
             )
         return tuple(out)
@@ -433,7 +433,3 @@ class NvmlSource:
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else (value or "")
-
-
-def _mean(values: list[float] | None) -> float | None:
-    return sum(values) / len(values) if values else None

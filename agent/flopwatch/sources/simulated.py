@@ -9,9 +9,9 @@ Faults (an NVML error code, or a call that blocks) can be injected per GPU and f
 from __future__ import annotations
 
 import math
-import random
 import threading
 import time
+import zlib
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any, Callable
@@ -48,6 +48,7 @@ class SimProcess:
     state: str = "running"
     user: str = "alice"
     cmdline: str = "python train.py"
+    steady: bool = False  # readings without noise: scale-run helpers, made once
 
 
 @dataclass(frozen=True)
@@ -236,6 +237,10 @@ class _Gpu:
     processes: tuple[SimProcess, ...]
     pid_base: int
     energy_offset_joules: float
+    # What never changes, made once: nvmlDeviceGetComputeRunningProcesses' answer, the steady
+    # processes' host records.
+    running: tuple[Any, ...] = ()
+    steady_host: dict[int, HostProcess] = field(default_factory=dict)
 
 
 class SimulatedNvml:
@@ -275,9 +280,13 @@ class SimulatedNvml:
         # Extra processes for scale runs: small helpers holding a little memory, no SM time.
         for k in range(len(procs), processes_per_gpu if procs else 0):
             procs.append(SimProcess(f"worker{k}", 256 * 2**20, 0.0, 0.02, 0.02, threads=2, state="sleeping",
-                                    cmdline=f"python worker.py --rank {k}"))
-        return _Gpu(index, name, scenario, tuple(procs), pid_base=100_000 + index * 1000,
-                    energy_offset_joules=1.0e6 * (index + 1))
+                                    cmdline=f"python worker.py --rank {k}", steady=True))
+        pid_base = 100_000 + index * 1000
+        running = tuple(SimpleNamespace(pid=pid_base + k, usedGpuMemory=p.memory_bytes) for k, p in enumerate(procs))
+        gpu = _Gpu(index, name, scenario, tuple(procs), pid_base=pid_base, energy_offset_joules=1.0e6 * (index + 1),
+                   running=running)
+        gpu.steady_host = {pid_base + k: _host_process(gpu, k, 1.0) for k, p in enumerate(procs) if p.steady}
+        return gpu
 
     # -- control (tests, demo) ----------------------------------------------------------------
     def set_scenario(self, index: int, name: str) -> None:
@@ -315,9 +324,12 @@ class SimulatedNvml:
         return self.clock() - self._start
 
     def _noise(self, gpu: _Gpu, key: str, t: float) -> float:
-        """Deterministic noise in [-1, 1] for a GPU, a signal and a whole second."""
-        rng = random.Random(hash((self.seed, gpu.index, key, int(t))) & 0xFFFFFFFF)
-        return rng.uniform(-1.0, 1.0)
+        """Deterministic noise in [-1, 1) for a seed, a GPU, a signal and a whole second.
+
+        CRC-32 rather than ``hash()``: the same in every process (``hash`` of a str is salted),
+        and cheap enough for thousands of simulated processes a tick.
+        """
+        return zlib.crc32(f"{self.seed}/{gpu.index}/{key}/{int(t)}".encode()) / 2**31 - 1.0
 
     def _activity(self, gpu: _Gpu, key: str, t1: float, t2: float) -> float:
         """Mean of a scenario signal over [t1, t2], with bursts and ±4 % noise."""
@@ -544,8 +556,7 @@ class SimulatedNvml:
         return out
 
     def nvmlDeviceGetComputeRunningProcesses(self, h: Any) -> list[Any]:
-        gpu = self._gpu(h, "nvmlDeviceGetComputeRunningProcesses")
-        return [SimpleNamespace(pid=gpu.pid_base + k, usedGpuMemory=p.memory_bytes) for k, p in enumerate(gpu.processes)]
+        return list(self._gpu(h, "nvmlDeviceGetComputeRunningProcesses").running)
 
     def nvmlDeviceGetProcessUtilization(self, h: Any, last_seen: int) -> list[Any]:
         gpu = self._gpu(h, "nvmlDeviceGetProcessUtilization")
@@ -554,10 +565,11 @@ class SimulatedNvml:
         t = self._t()
         sm = self._activity(gpu, "sm_active", t - 1.0, t)
         stamp = int(self.wall_clock() * 1e6)
+        # Like NVML, no sample for a process that ran nothing since the last read.
         return [
             SimpleNamespace(pid=gpu.pid_base + k, timeStamp=stamp, smUtil=int(round(sm * p.sm_share * 100)),
                             memUtil=int(round(gpu.scenario.dram_active * p.sm_share * 100)), encUtil=0, decUtil=0)
-            for k, p in enumerate(gpu.processes)
+            for k, p in enumerate(gpu.processes) if p.sm_share > 0
         ]
 
     def __getattr__(self, name: str) -> Any:
@@ -574,21 +586,25 @@ class SimulatedNvml:
         t = self._t()
         for gpu in self._gpus:
             iowait = max(iowait, gpu.scenario.host_iowait_ratio)
+            processes.update(gpu.steady_host)
             for k, p in enumerate(gpu.processes):
-                jitter = 1.0 + 0.03 * self._noise(gpu, f"cpu{k}", t)
-                pid = gpu.pid_base + k
-                processes[pid] = HostProcess(
-                    pid=pid, name=p.name, user=p.user, cmdline=p.cmdline, state=p.state,
-                    cpu_ratio=p.cpu_ratio * jitter, busiest_thread_cpu_ratio=min(p.busiest_thread_cpu_ratio * jitter, 1.0),
-                    threads=p.threads, threads_in_disk_wait=p.threads_in_disk_wait, children=p.children,
-                    children_cpu_ratio=p.children_cpu_ratio * jitter, rss_bytes=4 * GIB,
-                    io_read_bytes_per_second=p.io_read_bytes_per_second, io_write_bytes_per_second=0.0,
-                    job=f"{p.user}:{p.cmdline.split()[-1] if p.cmdline else p.name}",
-                )
+                if not p.steady:
+                    jitter = 1.0 + 0.03 * self._noise(gpu, f"cpu{k}", t)
+                    processes[gpu.pid_base + k] = _host_process(gpu, k, jitter)
         return HostSample(timestamp=timestamp, cpu_count=64, cpu_busy_ratio=0.2, iowait_ratio=iowait,
                           processes=processes)
 
 
+def _host_process(gpu: _Gpu, k: int, jitter: float) -> HostProcess:
+    p = gpu.processes[k]
+    return HostProcess(
+        pid=gpu.pid_base + k, name=p.name, user=p.user, cmdline=p.cmdline, state=p.state,
+        cpu_ratio=p.cpu_ratio * jitter, busiest_thread_cpu_ratio=min(p.busiest_thread_cpu_ratio * jitter, 1.0),
+        threads=p.threads, threads_in_disk_wait=p.threads_in_disk_wait, children=p.children,
+        children_cpu_ratio=p.children_cpu_ratio * jitter, rss_bytes=4 * GIB,
+        io_read_bytes_per_second=p.io_read_bytes_per_second, io_write_bytes_per_second=0.0,
+        job=f"{p.user}:{p.cmdline.split()[-1] if p.cmdline else p.name}",
+    )
 
 
 def _overlap_fraction(t1: float, t2: float, period: float, duty: float) -> float:
