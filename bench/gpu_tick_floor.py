@@ -2,7 +2,8 @@
 
 (a) floor: per GPU, exactly the calls NvmlGpu.read makes (GPM sample + metrics, utilization,
     memory, power, SM and memory clocks, temperature, clock-event reasons, throttle field values,
-    compute processes, process utilization; the energy counter every 5 s), nothing else.
+    compute processes; the energy counter, throttle field values and process utilization every
+    5 s, as the agent reads them), nothing else.
 (b) flopwatch: Agent.tick() (NvmlSource.read, host read, derive, diagnose) and one /metrics render.
 Both tick every --period seconds, in alternating blocks; CPU per tick is process_time (user +
 system, all threads), wall per tick is perf_counter. Then (c): two readers side by side, one
@@ -34,7 +35,7 @@ class Floor:
         self.gpm_ids = [getattr(pynvml, c) for c in {**GPM_RATIOS, **GPM_RATES}.values() if hasattr(pynvml, c)]
         self.field_ids = [getattr(pynvml, c) for c in THROTTLE_FIELDS.values() if hasattr(pynvml, c)]
         self.previous = self._gpm_sample()
-        self.energy_at = time.monotonic()
+        self.counters_at = time.monotonic()
         self.last_seen = 0
 
     def _try(self, fn, *args):
@@ -66,20 +67,21 @@ class Floor:
         self._try(n.nvmlDeviceGetUtilizationRates, h)
         self._try(n.nvmlDeviceGetMemoryInfo, h)
         self._try(n.nvmlDeviceGetPowerUsage, h)
-        now = time.monotonic()
-        if now - self.energy_at >= ENERGY_INTERVAL_SECONDS:
-            self.energy_at = now
-            self._try(n.nvmlDeviceGetTotalEnergyConsumption, h)
         self._try(n.nvmlDeviceGetClockInfo, h, n.NVML_CLOCK_SM)
         self._try(n.nvmlDeviceGetClockInfo, h, n.NVML_CLOCK_MEM)
         self._try(n.nvmlDeviceGetTemperature, h, n.NVML_TEMPERATURE_GPU)
         self._try(n.nvmlDeviceGetCurrentClocksEventReasons, h)
-        if self.field_ids:
-            self._try(n.nvmlDeviceGetFieldValues, h, self.field_ids)
         self._try(n.nvmlDeviceGetComputeRunningProcesses, h)
-        samples = self._try(n.nvmlDeviceGetProcessUtilization, h, self.last_seen)
-        for s in samples or []:
-            self.last_seen = max(self.last_seen, s.timeStamp)
+        now = time.monotonic()
+        if now - self.counters_at >= ENERGY_INTERVAL_SECONDS:
+            # The costly counters, at the agent's cadence for them.
+            self.counters_at = now
+            self._try(n.nvmlDeviceGetTotalEnergyConsumption, h)
+            if self.field_ids:
+                self._try(n.nvmlDeviceGetFieldValues, h, self.field_ids)
+            samples = self._try(n.nvmlDeviceGetProcessUtilization, h, self.last_seen)
+            for s in samples or []:
+                self.last_seen = max(self.last_seen, s.timeStamp)
 
 
 def timed_block(step, ticks: int, period: float) -> tuple[float, float]:
@@ -150,8 +152,8 @@ def floor_vs_agent(ticks: int, period: float) -> tuple[list, float]:
 def energy_cadence(seconds: float, period: float) -> list:
     from flopwatch.sources.nvml import NvmlSource
 
-    every_tick = NvmlSource(energy_interval_seconds=0.0)
-    cadence = NvmlSource(energy_interval_seconds=ENERGY_INTERVAL_SECONDS)
+    every_tick = NvmlSource(counter_interval_seconds=0.0)
+    cadence = NvmlSource(counter_interval_seconds=ENERGY_INTERVAL_SECONDS)
     cpu = {"every tick": 0.0, f"every {ENERGY_INTERVAL_SECONDS:g} s": 0.0}
     last: dict[str, list] = {}
     ticks = 0

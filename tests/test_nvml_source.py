@@ -15,12 +15,12 @@ class Clock:
         return self.now
 
 
-def source(*scenarios, faults=(), energy_interval_seconds=5.0):
+def source(*scenarios, faults=(), counter_interval_seconds=5.0):
     clock = Clock()
     lib = SimulatedNvml(list(scenarios), clock=clock, wall_clock=clock)
     for index, function, code in faults:
         lib.fail(index, function, code)
-    return NvmlSource(lib, clock=clock, wall_clock=clock, energy_interval_seconds=energy_interval_seconds), lib, clock
+    return NvmlSource(lib, clock=clock, wall_clock=clock, counter_interval_seconds=counter_interval_seconds), lib, clock
 
 
 def read(src, clock, seconds=1.0):
@@ -69,7 +69,7 @@ def test_a_recovered_gpu_comes_back_without_a_restart():
 
 
 def test_energy_between_counter_reads_follows_power_and_lands_on_the_counter():
-    src, lib, clock = source("healthy", energy_interval_seconds=5.0)
+    src, lib, clock = source("healthy", counter_interval_seconds=5.0)
     start = lib.nvmlDeviceGetTotalEnergyConsumption(lib.nvmlDeviceGetHandleByIndex(0)) / 1000.0
     totals = [read(src, clock).pop().energy_joules for _ in range(10)]
     counter = lib.nvmlDeviceGetTotalEnergyConsumption(lib.nvmlDeviceGetHandleByIndex(0)) / 1000.0 - start

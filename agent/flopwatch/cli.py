@@ -95,7 +95,7 @@ def build_agent(config: Config, *, clock: Callable[[], float] = time.monotonic,
     except (ListenRefused, ValueError) as e:
         raise UsageError(str(e)) from None
     try:
-        source = NvmlSource(lib, energy_interval_seconds=a.energy_interval_seconds, clock=clock,
+        source = NvmlSource(lib, counter_interval_seconds=a.counter_interval_seconds, clock=clock,
                             wall_clock=wall_clock)
     except NvmlUnavailable as e:
         raise UsageError(

@@ -98,10 +98,10 @@ def _error_codes(lib: Any) -> tuple[set[int], set[int]]:
 class NvmlGpu:
     """One GPU: its handle, static facts and the counters carried from tick to tick."""
 
-    def __init__(self, lib: Any, index: int, *, energy_interval_seconds: float, clock: Callable[[], float]):
+    def __init__(self, lib: Any, index: int, *, counter_interval_seconds: float, clock: Callable[[], float]):
         self.lib = lib
         self.index = index
-        self.energy_interval_seconds = energy_interval_seconds
+        self.counter_interval_seconds = counter_interval_seconds
         self.clock = clock
         self._unsupported_codes, self._lost_codes = _error_codes(lib)
         self._gpm_ids = {
@@ -137,13 +137,15 @@ class NvmlGpu:
         self._last_process_timestamp = 0
         now = self.clock()
         self._last_read = now
-        self._energy_counter_start = self._call("nvmlDeviceGetTotalEnergyConsumption", self.handle)
-        self._energy_joules = 0.0 if self._energy_counter_start is not None else None
-        self._energy_read_at = now
-        self._throttle_start = self._throttle_counters()
-        self._throttle_fallback: dict[str, float] = dict.fromkeys(THROTTLE_BITS, 0.0)
-        if self._throttle_start is None:
-            self._throttle_fallback.update(dict.fromkeys(FALLBACK_BITS, 0.0))
+        self._counters_read_at = now
+        energy = self._call("nvmlDeviceGetTotalEnergyConsumption", self.handle)
+        self._energy = SlowCounter(energy / 1000.0) if energy is not None else None
+        throttle = self._throttle_counters()
+        self._throttle = {r: SlowCounter(v) for r, v in (throttle or {}).items()}
+        # Reasons with no NVML time counter are accounted from the bitmask alone.
+        self._throttle_bits = {r: b for r, b in {**THROTTLE_BITS, **FALLBACK_BITS}.items() if r not in self._throttle}
+        self._throttle_from_bits: dict[str, float] = dict.fromkeys(self._throttle_bits, 0.0)
+        self._process_ratios: dict[int, tuple[float | None, float | None]] | None = None
 
     def _read_info(self) -> GpuInfo:
         h = self.handle
@@ -232,14 +234,19 @@ class NvmlGpu:
         fields["memory_used_bytes"] = int(memory.used) if memory is not None else None
         power_mw = self._call("nvmlDeviceGetPowerUsage", h)
         fields["power_watts"] = power_mw / 1000.0 if power_mw is not None else None
-        fields["energy_joules"] = self._read_energy(now, interval, fields["power_watts"])
+        # Counters that cost milliseconds of CPU a read are read every few seconds; between reads
+        # they are carried forward from cheap readings, and a read puts them right.
+        slow = now - self._counters_read_at >= self.counter_interval_seconds
+        if slow:
+            self._counters_read_at = now
+        fields["energy_joules"] = self._read_energy(slow, interval, fields["power_watts"])
         fields["sm_clock_mhz"] = self._call("nvmlDeviceGetClockInfo", h, self.lib.NVML_CLOCK_SM)
         fields["memory_clock_mhz"] = self._call("nvmlDeviceGetClockInfo", h, self.lib.NVML_CLOCK_MEM)
         fields["temperature_celsius"] = self._call("nvmlDeviceGetTemperature", h, self.lib.NVML_TEMPERATURE_GPU)
         reasons = self._call("nvmlDeviceGetCurrentClocksEventReasons", h)
         fields["clock_event_reasons"] = reasons
-        fields["throttle_seconds"] = self._read_throttle(reasons, interval)
-        fields["processes"] = self._read_processes()
+        fields["throttle_seconds"] = self._read_throttle(slow, reasons, interval)
+        fields["processes"] = self._read_processes(slow)
 
         for name in ("power_watts", "energy_joules", "memory_used_bytes", "sm_clock_mhz"):
             if fields[name] is None:
@@ -301,58 +308,82 @@ class NvmlGpu:
             out.append(LinkTraffic(link, tx, rx, totals[0], totals[1]))
         return tuple(out)
 
-    def _read_energy(self, now: float, interval: float, power_watts: float | None) -> float | None:
-        """Joules since the agent started: the counter every few seconds, power × time between.
-
-        The total never goes backwards: if integrated power ran ahead of the counter, the total
-        holds until the counter passes it, so the error never exceeds one read interval's drift.
-        """
-        if self._energy_joules is None:
+    def _read_energy(self, slow: bool, interval: float, power_watts: float | None) -> float | None:
+        """Joules since the agent started: the counter every few seconds, power × time between."""
+        if self._energy is None:
             return None
-        if now - self._energy_read_at >= self.energy_interval_seconds:
-            counter = self._call("nvmlDeviceGetTotalEnergyConsumption", self.handle)
-            if counter is not None:
-                self._energy_read_at = now
-                self._energy_joules = max(self._energy_joules, (counter - self._energy_counter_start) / 1000.0)
-                return self._energy_joules
-        if power_watts is not None:
-            self._energy_joules += power_watts * interval
-        return self._energy_joules
+        counter = self._call("nvmlDeviceGetTotalEnergyConsumption", self.handle) if slow else None
+        if counter is not None:
+            return self._energy.read(counter / 1000.0)
+        return self._energy.advance(power_watts * interval if power_watts is not None else 0.0)
 
-    def _read_throttle(self, reasons: int | None, interval: float) -> dict[str, float]:
-        for reason, bits in {**THROTTLE_BITS, **FALLBACK_BITS}.items():
-            if reason in self._throttle_fallback and reasons is not None and reasons & bits:
-                self._throttle_fallback[reason] += interval
-        counters = self._throttle_counters() if self._throttle_start is not None else None
-        totals = dict(self._throttle_fallback)
-        if counters is not None:
-            totals.update({r: max(v - self._throttle_start[r], 0.0) for r, v in counters.items()})
+    def _read_throttle(self, slow: bool, reasons: int | None, interval: float) -> dict[str, float]:
+        """Seconds throttled since the agent started, by reason: NVML's time counters every few
+        seconds, the current reason bits × the tick between."""
+        for reason, bits in self._throttle_bits.items():
+            if reasons is not None and reasons & bits:
+                self._throttle_from_bits[reason] += interval
+        counters = self._throttle_counters() if slow and self._throttle else None
+        totals = dict(self._throttle_from_bits)
+        for reason, counter in self._throttle.items():
+            if counters is not None and reason in counters:
+                totals[reason] = counter.read(counters[reason])
+            else:
+                active = reasons is not None and reasons & FALLBACK_BITS[reason]
+                totals[reason] = counter.advance(interval if active else 0.0)
         return totals
 
-    def _read_processes(self) -> tuple[GpuProcess, ...]:
+    def _read_processes(self, slow: bool) -> tuple[GpuProcess, ...]:
+        """Processes and memory every tick; their SM shares (NVML's per-process samples since the
+        last read, ~2 ms of CPU a call) every few seconds, carried forward between."""
         running = self._call("nvmlDeviceGetComputeRunningProcesses", self.handle) or []
         memory = {p.pid: p.usedGpuMemory for p in running}
+        fresh = slow or self._process_ratios is None
+        if fresh:
+            self._process_ratios = self._process_utilization(set(memory))
+        out = []
+        for pid in sorted(memory.keys() | (self._process_ratios.keys() if fresh else set())):
+            used = memory.get(pid)
+            sm, mem = self._process_ratios.get(pid, (None, None))
+            out.append(GpuProcess(pid=pid, used_memory_bytes=int(used) if isinstance(used, int) else None,
+                                  sm_ratio=sm, memory_ratio=mem))
+        return tuple(out)
+
+    def _process_utilization(self, running: set[int]) -> dict[int, tuple[float | None, float | None]]:
         samples = self._call("nvmlDeviceGetProcessUtilization", self.handle, self._last_process_timestamp)
         by_pid: dict[int, list[Any]] = {}
         for s in samples or []:
             by_pid.setdefault(s.pid, []).append(s)
         if samples:
             self._last_process_timestamp = max(self._last_process_timestamp, max(s.timeStamp for s in samples))
-        # No sample since the last tick means the process ran nothing on the SMs.
+        # No sample since the last read means the process ran nothing on the SMs.
         idle = 0.0 if samples is not None or running else None
-        out = []
-        for pid in sorted(memory.keys() | by_pid.keys()):
-            used = memory.get(pid)
+        out = {}
+        for pid in running | by_pid.keys():
             seen = by_pid.get(pid)
-            out.append(
-                GpuProcess(
-                    pid=pid,
-                    used_memory_bytes=int(used) if isinstance(used, int) else None,
-                    sm_ratio=sum(s.smUtil / 100.0 for s in seen) / len(seen) if seen else idle,
-                    memory_ratio=sum(s.memUtil / 100.0 for s in seen) / len(seen) if seen else idle,
-                )
-            )
-        return tuple(out)
+            out[pid] = ((sum(s.smUtil for s in seen) / 100.0 / len(seen), sum(s.memUtil for s in seen) / 100.0 / len(seen))
+                        if seen else (idle, idle))
+        return out
+
+
+class SlowCounter:
+    """A counter read every few seconds, advanced by cheap estimates between reads.
+
+    The total never goes backwards: if the estimates ran ahead of the counter, the total holds
+    until the counter passes it, so the error never exceeds one read interval's drift.
+    """
+
+    def __init__(self, start: float):
+        self.start = start
+        self.total = 0.0
+
+    def advance(self, estimate: float) -> float:
+        self.total += estimate
+        return self.total
+
+    def read(self, value: float) -> float:
+        self.total = max(self.total, value - self.start)
+        return self.total
 
 
 class NvmlSource:
@@ -364,7 +395,7 @@ class NvmlSource:
         self,
         lib: Any | None = None,
         *,
-        energy_interval_seconds: float = 5.0,
+        counter_interval_seconds: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
     ):
@@ -379,7 +410,7 @@ class NvmlSource:
             raise NvmlUnavailable(str(e)) from None
         except OSError as e:  # libnvidia-ml.so missing
             raise NvmlUnavailable(str(e)) from None
-        self._kwargs = dict(energy_interval_seconds=energy_interval_seconds, clock=clock)
+        self._kwargs = dict(counter_interval_seconds=counter_interval_seconds, clock=clock)
         self.gpus: list[NvmlGpu | None] = []
         self._last_info: dict[int, GpuInfo] = {}
         for index in range(count):
