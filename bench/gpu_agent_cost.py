@@ -34,11 +34,11 @@ SETTLE_SECONDS = 3.0  # after start-up, before the window: imports and first rea
 def flopwatch(energy_every_tick: bool):
     def start() -> subprocess.Popen:
         if energy_every_tick:
-            os.environ["FLOPWATCH_AGENT_ENERGY_INTERVAL_SECONDS"] = "0"
+            os.environ["FLOPWATCH_AGENT_COUNTER_INTERVAL_SECONDS"] = "0"
         try:
             return start_agent(["--interval", "1"], free_port())
         finally:
-            os.environ.pop("FLOPWATCH_AGENT_ENERGY_INTERVAL_SECONDS", None)
+            os.environ.pop("FLOPWATCH_AGENT_COUNTER_INTERVAL_SECONDS", None)
     return start
 
 
@@ -62,18 +62,21 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60.0, help="per tool")
     parser.add_argument("--wheels-dir", help="wheels to install (pip --target) first: APScheduler, nvitop, …")
     parser.add_argument("--no-load", action="store_true", help="do not start a GPU process")
+    parser.add_argument("--only-flopwatch", action="store_true", help="measure flopwatch alone, not the others")
     args = parser.parse_args()
     skip_without_gpu()
     install_wheels(args.wheels_dir)
 
-    tools = [("flopwatch run (energy every 5 s)", flopwatch(False)),
-             ("flopwatch run (energy every tick)", flopwatch(True))]
-    smi = shutil.which("nvidia-smi")
+    tools = [("flopwatch run (counters every 10 s)", flopwatch(False)),
+             ("flopwatch run (counters every tick)", flopwatch(True))]
+    smi = None if args.only_flopwatch else shutil.which("nvidia-smi")
     if smi:
         tools += [("nvidia-smi --query-gpu (7 fields) -l 1", command(smi, f"--query-gpu={QUERY}", "--format=csv", "-l", "1")),
                   ("nvidia-smi dmon", command(smi, "dmon"))]
     skipped = [] if smi else ["nvidia-smi: skipped: not installed"]
-    if importlib.util.find_spec("nvitop_exporter") is not None:
+    if args.only_flopwatch:
+        skipped = []
+    elif importlib.util.find_spec("nvitop_exporter") is not None:
         tools.append(("nvitop-exporter --interval 1", nvitop_exporter))
     else:
         skipped.append("nvitop-exporter: skipped: not installed")

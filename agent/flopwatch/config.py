@@ -35,7 +35,7 @@ class AgentConfig:
     interval_seconds: float = 1.0
     # The energy counter (~4 ms of CPU a read), the throttle-time counters (~1 ms) and per-process
     # utilization (~2 ms) are read this often; they are counters, so nothing is lost between.
-    counter_interval_seconds: float = 5.0
+    counter_interval_seconds: float = 10.0
     simulate: list[str] = field(default_factory=list)
     simulate_gpus: int = 1
     simulate_processes: int = 1

@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterator
 
 from ..config import ConfigError
 from ..model import TokenCount
-from ..server import check_local_bind, is_loopback, parse_listen
+from ..server import POLL_SECONDS, check_local_bind, is_loopback, parse_listen
 
 log = logging.getLogger(__name__)
 
@@ -292,7 +292,7 @@ class PushServer:
         return self._server.rejected
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._server.serve_forever, name="token-push", daemon=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(POLL_SECONDS,), name="token-push", daemon=True)
         self._thread.start()
 
     def close(self) -> None:
