@@ -24,6 +24,12 @@ def gpu_seconds_per_token(window: str, by: str = "") -> str:
     )
 
 
+# Joules per token is the agent's per-GPU figure: kept for the GPUs the selected jobs run on.
+JOULES_PER_TOKEN = (
+    f'flopwatch_joules_per_token{{instance=~"$instance"}}'
+    f" and on (instance, gpu) count by (instance, gpu) (flopwatch_process_sm_ratio{{{JOBS}}})"
+)
+
 # GPU-seconds per token × price per GPU-second × a million tokens.
 PER_MILLION = " * $gpu_hour_price / 3600 * 1e6"
 
@@ -38,7 +44,7 @@ summary = [
     fw.stat(
         "Joules per token, range mean",
         "GPU energy per token over the range, as the agent attributes it to each job's GPUs.",
-        fw.target(f"avg(avg_over_time(flopwatch_joules_per_token{{{JOBS}}}[$__range]))", instant=True),
+        fw.target(f"avg(avg_over_time(({JOULES_PER_TOKEN})[$__range:]))", instant=True),
         "joule",
         width=6,
     ),
@@ -70,8 +76,8 @@ by_job = [
     ),
     fw.timeseries(
         "Joules per token",
-        "GPU energy per token as the agent attributes it: lower is more efficient.",
-        fw.targets((f"flopwatch_joules_per_token{{{JOBS}}}", f"{{{{{JOB}}}}} {{{{instance}}}}")),
+        "GPU energy per token on each GPU the selected jobs run on: lower is more efficient.",
+        fw.targets((JOULES_PER_TOKEN, "GPU {{gpu}} {{instance}}")),
         "joule",
     ),
     fw.timeseries(

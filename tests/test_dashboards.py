@@ -7,6 +7,7 @@ import io
 import json
 import re
 import sys
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures_prometheus import Server, eventually, http_json, start_prometheus
+from tests.fixtures_prometheus import Server, eventually, free_port, http_json, start_prometheus
 
 generator = pytest.importorskip("grafanalib._gen")
 
@@ -102,7 +103,7 @@ def test_node_view_picks_gpus():
 @pytest.mark.parametrize("name", ["fleet", "node", "tokens"])
 def test_rate_windows_follow_grafana_not_a_fixed_duration(name):
     windows = {
-        expr.split("[", 1)[1].split("]", 1)[0]
+        expr.split("[", 1)[1].split("]", 1)[0].rstrip(":")  # a subquery [$__range:] too
         for panel in panels(load(name))
         for expr in (target["expr"] for target in panel["targets"])
         if "[" in expr
@@ -118,10 +119,8 @@ STARVED_GPU = str(SCENARIOS.index("input_starved"))
 # What Grafana would put in for a 1 s scrape interval and a short time range.
 GRAFANA_INTERVALS = {"__rate_interval": "15s", "__interval": "1s", "__range": "30s"}
 RATE_WINDOW_SECONDS = 15
-# The simulated agents process no tokens: token series exist only once something pushes or
-# scrapes token counts. Until the agent's token push API lands, queries over them are checked for
-# errors only.
-NEEDS_TOKENS = ("flopwatch_tokens_total", "flopwatch_joules_per_token")
+# The job of the simulated trainers; the test pushes tokens for it, as a training loop would.
+TOKEN_JOB = "alice:train.py"
 
 
 class Agent(Server):
@@ -132,11 +131,13 @@ class Agent(Server):
     def __init__(self, workdir: Path, scenarios: tuple[str, ...]):
         super().__init__(workdir)
         self.address = f"127.0.0.1:{self.port}"
+        self.push_url = f"http://127.0.0.1:{free_port()}"
         self.scenarios = scenarios
 
     def command(self) -> list[str]:
         return [
-            "env", f"PYTHONPATH={REPO / 'agent'}", sys.executable, "-m", "flopwatch",
+            "env", f"PYTHONPATH={REPO / 'agent'}", f"FLOPWATCH_TOKENS_PUSH_LISTEN={self.push_url[len('http://'):]}",
+            sys.executable, "-m", "flopwatch",
             "run", "--simulate", ",".join(self.scenarios), "--listen", self.address,
             "--history", "none", "--interval", "0.2",
         ]  # fmt: skip
@@ -158,6 +159,7 @@ def prometheus(tmp_path_factory):
             running.enter_context(Agent(workdir / f"agent-{n}", scenarios).start())
             for n, scenarios in enumerate([SCENARIOS, ("healthy", "input_starved")])
         ]
+        running.enter_context(pushing_tokens(agents))
         prom = running.enter_context(start_prometheus(workdir, [agent.address for agent in agents]))
         eventually(
             lambda: len(prom.query(f"count_over_time(up[{RATE_WINDOW_SECONDS}s]) >= {RATE_WINDOW_SECONDS}"))
@@ -167,6 +169,29 @@ def prometheus(tmp_path_factory):
         )
         prom.agent = agents[0].address
         yield prom
+
+
+@contextlib.contextmanager
+def pushing_tokens(agents):
+    """Every agent's push endpoint gets tokens for the trainers' job, twice a second."""
+    from flopwatch.client import TokenClient
+
+    stop = threading.Event()
+
+    def push() -> None:
+        clients = [TokenClient(agent.push_url, job=TOKEN_JOB) for agent in agents]
+        while not stop.wait(0.5):
+            for client in clients:
+                client.add(prompt_tokens=2048, generated_tokens=512)
+                client.flush()
+
+    thread = threading.Thread(target=push, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 def substitute(expr: str, values: dict[str, str]) -> str:
@@ -210,9 +235,6 @@ QUERIES = [
 @pytest.mark.parametrize("name, title, expr", QUERIES)
 def test_every_panel_query_returns_data_from_prometheus(prometheus, name, title, expr):
     query = substitute(expr, variable_values(prometheus))
-    if any(metric in expr for metric in NEEDS_TOKENS):
-        run_query(prometheus, query)
-        return
     result = eventually(lambda: run_query(prometheus, query), timeout=5, what=f"data for {query}")
     assert result, f"{name} / {title}: {query} returned nothing"
 
