@@ -13,13 +13,9 @@ from pathlib import Path
 
 import pytest
 
-pynvml = pytest.importorskip("pynvml")
-try:
-    pynvml.nvmlInit()
-    HAVE_GPU = pynvml.nvmlDeviceGetCount() > 0
-except pynvml.NVMLError:
-    HAVE_GPU = False
-pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not HAVE_GPU, reason="needs an NVIDIA GPU")]
+from tests.gpu.gpus import needs_gpus
+
+pytestmark = needs_gpus(1)
 
 TESTS = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(TESTS.parent / "agent")}

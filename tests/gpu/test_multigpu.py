@@ -8,7 +8,6 @@ GPUs. Run with -s to see the readings table (also written to $OUT/multigpu_readi
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import signal
 import subprocess
@@ -21,17 +20,9 @@ from pathlib import Path
 
 import pytest
 
-pynvml = pytest.importorskip("pynvml")
-try:
-    pynvml.nvmlInit()
-    GPUS = pynvml.nvmlDeviceGetCount()
-except pynvml.NVMLError:
-    GPUS = 0
-pytestmark = [
-    pytest.mark.gpu,
-    pytest.mark.skipif(GPUS < 2, reason="needs two NVIDIA GPUs"),
-    pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="needs PyTorch"),
-]
+from tests.gpu.gpus import needs_gpus
+
+pytestmark = needs_gpus(2, torch=True)
 
 from flopwatch.config import Config  # noqa: E402
 from flopwatch.daemon import Agent  # noqa: E402

@@ -16,13 +16,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.gpu.gpus import needs_gpus
+
+pytestmark = needs_gpus(1, torch=True)
 pynvml = pytest.importorskip("pynvml")
-try:
-    pynvml.nvmlInit()
-    HAVE_GPU = pynvml.nvmlDeviceGetCount() > 0
-except pynvml.NVMLError:
-    HAVE_GPU = False
-pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not HAVE_GPU, reason="needs an NVIDIA GPU")]
 
 from flopwatch.config import Config  # noqa: E402
 from flopwatch.daemon import Agent  # noqa: E402

@@ -19,14 +19,9 @@ from pathlib import Path
 
 import pytest
 
-pynvml = pytest.importorskip("pynvml")
-torch = pytest.importorskip("torch")
-try:
-    pynvml.nvmlInit()
-    HAVE_GPU = pynvml.nvmlDeviceGetCount() > 0 and torch.cuda.is_available()
-except pynvml.NVMLError:
-    HAVE_GPU = False
-pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not HAVE_GPU, reason="needs an NVIDIA GPU and CUDA PyTorch")]
+from tests.gpu.gpus import needs_gpus
+
+pytestmark = needs_gpus(1, torch=True)
 
 from flopwatch.cli import build_agent  # noqa: E402
 from flopwatch.config import Config  # noqa: E402
