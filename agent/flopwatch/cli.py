@@ -83,8 +83,10 @@ def build_agent(config: Config, *, clock: Callable[[], float] = time.monotonic,
         lib = None
         host = HostSource(clock=clock)
     try:
+        # A GPU that has not answered by half the interval is marked for this tick, so one stuck
+        # GPU cannot hold up the others' cadence.
         source = NvmlSource(lib, energy_interval_seconds=a.energy_interval_seconds, clock=clock,
-                            wall_clock=wall_clock)
+                            wall_clock=wall_clock, read_timeout_seconds=a.interval_seconds / 2)
     except NvmlUnavailable as e:
         raise UsageError(
             f"NVML is not available ({e}). To run on simulated GPUs instead: "

@@ -108,6 +108,15 @@ def sqlite_path(url: URL) -> Path | None:
     return Path(url.database)
 
 
+def _read_only_files(path: Path | None) -> list[str]:
+    """The files of a SQLite database that exist and this process may not write. SQLite gives
+    its -wal and -shm files the database's mode, so they can stay read-only after it is fixed."""
+    if path is None:
+        return []
+    files = (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm"))
+    return [str(f) for f in files if f.exists() and not os.access(f, os.W_OK)]
+
+
 def _create_sqlite_file(path: Path) -> None:
     """Create the database file with its directory, readable by the owner's group only."""
     path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
@@ -198,9 +207,9 @@ class HistoryStore:
         self._jobs = _SpanTracker(schema.job_spans)
         self._dirty_since: float | None = None  # oldest raw ts written since the last rollup
         self._rollup_resumed = False
-        path = sqlite_path(self.engine.url)
-        if path is not None and path.exists() and not os.access(path, os.W_OK):
-            log.warning("history database %s is read-only: history will not be written", path)
+        read_only = _read_only_files(sqlite_path(self.engine.url))
+        if read_only:
+            log.warning("history database %s is read-only: history will not be written", ", ".join(read_only))
         self._connect()
 
     @classmethod
@@ -251,10 +260,13 @@ class HistoryStore:
                 log.info("history store %s is back; %d rows pending", self.url, len(self._buffer))
             self._up, self._last_error = True, None
             return
+        # A failed connection can be stuck where only a new one gets out (SQLite opens a file it
+        # may not write read-only and stays so after the permissions are fixed): start afresh.
+        self.engine.dispose()
         message = _describe(error)
-        path = sqlite_path(self.engine.url)
-        if path is not None and path.exists() and not os.access(path, os.W_OK):
-            message = f"database file {path} is read-only: {message}"
+        read_only = _read_only_files(sqlite_path(self.engine.url))
+        if read_only:
+            message = f"database file {', '.join(read_only)} is read-only: {message}"
         if self._up or message != self._last_error:
             log.warning("history store %s is down, rows are kept in memory: %s", self.url, message)
         self._up, self._last_error = False, message
