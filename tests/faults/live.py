@@ -74,6 +74,8 @@ class LiveAgent:
         return self.ticks.since(start)[:count]
 
     def stop(self) -> None:
+        if not self.scheduler.running:
+            return
         self.scheduler.shutdown(wait=True)
         self.server.shutdown()
         self.server.server_close()
