@@ -85,10 +85,15 @@ def open_engine(url: str) -> Engine:
         raise ConfigError(f"bad history URL for {URL_SETTING}: {shown!r}: {e}") from None
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
+        # Python's sqlite3 commits each CREATE TABLE on its own; a kill -9 between the tables and
+        # the schema version then left a file the store refuses. BEGIN ourselves, so a
+        # transaction, DDL included, is whole or absent (SQLAlchemy's pysqlite recipe).
+        event.listen(engine, "begin", lambda connection: connection.exec_driver_sql("BEGIN"))
     return engine
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    dbapi_connection.isolation_level = None  # the driver's own BEGIN off: see open_engine
     cursor = dbapi_connection.cursor()
     try:
         # WAL: readers never block the writer and a killed writer leaves a consistent file;
