@@ -22,6 +22,7 @@ from . import config as config_mod
 from .config import Config, ConfigError
 from .doctor_cli import doctor_command
 from .history_cli import history
+from .report_cli import report_command
 
 log = logging.getLogger("flopwatch")
 
@@ -79,9 +80,19 @@ def build_agent(config: Config, *, clock: Callable[[], float] = time.monotonic,
         host = SimulatedHost(lib)
     else:
         from .sources.host import HostSource
+        from .sources.identity import BadJobRule
 
         lib = None
-        host = HostSource(clock=clock)
+        try:
+            host = HostSource(clock=clock, job_rules=config.attribution.job_rules)
+        except BadJobRule as e:
+            raise UsageError(str(e)) from None
+    from .sources.tokens import ListenRefused, TokenSource
+
+    try:
+        tokens = TokenSource.from_config(config.tokens)
+    except (ListenRefused, ValueError) as e:
+        raise UsageError(str(e)) from None
     try:
         # A GPU that has not answered by half the interval is marked for this tick, so one stuck
         # GPU cannot hold up the others' cadence.
@@ -92,14 +103,15 @@ def build_agent(config: Config, *, clock: Callable[[], float] = time.monotonic,
             f"NVML is not available ({e}). To run on simulated GPUs instead: "
             "flopwatch run --simulate healthy,input_starved"
         ) from None
-    agent = Agent(config, source, host, sinks or [], clock=clock, wall_clock=wall_clock)
-    exporter = Exporter(lambda: agent.state, extra=[s for s in agent.sinks if hasattr(s, "collect")],
-                        top_processes=config.attribution.top_processes)
+    agent = Agent(config, source, host, sinks or [], tokens=tokens, clock=clock, wall_clock=wall_clock)
+    exporter = Exporter(lambda: agent.state, extra=[tokens, *(s for s in agent.sinks if hasattr(s, "collect"))],
+                        top_processes=config.attribution.top_processes, currency=config.tokens.currency)
     return Built(agent, exporter, source.lib)
 
 
 def _sinks(config: Config) -> list:
-    """The sinks `run` writes to: the history store unless disabled, and systemd's watchdog."""
+    """The sinks `run` writes to: the history store unless disabled, systemd's watchdog, and
+    Alertmanager when configured."""
     sinks = []
     if config.history.url.lower() != "none":
         import socket
@@ -113,6 +125,12 @@ def _sinks(config: Config) -> list:
     if os.environ.get("NOTIFY_SOCKET"):
         # Under systemd (Type=notify) every completed tick pets the watchdog.
         sinks.append(sdnotify.Notifier())
+    if config.alerting.alertmanager_urls:
+        from .alerting import AlertmanagerSink, StoreOutbox
+
+        store = next((s for s in sinks if s.name == "store"), None)
+        outbox = StoreOutbox(store) if store is not None else None
+        sinks.append(AlertmanagerSink(config, outbox=outbox).start())
     return sinks
 
 
@@ -156,22 +174,25 @@ def run(config_path: str | None, listen: str | None, interval: float | None, his
     logging.basicConfig(level=config.agent.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("apscheduler").setLevel(logging.WARNING)  # a line per tick is noise
     from .daemon import schedule
-    from .server import ListenError, MetricsServer, check_local_bind
+    from .server import ListenError, MetricsServer
+    from .sources.tokens import ListenRefused
     from .status import status_document
 
     try:
         web = _load_web(config)
-        # The token push endpoint accepts data: loopback or a unix socket unless configured.
-        check_local_bind(config.tokens.push_listen, allow_remote=config.tokens.allow_remote_push,
-                         setting="[tokens].push_listen", allow_setting="[tokens].allow_remote_push")
     except ConfigError as e:
         raise UsageError(str(e)) from None
     built = build_agent(config, sinks=_sinks(config))
     agent = built.agent
     try:
+        agent.tokens.start()
+    except ListenRefused as e:
+        raise UsageError(str(e)) from None
+    try:
         server = MetricsServer(config.agent.listen, built.exporter.registry(),
                                lambda: status_document(agent.state, agent.hostname), web=web)
     except (ListenError, ValueError) as e:
+        agent.tokens.close()
         raise UsageError(f"{e} (set with --listen or [agent].listen)") from None
     stop, reload = threading.Event(), threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -182,6 +203,8 @@ def run(config_path: str | None, listen: str | None, interval: float | None, his
     server.start()
     log.info("flopwatch %s serving %s/metrics, %d GPU(s)%s", __version__, server.url, len(agent.state.gpus),
              " (simulated)" if config.agent.simulate else "")
+    if agent.tokens.push is not None:
+        log.info("token push endpoint %s (POST /v1/tokens)", agent.tokens.push.url)
     sdnotify.ready()
     while not stop.wait(1.0):
         if reload.is_set():
@@ -278,6 +301,7 @@ def _fetch_status(url: str) -> dict:
 
 main.add_command(doctor_command)
 main.add_command(history)
+main.add_command(report_command)
 
 
 @main.command()

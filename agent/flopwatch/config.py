@@ -61,12 +61,16 @@ class AlertingConfig:
     resend_interval_seconds: float = 60.0
     timeout_seconds: float = 5.0
     external_url: str = ""
+    # The alerts' `job` label: the name of Prometheus's scrape job for the agents, so an alert the
+    # agent pushes and the same alert from alerts/flopwatch.rules.yml are one alert.
+    job: str = "flopwatch"
 
 
 @dataclass
 class AttributionConfig:
-    # First rule that yields a name wins: slurm job, Kubernetes pod, systemd unit, user:command.
-    job_rules: list[str] = field(default_factory=lambda: ["slurm", "pod", "unit", "user_command"])
+    # First rule that yields a name wins: slurm job, Kubernetes pod, container, systemd unit,
+    # user:command (sources/identity.py names the forms).
+    job_rules: list[str] = field(default_factory=lambda: ["slurm", "pod", "container", "unit", "user_command"])
     top_processes: int = 10
 
 
@@ -76,6 +80,7 @@ class TokensConfig:
     allow_remote_push: bool = False
     scrape_urls: list[str] = field(default_factory=list)
     scrape_interval_seconds: float = 5.0
+    window_seconds: float = 60.0  # joules per token and the other costs are over this window
     price_per_gpu_hour: float = 0.0
     price_per_kwh: float = 0.0
     currency: str = "USD"

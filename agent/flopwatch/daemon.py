@@ -11,12 +11,14 @@ import math
 import socket
 import time
 from collections import deque
+from dataclasses import replace
 from typing import Any, Callable, Iterable, Protocol
 
 from .config import Config
 from .derive import derive
 from .diagnose import DiagnosisState, Tick, diagnose, waste_seconds
-from .model import AgentState, GpuSample, GpuState, HostSample, ProcessView
+from .model import AgentState, GpuSample, GpuState, HostSample, ProcessView, TokenCount
+from .tokencost import Prices, TokenAccount
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +33,12 @@ class HostReader(Protocol):
     name: str
 
     def read(self, pids: Iterable[int], timestamp: float) -> HostSample: ...
+
+
+class TokenReader(Protocol):
+    name: str
+
+    def snapshot(self) -> tuple[TokenCount, ...]: ...
 
 
 class Sink(Protocol):
@@ -57,6 +65,7 @@ class Agent:
         host_source: HostReader,
         sinks: Iterable[Sink] = (),
         *,
+        tokens: TokenReader | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
     ):
@@ -64,6 +73,9 @@ class Agent:
         self.gpu_source = gpu_source
         self.host_source = host_source
         self.sinks = list(sinks)
+        self.tokens = tokens
+        t = config.tokens
+        self.token_account = TokenAccount(t.window_seconds, Prices(t.price_per_gpu_hour, t.price_per_kwh))
         self.clock = clock
         self.wall_clock = wall_clock
         self.hostname = config.agent.hostname or socket.gethostname()
@@ -94,10 +106,15 @@ class Agent:
         host = self._timed(self.host_source.name, success, seconds, self.host_source.read, pids, timestamp)
         host = host or HostSample(timestamp=timestamp, cpu_count=0, cpu_busy_ratio=None, iowait_ratio=None)
         gpus = tuple(self._advance(sample, host) for sample in samples)
+        if self.tokens is not None:
+            counts = self._timed(self.tokens.name, success, seconds, self.tokens.snapshot) or ()
+            figures = self.token_account.advance(counts, gpus, timestamp)
+            gpus = tuple(replace(g, tokens=figures.get(g.sample.info.index)) for g in gpus)
         self._ticks += 1
         self.state = AgentState(
             hostname=self.hostname, timestamp=timestamp, ticks=self._ticks, gpus=gpus, host=host,
             collector_success=success, collector_seconds=seconds,
+            unattributed_tokens=dict(self.token_account.unattributed),
         )
         for sink in self.sinks:
             self._timed(sink.name, success, seconds, sink.record, self.state)
@@ -137,9 +154,10 @@ class Agent:
                     close()
                 except Exception:
                     log.exception("closing %s failed", sink.name)
-        closer = getattr(self.gpu_source, "close", None)
-        if closer is not None:
-            closer()
+        for source in (self.tokens, self.gpu_source):
+            closer = getattr(source, "close", None)
+            if closer is not None:
+                closer()
 
 
 def _process_views(sample: GpuSample, host: HostSample) -> tuple[ProcessView, ...]:
@@ -154,6 +172,7 @@ def _process_views(sample: GpuSample, host: HostSample) -> tuple[ProcessView, ..
             sm_ratio=p.sm_ratio,
             memory_bytes=p.used_memory_bytes,
             cpu_ratio=h.cpu_ratio if h is not None else None,
+            identity=h.identity if h is not None else None,
         ))
     return tuple(views)
 
@@ -165,8 +184,9 @@ def schedule(agent: Agent, interval_seconds: float) -> Any:
 
     scheduler = BackgroundScheduler(daemon=True)
     jobs = [(agent.tick, interval_seconds)]
-    for sink in agent.sinks:
-        jobs += getattr(sink, "jobs", list)()
+    # Sinks' own work and the token scraper run on their own jobs: a slow one never delays a tick.
+    for part in (*agent.sinks, agent.tokens):
+        jobs += getattr(part, "jobs", list)()
     for fn, seconds in jobs:
         # APScheduler wants a whole number of seconds of grace; a late tick runs once, not twice.
         scheduler.add_job(fn, "interval", seconds=seconds, max_instances=1, coalesce=True,

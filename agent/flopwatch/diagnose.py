@@ -125,6 +125,7 @@ class Signals:
     power_limit_ratio: float | None
     source_quality: str
     jobs: tuple[str, ...] = field(default=())
+    process_jobs: Mapping[int, str] = field(default_factory=dict)
 
 
 def _mean(values: Sequence[tuple[float | None, float]]) -> float | None:
@@ -207,6 +208,8 @@ def signals(window: Sequence[Tick]) -> Signals:
         power_limit_ratio=limit_ratio,
         source_quality=last.sample.source_quality,
         jobs=jobs,
+        process_jobs={pid: last.host.processes[pid].job for pid in pids
+                      if pid in last.host.processes and last.host.processes[pid].job},
     )
 
 
@@ -248,7 +251,8 @@ def classify(s: Signals, th: Thresholds) -> Finding | None:
                             process_cpu_cores=s.cpu_ratio, processes=s.processes)
         if len(busy_shares) >= th.contention_processes and s.processes >= th.contention_processes:
             return _finding("contention", "page", 0.8, s, processes=s.processes,
-                            sm_shares=", ".join(f"{pid}:{v:.2f}" for pid, v in sorted(s.process_shares.items())))
+                            sm_shares=", ".join(f"{pid} {s.process_jobs.get(pid, '?')} {v:.2f}"
+                                                for pid, v in sorted(s.process_shares.items())))
         if s.nvlink_bytes_per_second is not None and s.nvlink_bytes_per_second >= th.nvlink_busy_bytes_per_second:
             return _finding("communication_bound", "page", _strength(s.nvlink_bytes_per_second, th.nvlink_busy_bytes_per_second),
                             s, nvlink_bytes_per_second=s.nvlink_bytes_per_second, nvml_utilization=s.nvml_utilization)

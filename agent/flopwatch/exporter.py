@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, Mapping
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import CollectorRegistry
 
 from . import __version__
-from .model import AgentState, GpuState
+from .model import AgentState, GpuState, Identity
 
 GPU_LABELS = ["gpu", "uuid"]
+IDENTITY_LABELS = ["container_id", "pod", "namespace", "slurm_job", "unit"]
 
 # (metric name, help, the GpuState → value function) for the plain per-GPU gauges.
 GAUGES: tuple[tuple[str, str, Callable[[GpuState], float | None]], ...] = (
@@ -44,10 +45,12 @@ GAUGES: tuple[tuple[str, str, Callable[[GpuState], float | None]], ...] = (
 class Exporter:
     """A prometheus-client custom collector over the agent's last state and its sinks' metrics."""
 
-    def __init__(self, state: Callable[[], AgentState | None], extra: Iterable[object] = (), top_processes: int = 10):
+    def __init__(self, state: Callable[[], AgentState | None], extra: Iterable[object] = (), top_processes: int = 10,
+                 currency: str = "USD"):
         self.state = state
         self.extra = list(extra)  # sinks and sources with a collect() of their own
         self.top_processes = top_processes
+        self.currency = currency
 
     def registry(self) -> CollectorRegistry:
         registry = CollectorRegistry(auto_describe=False)
@@ -111,6 +114,7 @@ class Exporter:
         yield from self._counters(readable)
         yield from self._findings(readable)
         yield from self._processes(readable)
+        yield from self._tokens(state)
 
     def _counters(self, gpus: list[GpuState]) -> Iterator[Metric]:
         energy = CounterMetricFamily("flopwatch_energy_joules", "Energy used since the agent started (counter).",
@@ -158,12 +162,18 @@ class Exporter:
         memory = GaugeMetricFamily("flopwatch_process_memory_bytes", "GPU memory a process holds (top N; the rest "
                                    "summed as pid=\"other\").", labels=GPU_LABELS + ["pid", "job"])
         count = GaugeMetricFamily("flopwatch_processes", "Processes with a context on the GPU.", labels=GPU_LABELS)
+        info = GaugeMetricFamily("flopwatch_process_info", "Who runs a GPU process (top N): user, container, "
+                                 "Kubernetes pod, Slurm job, systemd unit.",
+                                 labels=GPU_LABELS + ["pid", "job", "user", *IDENTITY_LABELS])
         for g in gpus:
             labels = _labels(g)
             count.add_metric(labels, len(g.processes))
             ranked = sorted(g.processes, key=lambda p: (p.sm_ratio or 0.0, p.memory_bytes or 0), reverse=True)
             top, rest = ranked[: self.top_processes], ranked[self.top_processes:]
             for p in top:
+                ident = p.identity or Identity()
+                info.add_metric(labels + [str(p.pid), p.job, p.user or ""] +
+                                [getattr(ident, field) or "" for field in IDENTITY_LABELS], 1)
                 if p.sm_ratio is not None:
                     sm.add_metric(labels + [str(p.pid), p.job], p.sm_ratio)
                 if p.memory_bytes is not None:
@@ -172,8 +182,59 @@ class Exporter:
                 sm.add_metric(labels + ["other", "other"], sum(p.sm_ratio or 0.0 for p in rest))
                 memory.add_metric(labels + ["other", "other"], sum(p.memory_bytes or 0 for p in rest))
         yield count
+        yield info
         yield sm
         yield memory
+
+
+    def _tokens(self, state: AgentState) -> Iterator[Metric]:
+        total = CounterMetricFamily("flopwatch_tokens", "Tokens attributed to the GPU since the agent started, by "
+                                    "source, job and kind (prompt|generated).",
+                                    labels=GPU_LABELS + ["source", "job", "kind"])
+        unattributed = CounterMetricFamily("flopwatch_tokens_unattributed", "Tokens whose pid and job matched no "
+                                           "GPU.", labels=["source", "job", "kind"])
+        per_token = [
+            (GaugeMetricFamily("flopwatch_joules_per_token", "Energy per token over the token window.",
+                               labels=GPU_LABELS), lambda t: t.joules_per_token),
+            (GaugeMetricFamily("flopwatch_gpu_seconds_per_1k_tokens", "GPU-seconds per 1000 tokens over the "
+                               "token window.", labels=GPU_LABELS), lambda t: t.gpu_seconds_per_1k_tokens),
+            (GaugeMetricFamily("flopwatch_tflop_per_token", "Achieved TFLOP per token over the token window.",
+                               labels=GPU_LABELS), lambda t: t.tflop_per_token),
+        ]
+        cost = GaugeMetricFamily("flopwatch_cost_per_1m_tokens", "Cost of 1M tokens at the configured GPU-hour "
+                                 "and kWh prices, over the token window.", labels=GPU_LABELS + ["currency"])
+        for g in state.gpus:
+            if g.tokens is None:
+                continue
+            labels = _labels(g)
+            for (source, job, kind), value in sorted(_top_jobs(g.tokens.totals, self.top_processes).items()):
+                total.add_metric(labels + [source, job, kind], value)
+            for family, get in per_token:
+                value = get(g.tokens)
+                if value is not None:
+                    family.add_metric(labels, value)
+            if g.tokens.cost_per_1m_tokens is not None:
+                cost.add_metric(labels + [self.currency], g.tokens.cost_per_1m_tokens)
+        for (source, job, kind), value in sorted(state.unattributed_tokens.items()):
+            unattributed.add_metric([source, job, kind], value)
+        yield total
+        yield unattributed
+        for family, _ in per_token:
+            yield family
+        yield cost
+
+
+def _top_jobs(totals: Mapping[tuple[str, str, str], float], n: int) -> dict[tuple[str, str, str], float]:
+    """The n jobs with the most tokens keep their label; the rest are summed as job="other"."""
+    by_job: dict[str, float] = {}
+    for (_, job, _), value in totals.items():
+        by_job[job] = by_job.get(job, 0.0) + value
+    keep = set(sorted(by_job, key=lambda j: (-by_job[j], j))[:n])
+    out: dict[tuple[str, str, str], float] = {}
+    for (source, job, kind), value in totals.items():
+        key = (source, job if job in keep else "other", kind)
+        out[key] = out.get(key, 0.0) + value
+    return out
 
 
 def _labels(g: GpuState) -> list[str]:

@@ -92,6 +92,18 @@ class GpuSample:
 
 
 @dataclass(frozen=True, slots=True)
+class Identity:
+    """Who runs a process, from its cgroup path and a few whitelisted environment variables."""
+
+    container_id: str | None = None  # 12 hex digits, as `docker ps` shows it
+    pod_uid: str | None = None
+    pod: str | None = None
+    namespace: str | None = None
+    slurm_job: str | None = None
+    unit: str | None = None  # systemd unit, when it is the process's own (not a login session)
+
+
+@dataclass(frozen=True, slots=True)
 class HostProcess:
     """What the host knows of one GPU process (psutil), over the last tick."""
 
@@ -110,6 +122,7 @@ class HostProcess:
     io_read_bytes_per_second: float | None = None
     io_write_bytes_per_second: float | None = None
     job: str | None = None
+    identity: Identity | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +186,33 @@ class ProcessView:
     sm_ratio: float | None
     memory_bytes: int | None
     cpu_ratio: float | None
+    identity: Identity | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TokenCount:
+    """Cumulative tokens one source reported for one job or process (the ledger's row)."""
+
+    source: str  # "push", "vllm", "tgi", "sglang"
+    key: str  # unique within the source: the push's job/pid, or the scraped URL
+    job: str | None
+    pids: frozenset[int]  # the processes that did the work, when known
+    prompt_tokens: int
+    generated_tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class TokenFigures:
+    """One GPU's token accounting: totals since start and costs over the recent window."""
+
+    totals: Mapping[tuple[str, str, str], float]  # (source, job, kind) → tokens attributed to this GPU
+    tokens_this_tick: float
+    window_seconds: float
+    tokens_per_second: float | None
+    joules_per_token: float | None
+    gpu_seconds_per_1k_tokens: float | None
+    tflop_per_token: float | None
+    cost_per_1m_tokens: float | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +225,7 @@ class GpuState:
     below_threshold: bool
     wasted_seconds: Mapping[str, float]  # cumulative since start, by cause
     processes: tuple[ProcessView, ...] = ()
+    tokens: TokenFigures | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,3 +239,5 @@ class AgentState:
     host: HostSample | None
     collector_success: Mapping[str, bool]
     collector_seconds: Mapping[str, float]
+    # Tokens that matched no GPU (no pid or job of theirs is on one), by (source, job, kind).
+    unattributed_tokens: Mapping[tuple[str, str, str], float] = field(default_factory=dict)

@@ -47,13 +47,15 @@ def check_local_bind(address: str, *, allow_remote: bool, setting: str, allow_se
         host, _ = parse_listen(address)
     except ValueError as e:
         raise ConfigError(f"{setting}: {e}") from None
-    if host == "localhost" or _is_loopback(host):
+    if is_loopback(host):
         return
     raise ConfigError(f"{setting} = {address!r} would accept data from other hosts; listen on 127.0.0.1, "
                       f"::1 or unix:PATH, or set {allow_setting} = true")
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:  # a host name other than localhost may resolve anywhere

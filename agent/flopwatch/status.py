@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
-from .model import AgentState
+from .model import AgentState, TokenFigures
 
 
 def status_document(state: AgentState | None, hostname: str = "") -> dict[str, Any]:
@@ -36,12 +36,37 @@ def status_document(state: AgentState | None, hostname: str = "") -> dict[str, A
             "wasted_gpu_seconds": dict(g.wasted_seconds),
             "processes": [
                 {"pid": p.pid, "job": p.job, "user": p.user, "sm_ratio": p.sm_ratio,
-                 "memory_bytes": p.memory_bytes, "cpu_ratio": p.cpu_ratio, "cmdline": p.cmdline}
+                 "memory_bytes": p.memory_bytes, "cpu_ratio": p.cpu_ratio, "cmdline": p.cmdline,
+                 "identity": _identity(p.identity)}
                 for p in g.processes
             ],
+            "tokens": _tokens(g.tokens),
             "finding": _finding(g.finding),
         })
-    return {"host": state.hostname, "timestamp": state.timestamp, "gpus": gpus}
+    return {"host": state.hostname, "timestamp": state.timestamp, "gpus": gpus,
+            "unattributed_tokens": [{"source": s, "job": j, "kind": k, "tokens": v}
+                                    for (s, j, k), v in sorted(state.unattributed_tokens.items())]}
+
+
+def _identity(identity: Any) -> dict[str, str] | None:
+    if identity is None:
+        return None
+    return {k: v for k, v in asdict(identity).items() if v is not None}
+
+
+def _tokens(tokens: TokenFigures | None) -> dict[str, Any] | None:
+    if tokens is None:
+        return None
+    return {
+        "total": sum(tokens.totals.values()),
+        "by_job": [{"source": s, "job": j, "kind": k, "tokens": v} for (s, j, k), v in sorted(tokens.totals.items())],
+        "window_seconds": tokens.window_seconds,
+        "tokens_per_second": tokens.tokens_per_second,
+        "joules_per_token": tokens.joules_per_token,
+        "gpu_seconds_per_1k_tokens": tokens.gpu_seconds_per_1k_tokens,
+        "tflop_per_token": tokens.tflop_per_token,
+        "cost_per_1m_tokens": tokens.cost_per_1m_tokens,
+    }
 
 
 def _finding(finding: Any) -> dict[str, Any] | None:

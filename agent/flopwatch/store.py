@@ -326,7 +326,8 @@ class HistoryStore:
                 "cause": finding.cause if finding else None,
                 "below_threshold": below,
                 "wasted_seconds": figures.interval_seconds if below else 0.0,
-                "tokens": (tokens_by_gpu or {}).get(gpu), "job": job,
+                "tokens": (tokens_by_gpu or {}).get(gpu, g.tokens.tokens_this_tick if g.tokens else None),
+                "job": job,
             }))
             rows += self._findings.update(
                 gpu, timestamp, (finding.cause, finding.severity) if finding else None,

@@ -28,9 +28,19 @@ def simple_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any
     return render(table)
 
 
+def _per_token(tokens: dict | None) -> str:
+    if not tokens or tokens.get("joules_per_token") is None:
+        return "—"
+    text = f"{tokens['joules_per_token']:.3g} J"
+    if tokens.get("gpu_seconds_per_1k_tokens") is not None:
+        text += f", {tokens['gpu_seconds_per_1k_tokens']:.3g} GPU-s/1k"
+    return text
+
+
 def status_table(doc: dict) -> str:
     table = Table(title=f"flopwatch status — {doc.get('host', '')}")
-    for column in ("GPU", "name", "util", "NVML util", "tensor", "DRAM", "flops", "power", "memory", "processes", "finding"):
+    for column in ("GPU", "name", "util", "NVML util", "tensor", "DRAM", "flops", "power", "memory", "processes",
+                   "J/token", "finding"):
         table.add_column(column)
     notes = []
     for g in doc["gpus"]:
@@ -47,6 +57,8 @@ def status_table(doc: dict) -> str:
             str(g["index"]), g["name"], _pct(g["utilization"]) + ("" if g["source_quality"] == "gpm" else " (coarse)"),
             _pct(g.get("nvml_utilization")), _pct(g.get("tensor_active")), _pct(g.get("dram_active")),
             _pct(g.get("flops_utilization")), "—" if g.get("power_watts") is None else f"{g['power_watts']:.0f} W",
-            memory, ", ".join(f"{p['pid']} {p['job']}" for p in g["processes"][:3]) or "—", cause,
+            memory, ", ".join(f"{p['pid']} {p['job']}" + ("" if p.get("sm_ratio") is None else f" {p['sm_ratio']:.0%}")
+                              for p in g["processes"][:3]) or "—",
+            _per_token(g.get("tokens")), cause,
         )
     return "\n".join([render(table), *notes])

@@ -28,7 +28,7 @@ class Thresholds:
     # host_transfer_bound: PCIe traffic while the SMs wait.
     pcie_busy_bytes_per_second: float = 1.0e9
     # launch_bound: kernels ran for this many times longer than the SMs had work (tiny kernels).
-    launch_kernel_time_over_sm_active: float = 3.0
+    launch_kernel_time_over_sm_active: float = 2.0
     launch_min_kernel_time: float = 0.1
     # Busy-but-inefficient tickets.
     memory_bound_dram_active: float = 0.6

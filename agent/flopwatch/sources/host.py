@@ -10,10 +10,14 @@ from typing import Callable, Iterable
 
 import psutil
 
-from ..model import HostProcess, HostSample
+from ..model import HostProcess, HostSample, Identity
 from ..redact import redact_cmdline
+from .identity import JOB_RULES, check_rules, job_name, read_identity
 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+# Listing descendants scans all of /proc; loader workers live for the whole job, so a fresh list
+# every few seconds is enough (their CPU is still read every tick).
+CHILDREN_REFRESH_SECONDS = 10.0
 
 
 @dataclass
@@ -24,17 +28,22 @@ class _Seen:
     at: float
     cpu_seconds: float
     thread_cpu_seconds: dict[int, float]
-    children_cpu_seconds: float
+    children: list[psutil.Process]
+    children_listed_at: float
+    children_cpu_seconds: dict[int, float]
     io_read_bytes: int | None
     io_write_bytes: int | None
+    identity: Identity
 
 
 class HostSource:
     name = "host"
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic, proc_root: str = "/proc"):
+    def __init__(self, clock: Callable[[], float] = time.monotonic, proc_root: str = "/proc",
+                 job_rules: Iterable[str] = JOB_RULES):
         self.clock = clock
         self.proc_root = proc_root
+        self.job_rules = check_rules(job_rules)
         self._seen: dict[int, _Seen] = {}
         self._cpu_times = psutil.cpu_times()
         self._cpu_count = psutil.cpu_count() or 1
@@ -98,23 +107,31 @@ class HostSource:
                 user = _safe(process.username)
                 cmdline = _safe(process.cmdline) or []
                 io = _safe(process.io_counters)
-                children = _safe(lambda: process.children(recursive=True)) or []
         except (psutil.NoSuchProcess, psutil.ZombieProcess):
             return None
         except psutil.AccessDenied:
             return HostProcess(pid=pid, name="?", state="unknown")
         thread_cpu, disk_wait = self._threads(pid)
-        children_cpu = sum(_child_cpu_seconds(c) for c in children)
+        if seen is not None and now - seen.children_listed_at < CHILDREN_REFRESH_SECONDS:
+            children, listed_at = seen.children, seen.children_listed_at
+        else:
+            children, listed_at = _safe(lambda: process.children(recursive=True)) or [], now
+        children_cpu = {c.pid: v for c in children if (v := _child_cpu_seconds(c)) is not None}
         io_read = getattr(io, "read_bytes", None)
         io_write = getattr(io, "write_bytes", None)
-        self._seen[pid] = _Seen(process, now, cpu_seconds, thread_cpu, children_cpu, io_read, io_write)
+        # A process's cgroup and start environment do not change under it: read them once.
+        identity = seen.identity if seen is not None else read_identity(pid, self.proc_root)
+        self._seen[pid] = _Seen(process, now, cpu_seconds, thread_cpu, children, listed_at, children_cpu,
+                                io_read, io_write, identity)
         cpu_ratio = busiest = children_ratio = read_rate = write_rate = None
         if seen is not None and now > seen.at:
             dt = now - seen.at
             cpu_ratio = max(cpu_seconds - seen.cpu_seconds, 0.0) / dt
             deltas = [v - seen.thread_cpu_seconds.get(tid, v) for tid, v in thread_cpu.items()]
             busiest = max(deltas, default=0.0) / dt
-            children_ratio = max(children_cpu - seen.children_cpu_seconds, 0.0) / dt
+            # Only children seen both times count: a new worker's lifetime CPU is not this tick's.
+            children_ratio = sum(max(v - seen.children_cpu_seconds[c], 0.0) for c, v in children_cpu.items()
+                                 if c in seen.children_cpu_seconds) / dt
             if io_read is not None and seen.io_read_bytes is not None:
                 read_rate = max(io_read - seen.io_read_bytes, 0) / dt
                 write_rate = max(io_write - seen.io_write_bytes, 0) / dt
@@ -123,7 +140,7 @@ class HostSource:
             cpu_ratio=cpu_ratio, busiest_thread_cpu_ratio=busiest, threads=len(thread_cpu),
             threads_in_disk_wait=disk_wait, children=len(children), children_cpu_ratio=children_ratio,
             rss_bytes=rss, io_read_bytes_per_second=read_rate, io_write_bytes_per_second=write_rate,
-            job=f"{user}:{name}" if user else name,
+            job=job_name(self.job_rules, identity, user, name), identity=identity,
         )
 
 
@@ -134,6 +151,6 @@ def _safe(fn: Callable) -> object:
         return None
 
 
-def _child_cpu_seconds(child: psutil.Process) -> float:
+def _child_cpu_seconds(child: psutil.Process) -> float | None:
     times = _safe(child.cpu_times)
-    return times.user + times.system if times is not None else 0.0
+    return times.user + times.system if times is not None else None

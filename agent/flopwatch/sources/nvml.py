@@ -51,7 +51,7 @@ THROTTLE_FIELDS = {
 # Reasons NVML has no time counter for: accounted from the bitmask × the tick.
 THROTTLE_BITS = {
     "hw_slowdown": 0x8,  # nvmlClocksEventReasonHwSlowdown
-    "clocks_setting": 0x2 | 0x100,  # applications clocks / user-defined (locked) clocks
+    "clocks_setting": 0x2,  # applications clocks, or clocks locked by the user (same bit)
 }
 FALLBACK_BITS = {
     "sw_power_cap": 0x4,

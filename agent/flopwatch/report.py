@@ -1,0 +1,483 @@
+"""What a period or a job cost and wasted, and why: history rows summed into a ``Report``.
+
+The database does the summing: one ``GROUP BY`` per slice of the range returns, for each host,
+GPU, job, cause and plot bucket, the sums the figures need (samples, utilization × samples,
+joules, wasted seconds, tokens). A month of an 8-GPU node is then a few thousand cells, whatever
+the level read, and the rest is arithmetic on plain values (``build_report``).
+
+GPU-hours count samples × the agents' tick (``[agent].interval_seconds``); waste is what the
+agents recorded: each tick under the utilization threshold, charged to the cause diagnosed then
+(``unknown`` when none was), as ``flopwatch_wasted_gpu_seconds_total`` counts it. In a minute or
+hour bucket all its waste goes to the bucket's dominant cause.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+from sqlalchemy import Float, Integer, and_, case, cast, func, inspect, literal, or_, select, type_coerce
+from sqlalchemy.engine import Connection
+
+from . import store_schema as schema
+from .diagnose import ADVICE, SUMMARY
+from .store import DAY, LEVELS, HistoryError, _describe, open_engine, sqlite_path
+
+HOUR = 3600.0
+KWH = 3.6e6  # joules
+NO_JOB = "(no job)"
+NO_USER = "(no user)"
+GROUPINGS = ("job", "user", "gpu")
+# The finest level a report reads for a range of this length at most: raw ticks keep causes
+# exact, rollups keep months cheap.
+_LEVEL_MAX_SECONDS = {"raw": DAY, "minute": 62 * DAY}
+PLOT_BUCKETS = 150  # points on the time axis, whatever the range: enough to see a shift change, few enough to read
+SLICES = 50  # queries a long range is read in (the progress bar's steps)
+TOP_JOBS = 10
+
+
+@dataclass(frozen=True)
+class Prices:
+    per_gpu_hour: float = 0.0
+    per_kwh: float = 0.0
+    currency: str = "USD"
+
+
+@dataclass
+class Cell:
+    """Sums over the rows of one host, GPU, job, cause and plot bucket."""
+
+    samples: float = 0.0
+    utilization_sum: float = 0.0  # utilization × samples, over samples that had one
+    utilization_samples: float = 0.0
+    flops_sum: float = 0.0
+    flops_samples: float = 0.0
+    energy_joules: float | None = None
+    wasted_seconds: float = 0.0
+    tokens: float | None = None
+    token_energy_joules: float = 0.0  # energy of the samples that counted tokens
+
+    def add(self, other: Cell) -> None:
+        for name in ("samples", "utilization_sum", "utilization_samples", "flops_sum", "flops_samples",
+                     "wasted_seconds", "token_energy_joules"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.energy_joules = _add(self.energy_joules, other.energy_joules)
+        self.tokens = _add(self.tokens, other.tokens)
+
+
+@dataclass(frozen=True)
+class CellKey:
+    host: str
+    gpu: int
+    job: str | None
+    cause: str | None
+    bucket: int
+
+
+@dataclass(frozen=True)
+class Usage:
+    """The figures of the whole report or of one group (a job, a user, a GPU)."""
+
+    name: str
+    gpu_hours: float
+    mean_utilization: float | None
+    mean_flops_utilization: float | None
+    wasted_gpu_hours: float  # GPU-hours below the utilization threshold
+    wasted_by_cause: dict[str, float]  # GPU-hours, largest first; sums to wasted_gpu_hours
+    energy_kwh: float | None
+    tokens: float | None
+    joules_per_token: float | None
+    cost: float  # GPU-hours and energy at the configured prices
+    wasted_cost: float  # the wasted GPU-hours at the price per GPU-hour
+
+    @property
+    def wasted_share(self) -> float:
+        return self.wasted_gpu_hours / self.gpu_hours if self.gpu_hours else 0.0
+
+    @property
+    def top_cause(self) -> str | None:
+        return next(iter(self.wasted_by_cause), None)
+
+
+@dataclass(frozen=True)
+class CauseWaste:
+    cause: str
+    wasted_gpu_hours: float
+    share: float  # of all wasted GPU-hours
+    wasted_cost: float
+    summary: str
+    advice: str
+
+
+@dataclass(frozen=True)
+class Point:
+    """One plot bucket over all GPUs in the report."""
+
+    ts: float
+    gpus: int
+    utilization: float | None
+    flops_utilization: float | None
+    power_watts: float | None  # all GPUs together: mean power per GPU × GPUs
+    energy_kwh: float | None
+    wasted_share_by_cause: dict[str, float]  # of the bucket's GPU time
+
+
+@dataclass(frozen=True)
+class Report:
+    since: float
+    until: float
+    level: str
+    interval_seconds: float
+    utilization_threshold: float
+    prices: Prices
+    group_by: str
+    job: str | None
+    gpu: str | None
+    host: str | None
+    hosts: list[str]
+    gpus: int
+    total: Usage
+    groups: list[Usage]
+    causes: list[CauseWaste]
+    top_jobs: list[Usage]
+    series: list[Point]
+    step_seconds: float
+    users: dict[str, str] = field(default_factory=dict)  # job → user
+
+    @property
+    def empty(self) -> bool:
+        return self.total.gpu_hours == 0 and self.total.wasted_gpu_hours == 0
+
+
+# -- reading ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Query:
+    """What to report on."""
+
+    since: float
+    until: float
+    gpu: str | None = None
+    job: str | None = None
+    host: str | None = None
+    level: str | None = None  # None: by the range's length
+
+
+@dataclass
+class Read:
+    """What the database gave for a query."""
+
+    level: str
+    origin: float
+    step: float
+    cells: dict[CellKey, Cell]
+    users: dict[str, str]
+
+
+def choose_level(since: float, until: float) -> str:
+    span = until - since
+    return next((level for level, limit in _LEVEL_MAX_SECONDS.items() if span <= limit), "hour")
+
+
+def job_range(url: str, job: str, now: float) -> tuple[float, float] | None:
+    """When a job ran, from its first start to its last end (``now`` if it still runs)."""
+    spans = schema.job_spans
+    with _connected(url) as connection:
+        start, end, running = connection.execute(select(
+            func.min(spans.c.start_ts), func.max(spans.c.end_ts),
+            func.count().filter(spans.c.end_ts.is_(None))).where(spans.c.job == job)).one()
+    if start is None:
+        return None
+    return start, now if running else end
+
+
+def read_history(url: str, query: Query, progress: Callable[[int, int], None] | None = None) -> Read:
+    """Sum the rows of the query's range in the database; ``progress(done, total)`` after each slice."""
+    with _connected(url) as connection:
+        first = LEVELS.index(query.level or choose_level(query.since, query.until))
+        keys = _gpu_keys(connection, query)
+        # Retention may have removed the finer level's rows for the range: fall back to coarser.
+        for level in (query.level,) if query.level else LEVELS[first:]:
+            read = _read_level(connection, level, query, keys, progress)
+            if read.cells:
+                break
+        read.users = _users(connection, {k.job for k in read.cells if k.job})
+        return read
+
+
+class _connected:
+    """A connection to a flopwatch history database, or a HistoryError saying why not."""
+
+    def __init__(self, url: str) -> None:
+        self.engine = open_engine(url)
+        path = sqlite_path(self.engine.url)
+        if path is not None and not path.exists():
+            raise HistoryError(f"no history database at {path}")
+
+    def __enter__(self) -> Connection:
+        try:
+            self.connection = self.engine.connect()
+            if not inspect(self.connection).has_table(schema.gpu_raw.name):
+                shown = self.engine.url.render_as_string(hide_password=True)
+                raise HistoryError(f"{shown} holds no flopwatch history")
+        except HistoryError:
+            self.engine.dispose()
+            raise
+        except Exception as e:
+            self.engine.dispose()
+            raise HistoryError(f"cannot read history: {_describe(e)}") from None
+        return self.connection
+
+    def __exit__(self, kind: Any, error: Any, traceback: Any) -> None:
+        self.connection.close()
+        self.engine.dispose()
+        if error is not None and not isinstance(error, HistoryError):
+            raise HistoryError(f"cannot read history: {_describe(error)}") from None
+
+
+def _gpu_keys(connection: Connection, query: Query) -> list[tuple[str, int | None]]:
+    """(host, GPU) pairs to read; GPU None for all of a host's. A UUID names its host and index."""
+    gpus = schema.gpus
+    hosts = query.host and [query.host] or list(connection.execute(
+        select(gpus.c.host).distinct().order_by(gpus.c.host)).scalars())
+    if query.gpu is None:
+        return [(h, None) for h in hosts]
+    if query.gpu.isdigit():
+        return [(h, int(query.gpu)) for h in hosts]
+    return [(row.host, row.gpu) for row in connection.execute(
+        select(gpus.c.host, gpus.c.gpu).where(gpus.c.uuid == query.gpu)) if row.host in hosts]
+
+
+def _read_level(connection: Connection, level: str, query: Query, keys: list[tuple[str, int | None]],
+                progress: Callable[[int, int], None] | None) -> Read:
+    table, width = (schema.gpu_raw, 1.0) if level == "raw" else schema.ROLLUP_LEVELS[level]
+    step = max(width, math.ceil((query.until - query.since) / PLOT_BUCKETS / width) * width)
+    origin = math.floor(query.since / step) * step
+    buckets = max(1, math.ceil((query.until - origin) / step))
+    per_slice = math.ceil(buckets / SLICES)
+    slices = math.ceil(buckets / per_slice)
+    cells: dict[CellKey, Cell] = {}
+    for n in range(slices):
+        start = origin + n * per_slice * step
+        end = min(start + per_slice * step, query.until)
+        low = max(start, math.floor(query.since / width) * width)
+        if keys:
+            for row in connection.execute(_slice_query(connection, table, level, origin, step, low, end,
+                                                       keys, query.job)):
+                cells[CellKey(row.host, row.gpu, row.job, row.cause, int(row.bucket))] = _cell(row)
+        if progress is not None:
+            progress(n + 1, slices)
+    return Read(level, origin, step, cells, {})
+
+
+def _slice_query(connection: Connection, table: Any, level: str, origin: float, step: float,
+                 low: float, high: float, keys: list[tuple[str, int | None]], job: str | None) -> Any:
+    raw = level == "raw"
+
+    def value(name: str) -> Any:
+        column = table.c[name]
+        if raw and isinstance(column.type, schema.Fixed):
+            # Summed as stored integers, scaled once: the type's per-row conversion does not
+            # apply to an aggregate.
+            return type_coerce(column, Integer) * (1.0 / column.type.scale)
+        return type_coerce(column, Float)
+
+    samples = literal(1) if raw else table.c.samples
+    position = (table.c.ts - origin) / step
+    # Bucket numbers are never negative, so truncation is the floor; PostgreSQL's cast rounds.
+    bucket = func.floor(position) if connection.dialect.name == "postgresql" else cast(position, Integer)
+
+    def weighted(name: str) -> tuple[Any, Any]:
+        v = value(name)
+        return func.sum(v * samples), func.sum(case((v.is_(None), 0), else_=samples))
+
+    utilization, utilization_samples = weighted("utilization")
+    flops, flops_samples = weighted("flops_utilization")
+    energy, tokens = value("energy_joules"), table.c.tokens
+    where = [table.c.ts >= low, table.c.ts < high]
+    chosen = [table.c.host == h if g is None else and_(table.c.host == h, table.c.gpu == g) for h, g in keys]
+    if job is not None:
+        where.append(table.c.job == job)
+    group = (table.c.host, table.c.gpu, table.c.job, table.c.cause, bucket.label("bucket"))
+    return select(
+        *group,
+        func.sum(samples).label("samples"),
+        utilization.label("utilization_sum"), utilization_samples.label("utilization_samples"),
+        flops.label("flops_sum"), flops_samples.label("flops_samples"),
+        func.sum(energy).label("energy_joules"),
+        func.sum(type_coerce(table.c.wasted_seconds, Float)).label("wasted_seconds"),
+        func.sum(tokens).label("tokens"),
+        func.sum(case((tokens.is_(None), 0.0), else_=energy)).label("token_energy_joules"),
+    ).where(*where, or_(*chosen)).group_by(*group)
+
+
+def _cell(row: Any) -> Cell:
+    def number(name: str) -> float:
+        return float(getattr(row, name) or 0.0)
+
+    def maybe(name: str) -> float | None:
+        v = getattr(row, name)
+        return None if v is None else float(v)
+
+    return Cell(samples=number("samples"), utilization_sum=number("utilization_sum"),
+                utilization_samples=number("utilization_samples"), flops_sum=number("flops_sum"),
+                flops_samples=number("flops_samples"), energy_joules=maybe("energy_joules"),
+                wasted_seconds=number("wasted_seconds"), tokens=maybe("tokens"),
+                token_energy_joules=number("token_energy_joules"))
+
+
+def _users(connection: Connection, jobs: set[str]) -> dict[str, str]:
+    """Each job's user: the one owning most of its processes."""
+    if not jobs:
+        return {}
+    p = schema.processes
+    counts: dict[str, Counter[str]] = defaultdict(Counter)
+    for row in connection.execute(select(p.c.job, p.c.user, func.count().label("n")).where(
+            p.c.job.in_(sorted(jobs)), p.c.user.is_not(None)).group_by(p.c.job, p.c.user)):
+        counts[row.job][row.user] += row.n
+    return {job: min(c.items(), key=lambda kv: (-kv[1], kv[0]))[0] for job, c in counts.items()}
+
+
+# -- summing ---------------------------------------------------------------------------------
+
+
+def build_report(read: Read, query: Query, *, interval_seconds: float, utilization_threshold: float,
+                 prices: Prices, group_by: str = "job") -> Report:
+    """The report's figures from what ``read_history`` summed. Pure."""
+    if group_by not in GROUPINGS:
+        raise ValueError(f"group_by must be one of {', '.join(GROUPINGS)}, not {group_by!r}")
+    # Summed in one fixed order, so every format and every run gives the same last digits.
+    cells = dict(sorted(read.cells.items(), key=lambda kv: _order(kv[0])))
+
+    def usage(name: str, keys: Iterable[CellKey]) -> Usage:
+        return _usage(name, [(k, cells[k]) for k in keys], interval_seconds, prices)
+
+    def name_of(key: CellKey, grouping: str) -> str:
+        if grouping == "gpu":
+            return f"{key.host}:{key.gpu}"
+        if grouping == "user":
+            return read.users.get(key.job or "", NO_USER)
+        return key.job or NO_JOB
+
+    def grouped(grouping: str) -> list[Usage]:
+        members: dict[str, list[CellKey]] = defaultdict(list)
+        for key in cells:
+            members[name_of(key, grouping)].append(key)
+        return [usage(name, keys) for name, keys in members.items()]
+
+    total = usage("total", cells)
+    groups = sorted(grouped(group_by), key=lambda u: (-u.gpu_hours, u.name))
+    jobs = groups if group_by == "job" else grouped("job")
+    top_jobs = sorted((u for u in jobs if u.wasted_gpu_hours > 0 and u.name != NO_JOB),
+                      key=lambda u: (-u.wasted_gpu_hours, u.name))[:TOP_JOBS]
+    causes = [CauseWaste(cause, hours, hours / total.wasted_gpu_hours, hours * prices.per_gpu_hour,
+                         SUMMARY.get(cause, cause), ADVICE.get(cause, ""))
+              for cause, hours in total.wasted_by_cause.items()]
+    return Report(
+        since=query.since, until=query.until, level=read.level, interval_seconds=interval_seconds,
+        utilization_threshold=utilization_threshold, prices=prices, group_by=group_by, job=query.job,
+        gpu=query.gpu, host=query.host, hosts=sorted({k.host for k in cells}),
+        gpus=len({(k.host, k.gpu) for k in cells}), total=total, groups=groups, causes=causes,
+        top_jobs=top_jobs, series=_series(read, interval_seconds), step_seconds=read.step,
+        users={job: user for job, user in sorted(read.users.items())},
+    )
+
+
+def _usage(name: str, cells: list[tuple[CellKey, Cell]], interval_seconds: float, prices: Prices) -> Usage:
+    sums = Cell()
+    wasted: dict[str, float] = defaultdict(float)
+    for key, cell in cells:
+        sums.add(cell)
+        if cell.wasted_seconds:
+            wasted[_cause(key.cause)] += cell.wasted_seconds / HOUR
+    gpu_hours = sums.samples * interval_seconds / HOUR
+    wasted_gpu_hours = sums.wasted_seconds / HOUR
+    energy_kwh = None if sums.energy_joules is None else sums.energy_joules / KWH
+    return Usage(
+        name=name, gpu_hours=gpu_hours,
+        mean_utilization=_ratio(sums.utilization_sum, sums.utilization_samples),
+        mean_flops_utilization=_ratio(sums.flops_sum, sums.flops_samples),
+        wasted_gpu_hours=wasted_gpu_hours,
+        wasted_by_cause=dict(sorted(wasted.items(), key=lambda kv: (-kv[1], kv[0]))),
+        energy_kwh=energy_kwh, tokens=sums.tokens,
+        joules_per_token=_ratio(sums.token_energy_joules, sums.tokens or 0.0),
+        cost=gpu_hours * prices.per_gpu_hour + (energy_kwh or 0.0) * prices.per_kwh,
+        wasted_cost=wasted_gpu_hours * prices.per_gpu_hour,
+    )
+
+
+def _series(read: Read, interval_seconds: float) -> list[Point]:
+    by_bucket: dict[int, list[tuple[CellKey, Cell]]] = defaultdict(list)
+    for key, cell in sorted(read.cells.items(), key=lambda kv: _order(kv[0])):
+        by_bucket[key.bucket].append((key, cell))
+    points = []
+    for bucket in sorted(by_bucket):
+        sums, wasted = Cell(), defaultdict(float)
+        for key, cell in by_bucket[bucket]:
+            sums.add(cell)
+            wasted[_cause(key.cause)] += cell.wasted_seconds
+        seconds = sums.samples * interval_seconds
+        energy = sums.energy_joules
+        gpus = len({(k.host, k.gpu) for k, _ in by_bucket[bucket]})
+        points.append(Point(
+            ts=read.origin + bucket * read.step, gpus=gpus,
+            utilization=_ratio(sums.utilization_sum, sums.utilization_samples),
+            flops_utilization=_ratio(sums.flops_sum, sums.flops_samples),
+            # Per GPU-second, so a bucket the range cuts short does not look like a power drop.
+            power_watts=None if energy is None or not seconds else energy / seconds * gpus,
+            energy_kwh=None if energy is None else energy / KWH,
+            wasted_share_by_cause={c: w / seconds for c, w in sorted(wasted.items()) if w and seconds},
+        ))
+    return points
+
+
+def _order(key: CellKey) -> tuple:
+    return key.host, key.gpu, key.job or "", key.cause or "", key.bucket
+
+
+def _cause(cause: str | None) -> str:
+    # The agent charges waste before any diagnosis to "unknown" (diagnose.waste_seconds).
+    return cause or "unknown"
+
+
+def _ratio(part: float, whole: float) -> float | None:
+    return part / whole if whole else None
+
+
+def _add(a: float | None, b: float | None) -> float | None:
+    return b if a is None else a if b is None else a + b
+
+
+def as_dict(report: Report) -> dict[str, Any]:
+    """The report as plain JSON values (``--format json``)."""
+    def usage(u: Usage) -> dict[str, Any]:
+        return {"name": u.name, "gpu_hours": u.gpu_hours, "mean_utilization": u.mean_utilization,
+                "mean_flops_utilization": u.mean_flops_utilization, "wasted_gpu_hours": u.wasted_gpu_hours,
+                "wasted_share": u.wasted_share, "wasted_by_cause": u.wasted_by_cause,
+                "energy_kwh": u.energy_kwh, "tokens": u.tokens, "joules_per_token": u.joules_per_token,
+                "cost": u.cost, "wasted_cost": u.wasted_cost}
+
+    return {
+        "since": report.since, "until": report.until, "level": report.level, "empty": report.empty,
+        "filters": {"job": report.job, "gpu": report.gpu, "host": report.host},
+        "hosts": report.hosts, "gpus": report.gpus, "interval_seconds": report.interval_seconds,
+        "utilization_threshold": report.utilization_threshold,
+        "prices": {"per_gpu_hour": report.prices.per_gpu_hour, "per_kwh": report.prices.per_kwh,
+                   "currency": report.prices.currency},
+        "total": usage(report.total),
+        "causes": [{"cause": c.cause, "wasted_gpu_hours": c.wasted_gpu_hours, "share": c.share,
+                    "wasted_cost": c.wasted_cost, "summary": c.summary, "advice": c.advice}
+                   for c in report.causes],
+        "group_by": report.group_by, "groups": [usage(u) for u in report.groups],
+        "top_jobs": [usage(u) for u in report.top_jobs],
+        "users": report.users,
+        "series": {"step_seconds": report.step_seconds, "points": [
+            {"ts": p.ts, "gpus": p.gpus, "utilization": p.utilization,
+             "flops_utilization": p.flops_utilization, "power_watts": p.power_watts,
+             "energy_kwh": p.energy_kwh, "wasted_share_by_cause": p.wasted_share_by_cause}
+            for p in report.series]},
+    }
+

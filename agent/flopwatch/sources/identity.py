@@ -1,0 +1,133 @@
+"""Who runs a GPU process: container, Kubernetes pod, Slurm job and systemd unit, from
+/proc/PID/cgroup (v1 and v2, cgroupfs and systemd drivers) and a few environment variables.
+
+Parsing is pure (plain text in, an Identity out); `read_identity` is the only part that reads.
+Only whitelisted variables are taken from /proc/PID/environ, so no secret leaves it.
+
+Job names, by rule (`[attribution].job_rules`, first that yields a name wins):
+``slurm`` → ``slurm:<job id>``, ``pod`` → ``pod:<namespace>/<name>`` (``pod:<uid>`` when the name
+is unknown), ``container`` → ``container:<12 hex>``, ``unit`` → ``unit:<name.service>``,
+``user_command`` → ``<user>:<command>`` (always yields a name).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Iterable, Mapping
+
+from ..model import Identity
+
+JOB_RULES = ("slurm", "pod", "container", "unit", "user_command")
+
+# A pod's UID in its cgroup: dashes with the cgroupfs driver, underscores with the systemd one.
+_POD_UID = re.compile(r"kubepods.*?pod([0-9a-f]{8}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{12})")
+# docker-<id>.scope, cri-containerd-<id>.scope, crio-<id>.scope, libpod-<id>.scope, /docker/<id>,
+# /kubepods/…/<id>; conmon (cri-o's monitor) shares the pod but is not the container.
+_CONTAINER = re.compile(r"^(?!crio-conmon-)(?:[a-z-]+-)?([0-9a-f]{64})(?:\.scope)?$")
+# Slurm: /slurm/uid_1000/job_123/step_0 (v1), /system.slice/slurmstepd.scope/job_123/step_0 (v2).
+_SLURM_JOB = re.compile(r"/job_(\d+)(?:/|$)")
+_UNIT = re.compile(r"^[\w@:.\\-]+\.(?:service|scope)$")
+# Units that say where a process runs, not what it is: login sessions, user managers, the
+# container runtimes' scopes (named by the container id instead) and Slurm's step daemon.
+_NOT_A_JOB_UNIT = re.compile(r"^(?:session-.*\.scope|user@\d+\.service|init\.scope|slurmstepd\.scope|"
+                             r"(?:docker|cri-containerd|crio|libpod|crio-conmon)-.*\.scope)$")
+_ENV_KEYS = (b"SLURM_JOB_ID", b"SLURM_JOBID", b"POD_NAME", b"POD_NAMESPACE", b"HOSTNAME")
+_SERVICE_ACCOUNT_NAMESPACE = "var/run/secrets/kubernetes.io/serviceaccount/namespace"
+
+
+class BadJobRule(ValueError):
+    pass
+
+
+def check_rules(rules: Iterable[str]) -> list[str]:
+    rules = list(rules)
+    unknown = [r for r in rules if r not in JOB_RULES]
+    if unknown:
+        raise BadJobRule(f"unknown rule(s) {', '.join(unknown)} in [attribution].job_rules; valid: {', '.join(JOB_RULES)}")
+    return rules
+
+
+def cgroup_paths(text: str) -> list[str]:
+    """The paths of /proc/PID/cgroup, one per hierarchy (v1) or the single v2 one, deduplicated."""
+    paths: list[str] = []
+    for line in text.splitlines():
+        parts = line.split(":", 2)
+        if len(parts) == 3 and parts[2] not in paths:
+            paths.append(parts[2])
+    return paths
+
+
+def parse_cgroup(text: str) -> Identity:
+    container = pod_uid = slurm = unit = None
+    for path in cgroup_paths(text):
+        if pod_uid is None and (m := _POD_UID.search(path)):
+            pod_uid = m.group(1).replace("_", "-")
+        if slurm is None and "slurm" in path and (m := _SLURM_JOB.search(path)):
+            slurm = m.group(1)
+        for segment in reversed(path.split("/")):
+            if container is None and (m := _CONTAINER.match(segment)):
+                container = m.group(1)[:12]
+            if unit is None and _UNIT.match(segment) and not _NOT_A_JOB_UNIT.match(segment):
+                unit = segment
+    return Identity(container_id=container, pod_uid=pod_uid, slurm_job=slurm, unit=unit)
+
+
+def parse_environ(data: bytes) -> dict[str, str]:
+    """The whitelisted variables of a NUL-separated environment block."""
+    out = {}
+    for entry in data.split(b"\0"):
+        name, sep, value = entry.partition(b"=")
+        if sep and name in _ENV_KEYS and value:
+            out[name.decode()] = value.decode(errors="replace")
+    return out
+
+
+def identify(cgroup_text: str, env: Mapping[str, str], namespace_file: str | None = None) -> Identity:
+    """Join the cgroup's facts with the environment's. The cgroup wins for the Slurm job: a
+    variable can be inherited or set by anyone, the cgroup only by slurmd."""
+    found = parse_cgroup(cgroup_text)
+    slurm = found.slurm_job or env.get("SLURM_JOB_ID") or env.get("SLURM_JOBID")
+    pod = namespace = None
+    if found.pod_uid is not None:
+        # Kubernetes sets HOSTNAME to the pod's name unless the spec overrides the hostname.
+        pod = env.get("POD_NAME") or env.get("HOSTNAME")
+        namespace = env.get("POD_NAMESPACE") or namespace_file
+    return Identity(container_id=found.container_id, pod_uid=found.pod_uid, pod=pod, namespace=namespace,
+                    slurm_job=slurm, unit=found.unit)
+
+
+def read_identity(pid: int, proc_root: str = "/proc") -> Identity:
+    """What /proc says of one process; unreadable parts (another user's environ) are left out."""
+    cgroup = _read(f"{proc_root}/{pid}/cgroup")
+    environ = _read(f"{proc_root}/{pid}/environ")
+    text = cgroup.decode(errors="replace") if cgroup else ""
+    found = parse_cgroup(text)
+    namespace = None
+    if found.pod_uid is not None:
+        raw = _read(f"{proc_root}/{pid}/root/{_SERVICE_ACCOUNT_NAMESPACE}")
+        namespace = (raw.decode(errors="replace").strip() or None) if raw else None
+    return identify(text, parse_environ(environ or b""), namespace)
+
+
+def job_name(rules: Iterable[str], identity: Identity | None, user: str | None, command: str) -> str:
+    ident = identity or Identity()
+    for rule in rules:
+        if rule == "slurm" and ident.slurm_job:
+            return f"slurm:{ident.slurm_job}"
+        if rule == "pod" and (ident.pod or ident.pod_uid):
+            return f"pod:{ident.namespace}/{ident.pod}" if ident.pod and ident.namespace else f"pod:{ident.pod or ident.pod_uid}"
+        if rule == "container" and ident.container_id:
+            return f"container:{ident.container_id}"
+        if rule == "unit" and ident.unit:
+            return f"unit:{ident.unit}"
+        if rule == "user_command":
+            break
+    return f"{user}:{command}" if user else command
+
+
+def _read(path: str) -> bytes | None:
+    try:
+        with open(path, "rb") as f:
+            return f.read(1 << 20)
+    except OSError:
+        return None

@@ -1,0 +1,53 @@
+"""The host source over real processes started by the test."""
+
+import subprocess
+import sys
+import time
+
+import pytest
+
+from flopwatch.sources.host import HostSource
+
+SPIN_CHILD = (
+    "import multiprocessing as m, time\n"
+    "def spin():\n    while True: pass\n"
+    "if __name__ == '__main__':\n    m.Process(target=spin, daemon=True).start()\n    time.sleep(60)\n"
+)
+SPIN_MAIN = "import time\nend = time.time() + 60\nwhile time.time() < end: pass\n"
+
+
+@pytest.fixture
+def process(request):
+    proc = subprocess.Popen([sys.executable, "-c", request.param])
+    yield proc
+    proc.kill()
+    proc.wait()
+
+
+def _read_twice(pid: int):
+    host = HostSource()
+    host.read([pid], time.time())
+    time.sleep(1.0)  # CPU use is a rate: it needs two readings a real second apart
+    return host.read([pid], time.time()).processes[pid]
+
+
+@pytest.mark.parametrize("process", [SPIN_CHILD], indirect=True)
+def test_loader_workers_show_as_children_cpu(process):
+    time.sleep(0.5)
+    seen = _read_twice(process.pid)
+    # The worker does the work, the main process sleeps (ratios, so a loaded machine still agrees).
+    assert seen.children == 1 and seen.children_cpu_ratio > 0
+    assert seen.children_cpu_ratio > 5 * seen.busiest_thread_cpu_ratio
+
+
+@pytest.mark.parametrize("process", [SPIN_MAIN], indirect=True)
+def test_a_busy_main_thread_shows_as_the_busiest_thread(process):
+    seen = _read_twice(process.pid)
+    assert seen.children == 0 and seen.cpu_ratio > 0
+    assert seen.busiest_thread_cpu_ratio == pytest.approx(seen.cpu_ratio, rel=0.2)
+
+
+def test_a_process_that_is_gone_is_left_out():
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    assert proc.pid not in HostSource().read([proc.pid], time.time()).processes

@@ -1,0 +1,76 @@
+"""The shipped Prometheus rules and Alertmanager example, checked by the real tools."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures_prometheus import eventually, find_binary, start_alertmanager
+
+ALERTS = Path(__file__).resolve().parents[1] / "alerts"
+RULE_FILES = sorted(ALERTS.glob("*.rules.yml"))
+TEST_FILES = sorted((ALERTS / "tests").glob("*.test.yml"))
+EXAMPLE = ALERTS / "alertmanager.example.yml"
+
+
+def run(*command: str) -> str:
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def test_rule_files_pass_promtool_check():
+    assert RULE_FILES
+    run(find_binary("promtool"), "check", "rules", *map(str, RULE_FILES))
+
+
+def test_rule_unit_tests_pass_promtool_test():
+    assert TEST_FILES
+    run(find_binary("promtool"), "test", "rules", *map(str, TEST_FILES))
+
+
+def test_every_alert_has_a_unit_test():
+    alerts = {line.split(":", 1)[1].strip() for f in RULE_FILES for line in f.read_text().splitlines()
+              if line.strip().startswith("- alert:")}
+    tested = {line.split(":", 1)[1].strip() for f in TEST_FILES for line in f.read_text().splitlines()
+              if line.strip().startswith("alertname:")}
+    assert alerts - tested == set()
+
+
+def test_alertmanager_example_passes_amtool_check():
+    run(find_binary("amtool"), "check-config", str(EXAMPLE))
+
+
+@pytest.mark.parametrize(
+    "labels, receiver",
+    [
+        (["alertname=GPUUnderutilized", "severity=page", "cause=input_starved"], "gpu-pages"),
+        (["alertname=GPUInefficient", "severity=ticket", "cause=no_tensor_cores"], "gpu-tickets"),
+        (["alertname=GPUUnderutilized", "severity=page", "cause=system"], "gpu-hardware"),
+        (["alertname=GPUECCErrors", "severity=page"], "gpu-hardware"),
+        (["alertname=FlopwatchAgentDown", "severity=page"], "gpu-pages"),
+    ],
+)
+def test_alertmanager_example_routes_by_severity_and_cause(labels, receiver):
+    run(
+        find_binary("amtool"), "config", "routes", "test",
+        f"--config.file={EXAMPLE}", f"--verify.receivers={receiver}", *labels,
+    )
+
+
+def test_alertmanager_example_inhibits_gpu_alerts_of_a_node_whose_agent_is_down(tmp_path):
+    down = {"alertname": "FlopwatchAgentDown", "severity": "page", "host": "gpu-node-1", "job": "flopwatch"}
+    gpu = {"alertname": "GPUUnderutilized", "severity": "page", "cause": "input_starved",
+           "host": "gpu-node-1", "job": "flopwatch", "gpu": "0", "uuid": "GPU-aaaa"}
+    other_node = dict(gpu, host="gpu-node-2", uuid="GPU-bbbb")
+    with start_alertmanager(tmp_path, config=EXAMPLE.read_text()) as am:
+        am.post([{"labels": down}, {"labels": gpu}, {"labels": other_node}])
+        inhibited = eventually(
+            lambda: {a["labels"]["host"]: a["status"]["inhibitedBy"] for a in am.alerts(alertname="GPUUnderutilized")
+                     if len(am.alerts()) == 3},
+            what="three alerts in Alertmanager",
+        )
+    assert inhibited["gpu-node-1"] != []
+    assert inhibited["gpu-node-2"] == []
