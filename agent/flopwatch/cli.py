@@ -95,9 +95,10 @@ def build_agent(config: Config, *, clock: Callable[[], float] = time.monotonic,
         raise UsageError(str(e)) from None
     try:
         # A GPU that has not answered by half the interval is marked for this tick, so one stuck
-        # GPU cannot hold up the others' cadence.
+        # GPU cannot hold up the others' cadence. Not under half a second, though: a healthy read
+        # takes milliseconds, but a loaded machine can delay one by tens.
         source = NvmlSource(lib, energy_interval_seconds=a.energy_interval_seconds, clock=clock,
-                            wall_clock=wall_clock, read_timeout_seconds=a.interval_seconds / 2)
+                            wall_clock=wall_clock, read_timeout_seconds=max(a.interval_seconds / 2, 0.5))
     except NvmlUnavailable as e:
         raise UsageError(
             f"NVML is not available ({e}). To run on simulated GPUs instead: "

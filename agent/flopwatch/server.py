@@ -11,13 +11,14 @@ import json
 import logging
 import ssl
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any, Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import CollectorRegistry
 
 from .config import ConfigError
+from .httpstrict import StrictHandler
 from .webconfig import WWW_AUTHENTICATE, WebConfig
 
 log = logging.getLogger(__name__)
@@ -62,10 +63,8 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(StrictHandler):
     server: "MetricsServer"
-    protocol_version = "HTTP/1.1"
-    timeout = 10  # a slow client cannot hold a handler thread forever
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
         if not self._authorized():
@@ -82,6 +81,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(200, "text/plain", b"OK\n")
         else:
             self._send(404, "text/plain", b"not found\n")
+
+    do_HEAD = do_GET  # noqa: N815
 
     def do_POST(self) -> None:  # noqa: N802
         if self._authorized():

@@ -21,11 +21,12 @@ import threading
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from socketserver import ThreadingUnixStreamServer
 from typing import Any, Callable, Iterator
 
 from ..config import ConfigError
+from ..httpstrict import StrictHandler
 from ..model import TokenCount
 from ..server import check_local_bind, is_loopback, parse_listen
 
@@ -167,10 +168,8 @@ def record_push(ledger: TokenLedger, push: Push, peer_pid: int | None = None) ->
                       push.prompt_tokens, push.generated_tokens)
 
 
-class _PushHandler(BaseHTTPRequestHandler):
+class _PushHandler(StrictHandler):
     server: Any
-    protocol_version = "HTTP/1.1"
-    timeout = 10
 
     def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
         if self.path.split("?", 1)[0] != "/v1/tokens":
