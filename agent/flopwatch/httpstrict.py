@@ -37,6 +37,8 @@ class StrictHandler(BaseHTTPRequestHandler):
             return 400, "the request line must be METHOD TARGET HTTP/1.1"
         if self.headers.defects or not all(HEADER_NAME.match(name) for name in self.headers.keys()):
             return 400, "malformed header"
+        if any("\n" in value for value in self.headers.values()):
+            return 400, "folded header lines (obs-fold) are not accepted"
         if len(self.headers.get_all("Host", [])) > 1:
             return 400, "more than one Host header"
         lengths = {value.strip() for value in self.headers.get_all("Content-Length", [])}
