@@ -18,7 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import CollectorRegistry
 
 from .config import ConfigError
-from .httpstrict import StrictHandler
+from .httpstrict import LISTEN_BACKLOG, StrictHandler
 from .webconfig import WWW_AUTHENTICATE, WebConfig
 
 log = logging.getLogger(__name__)
@@ -113,6 +113,7 @@ class _Handler(StrictHandler):
 class MetricsServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = LISTEN_BACKLOG
 
     def __init__(self, address: str, registry: CollectorRegistry, status: Callable[[], dict],
                  web: WebConfig | None = None):

@@ -26,7 +26,7 @@ from socketserver import ThreadingUnixStreamServer
 from typing import Any, Callable, Iterator
 
 from ..config import ConfigError
-from ..httpstrict import StrictHandler
+from ..httpstrict import LISTEN_BACKLOG, StrictHandler
 from ..model import TokenCount
 from ..server import check_local_bind, is_loopback, parse_listen
 
@@ -232,6 +232,7 @@ class _PushHandler(StrictHandler):
 class _TcpPushServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = LISTEN_BACKLOG
 
 
 class _Tcp6PushServer(_TcpPushServer):
@@ -240,6 +241,7 @@ class _Tcp6PushServer(_TcpPushServer):
 
 class _UnixPushServer(ThreadingUnixStreamServer):
     daemon_threads = True
+    request_queue_size = LISTEN_BACKLOG
 
 
 def push_address(listen: str, allow_remote: bool) -> tuple[str, Any]:
