@@ -60,12 +60,13 @@ class SoakResult:
 class Faults:
     """The fault schedule: each ``start`` injects the next kind on the next GPU; ``end`` undoes it."""
 
+    kinds_in_turn = ("_lost", "_not_supported", "_blocked", "_bad_requests", "_slow_clients")
+
     def __init__(self, agent: live.LiveAgent, gpus: int, hold_seconds: float) -> None:
         self.agent = agent
         self.hold_seconds = hold_seconds
-        self.kinds: list[Callable[[int], Callable[[], None]]] = [
-            self._lost, self._not_supported, self._blocked, self._bad_requests, self._slow_clients]
-        self._next = zip(itertools.cycle(self.kinds), itertools.cycle(range(gpus)))
+        kinds = [getattr(self, name) for name in self.kinds_in_turn]
+        self._next = zip(itertools.cycle(kinds), itertools.cycle(range(gpus)))
         self._undo: Callable[[], None] | None = None
         self.count = 0
 
@@ -145,8 +146,6 @@ def _run(agent: live.LiveAgent, store: HistoryStore, seconds: float, gpus: int, 
     next_fault, next_report = started + fault_every / 4, started + 60.0
     fault_active = False
     while (now := time.monotonic()) < started + seconds:
-        agent.get("/metrics")
-        agent.get("/api/v1/status")
         if now >= next_fault:
             if fault_active:
                 faults.end()
@@ -161,6 +160,9 @@ def _run(agent: live.LiveAgent, store: HistoryStore, seconds: float, gpus: int, 
         if now >= next_report:
             report(_line("at", reading(started, agent)))
             next_report += 60.0
+        # Scraped after the readings, so no scrape's connection is open while they are taken.
+        agent.get("/metrics")
+        agent.get("/api/v1/status")
         time.sleep(max(interval - (time.monotonic() - now), 0.0))
     faults.end()
     live.wait_for(lambda: not any(t.name.startswith("nvml-gpu") for t in threading.enumerate()), timeout=30)
