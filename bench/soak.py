@@ -42,6 +42,7 @@ class Reading:
     rss_bytes: int
     fds: int
     threads: int
+    python_blocks: int  # objects Python holds: flat here and RSS growing would point at C memory
     ticks: int
 
 
@@ -118,7 +119,7 @@ class Faults:
 
 def reading(started: float, agent: live.LiveAgent) -> Reading:
     return Reading(time.monotonic() - started, live.rss_bytes(), live.open_fds(), threading.active_count(),
-                   agent.ticks.last)
+                   sys.getallocatedblocks(), agent.ticks.last)
 
 
 def soak(seconds: float, *, gpus: int = 8, processes: int = 128, interval: float = 1.0,
@@ -183,7 +184,7 @@ def _run(agent: live.LiveAgent, store: HistoryStore, seconds: float, gpus: int, 
 
 def _line(label: str, r: Reading) -> str:
     return (f"{label:>5} t={r.seconds:7.1f}s  rss {r.rss_bytes / MIB:6.1f} MiB  fds {r.fds:3d}  "
-            f"threads {r.threads:3d}  ticks {r.ticks}")
+            f"threads {r.threads:3d}  python blocks {r.python_blocks}  ticks {r.ticks}")
 
 
 def main() -> None:
@@ -201,7 +202,8 @@ def main() -> None:
     print(f"soak done: {r.ticks} ticks (expected {r.expected_ticks}), max tick gap {r.max_tick_gap_seconds:.2f} s, "
           f"{r.faults} faults, ticks with two GPUs down {r.ticks_with_two_gpus_down}, "
           f"history rows dropped {r.dropped_rows}, "
-          f"rss {r.first.rss_bytes / MIB:.1f} -> {r.last.rss_bytes / MIB:.1f} MiB, fds {r.first.fds} -> {r.last.fds}",
+          f"rss {r.first.rss_bytes / MIB:.1f} -> {r.last.rss_bytes / MIB:.1f} MiB, fds {r.first.fds} -> {r.last.fds}, "
+          f"python blocks {r.first.python_blocks} -> {r.last.python_blocks}",
           flush=True)
 
 
