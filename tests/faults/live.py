@@ -9,7 +9,7 @@ import os
 import time
 import urllib.request
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -19,6 +19,7 @@ from flopwatch.daemon import schedule
 from flopwatch.model import AgentState
 from flopwatch.server import MetricsServer
 from flopwatch.status import status_document
+from tests.agent_process import wait_for
 
 
 class TickLog:
@@ -106,16 +107,6 @@ def start(config: Config, sinks: Iterable[Any] = ()) -> LiveAgent:
     scheduler = schedule(agent, config.agent.interval_seconds)
     server.start()
     return LiveAgent(agent, built.lib, server, scheduler, ticks, sinks)
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, every: float = 0.05) -> Any:
-    """Poll until ``predicate()`` is truthy; its last value either way."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(every)
 
 
 def rss_bytes() -> int:
