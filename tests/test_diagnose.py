@@ -72,3 +72,9 @@ def test_a_new_cause_must_lead_for_the_switch_time_before_it_replaces_the_old():
 
 def test_too_short_a_window_gives_no_finding_yet():
     assert diagnose(_ticks("held_idle", 2), Thresholds(min_window_seconds=3.0)).finding is None
+
+
+def test_a_neighbours_iowait_does_not_make_every_gpu_io_bound():
+    result = CliRunner().invoke(main, ["status", "--simulate", "input_starved,io_bound,unknown", "--window", "5", "--json"])
+    causes = [g["finding"]["cause"] for g in json.loads(result.output)["gpus"]]
+    assert causes == ["input_starved", "io_bound", "unknown"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import logging
 import os
@@ -97,7 +98,7 @@ def build_agent(config: Config, *, clock: Callable[[], float] = time.monotonic,
         # A GPU that has not answered by half the interval is marked for this tick, so one stuck
         # GPU cannot hold up the others' cadence. Not under half a second, though: a healthy read
         # takes milliseconds, but a loaded machine can delay one by tens.
-        source = NvmlSource(lib, energy_interval_seconds=a.energy_interval_seconds, clock=clock,
+        source = NvmlSource(lib, counter_interval_seconds=a.counter_interval_seconds, clock=clock,
                             wall_clock=wall_clock, read_timeout_seconds=max(a.interval_seconds / 2, 0.5))
     except NvmlUnavailable as e:
         raise UsageError(
@@ -191,7 +192,8 @@ def run(config_path: str | None, listen: str | None, interval: float | None, his
         raise UsageError(str(e)) from None
     try:
         server = MetricsServer(config.agent.listen, built.exporter.registry(),
-                               lambda: status_document(agent.state, agent.hostname), web=web)
+                               lambda: status_document(agent.state, agent.hostname), web=web,
+                               version=lambda: agent.state)
     except (ListenError, ValueError) as e:
         agent.tokens.close()
         raise UsageError(f"{e} (set with --listen or [agent].listen)") from None
@@ -200,6 +202,9 @@ def run(config_path: str | None, listen: str | None, interval: float | None, his
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGHUP, lambda *_: reload.set())
     agent.tick()
+    # What exists now (modules, configuration, static facts) lives as long as the process: keep
+    # it out of the collector's full passes, which then only walk the window's recent ticks.
+    gc.freeze()
     scheduler = schedule(agent, config.agent.interval_seconds)
     server.start()
     log.info("flopwatch %s serving %s/metrics, %d GPU(s)%s", __version__, server.url, len(agent.state.gpus),

@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterable, Protocol
 
 from .config import Config
 from .derive import derive
-from .diagnose import DiagnosisState, Tick, diagnose, waste_seconds
+from .diagnose import DiagnosisState, Peers, Tick, diagnose, job_peers, waste_seconds
 from .model import AgentState, GpuSample, GpuState, HostSample, ProcessView, TokenCount
 from .tokencost import Prices, TokenAccount
 
@@ -105,7 +105,9 @@ class Agent:
         pids = {p.pid for s in samples for p in s.processes}
         host = self._timed(self.host_source.name, success, seconds, self.host_source.read, pids, timestamp)
         host = host or HostSample(timestamp=timestamp, cpu_count=0, cpu_busy_ratio=None, iowait_ratio=None)
-        gpus = tuple(self._advance(sample, host) for sample in samples)
+        # Whether a job's other GPUs are under-used too is known from the previous tick.
+        peers = job_peers(self.state.gpus) if self.state is not None else {}
+        gpus = tuple(self._advance(sample, host, peers.get(sample.info.index, Peers())) for sample in samples)
         if self.tokens is not None:
             counts = self._timed(self.tokens.name, success, seconds, self.tokens.snapshot) or ()
             figures = self.token_account.advance(counts, gpus, timestamp)
@@ -121,7 +123,7 @@ class Agent:
         self.last_tick_at = self.clock()
         return self.state
 
-    def _advance(self, sample: GpuSample, host: HostSample) -> GpuState:
+    def _advance(self, sample: GpuSample, host: HostSample, peers: Peers) -> GpuState:
         th = self.config.diagnosis
         per = self._gpus.setdefault(sample.info.index, _PerGpu())
         if sample.error is not None:
@@ -132,7 +134,7 @@ class Agent:
                             wasted_seconds=dict(per.wasted))
         figures = derive(sample, per.previous)
         per.previous = sample
-        per.window.append(Tick(sample, figures, host))
+        per.window.append(Tick(sample, figures, host, peers))
         while per.window and sample.timestamp - per.window[0].sample.timestamp > th.window_seconds:
             per.window.popleft()
         per.diagnosis = diagnose(per.window, th, per.diagnosis)

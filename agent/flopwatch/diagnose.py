@@ -3,16 +3,19 @@
 Each rule reads what its bottleneck does to the counters (docs/causes.md has the physics):
 the SMs' active share against NVML's kernel-time figure, the pipes (tensor vs FP32/FP64), DRAM,
 PCIe and NVLink traffic, clock-event reasons, and the owning processes' CPU threads, data-loader
-children and disk waits. Thresholds come from one table (thresholds.py). A cause must lead for
-``switch_after_seconds`` before it replaces another, so findings do not flap on noisy ticks.
+children and disk waits, and whether the other GPUs of the same job are under-used at the same
+time (``Peers``: a data-parallel job waits on its collectives on all GPUs at once). Thresholds
+come from one table (thresholds.py). A cause must lead for ``switch_after_seconds`` before it
+replaces another, so findings do not flap on noisy ticks.
 """
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass, field, replace
 from typing import Callable, Mapping, Sequence
 
-from .model import Finding, GpuFigures, GpuSample, HostProcess, HostSample
+from .model import Finding, GpuFigures, GpuSample, GpuState, HostProcess, HostSample
 from .thresholds import Thresholds
 
 CAUSES = (
@@ -75,12 +78,88 @@ SUMMARY = {
 
 
 @dataclass(frozen=True, slots=True)
+class Peers:
+    """The other GPUs running a job of this GPU, as the previous tick left them."""
+
+    gpus: int = 0
+    below: int = 0  # of those, how many were under the utilization threshold
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessSums:
+    """The GPU's processes as the host saw them in one tick; ``None`` where none could say."""
+
+    cpu_ratio: float | None
+    busiest_thread_cpu_ratio: float | None
+    children_cpu_ratio: float | None
+    threads_in_disk_wait: float | None
+    io_read_bytes_per_second: float | None
+
+
+@dataclass(frozen=True, slots=True)
 class Tick:
-    """One GPU's view of one tick, as diagnosis sees it."""
+    """One GPU's view of one tick, as diagnosis sees it.
+
+    A tick stays in the window for ``window_seconds``, so what signals() needs of its processes
+    is summed once here rather than on every tick it stays (hundreds of processes × 30 ticks).
+    """
 
     sample: GpuSample
     figures: GpuFigures
     host: HostSample
+    peers: Peers = Peers()
+    pids: tuple[int, ...] = field(init=False, repr=False, compare=False)
+    sm_ratios: tuple[float | None, ...] = field(init=False, repr=False, compare=False)
+    # Processes whose SM share is not 0 (or unknown); most on a busy node hold a context and idle.
+    working: frozenset[int] = field(init=False, repr=False, compare=False)
+    process_sums: ProcessSums = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        pids = tuple(p.pid for p in self.sample.processes)
+        object.__setattr__(self, "pids", pids)
+        object.__setattr__(self, "sm_ratios", tuple(p.sm_ratio for p in self.sample.processes))
+        object.__setattr__(self, "working", frozenset(p.pid for p in self.sample.processes if p.sm_ratio != 0.0))
+        object.__setattr__(self, "process_sums", process_sums(self.host, pids))
+
+    def sums_for(self, pids: tuple[int, ...]) -> ProcessSums:
+        """The sums over ``pids`` (the window's last tick's processes, which may differ)."""
+        return self.process_sums if pids == self.pids else process_sums(self.host, pids)
+
+    def sm_ratios_for(self, pids: tuple[int, ...]) -> tuple[float | None, ...]:
+        if pids == self.pids:
+            return self.sm_ratios
+        by_pid = dict(zip(self.pids, self.sm_ratios))
+        return tuple(by_pid.get(pid) for pid in pids)
+
+
+def job_peers(gpus: Sequence[GpuState]) -> dict[int, Peers]:
+    """For each GPU (by index), the other GPUs sharing one of its jobs and how many were below."""
+    jobs = {g.sample.info.index: {p.job for p in g.processes} for g in gpus}
+    below = {g.sample.info.index: g.below_threshold for g in gpus}
+    out = {}
+    for index, mine in jobs.items():
+        others = [other for other, theirs in jobs.items() if other != index and mine & theirs]
+        out[index] = Peers(gpus=len(others), below=sum(below[other] for other in others))
+    return out
+
+
+def process_sums(host: HostSample, pids: Sequence[int]) -> ProcessSums:
+    seen = [host.processes[pid] for pid in pids if pid in host.processes]
+
+    def known(get: Callable[[HostProcess], float | None]) -> list[float]:
+        return [v for v in map(get, seen) if v is not None]
+
+    def total(values: list[float]) -> float | None:
+        return sum(values) if values else None
+
+    busiest = known(lambda p: p.busiest_thread_cpu_ratio)
+    return ProcessSums(
+        cpu_ratio=total(known(lambda p: p.cpu_ratio)),
+        busiest_thread_cpu_ratio=max(busiest) if busiest else None,
+        children_cpu_ratio=total(known(lambda p: p.children_cpu_ratio)),
+        threads_in_disk_wait=total(known(lambda p: float(p.threads_in_disk_wait))),
+        io_read_bytes_per_second=total(known(lambda p: p.io_read_bytes_per_second)),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +196,7 @@ class Signals:
     children: int
     children_cpu_ratio: float
     threads_in_disk_wait: float
+    io_read_bytes_per_second: float
     iowait_ratio: float | None
     driver_major: int | None
     cuda_version: tuple[int, int] | None
@@ -126,6 +206,8 @@ class Signals:
     source_quality: str
     jobs: tuple[str, ...] = field(default=())
     process_jobs: Mapping[int, str] = field(default_factory=dict)
+    job_gpus: int = 0  # other GPUs running this GPU's job (last tick)
+    peers_below_ratio: float | None = None  # share of those under the threshold; None: no other GPU
 
 
 def _mean(values: Sequence[tuple[float | None, float]]) -> float | None:
@@ -134,32 +216,39 @@ def _mean(values: Sequence[tuple[float | None, float]]) -> float | None:
     return sum(v * w for v, w in known) / total if total > 0 else None
 
 
+def _weighted_mean(values: Sequence[float | None], weights: Sequence[float], total: float) -> float | None:
+    """``_mean`` over aligned values and weights; ``total`` is sum(weights), shared by every signal."""
+    if None in values:
+        return _mean(list(zip(values, weights)))
+    return sum(map(operator.mul, values, weights)) / total  # the usual case: the same sum, in C
+
+
+def _shares(window: Sequence[Tick], weights: list[float], total: float, pids: tuple[int, ...]) -> dict[int, float]:
+    """Each process's mean SM share over the window. One at 0 (or absent) on every tick has a
+    mean of 0, so only processes that worked at some point are averaged."""
+    rows = [t.sm_ratios_for(pids) for t in window]
+    working = frozenset().union(*(t.working for t in window))
+    shares = dict.fromkeys(pids, 0.0)
+    for i, pid in enumerate(pids):
+        if pid in working:
+            shares[pid] = _weighted_mean([row[i] for row in rows], weights, total) or 0.0
+    return shares
+
+
 def signals(window: Sequence[Tick]) -> Signals:
     weights = [max(t.sample.interval_seconds, 1e-6) for t in window]
+    total = sum(weights)
 
     def mean(get: Callable[[Tick], float | None]) -> float | None:
-        return _mean([(get(t), w) for t, w in zip(window, weights)])
+        return _weighted_mean([get(t) for t in window], weights, total)
 
     last = window[-1]
-    pids = [p.pid for p in last.sample.processes]
-    shares: dict[int, float] = {}
-    for pid in pids:
-        share = mean(lambda t, pid=pid: next((p.sm_ratio for p in t.sample.processes if p.pid == pid), None))
-        shares[pid] = share or 0.0
+    pids = last.pids
+    shares = _shares(window, weights, total, pids)
+    sums = [t.sums_for(pids) for t in window]
 
-    def host_sum(get: Callable[[HostProcess], float | None]) -> Callable[[Tick], float | None]:
-        def total(t: Tick) -> float | None:
-            values = [get(t.host.processes[pid]) for pid in pids if pid in t.host.processes]
-            values = [v for v in values if v is not None]
-            return sum(values) if values else None
-        return total
-
-    def host_max(get: Callable[[HostProcess], float | None]) -> Callable[[Tick], float | None]:
-        def most(t: Tick) -> float | None:
-            values = [get(t.host.processes[pid]) for pid in pids if pid in t.host.processes]
-            values = [v for v in values if v is not None]
-            return max(values) if values else None
-        return most
+    def process_mean(get: Callable[[ProcessSums], float | None]) -> float | None:
+        return _weighted_mean([get(s) for s in sums], weights, total)
 
     reasons = {r for t in window for r in t.figures.throttle_fractions}
     throttle = {r: mean(lambda t, r=r: t.figures.throttle_fractions.get(r)) or 0.0 for r in reasons}
@@ -178,6 +267,7 @@ def signals(window: Sequence[Tick]) -> Signals:
         limit_ratio = info.power_limit_watts / info.default_power_limit_watts
     jobs = tuple(sorted({last.host.processes[pid].job for pid in pids
                          if pid in last.host.processes and last.host.processes[pid].job}))
+    peers_below = mean(lambda t: t.peers.below / t.peers.gpus if t.peers.gpus else None)
     return Signals(
         seconds=sum(weights),
         utilization=mean(lambda t: t.figures.utilization),
@@ -195,11 +285,12 @@ def signals(window: Sequence[Tick]) -> Signals:
         processes=len(pids),
         process_shares=shares,
         memory_held_bytes=sum(p.used_memory_bytes or 0 for p in last.sample.processes),
-        cpu_ratio=mean(host_sum(lambda p: p.cpu_ratio)) or 0.0,
-        busiest_thread_cpu_ratio=mean(host_max(lambda p: p.busiest_thread_cpu_ratio)) or 0.0,
+        cpu_ratio=process_mean(lambda s: s.cpu_ratio) or 0.0,
+        busiest_thread_cpu_ratio=process_mean(lambda s: s.busiest_thread_cpu_ratio) or 0.0,
         children=max((last.host.processes[pid].children for pid in pids if pid in last.host.processes), default=0),
-        children_cpu_ratio=mean(host_sum(lambda p: p.children_cpu_ratio)) or 0.0,
-        threads_in_disk_wait=mean(host_sum(lambda p: float(p.threads_in_disk_wait))) or 0.0,
+        children_cpu_ratio=process_mean(lambda s: s.children_cpu_ratio) or 0.0,
+        threads_in_disk_wait=process_mean(lambda s: s.threads_in_disk_wait) or 0.0,
+        io_read_bytes_per_second=process_mean(lambda s: s.io_read_bytes_per_second) or 0.0,
         iowait_ratio=mean(lambda t: t.host.iowait_ratio),
         driver_major=driver_major,
         cuda_version=cuda,
@@ -210,6 +301,8 @@ def signals(window: Sequence[Tick]) -> Signals:
         jobs=jobs,
         process_jobs={pid: last.host.processes[pid].job for pid in pids
                       if pid in last.host.processes and last.host.processes[pid].job},
+        job_gpus=last.peers.gpus,
+        peers_below_ratio=peers_below,
     )
 
 
@@ -253,33 +346,52 @@ def classify(s: Signals, th: Thresholds) -> Finding | None:
             return _finding("contention", "page", 0.8, s, processes=s.processes,
                             sm_shares=", ".join(f"{pid} {s.process_jobs.get(pid, '?')} {v:.2f}"
                                                 for pid, v in sorted(s.process_shares.items())))
-        if s.nvlink_bytes_per_second is not None and s.nvlink_bytes_per_second >= th.nvlink_busy_bytes_per_second:
-            return _finding("communication_bound", "page", _strength(s.nvlink_bytes_per_second, th.nvlink_busy_bytes_per_second),
-                            s, nvlink_bytes_per_second=s.nvlink_bytes_per_second, nvml_utilization=s.nvml_utilization)
-        if s.pcie_bytes_per_second is not None and s.pcie_bytes_per_second >= th.pcie_busy_bytes_per_second:
+        kernel_time = s.nvml_utilization or 0.0
+        # Kernels run far longer than the SMs have work: tiny kernels, or NCCL's few spinning blocks.
+        kernels_outrun_sms = s.source_quality == "gpm" and kernel_time >= th.launch_min_kernel_time and \
+            kernel_time >= th.launch_kernel_time_over_sm_active * max(util, 1e-3)
+        peers_low = s.peers_below_ratio is not None and s.peers_below_ratio >= th.peers_below_ratio
+        waiting_on_peers = peers_low and kernels_outrun_sms
+        per_child = s.children_cpu_ratio / s.children if s.children else 0.0
+        loaders_saturated = per_child >= th.cpu_saturated_ratio
+        thread_saturated = s.busiest_thread_cpu_ratio >= th.cpu_saturated_ratio
+        nvlink_busy = s.nvlink_bytes_per_second is not None and s.nvlink_bytes_per_second >= th.nvlink_busy_bytes_per_second
+        pcie_busy = s.pcie_bytes_per_second is not None and s.pcie_bytes_per_second >= th.pcie_busy_bytes_per_second
+        if nvlink_busy:
+            return _communication(s, "nvlink", _strength(s.nvlink_bytes_per_second, th.nvlink_busy_bytes_per_second)
+                                  + (0.1 if peers_low else 0.0))
+        if pcie_busy and waiting_on_peers:
+            # Collectives over PCIe (no NVLink, or P2P off): the job's GPUs wait together, NCCL spins.
+            return _communication(s, "pcie", _strength(s.pcie_bytes_per_second, th.pcie_busy_bytes_per_second))
+        if pcie_busy:
             return _finding("host_transfer_bound", "page", _strength(s.pcie_bytes_per_second, th.pcie_busy_bytes_per_second),
                             s, pcie_bytes_per_second=s.pcie_bytes_per_second,
                             busiest_thread_cpu_cores=s.busiest_thread_cpu_ratio)
+        # Host iowait alone could be another job's: it counts only while these processes read.
         if s.threads_in_disk_wait >= th.disk_wait_threads or (
-                (s.iowait_ratio or 0) >= th.iowait_ratio and s.busiest_thread_cpu_ratio < th.cpu_saturated_ratio):
+                (s.iowait_ratio or 0) >= th.iowait_ratio and s.busiest_thread_cpu_ratio < th.cpu_saturated_ratio
+                and s.io_read_bytes_per_second >= th.io_read_bytes_per_second):
             return _finding("io_bound", "page", _strength(max(s.threads_in_disk_wait, 0.01), th.disk_wait_threads), s,
                             threads_in_disk_wait=s.threads_in_disk_wait, iowait_ratio=s.iowait_ratio,
+                            io_read_bytes_per_second=s.io_read_bytes_per_second,
                             process_cpu_cores=s.cpu_ratio)
         if s.dram_active is not None and s.dram_active >= th.memory_bound_dram_active:
             return _finding("memory_bound", "page", _strength(s.dram_active, th.memory_bound_dram_active), s,
                             dram_active=s.dram_active, flops_utilization=s.flops_utilization)
-        kernel_time = s.nvml_utilization or 0.0
-        if s.source_quality == "gpm" and kernel_time >= th.launch_min_kernel_time and \
-                kernel_time >= th.launch_kernel_time_over_sm_active * max(util, 1e-3):
+        if waiting_on_peers and not loaders_saturated and not thread_saturated:
+            # Little traffic, yet every GPU of the job waits in its collectives: latency-bound
+            # all-reduces or a straggler rank.
+            return _communication(s, "waiting", 0.55)
+        if kernels_outrun_sms and not (peers_low and loaders_saturated):
             return _finding("launch_bound", "page", _strength(kernel_time / max(util, 1e-3), th.launch_kernel_time_over_sm_active),
                             s, nvml_utilization=kernel_time, sm_occupancy=s.sm_occupancy,
                             busiest_thread_cpu_cores=s.busiest_thread_cpu_ratio)
-        per_child = s.children_cpu_ratio / s.children if s.children else 0.0
-        if s.busiest_thread_cpu_ratio >= th.cpu_saturated_ratio or per_child >= th.cpu_saturated_ratio:
+        if thread_saturated or loaders_saturated:
             return _finding("input_starved", "page",
                             _strength(max(s.busiest_thread_cpu_ratio, per_child), th.cpu_saturated_ratio) - 0.1, s,
                             busiest_thread_cpu_cores=s.busiest_thread_cpu_ratio, loader_workers=s.children,
-                            loader_cpu_cores=s.children_cpu_ratio, process_cpu_cores=s.cpu_ratio)
+                            loader_cpu_cores=s.children_cpu_ratio, process_cpu_cores=s.cpu_ratio,
+                            nvlink_bytes_per_second=s.nvlink_bytes_per_second)
         problems = _system_problems(s)
         if problems:
             return _finding("system", "page", 0.7, s, problems="; ".join(problems))
@@ -310,6 +422,13 @@ def classify(s: Signals, th: Thresholds) -> Finding | None:
         return _finding("contention", "ticket", 0.7, s, processes=s.processes,
                         sm_shares=", ".join(f"{pid}:{v:.2f}" for pid, v in sorted(s.process_shares.items())))
     return None
+
+
+def _communication(s: Signals, via: str, confidence: float) -> Finding:
+    return _finding("communication_bound", "page", confidence, s, via=via,
+                    nvlink_bytes_per_second=s.nvlink_bytes_per_second, pcie_bytes_per_second=s.pcie_bytes_per_second,
+                    nvml_utilization=s.nvml_utilization, job_gpus=s.job_gpus + 1,
+                    peers_below_ratio=s.peers_below_ratio)
 
 
 def _system_problems(s: Signals) -> list[str]:

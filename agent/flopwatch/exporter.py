@@ -123,6 +123,10 @@ class Exporter:
                                        labels=GPU_LABELS + ["reason"])
         wasted = CounterMetricFamily("flopwatch_wasted_gpu_seconds", "GPU-seconds spent under the utilization "
                                      "threshold, by cause.", labels=GPU_LABELS + ["cause"])
+        nvlink_tx = CounterMetricFamily("flopwatch_nvlink_tx_bytes", "Bytes sent over each active NVLink link "
+                                        "since the agent started (GPM).", labels=GPU_LABELS + ["link"])
+        nvlink_rx = CounterMetricFamily("flopwatch_nvlink_rx_bytes", "Bytes received over each active NVLink link "
+                                        "since the agent started (GPM).", labels=GPU_LABELS + ["link"])
         for g in gpus:
             labels = _labels(g)
             if g.sample.energy_joules is not None:
@@ -131,9 +135,14 @@ class Exporter:
                 throttle.add_metric(labels + [reason], seconds)
             for cause, seconds in sorted(g.wasted_seconds.items()):
                 wasted.add_metric(labels + [cause], seconds)
+            for link in g.sample.nvlink_links:
+                nvlink_tx.add_metric(labels + [str(link.link)], link.tx_bytes)
+                nvlink_rx.add_metric(labels + [str(link.link)], link.rx_bytes)
         yield energy
         yield throttle
         yield wasted
+        yield nvlink_tx
+        yield nvlink_rx
 
     def _findings(self, gpus: list[GpuState]) -> Iterator[Metric]:
         below = GaugeMetricFamily("flopwatch_below_threshold", "1 while utilization is under the threshold, "

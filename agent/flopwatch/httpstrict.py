@@ -13,9 +13,9 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 
-# socketserver's listen backlog of 5 overflows under a burst of connections, and each connection
-# past it waits for a 1 s SYN retry: take what the kernel allows (it caps this at somaxconn).
-LISTEN_BACKLOG = 4096
+# socketserver's default backlog of 5 drops the SYNs of clients that connect together, and each
+# dropped one waits a second for its retry.
+LISTEN_BACKLOG = 128
 # RFC 9110 token characters: what a header name may be made of.
 HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
 

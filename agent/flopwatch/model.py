@@ -57,6 +57,17 @@ class GpuProcess:
 
 
 @dataclass(frozen=True, slots=True)
+class LinkTraffic:
+    """One active NVLink link: its rates over the tick and its bytes since the agent started."""
+
+    link: int
+    tx_bytes_per_second: float
+    rx_bytes_per_second: float
+    tx_bytes: float
+    rx_bytes: float
+
+
+@dataclass(frozen=True, slots=True)
 class GpuSample:
     """One GPU's readings over one tick. Activity ratios cover the whole interval (counters)."""
 
@@ -79,6 +90,7 @@ class GpuSample:
     pcie_rx_bytes_per_second: float | None = None
     nvlink_tx_bytes_per_second: float | None = None
     nvlink_rx_bytes_per_second: float | None = None
+    nvlink_links: tuple[LinkTraffic, ...] = ()  # active links only; empty without NVLink or GPM
     nvml_utilization: float | None = None  # NVML utilization.gpu: time a kernel ran, not SM work
     memory_used_bytes: int | None = None
     power_watts: float | None = None

@@ -25,6 +25,7 @@ class Thresholds:
     # io_bound: threads in uninterruptible disk wait, or host iowait.
     disk_wait_threads: float = 0.5
     iowait_ratio: float = 0.2
+    io_read_bytes_per_second: float = 10e6
     # host_transfer_bound: PCIe traffic while the SMs wait.
     pcie_busy_bytes_per_second: float = 1.0e9
     # launch_bound: kernels ran for this many times longer than the SMs had work (tiny kernels).
@@ -41,5 +42,7 @@ class Thresholds:
     # Contention: this many processes each with at least this SM share.
     contention_processes: int = 2
     contention_min_sm_ratio: float = 0.1
-    # communication_bound: interconnect traffic while SMs wait.
+    # communication_bound: interconnect traffic while SMs wait, and the job's other GPUs waiting
+    # with this one (this share of them under the threshold too, averaged over the window).
     nvlink_busy_bytes_per_second: float = 5.0e9
+    peers_below_ratio: float = 0.75

@@ -20,6 +20,17 @@ _CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 CHILDREN_REFRESH_SECONDS = 10.0
 
 
+@dataclass(frozen=True)
+class _Who:
+    """Who a process is: read once, on first sight (it does not change under the process)."""
+
+    name: str
+    user: str | None
+    cmdline: str  # redacted
+    identity: Identity
+    job: str
+
+
 @dataclass
 class _Seen:
     """What the previous tick saw of one process, to turn counters into rates."""
@@ -33,7 +44,7 @@ class _Seen:
     children_cpu_seconds: dict[int, float]
     io_read_bytes: int | None
     io_write_bytes: int | None
-    identity: Identity
+    who: _Who
 
 
 class HostSource:
@@ -101,12 +112,10 @@ class HostSource:
             with process.oneshot():
                 times = process.cpu_times()
                 cpu_seconds = times.user + times.system
-                name = process.name()
                 status = process.status()
                 rss = process.memory_info().rss
-                user = _safe(process.username)
-                cmdline = _safe(process.cmdline) or []
                 io = _safe(process.io_counters)
+                who = seen.who if seen is not None else self._who(pid, process)
         except (psutil.NoSuchProcess, psutil.ZombieProcess):
             return None
         except psutil.AccessDenied:
@@ -119,10 +128,8 @@ class HostSource:
         children_cpu = {c.pid: v for c in children if (v := _child_cpu_seconds(c)) is not None}
         io_read = getattr(io, "read_bytes", None)
         io_write = getattr(io, "write_bytes", None)
-        # A process's cgroup and start environment do not change under it: read them once.
-        identity = seen.identity if seen is not None else read_identity(pid, self.proc_root)
         self._seen[pid] = _Seen(process, now, cpu_seconds, thread_cpu, children, listed_at, children_cpu,
-                                io_read, io_write, identity)
+                                io_read, io_write, who)
         cpu_ratio = busiest = children_ratio = read_rate = write_rate = None
         if seen is not None and now > seen.at:
             dt = now - seen.at
@@ -136,12 +143,19 @@ class HostSource:
                 read_rate = max(io_read - seen.io_read_bytes, 0) / dt
                 write_rate = max(io_write - seen.io_write_bytes, 0) / dt
         return HostProcess(
-            pid=pid, name=name, user=user, cmdline=redact_cmdline(cmdline), state=status,
+            pid=pid, name=who.name, user=who.user, cmdline=who.cmdline, state=status,
             cpu_ratio=cpu_ratio, busiest_thread_cpu_ratio=busiest, threads=len(thread_cpu),
             threads_in_disk_wait=disk_wait, children=len(children), children_cpu_ratio=children_ratio,
             rss_bytes=rss, io_read_bytes_per_second=read_rate, io_write_bytes_per_second=write_rate,
-            job=job_name(self.job_rules, identity, user, name), identity=identity,
+            job=who.job, identity=who.identity,
         )
+
+    def _who(self, pid: int, process: psutil.Process) -> _Who:
+        name = process.name()
+        user = _safe(process.username)
+        identity = read_identity(pid, self.proc_root)
+        return _Who(name, user, redact_cmdline(_safe(process.cmdline) or []), identity,
+                    job_name(self.job_rules, identity, user, name))
 
 
 def _safe(fn: Callable) -> object:

@@ -6,6 +6,14 @@ NotSupported-like errors become ``None`` and a note in ``GpuSample.unsupported``
 marks that GPU's sample with an error while the others go on, and it is reopened on later ticks.
 Each GPU is read on a thread of its own under a deadline, so one GPU whose call blocks is marked
 ``timeout`` for that tick and the others keep their cadence.
+
+NVLink per link comes from GPM (``NVLINK_L<n>_TX/RX_PER_SEC``), not from the field values
+``NVLINK_THROUGHPUT_DATA_TX/RX``: the link metrics ride in the GPM request that runs every tick
+anyway (one call; 36 more metrics cost ~60 µs of CPU on an H100, driver 580), and GPM's
+double-buffered samples cover every cycle between ticks, so rate × interval adds up to a byte
+counter that misses nothing. GPM answers 0 for links that do not exist, so the links are the ones
+``nvmlDeviceGetNvLinkState`` calls active at open. Cards without GPM (pre-Hopper) get no per-link
+figures.
 """
 
 from __future__ import annotations
@@ -15,7 +23,7 @@ import threading
 import time
 from typing import Any, Callable
 
-from ..model import GpuInfo, GpuProcess, GpuSample
+from ..model import GpuInfo, GpuProcess, GpuSample, LinkTraffic
 
 log = logging.getLogger(__name__)
 
@@ -93,10 +101,10 @@ def _error_codes(lib: Any) -> tuple[set[int], set[int]]:
 class NvmlGpu:
     """One GPU: its handle, static facts and the counters carried from tick to tick."""
 
-    def __init__(self, lib: Any, index: int, *, energy_interval_seconds: float, clock: Callable[[], float]):
+    def __init__(self, lib: Any, index: int, *, counter_interval_seconds: float, clock: Callable[[], float]):
         self.lib = lib
         self.index = index
-        self.energy_interval_seconds = energy_interval_seconds
+        self.counter_interval_seconds = counter_interval_seconds
         self.clock = clock
         self._unsupported_codes, self._lost_codes = _error_codes(lib)
         self._gpm_ids = {
@@ -127,16 +135,20 @@ class NvmlGpu:
             raise GpuLost(f"GPU {self.index}: no handle")
         self.info = self._read_info()
         self._gpm_previous = self._gpm_sample() if self.info.gpm_supported else None
+        self._link_ids = self._nvlink_metric_ids() if self.info.gpm_supported else {}
+        self._link_bytes = {link: [0.0, 0.0] for link, _ in self._link_ids}
         self._last_process_timestamp = 0
         now = self.clock()
         self._last_read = now
-        self._energy_counter_start = self._call("nvmlDeviceGetTotalEnergyConsumption", self.handle)
-        self._energy_joules = 0.0 if self._energy_counter_start is not None else None
-        self._energy_read_at = now
-        self._throttle_start = self._throttle_counters()
-        self._throttle_fallback: dict[str, float] = dict.fromkeys(THROTTLE_BITS, 0.0)
-        if self._throttle_start is None:
-            self._throttle_fallback.update(dict.fromkeys(FALLBACK_BITS, 0.0))
+        self._counters_read_at = now
+        energy = self._call("nvmlDeviceGetTotalEnergyConsumption", self.handle)
+        self._energy = SlowCounter(energy / 1000.0) if energy is not None else None
+        throttle = self._throttle_counters()
+        self._throttle = {r: SlowCounter(v) for r, v in (throttle or {}).items()}
+        # Reasons with no NVML time counter are accounted from the bitmask alone.
+        self._throttle_bits = {r: b for r, b in {**THROTTLE_BITS, **FALLBACK_BITS}.items() if r not in self._throttle}
+        self._throttle_from_bits: dict[str, float] = dict.fromkeys(self._throttle_bits, 0.0)
+        self._process_ratios: dict[int, tuple[float | None, float | None]] | None = None
 
     def _read_info(self) -> GpuInfo:
         h = self.handle
@@ -168,6 +180,18 @@ class NvmlGpu:
             numa_node=self._call("nvmlDeviceGetNumaNodeId", h),
         )
 
+    def _nvlink_metric_ids(self) -> dict[tuple[int, int], int]:
+        """GPM metric ids of the active links, by (link, 0 for tx | 1 for rx)."""
+        lib = self.lib
+        ids = {}
+        for link in range(getattr(lib, "NVML_NVLINK_MAX_LINKS", 0)):
+            names = (f"NVML_GPM_METRIC_NVLINK_L{link}_TX_PER_SEC", f"NVML_GPM_METRIC_NVLINK_L{link}_RX_PER_SEC")
+            if not all(hasattr(lib, n) for n in names):
+                break
+            if self._call("nvmlDeviceGetNvLinkState", self.handle, link) == lib.NVML_FEATURE_ENABLED:
+                ids[(link, 0)], ids[(link, 1)] = (getattr(lib, n) for n in names)
+        return ids
+
     def _gpm_sample(self) -> Any:
         sample = self._call("nvmlGpmSampleAlloc")
         if sample is None or self._call("nvmlGpmSampleGet", self.handle, sample) is None:
@@ -197,7 +221,9 @@ class NvmlGpu:
         fields: dict[str, Any] = {}
 
         if self._gpm_previous is not None:
-            fields.update(self._read_gpm(unsupported))
+            gpm, link_rates = self._read_gpm(unsupported)
+            fields.update(gpm)
+            fields["nvlink_links"] = self._link_traffic(link_rates, interval)
         quality = "gpm" if "sm_active" in fields and fields["sm_active"] is not None else "coarse"
 
         rates = self._call("nvmlDeviceGetUtilizationRates", h)
@@ -211,14 +237,19 @@ class NvmlGpu:
         fields["memory_used_bytes"] = int(memory.used) if memory is not None else None
         power_mw = self._call("nvmlDeviceGetPowerUsage", h)
         fields["power_watts"] = power_mw / 1000.0 if power_mw is not None else None
-        fields["energy_joules"] = self._read_energy(now, interval, fields["power_watts"])
+        # Counters that cost milliseconds of CPU a read are read every few seconds; between reads
+        # they are carried forward from cheap readings, and a read puts them right.
+        slow = now - self._counters_read_at >= self.counter_interval_seconds
+        if slow:
+            self._counters_read_at = now
+        fields["energy_joules"] = self._read_energy(slow, interval, fields["power_watts"])
         fields["sm_clock_mhz"] = self._call("nvmlDeviceGetClockInfo", h, self.lib.NVML_CLOCK_SM)
         fields["memory_clock_mhz"] = self._call("nvmlDeviceGetClockInfo", h, self.lib.NVML_CLOCK_MEM)
         fields["temperature_celsius"] = self._call("nvmlDeviceGetTemperature", h, self.lib.NVML_TEMPERATURE_GPU)
         reasons = self._call("nvmlDeviceGetCurrentClocksEventReasons", h)
         fields["clock_event_reasons"] = reasons
-        fields["throttle_seconds"] = self._read_throttle(reasons, interval)
-        fields["processes"] = self._read_processes()
+        fields["throttle_seconds"] = self._read_throttle(slow, reasons, interval)
+        fields["processes"] = self._read_processes(slow)
 
         for name in ("power_watts", "energy_joules", "memory_used_bytes", "sm_clock_mhz"):
             if fields[name] is None:
@@ -232,23 +263,25 @@ class NvmlGpu:
             **fields,
         )
 
-    def _read_gpm(self, unsupported: list[str]) -> dict[str, float | None]:
+    def _read_gpm(self, unsupported: list[str]) -> tuple[dict[str, float | None], dict[tuple[int, int], float]]:
+        """The Sample fields from GPM, and the active links' rates in bytes/s by (link, tx|rx)."""
         current = self._gpm_sample()
         if current is None:
-            return {}
+            return {}, {}
         previous, self._gpm_previous = self._gpm_previous, current
         lib = self.lib
+        metric_ids = [*self._gpm_ids.values(), *self._link_ids.values()]
         request = lib.c_nvmlGpmMetricsGet_t()
         request.version = lib.NVML_GPM_METRICS_GET_VERSION
-        request.numMetrics = len(self._gpm_ids)
+        request.numMetrics = len(metric_ids)
         request.sample1 = previous
         request.sample2 = current
-        for i, metric_id in enumerate(self._gpm_ids.values()):
+        for i, metric_id in enumerate(metric_ids):
             request.metrics[i].metricId = metric_id
         result = self._call("nvmlGpmMetricsGet", request)
         self._call("nvmlGpmSampleFree", previous)
         if result is None:
-            return {}
+            return {}, {}
         out: dict[str, float | None] = {}
         for i, field in enumerate(self._gpm_ids):
             metric = result.metrics[i]
@@ -259,60 +292,101 @@ class NvmlGpu:
                 out[field] = min(max(metric.value / 100.0, 0.0), 1.0)
             else:
                 out[field] = max(metric.value, 0.0) * MIB
-        return out
+        links = {}
+        for i, key in enumerate(self._link_ids, start=len(self._gpm_ids)):
+            metric = result.metrics[i]
+            if metric.nvmlReturn == 0:
+                links[key] = max(metric.value, 0.0) * MIB
+        return out, links
 
-    def _read_energy(self, now: float, interval: float, power_watts: float | None) -> float | None:
-        """Joules since the agent started: the counter every few seconds, power × time between.
+    def _link_traffic(self, rates: dict[tuple[int, int], float], interval: float) -> tuple[LinkTraffic, ...]:
+        """Per-link rates, and bytes since open: each tick's rate × its interval."""
+        out = []
+        for link, totals in self._link_bytes.items():
+            tx, rx = rates.get((link, 0)), rates.get((link, 1))
+            if tx is None or rx is None:
+                continue
+            totals[0] += tx * interval
+            totals[1] += rx * interval
+            out.append(LinkTraffic(link, tx, rx, totals[0], totals[1]))
+        return tuple(out)
 
-        The total never goes backwards: if integrated power ran ahead of the counter, the total
-        holds until the counter passes it, so the error never exceeds one read interval's drift.
-        """
-        if self._energy_joules is None:
+    def _read_energy(self, slow: bool, interval: float, power_watts: float | None) -> float | None:
+        """Joules since the agent started: the counter every few seconds, power × time between."""
+        if self._energy is None:
             return None
-        if now - self._energy_read_at >= self.energy_interval_seconds:
-            counter = self._call("nvmlDeviceGetTotalEnergyConsumption", self.handle)
-            if counter is not None:
-                self._energy_read_at = now
-                self._energy_joules = max(self._energy_joules, (counter - self._energy_counter_start) / 1000.0)
-                return self._energy_joules
-        if power_watts is not None:
-            self._energy_joules += power_watts * interval
-        return self._energy_joules
+        counter = self._call("nvmlDeviceGetTotalEnergyConsumption", self.handle) if slow else None
+        if counter is not None:
+            return self._energy.read(counter / 1000.0)
+        return self._energy.advance(power_watts * interval if power_watts is not None else 0.0)
 
-    def _read_throttle(self, reasons: int | None, interval: float) -> dict[str, float]:
-        for reason, bits in {**THROTTLE_BITS, **FALLBACK_BITS}.items():
-            if reason in self._throttle_fallback and reasons is not None and reasons & bits:
-                self._throttle_fallback[reason] += interval
-        counters = self._throttle_counters() if self._throttle_start is not None else None
-        totals = dict(self._throttle_fallback)
-        if counters is not None:
-            totals.update({r: max(v - self._throttle_start[r], 0.0) for r, v in counters.items()})
+    def _read_throttle(self, slow: bool, reasons: int | None, interval: float) -> dict[str, float]:
+        """Seconds throttled since the agent started, by reason: NVML's time counters every few
+        seconds, the current reason bits × the tick between."""
+        for reason, bits in self._throttle_bits.items():
+            if reasons is not None and reasons & bits:
+                self._throttle_from_bits[reason] += interval
+        counters = self._throttle_counters() if slow and self._throttle else None
+        totals = dict(self._throttle_from_bits)
+        for reason, counter in self._throttle.items():
+            if counters is not None and reason in counters:
+                totals[reason] = counter.read(counters[reason])
+            else:
+                active = reasons is not None and reasons & FALLBACK_BITS[reason]
+                totals[reason] = counter.advance(interval if active else 0.0)
         return totals
 
-    def _read_processes(self) -> tuple[GpuProcess, ...]:
+    def _read_processes(self, slow: bool) -> tuple[GpuProcess, ...]:
+        """Processes and memory every tick; their SM shares (NVML's per-process samples since the
+        last read, ~2 ms of CPU a call) every few seconds, carried forward between."""
         running = self._call("nvmlDeviceGetComputeRunningProcesses", self.handle) or []
         memory = {p.pid: p.usedGpuMemory for p in running}
-        samples = self._call("nvmlDeviceGetProcessUtilization", self.handle, self._last_process_timestamp)
-        sm: dict[int, list[float]] = {}
-        mem: dict[int, list[float]] = {}
-        for s in samples or []:
-            sm.setdefault(s.pid, []).append(s.smUtil / 100.0)
-            mem.setdefault(s.pid, []).append(s.memUtil / 100.0)
-            self._last_process_timestamp = max(self._last_process_timestamp, s.timeStamp)
-        utilization_known = samples is not None or bool(running)
+        fresh = slow or self._process_ratios is None
+        if fresh:
+            self._process_ratios = self._process_utilization(set(memory))
         out = []
-        for pid in sorted(set(memory) | set(sm)):
+        for pid in sorted(memory.keys() | (self._process_ratios.keys() if fresh else set())):
             used = memory.get(pid)
-            out.append(
-                GpuProcess(
-                    pid=pid,
-                    used_memory_bytes=int(used) if isinstance(used, int) else None,
-                    # No sample since the last tick means the process ran nothing on the SMs.
-                    sm_ratio=_mean(sm.get(pid)) if pid in sm else (0.0 if utilization_known else None),
-                    memory_ratio=_mean(mem.get(pid)) if pid in mem else (0.0 if utilization_known else None),
-                )
-            )
+            sm, mem = self._process_ratios.get(pid, (None, None))
+            out.append(GpuProcess(pid=pid, used_memory_bytes=int(used) if isinstance(used, int) else None,
+                                  sm_ratio=sm, memory_ratio=mem))
         return tuple(out)
+
+    def _process_utilization(self, running: set[int]) -> dict[int, tuple[float | None, float | None]]:
+        samples = self._call("nvmlDeviceGetProcessUtilization", self.handle, self._last_process_timestamp)
+        by_pid: dict[int, list[Any]] = {}
+        for s in samples or []:
+            by_pid.setdefault(s.pid, []).append(s)
+        if samples:
+            self._last_process_timestamp = max(self._last_process_timestamp, max(s.timeStamp for s in samples))
+        # No sample since the last read means the process ran nothing on the SMs.
+        idle = 0.0 if samples is not None or running else None
+        out = {}
+        for pid in running | by_pid.keys():
+            seen = by_pid.get(pid)
+            out[pid] = ((sum(s.smUtil for s in seen) / 100.0 / len(seen), sum(s.memUtil for s in seen) / 100.0 / len(seen))
+                        if seen else (idle, idle))
+        return out
+
+
+class SlowCounter:
+    """A counter read every few seconds, advanced by cheap estimates between reads.
+
+    The total never goes backwards: if the estimates ran ahead of the counter, the total holds
+    until the counter passes it, so the error never exceeds one read interval's drift.
+    """
+
+    def __init__(self, start: float):
+        self.start = start
+        self.total = 0.0
+
+    def advance(self, estimate: float) -> float:
+        self.total += estimate
+        return self.total
+
+    def read(self, value: float) -> float:
+        self.total = max(self.total, value - self.start)
+        return self.total
 
 
 class _Read:
@@ -343,7 +417,7 @@ class NvmlSource:
         self,
         lib: Any | None = None,
         *,
-        energy_interval_seconds: float = 5.0,
+        counter_interval_seconds: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         read_timeout_seconds: float | None = None,
@@ -362,7 +436,7 @@ class NvmlSource:
             raise NvmlUnavailable(str(e)) from None
         except OSError as e:  # libnvidia-ml.so missing
             raise NvmlUnavailable(str(e)) from None
-        self._kwargs = dict(energy_interval_seconds=energy_interval_seconds, clock=clock)
+        self._kwargs = dict(counter_interval_seconds=counter_interval_seconds, clock=clock)
         self.gpus: list[NvmlGpu | None] = []
         self._last_info: dict[int, GpuInfo] = {}
         for index in range(count):
@@ -433,7 +507,3 @@ class NvmlSource:
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else (value or "")
-
-
-def _mean(values: list[float] | None) -> float | None:
-    return sum(values) / len(values) if values else None

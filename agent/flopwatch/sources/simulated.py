@@ -9,9 +9,9 @@ Faults (an NVML error code, or a call that blocks) can be injected per GPU and f
 from __future__ import annotations
 
 import math
-import random
 import threading
 import time
+import zlib
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any, Callable
@@ -48,6 +48,7 @@ class SimProcess:
     state: str = "running"
     user: str = "alice"
     cmdline: str = "python train.py"
+    steady: bool = False  # readings without noise: scale-run helpers, made once
 
 
 @dataclass(frozen=True)
@@ -94,10 +95,12 @@ def _trainer(**overrides: Any) -> SimProcess:
 
 SCENARIOS: dict[str, Scenario] = {
     # A well-fed bf16 training loop: tensor cores busy, at the card's default power limit, which
-    # it touches now and then (that is the card doing its job, not a cap).
+    # it touches now and then (that is the card doing its job, not a cap). Repeated over GPUs it is
+    # a data-parallel job whose all-reduce overlaps compute: modest NVLink traffic.
     "healthy": Scenario(
         sm_active=0.96, sm_occupancy=0.45, nvml_utilization=1.0, tensor_active=0.72, hmma_active=0.72,
         dram_active=0.38, fp32_active=0.08, fp16_active=0.04, power_watts=660, sm_clock_mhz=1755,
+        nvlink_tx_bytes_per_second=2e9, nvlink_rx_bytes_per_second=2e9,
         temperature_celsius=66, reasons=SW_POWER_CAP, throttled={"sw_power_cap": 0.4},
         processes=(_trainer(),),
     ),
@@ -178,12 +181,14 @@ SCENARIOS: dict[str, Scenario] = {
             _trainer(memory_bytes=30 * GIB, sm_share=0.5, cmdline="python train_b.py", user="bob"),
         ),
     ),
-    # Data-parallel job waiting on all-reduce: NVLink busy in bursts, SMs idle between.
+    # A data-parallel rank waiting on all-reduce: NVLink busy, SMs idle but for NCCL's few blocks,
+    # whose kernels keep NVML's kernel time high. Repeated over GPUs (--simulate-gpus) it is one
+    # job with a torchrun worker on each GPU.
     "communication_bound": Scenario(
         sm_active=0.3, sm_occupancy=0.15, nvml_utilization=0.85, tensor_active=0.2, hmma_active=0.2,
         dram_active=0.15, power_watts=300, nvlink_tx_bytes_per_second=60e9, nvlink_rx_bytes_per_second=60e9,
         processes=(_trainer(cpu_ratio=1.0, busiest_thread_cpu_ratio=0.6, children=2, children_cpu_ratio=0.3,
-                            cmdline="torchrun --nproc-per-node 8 train.py"),),
+                            cmdline="python -u train.py"),),
     ),
     # An old driver on a downtrained PCIe link.
     "system": Scenario(
@@ -202,8 +207,14 @@ SCENARIOS: dict[str, Scenario] = {
 
 CARD = dict(
     name="NVIDIA H100 80GB HBM3", memory_total=80 * GIB, max_sm_clock=1980, max_memory_clock=2619,
-    bus_width=5120, default_power_limit_watts=700.0, pcie_gen=5,
+    bus_width=5120, default_power_limit_watts=700.0, pcie_gen=5, nvlinks=18,
 )
+
+# GPM's per-link NVLink rate metrics, by metric id: (the Scenario's total it is a share of, link).
+_GPM_LINKS = {
+    getattr(pynvml, f"NVML_GPM_METRIC_NVLINK_L{link}_{d}_PER_SEC"): (f"nvlink_{d.lower()}_bytes_per_second", link)
+    for link in range(CARD["nvlinks"]) for d in ("TX", "RX")
+}
 
 
 class UnknownScenario(ValueError):
@@ -226,6 +237,10 @@ class _Gpu:
     processes: tuple[SimProcess, ...]
     pid_base: int
     energy_offset_joules: float
+    # What never changes, made once: nvmlDeviceGetComputeRunningProcesses' answer, the steady
+    # processes' host records.
+    running: tuple[Any, ...] = ()
+    steady_host: dict[int, HostProcess] = field(default_factory=dict)
 
 
 class SimulatedNvml:
@@ -265,9 +280,13 @@ class SimulatedNvml:
         # Extra processes for scale runs: small helpers holding a little memory, no SM time.
         for k in range(len(procs), processes_per_gpu if procs else 0):
             procs.append(SimProcess(f"worker{k}", 256 * 2**20, 0.0, 0.02, 0.02, threads=2, state="sleeping",
-                                    cmdline=f"python worker.py --rank {k}"))
-        return _Gpu(index, name, scenario, tuple(procs), pid_base=100_000 + index * 1000,
-                    energy_offset_joules=1.0e6 * (index + 1))
+                                    cmdline=f"python worker.py --rank {k}", steady=True))
+        pid_base = 100_000 + index * 1000
+        running = tuple(SimpleNamespace(pid=pid_base + k, usedGpuMemory=p.memory_bytes) for k, p in enumerate(procs))
+        gpu = _Gpu(index, name, scenario, tuple(procs), pid_base=pid_base, energy_offset_joules=1.0e6 * (index + 1),
+                   running=running)
+        gpu.steady_host = {pid_base + k: _host_process(gpu, k, 1.0) for k, p in enumerate(procs) if p.steady}
+        return gpu
 
     # -- control (tests, demo) ----------------------------------------------------------------
     def set_scenario(self, index: int, name: str) -> None:
@@ -305,9 +324,12 @@ class SimulatedNvml:
         return self.clock() - self._start
 
     def _noise(self, gpu: _Gpu, key: str, t: float) -> float:
-        """Deterministic noise in [-1, 1] for a GPU, a signal and a whole second."""
-        rng = random.Random(hash((self.seed, gpu.index, key, int(t))) & 0xFFFFFFFF)
-        return rng.uniform(-1.0, 1.0)
+        """Deterministic noise in [-1, 1) for a seed, a GPU, a signal and a whole second.
+
+        CRC-32 rather than ``hash()``: the same in every process (``hash`` of a str is salted),
+        and cheap enough for thousands of simulated processes a tick.
+        """
+        return zlib.crc32(f"{self.seed}/{gpu.index}/{key}/{int(t)}".encode()) / 2**31 - 1.0
 
     def _activity(self, gpu: _Gpu, key: str, t1: float, t2: float) -> float:
         """Mean of a scenario signal over [t1, t2], with bursts and ±4 % noise."""
@@ -428,6 +450,12 @@ class SimulatedNvml:
         mask = (2**32 - 1) << (32 * numa)
         return [mask >> (64 * w) & (2**64 - 1) for w in range(words)]
 
+    def nvmlDeviceGetNvLinkState(self, h: Any, link: int) -> int:
+        self._gpu(h, "nvmlDeviceGetNvLinkState")
+        if link >= CARD["nvlinks"]:
+            raise pynvml.NVMLError(pynvml.NVML_ERROR_INVALID_ARGUMENT)
+        return pynvml.NVML_FEATURE_ENABLED
+
     def nvmlGpmQueryDeviceSupport(self, h: Any) -> Any:
         self._gpu(h, "nvmlGpmQueryDeviceSupport")
         return SimpleNamespace(isSupportedDevice=1)
@@ -446,7 +474,7 @@ class SimulatedNvml:
     def c_nvmlGpmMetricsGet_t(self) -> Any:
         return SimpleNamespace(
             version=0, numMetrics=0, sample1=None, sample2=None,
-            metrics=[SimpleNamespace(metricId=0, nvmlReturn=0, value=0.0) for _ in range(32)],
+            metrics=[SimpleNamespace(metricId=0, nvmlReturn=0, value=0.0) for _ in range(pynvml.NVML_GPM_METRIC_MAX)],
         )
 
     NVML_GPM_METRICS_GET_VERSION = pynvml.NVML_GPM_METRICS_GET_VERSION
@@ -472,11 +500,15 @@ class SimulatedNvml:
         t1, t2 = request.sample1.t, request.sample2.t
         for i in range(request.numMetrics):
             metric = request.metrics[i]
-            key = self._GPM_FIELDS.get(metric.metricId)
+            key, link = self._GPM_FIELDS.get(metric.metricId), None
+            if key is None and metric.metricId in _GPM_LINKS:
+                key, link = _GPM_LINKS[metric.metricId]
             if key is None:
                 metric.nvmlReturn = pynvml.NVML_ERROR_NOT_SUPPORTED
                 continue
             value = self._activity(gpu, key, t1, t2)
+            if link is not None:
+                value /= CARD["nvlinks"]  # the links share the traffic evenly, so they sum to the total
             metric.value = value / 2**20 if key.endswith("per_second") else value * 100.0
         return request
 
@@ -524,8 +556,7 @@ class SimulatedNvml:
         return out
 
     def nvmlDeviceGetComputeRunningProcesses(self, h: Any) -> list[Any]:
-        gpu = self._gpu(h, "nvmlDeviceGetComputeRunningProcesses")
-        return [SimpleNamespace(pid=gpu.pid_base + k, usedGpuMemory=p.memory_bytes) for k, p in enumerate(gpu.processes)]
+        return list(self._gpu(h, "nvmlDeviceGetComputeRunningProcesses").running)
 
     def nvmlDeviceGetProcessUtilization(self, h: Any, last_seen: int) -> list[Any]:
         gpu = self._gpu(h, "nvmlDeviceGetProcessUtilization")
@@ -534,10 +565,11 @@ class SimulatedNvml:
         t = self._t()
         sm = self._activity(gpu, "sm_active", t - 1.0, t)
         stamp = int(self.wall_clock() * 1e6)
+        # Like NVML, no sample for a process that ran nothing since the last read.
         return [
             SimpleNamespace(pid=gpu.pid_base + k, timeStamp=stamp, smUtil=int(round(sm * p.sm_share * 100)),
                             memUtil=int(round(gpu.scenario.dram_active * p.sm_share * 100)), encUtil=0, decUtil=0)
-            for k, p in enumerate(gpu.processes)
+            for k, p in enumerate(gpu.processes) if p.sm_share > 0
         ]
 
     def __getattr__(self, name: str) -> Any:
@@ -554,21 +586,25 @@ class SimulatedNvml:
         t = self._t()
         for gpu in self._gpus:
             iowait = max(iowait, gpu.scenario.host_iowait_ratio)
+            processes.update(gpu.steady_host)
             for k, p in enumerate(gpu.processes):
-                jitter = 1.0 + 0.03 * self._noise(gpu, f"cpu{k}", t)
-                pid = gpu.pid_base + k
-                processes[pid] = HostProcess(
-                    pid=pid, name=p.name, user=p.user, cmdline=p.cmdline, state=p.state,
-                    cpu_ratio=p.cpu_ratio * jitter, busiest_thread_cpu_ratio=min(p.busiest_thread_cpu_ratio * jitter, 1.0),
-                    threads=p.threads, threads_in_disk_wait=p.threads_in_disk_wait, children=p.children,
-                    children_cpu_ratio=p.children_cpu_ratio * jitter, rss_bytes=4 * GIB,
-                    io_read_bytes_per_second=p.io_read_bytes_per_second, io_write_bytes_per_second=0.0,
-                    job=f"{p.user}:{p.cmdline.split()[-1] if p.cmdline else p.name}",
-                )
+                if not p.steady:
+                    jitter = 1.0 + 0.03 * self._noise(gpu, f"cpu{k}", t)
+                    processes[gpu.pid_base + k] = _host_process(gpu, k, jitter)
         return HostSample(timestamp=timestamp, cpu_count=64, cpu_busy_ratio=0.2, iowait_ratio=iowait,
                           processes=processes)
 
 
+def _host_process(gpu: _Gpu, k: int, jitter: float) -> HostProcess:
+    p = gpu.processes[k]
+    return HostProcess(
+        pid=gpu.pid_base + k, name=p.name, user=p.user, cmdline=p.cmdline, state=p.state,
+        cpu_ratio=p.cpu_ratio * jitter, busiest_thread_cpu_ratio=min(p.busiest_thread_cpu_ratio * jitter, 1.0),
+        threads=p.threads, threads_in_disk_wait=p.threads_in_disk_wait, children=p.children,
+        children_cpu_ratio=p.children_cpu_ratio * jitter, rss_bytes=4 * GIB,
+        io_read_bytes_per_second=p.io_read_bytes_per_second, io_write_bytes_per_second=0.0,
+        job=f"{p.user}:{p.cmdline.split()[-1] if p.cmdline else p.name}",
+    )
 
 
 def _overlap_fraction(t1: float, t2: float, period: float, duty: float) -> float:

@@ -1,0 +1,228 @@
+"""Shared by the benchmarks: where flopwatch is, starting an agent, measuring a process from
+outside, and the output format (a short table, then one ``name: value unit (target …)`` line)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Sequence
+
+ROOT = Path(__file__).resolve().parents[1]
+AGENT_DIR = ROOT / "agent"
+# The benchmarks measure the source tree, installed or not.
+sys.path.insert(0, str(AGENT_DIR))
+
+MB = 1e6
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def agent_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(AGENT_DIR), env.get("PYTHONPATH")) if p)
+    return env
+
+
+def start_agent(args: Sequence[str], port: int) -> subprocess.Popen:
+    """``flopwatch run`` on loopback with no history store, ready to be scraped."""
+    command = [sys.executable, "-m", "flopwatch", "run", "--listen", f"127.0.0.1:{port}", "--history", "none",
+               "--log-level", "warning", *args]
+    env = agent_env()
+    # The token push endpoint has a fixed default port: another agent on this machine holds it.
+    env.setdefault("FLOPWATCH_TOKENS_PUSH_LISTEN", f"127.0.0.1:{free_port()}")
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    wait_ready(process, f"http://127.0.0.1:{port}/-/ready")
+    return process
+
+
+def wait_ready(process: subprocess.Popen, url: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"the agent exited with {process.returncode}: {process.stderr.read().decode()[-2000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.1)
+    stop(process)
+    raise SystemExit(f"the agent did not answer {url} within {timeout:.0f} s")
+
+
+def stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def tree(pid: int) -> list:
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process and its descendants so far."""
+    total = 0.0
+    for p in tree(pid):
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system
+        except Exception:  # a child that just exited
+            pass
+    return total
+
+
+def peak_rss_bytes(pid: int) -> int:
+    """The high-water mark of resident memory (VmHWM), summed over the process tree."""
+    total = 0
+    for p in tree(pid):
+        try:
+            with open(f"/proc/{p.pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmHWM:"):
+                        total += int(line.split()[1]) * 1024
+        except OSError:
+            pass
+    return total
+
+
+def measure(process: subprocess.Popen, seconds: float) -> dict:
+    """Steady-state cost of a running process over ``seconds``: CPU share of one core, peak RSS."""
+    cpu_start, wall_start = cpu_seconds(process.pid), time.monotonic()
+    peak = 0
+    deadline = wall_start + seconds
+    while time.monotonic() < deadline:
+        time.sleep(min(1.0, max(deadline - time.monotonic(), 0.0)))
+        if process.poll() is not None:
+            raise SystemExit(f"{process.args[0]} exited early with {process.returncode}")
+        peak = max(peak, peak_rss_bytes(process.pid))
+    cpu = cpu_seconds(process.pid) - cpu_start
+    wall = time.monotonic() - wall_start
+    return {"cpu_seconds": cpu, "wall_seconds": wall, "core_percent": 100.0 * cpu / wall, "peak_rss_mb": peak / MB}
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    cells = [[_cell(v) for v in row] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.rjust(w) for h, w in zip(headers, widths)),
+             "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in cells]
+    return "\n".join(lines)
+
+
+def _cell(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) < 1000 else f"{value:.0f}"
+    return str(value)
+
+
+def final(name: str, value: str, target: str) -> None:
+    """The last line of every benchmark: ``name: value unit (target …)``."""
+    print(f"{name}: {value} (target {target})")
+
+
+def scrape(url: str, timeout: float = 10.0) -> bytes:
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        return response.read()
+
+
+def metric_value(text: bytes, name: str) -> float | None:
+    """The first sample of ``name`` in a Prometheus exposition."""
+    for line in text.decode().splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+def has_nvidia_gpu() -> bool:
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        count = pynvml.nvmlDeviceGetCount()
+        pynvml.nvmlShutdown()
+        return count > 0
+    except Exception:
+        return False
+
+
+def skip_without_gpu() -> None:
+    if not has_nvidia_gpu():
+        print("skipped: no NVIDIA GPU")
+        raise SystemExit(0)
+
+
+# A GPU process for the per-process readers to find: bf16 matmuls in bursts (1.5 s on, 1.5 s
+# off, so power moves), until its parent goes away.
+LOAD_SCRIPT = """
+import os, sys, time, torch
+parent = os.getppid()
+a = torch.randn(4096, 4096, device="cuda", dtype=torch.bfloat16)
+b = torch.randn(4096, 4096, device="cuda", dtype=torch.bfloat16)
+while os.getppid() == parent:
+    until = time.monotonic() + 1.5
+    while time.monotonic() < until:
+        for _ in range(20):
+            c = a @ b
+        torch.cuda.synchronize()
+    time.sleep(1.5)
+"""
+
+
+def has_torch_cuda() -> bool:
+    try:
+        import importlib.util
+
+        return importlib.util.find_spec("torch") is not None
+    except Exception:
+        return False
+
+
+def start_gpu_load() -> subprocess.Popen | None:
+    """A background GPU process (needs torch), or None where torch is missing."""
+    if not has_torch_cuda():
+        print("note: torch not importable, no GPU load: per-process readings will be empty")
+        return None
+    process = subprocess.Popen([sys.executable, "-c", LOAD_SCRIPT], stdout=subprocess.DEVNULL)
+    time.sleep(8.0)  # CUDA context up and the first bursts running
+    if process.poll() is not None:
+        print(f"note: the GPU load exited with {process.returncode}; per-process readings will be empty")
+        return None
+    return process
+
+
+def install_wheels(wheels_dir: str | None) -> str | None:
+    """``pip install --target`` every wheel of ``wheels_dir`` (no index, no deps); the folder to
+    put on PYTHONPATH, or None."""
+    if not wheels_dir:
+        return None
+    wheels = sorted(str(p) for p in Path(wheels_dir).glob("*.whl"))
+    if not wheels:
+        return None
+    target = Path(wheels_dir).resolve() / "_site"
+    if not target.exists():
+        subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-index", "--no-deps",
+                        "--disable-pip-version-check", "--root-user-action=ignore",
+                        "--target", str(target), *wheels], check=True)
+    sys.path.append(str(target))
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), str(target)) if p)
+    return str(target)

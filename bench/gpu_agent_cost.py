@@ -1,0 +1,113 @@
+"""What the agent costs at 1 Hz on a real GPU, beside the tools people run now, each alone.
+
+For --seconds each, one at a time, measured from outside (CPU seconds of the process tree over
+the window, as a share of one core; peak RSS, VmHWM summed over the tree):
+  flopwatch run            real NVML at 1 Hz, everything on (GPM, per-process, host), energy
+                           counter every 5 s (the default); and again reading it every tick
+  nvidia-smi --query-gpu   7 coarse fields, -l 1
+  nvidia-smi dmon          its default set, every second
+  nvitop-exporter          --interval 1, if importable (wheels from --wheels-dir)
+A GPU process (bf16 matmuls in bursts) runs throughout so the per-process readers have one to read.
+
+    python3 bench/gpu_agent_cost.py [--seconds 60] [--wheels-dir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+from common import (agent_env, final, free_port, install_wheels, measure, skip_without_gpu, start_agent,
+                    start_gpu_load, stop, table, wait_ready)
+
+TARGET_CORE_PERCENT = 0.5
+TARGET_RSS_MB = 60.0
+QUERY = "utilization.gpu,utilization.memory,memory.used,power.draw,temperature.gpu,clocks.sm,clocks.mem"
+SETTLE_SECONDS = 3.0  # after start-up, before the window: imports and first reads are not steady state
+
+
+def flopwatch(energy_every_tick: bool):
+    def start() -> subprocess.Popen:
+        if energy_every_tick:
+            os.environ["FLOPWATCH_AGENT_ENERGY_INTERVAL_SECONDS"] = "0"
+        try:
+            return start_agent(["--interval", "1"], free_port())
+        finally:
+            os.environ.pop("FLOPWATCH_AGENT_ENERGY_INTERVAL_SECONDS", None)
+    return start
+
+
+def command(*argv: str):
+    def start() -> subprocess.Popen:
+        return subprocess.Popen(list(argv), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return start
+
+
+def nvitop_exporter() -> subprocess.Popen:
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "nvitop_exporter", "--bind-address", "127.0.0.1",
+                                "--port", str(port), "--interval", "1"],
+                               env=agent_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    wait_ready(process, f"http://127.0.0.1:{port}/metrics")
+    return process
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=60.0, help="per tool")
+    parser.add_argument("--wheels-dir", help="wheels to install (pip --target) first: APScheduler, nvitop, …")
+    parser.add_argument("--no-load", action="store_true", help="do not start a GPU process")
+    args = parser.parse_args()
+    skip_without_gpu()
+    install_wheels(args.wheels_dir)
+
+    tools = [("flopwatch run (energy every 5 s)", flopwatch(False)),
+             ("flopwatch run (energy every tick)", flopwatch(True))]
+    smi = shutil.which("nvidia-smi")
+    if smi:
+        tools += [("nvidia-smi --query-gpu (7 fields) -l 1", command(smi, f"--query-gpu={QUERY}", "--format=csv", "-l", "1")),
+                  ("nvidia-smi dmon", command(smi, "dmon"))]
+    skipped = [] if smi else ["nvidia-smi: skipped: not installed"]
+    if importlib.util.find_spec("nvitop_exporter") is not None:
+        tools.append(("nvitop-exporter --interval 1", nvitop_exporter))
+    else:
+        skipped.append("nvitop-exporter: skipped: not installed")
+
+    load = None if args.no_load else start_gpu_load()
+    rows, results = [], {}
+    try:
+        for name, start in tools:
+            try:
+                process = start()
+            except (SystemExit, OSError) as e:  # one tool that cannot start does not end the comparison
+                skipped.append(f"{name}: failed to start: {str(e)[-300:]}")
+                continue
+            try:
+                time.sleep(SETTLE_SECONDS)
+                cost = measure(process, args.seconds)
+            finally:
+                stop(process)
+            results[name] = cost
+            rows.append([name, cost["cpu_seconds"], cost["core_percent"], cost["peak_rss_mb"]])
+    finally:
+        if load is not None:
+            stop(load)
+    print(f"each alone for {args.seconds:g} s at 1 Hz, measured from outside (CPU of the process tree, peak RSS)")
+    print(table(["tool", "CPU s", "% of one core", "peak RSS MB"], rows))
+    for line in skipped:
+        print(line)
+    target = f"≤ {TARGET_CORE_PERCENT:g} %, ≤ {TARGET_RSS_MB:g} MB"
+    ours = results.get(tools[0][0])
+    if ours is None:
+        final("gpu_agent_cost", "not measured: flopwatch run failed to start", target)
+    else:
+        final("gpu_agent_cost", f"{ours['core_percent']:.2f} % of one core, {ours['peak_rss_mb']:.0f} MB", target)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,167 @@
+"""Tick cost and memory against GPUs and processes per GPU, on the simulated source.
+
+Each point runs in a fresh interpreter: an agent over ``SimulatedNvml`` on a virtual clock (no
+sleeping) ticks until its 30 s diagnosis window is full, then --ticks more are timed. Columns:
+CPU per tick and its parts (GPU source, host source, the rest: derive, diagnose, process views),
+one /metrics render, and resident memory. Cost should grow linearly in GPUs × processes: the last
+column is the marginal cost of one GPU·process over the same GPU count with one process, which is
+flat when the growth is linear.
+
+    python3 bench/scale_curve.py [--gpus 1,2,4,8,16] [--processes 1,8,64,128,512] [--ticks 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+
+from common import MB, final, table
+
+WARMUP_SECONDS = 31  # one diagnosis window (30 s) and a tick, so the window is full when timing starts
+
+
+class Timed:
+    """A source that counts the CPU time of its reads."""
+
+    def __init__(self, source):
+        self.source = source
+        self.name = source.name
+        self.seconds = 0.0
+
+    def read(self, *args):
+        start = time.process_time()
+        try:
+            return self.source.read(*args)
+        finally:
+            self.seconds += time.process_time() - start
+
+
+def one_point(gpus: int, processes: int, ticks: int) -> dict:
+    from flopwatch.cli import VirtualClock, build_agent
+    from flopwatch.config import Config
+    from prometheus_client import generate_latest
+
+    config = Config()
+    config.agent.simulate = ["healthy"]
+    config.agent.simulate_gpus = gpus
+    config.agent.simulate_processes = processes
+    clock, wall = VirtualClock(0.0), VirtualClock(1.7e9)
+    built = build_agent(config, clock=clock, wall_clock=wall)
+    agent = built.agent
+    agent.gpu_source = gpu = Timed(agent.gpu_source)
+    agent.host_source = host = Timed(agent.host_source)
+    interval = config.agent.interval_seconds
+
+    def tick() -> None:
+        clock.now += interval
+        wall.now += interval
+        agent.tick()
+
+    for _ in range(int(WARMUP_SECONDS / interval)):
+        tick()
+    gpu.seconds = host.seconds = 0.0
+    start = time.process_time()
+    for _ in range(ticks):
+        tick()
+    total = (time.process_time() - start) / ticks
+    registry = built.exporter.registry()
+    start = time.process_time()
+    renders = 5
+    for _ in range(renders):
+        generate_latest(registry)
+    render = (time.process_time() - start) / renders
+    with open("/proc/self/status") as f:
+        rss = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
+    return {"tick": total, "gpu": gpu.seconds / ticks, "host": host.seconds / ticks, "render": render, "rss": rss}
+
+
+def run_point(gpus: int, processes: int, ticks: int) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--one", f"{gpus},{processes}", "--ticks", str(ticks)],
+                         check=True, capture_output=True, text=True)
+    return json.loads(out.stdout)
+
+
+def fit(points: list[tuple[int, int, float]]) -> tuple[float, float, float, float]:
+    """Least squares of ms = a + b·GPUs + c·GPU·procs over (GPUs, GPU·procs, ms) points, on
+    relative errors (each point weighted by 1/ms, so small points count); also the largest
+    residual relative to its point."""
+    xs = [(1.0 / ms, g / ms, n / ms) for g, n, ms in points]
+    ys = [1.0 for _ in points]
+    ata = [[sum(x[i] * x[j] for x in xs) for j in range(3)] for i in range(3)]
+    aty = [sum(x[i] * y for x, y in zip(xs, ys)) for i in range(3)]
+    a, b, c = _solve(ata, aty)
+    worst = max(abs(a + b * g + c * n - ms) / ms for g, n, ms in points)
+    return a, b, c, worst
+
+
+def _solve(m: list[list[float]], v: list[float]) -> list[float]:
+    """Gaussian elimination with partial pivoting (3 unknowns, no numpy needed)."""
+    rows = [row[:] + [x] for row, x in zip(m, v)]
+    n = len(rows)
+    for i in range(n):
+        pivot = max(range(i, n), key=lambda r: abs(rows[r][i]))
+        rows[i], rows[pivot] = rows[pivot], rows[i]
+        for r in range(i + 1, n):
+            f = rows[r][i] / rows[i][i]
+            rows[r] = [x - f * y for x, y in zip(rows[r], rows[i])]
+    out = [0.0] * n
+    for i in reversed(range(n)):
+        out[i] = (rows[i][n] - sum(rows[i][j] * out[j] for j in range(i + 1, n))) / rows[i][i]
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--gpus", default="1,2,4,8,16")
+    parser.add_argument("--processes", default="1,8,64,128,512", help="processes per GPU")
+    parser.add_argument("--ticks", type=int, default=20, help="timed ticks per point")
+    parser.add_argument("--one", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        gpus, processes = map(int, args.one.split(","))
+        print(json.dumps(one_point(gpus, processes, args.ticks)))
+        return
+
+    gpu_counts = [int(v) for v in args.gpus.split(",")]
+    process_counts = sorted(int(v) for v in args.processes.split(","))
+    rows, marginals = [], []
+    started = time.monotonic()
+    for g in gpu_counts:
+        base = None
+        for p in process_counts:
+            r = run_point(g, p, args.ticks)
+            if base is None:
+                base = r
+            marginal = None
+            if p > process_counts[0]:
+                marginal = 1e6 * (r["tick"] - base["tick"]) / (g * (p - process_counts[0]))
+                marginals.append((g * p, marginal))
+            rows.append([g, p, g * p, 1e3 * r["tick"], 1e3 * r["gpu"], 1e3 * r["host"],
+                         1e3 * (r["tick"] - r["gpu"] - r["host"]), 1e3 * r["render"], r["rss"] / MB,
+                         "" if marginal is None else round(marginal, 1)])
+    print(f"simulated source, virtual clock, CPU per tick over {args.ticks} ticks with a full window "
+          f"({time.monotonic() - started:.0f} s)")
+    print(table(["GPUs", "procs/GPU", "GPU·procs", "tick ms", "gpu src ms", "host ms", "rest ms", "render ms",
+                 "RSS MB", "µs/GPU·proc"], rows))
+    fixed, per_gpu, per_unit, worst = fit([(r[0], r[2], r[3]) for r in rows])
+    print(f"least squares: tick ms ≈ {fixed:.3f} + {per_gpu:.3f}·GPUs + {1000 * per_unit:.2f} µs·GPU·procs; "
+          f"largest residual {100 * worst:.0f} % of the point")
+    # Linear growth: the marginal cost of a GPU·process is the same for few and for many.
+    large = [m for n, m in marginals if n >= 512]
+    small = [m for n, m in marginals if n < 512]
+    if large and small:
+        ratio = (sum(large) / len(large)) / (sum(small) / len(small))
+        verdict = "linear" if 0.5 <= ratio <= 1.5 else "NOT linear"
+        print(f"marginal µs per GPU·process: {sum(small) / len(small):.1f} below 512, "
+              f"{sum(large) / len(large):.1f} at 512 and above → {verdict}")
+        final("scale_curve", f"{ratio:.2f}× marginal cost per GPU·process, large over small ({verdict})",
+              "≈ 1×: linear")
+    else:
+        final("scale_curve", "n/a (need points below and at or above 512 GPU·processes)", "≈ 1×: linear")
+
+
+if __name__ == "__main__":
+    main()

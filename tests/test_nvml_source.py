@@ -1,0 +1,91 @@
+"""The NVML reader, driven by the simulated library through the same calls as a real GPU."""
+
+import pynvml
+import pytest
+
+from flopwatch.sources.nvml import NvmlSource
+from flopwatch.sources.simulated import SimulatedNvml
+
+
+class Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def source(*scenarios, faults=(), counter_interval_seconds=5.0):
+    clock = Clock()
+    lib = SimulatedNvml(list(scenarios), clock=clock, wall_clock=clock)
+    for index, function, code in faults:
+        lib.fail(index, function, code)
+    return NvmlSource(lib, clock=clock, wall_clock=clock, counter_interval_seconds=counter_interval_seconds), lib, clock
+
+
+def read(src, clock, seconds=1.0):
+    clock.now += seconds
+    return src.read()
+
+
+def test_gpm_readings_are_ratios_and_bytes_per_second():
+    src, _, clock = source("host_transfer_bound")
+    gpu = read(src, clock)[0]
+    assert gpu.source_quality == "gpm"
+    assert 0.0 <= gpu.sm_active <= 1.0
+    assert gpu.pcie_rx_bytes_per_second == pytest.approx(9.5e9, rel=0.05)
+
+
+def test_without_gpm_utilization_falls_back_to_nvml_and_is_marked_coarse():
+    src, _, clock = source("healthy", faults=[(0, "nvmlGpmQueryDeviceSupport", pynvml.NVML_ERROR_NOT_SUPPORTED)])
+    gpu = read(src, clock)[0]
+    assert gpu.source_quality == "coarse"
+    assert gpu.sm_active == gpu.nvml_utilization
+    assert gpu.tensor_active is None and "gpm" in gpu.unsupported
+
+
+def test_an_unsupported_metric_is_none_and_named():
+    src, _, clock = source("healthy", faults=[(0, "nvmlDeviceGetPowerUsage", pynvml.NVML_ERROR_NOT_SUPPORTED)])
+    gpu = read(src, clock)[0]
+    assert gpu.power_watts is None and "power_watts" in gpu.unsupported
+
+
+def test_a_lost_gpu_is_marked_and_the_others_read_on():
+    src, lib, clock = source("healthy", "healthy")
+    read(src, clock)
+    lib.fail(1, "*", pynvml.NVML_ERROR_GPU_IS_LOST)
+    samples = read(src, clock)
+    assert samples[0].error is None and samples[0].sm_active is not None
+    assert samples[1].error is not None and samples[1].sm_active is None
+
+
+def test_a_recovered_gpu_comes_back_without_a_restart():
+    src, lib, clock = source("healthy", "healthy")
+    lib.fail(1, "*", pynvml.NVML_ERROR_GPU_IS_LOST)
+    read(src, clock)
+    lib.heal(1)
+    read(src, clock)
+    assert read(src, clock)[1].error is None
+
+
+def test_energy_between_counter_reads_follows_power_and_lands_on_the_counter():
+    src, lib, clock = source("healthy", counter_interval_seconds=5.0)
+    start = lib.nvmlDeviceGetTotalEnergyConsumption(lib.nvmlDeviceGetHandleByIndex(0)) / 1000.0
+    totals = [read(src, clock).pop().energy_joules for _ in range(10)]
+    counter = lib.nvmlDeviceGetTotalEnergyConsumption(lib.nvmlDeviceGetHandleByIndex(0)) / 1000.0 - start
+    assert totals == sorted(totals)  # a counter never goes backwards
+    assert totals[-1] == pytest.approx(counter, rel=0.01)
+
+
+def test_throttle_time_comes_from_the_reason_counters():
+    src, _, clock = source("power_capped")
+    first = read(src, clock)[0].throttle_seconds["sw_power_cap"]
+    second = read(src, clock, seconds=2.0)[0].throttle_seconds["sw_power_cap"]
+    assert second - first == pytest.approx(2.0)
+
+
+def test_per_process_memory_and_sm_share_are_read():
+    src, _, clock = source("contention")
+    processes = read(src, clock)[0].processes
+    assert len(processes) == 2
+    assert all(p.used_memory_bytes == 30 * 2**30 and p.sm_ratio > 0 for p in processes)
