@@ -123,13 +123,13 @@ def reading(started: float, agent: live.LiveAgent) -> Reading:
 
 
 def soak(seconds: float, *, gpus: int = 8, processes: int = 128, interval: float = 1.0,
-         fault_every: float = 20.0, report: Callable[[str], None] = print) -> SoakResult:
+         fault_every: float = 20.0, history: bool = True, report: Callable[[str], None] = print) -> SoakResult:
     scenarios = list(itertools.islice(itertools.cycle(SCENARIOS), gpus))
     config = live.simulated_config(scenarios, processes=processes, interval=interval)
     with tempfile.TemporaryDirectory() as tmp:
         config.history.url = f"sqlite:///{tmp}/history.db"
         store = HistoryStore.from_config(config.history, "soak")
-        agent = live.start(config, sinks=[store])
+        agent = live.start(config, sinks=[store] if history else [])
         try:
             return _run(agent, store, seconds, gpus, interval, fault_every, report)
         finally:
@@ -194,11 +194,14 @@ def main() -> None:
     parser.add_argument("--processes", type=int, default=128, help="processes per GPU")
     parser.add_argument("--interval", type=float, default=1.0, help="seconds between ticks")
     parser.add_argument("--fault-every", type=float, default=20.0, help="seconds from one fault to the next")
+    parser.add_argument("--no-history", action="store_true", help="without the SQLite history store")
     args = parser.parse_args()
     print(f"soak: {args.gpus} GPUs x {args.processes} processes, interval {args.interval:g} s, "
+          f"{'no history, ' if args.no_history else ''}"
           f"{args.minutes:g} min, a fault every {args.fault_every:g} s (held half of that)", flush=True)
     r = soak(args.minutes * 60, gpus=args.gpus, processes=args.processes, interval=args.interval,
-             fault_every=args.fault_every, report=lambda line: print(line, flush=True))
+             fault_every=args.fault_every, history=not args.no_history,
+             report=lambda line: print(line, flush=True))
     print(f"soak done: {r.ticks} ticks (expected {r.expected_ticks}), max tick gap {r.max_tick_gap_seconds:.2f} s, "
           f"{r.faults} faults, ticks with two GPUs down {r.ticks_with_two_gpus_down}, "
           f"history rows dropped {r.dropped_rows}, "
