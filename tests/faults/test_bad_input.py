@@ -4,6 +4,7 @@ open (/metrics still answers), and a bad configuration on reload (the running on
 
 import collections
 import logging
+import os
 import re
 import socket
 import urllib.request
@@ -45,8 +46,6 @@ def status_of(process, field: str) -> int:
 
 
 def open_fds(process) -> int:
-    import os
-
     return len(os.listdir(f"/proc/{process.pid}/fd"))
 
 

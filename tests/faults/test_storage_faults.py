@@ -1,14 +1,12 @@
-"""Storage faults under a running agent: PostgreSQL killed and restarted, a read-only SQLite file,
+"""Storage faults under a running agent: PostgreSQL crashed and restarted, a read-only SQLite file,
 a full disk. Sampling and /metrics go on, rows wait in the buffer and land when the database is
 back, and the rows lost (flopwatch_store_dropped_rows_total) are exported: 0 within the buffer."""
 
 import os
-import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
