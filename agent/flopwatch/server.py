@@ -11,13 +11,14 @@ import json
 import logging
 import ssl
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any, Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import CollectorRegistry
 
 from .config import ConfigError
+from .httpstrict import LISTEN_BACKLOG, StrictHandler
 from .webconfig import WWW_AUTHENTICATE, WebConfig
 
 log = logging.getLogger(__name__)
@@ -66,10 +67,8 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(StrictHandler):
     server: "MetricsServer"
-    protocol_version = "HTTP/1.1"
-    timeout = 10  # a slow client cannot hold a handler thread forever
     # Headers and body are two writes: with Nagle on, the body waits for the client's delayed
     # ACK of the headers, 40 ms on Linux, on every kept-alive scrape.
     disable_nagle_algorithm = True
@@ -89,6 +88,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(200, "text/plain", b"OK\n")
         else:
             self._send(404, "text/plain", b"not found\n")
+
+    do_HEAD = do_GET  # noqa: N815
 
     def do_POST(self) -> None:  # noqa: N802
         if self._authorized():
@@ -119,9 +120,7 @@ class _Handler(BaseHTTPRequestHandler):
 class MetricsServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
-    # socketserver's default backlog of 5 drops the SYNs of scrapers that connect together,
-    # and each dropped one waits a second for its retry.
-    request_queue_size = 128
+    request_queue_size = LISTEN_BACKLOG
 
     def __init__(self, address: str, registry: CollectorRegistry, status: Callable[[], dict],
                  web: WebConfig | None = None, version: Callable[[], object] | None = None):

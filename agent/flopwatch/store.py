@@ -85,10 +85,15 @@ def open_engine(url: str) -> Engine:
         raise ConfigError(f"bad history URL for {URL_SETTING}: {shown!r}: {e}") from None
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
+        # Python's sqlite3 commits each CREATE TABLE on its own; a kill -9 between the tables and
+        # the schema version then left a file the store refuses. BEGIN ourselves, so a
+        # transaction, DDL included, is whole or absent (SQLAlchemy's pysqlite recipe).
+        event.listen(engine, "begin", lambda connection: connection.exec_driver_sql("BEGIN"))
     return engine
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    dbapi_connection.isolation_level = None  # the driver's own BEGIN off: see open_engine
     cursor = dbapi_connection.cursor()
     try:
         # WAL: readers never block the writer and a killed writer leaves a consistent file;
@@ -106,6 +111,15 @@ def sqlite_path(url: URL) -> Path | None:
     if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
         return None
     return Path(url.database)
+
+
+def _read_only_files(path: Path | None) -> list[str]:
+    """The files of a SQLite database that exist and this process may not write. SQLite gives
+    its -wal and -shm files the database's mode, so they can stay read-only after it is fixed."""
+    if path is None:
+        return []
+    files = (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm"))
+    return [str(f) for f in files if f.exists() and not os.access(f, os.W_OK)]
 
 
 def _create_sqlite_file(path: Path) -> None:
@@ -198,9 +212,9 @@ class HistoryStore:
         self._jobs = _SpanTracker(schema.job_spans)
         self._dirty_since: float | None = None  # oldest raw ts written since the last rollup
         self._rollup_resumed = False
-        path = sqlite_path(self.engine.url)
-        if path is not None and path.exists() and not os.access(path, os.W_OK):
-            log.warning("history database %s is read-only: history will not be written", path)
+        read_only = _read_only_files(sqlite_path(self.engine.url))
+        if read_only:
+            log.warning("history database %s is read-only: history will not be written", ", ".join(read_only))
         self._connect()
 
     @classmethod
@@ -251,10 +265,13 @@ class HistoryStore:
                 log.info("history store %s is back; %d rows pending", self.url, len(self._buffer))
             self._up, self._last_error = True, None
             return
+        # A failed connection can be stuck where only a new one gets out (SQLite opens a file it
+        # may not write read-only and stays so after the permissions are fixed): start afresh.
+        self.engine.dispose()
         message = _describe(error)
-        path = sqlite_path(self.engine.url)
-        if path is not None and path.exists() and not os.access(path, os.W_OK):
-            message = f"database file {path} is read-only: {message}"
+        read_only = _read_only_files(sqlite_path(self.engine.url))
+        if read_only:
+            message = f"database file {', '.join(read_only)} is read-only: {message}"
         if self._up or message != self._last_error:
             log.warning("history store %s is down, rows are kept in memory: %s", self.url, message)
         self._up, self._last_error = False, message

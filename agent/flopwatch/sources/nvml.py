@@ -4,6 +4,8 @@
 simulated GPUs run through exactly this code. Every NVML call goes through ``NvmlGpu._call``:
 NotSupported-like errors become ``None`` and a note in ``GpuSample.unsupported``; a lost GPU
 marks that GPU's sample with an error while the others go on, and it is reopened on later ticks.
+Each GPU is read on a thread of its own under a deadline, so one GPU whose call blocks is marked
+``timeout`` for that tick and the others keep their cadence.
 
 NVLink per link comes from GPM (``NVLINK_L<n>_TX/RX_PER_SEC``), not from the field values
 ``NVLINK_THROUGHPUT_DATA_TX/RX``: the link metrics ride in the GPM request that runs every tick
@@ -17,6 +19,7 @@ figures.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from typing import Any, Callable
 
@@ -386,6 +389,25 @@ class SlowCounter:
         return self.total
 
 
+class _Read:
+    """One GPU's read on a daemon thread: a call that never returns holds that thread, not the
+    tick, and cannot hold up the agent's exit."""
+
+    def __init__(self, read: Callable[[], GpuSample], name: str) -> None:
+        self.done = threading.Event()
+        self.sample: GpuSample | None = None
+        self._read = read
+        threading.Thread(target=self._run, name=name, daemon=True).start()
+
+    def _run(self) -> None:
+        try:
+            self.sample = self._read()
+        except Exception:
+            log.exception("reading %s failed", threading.current_thread().name)
+        finally:
+            self.done.set()
+
+
 class NvmlSource:
     """All GPUs of the node. ``read()`` never raises for one GPU's failure."""
 
@@ -398,11 +420,15 @@ class NvmlSource:
         counter_interval_seconds: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
+        read_timeout_seconds: float | None = None,
     ):
+        """``read_timeout_seconds``: how long a tick waits for each GPU (None: as long as it takes)."""
         if lib is None:
             import pynvml as lib
         self.lib = lib
         self.wall_clock = wall_clock
+        self.read_timeout_seconds = read_timeout_seconds
+        self._reads: dict[int, _Read] = {}  # reads still running past their tick's deadline
         try:
             lib.nvmlInit()
             count = lib.nvmlDeviceGetCount()
@@ -430,21 +456,38 @@ class NvmlSource:
         return [self._last_info[i] for i in sorted(self._last_info)]
 
     def read(self) -> list[GpuSample]:
+        """Every GPU's sample for this tick, each read in parallel and waited for until the
+        deadline; a GPU whose read is still running is not called again until it returns."""
         timestamp = self.wall_clock()
+        timeout = self.read_timeout_seconds
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for index in range(len(self.gpus)):
+            late = self._reads.get(index)
+            if late is None or late.done.is_set():  # a late read that has now returned is stale
+                self._reads[index] = _Read(lambda i=index: self._read_gpu(i, timestamp), f"nvml-gpu{index}")
         samples = []
-        for index, gpu in enumerate(self.gpus):
-            if gpu is None:
-                gpu = self.gpus[index] = self._open(index)
-                if gpu is None:
-                    samples.append(self._lost_sample(index, timestamp, "cannot be opened"))
-                    continue
-            try:
-                samples.append(gpu.read(timestamp))
-            except GpuLost as e:
-                log.warning("GPU %d lost: %s", index, e)
-                self.gpus[index] = None
-                samples.append(self._lost_sample(index, timestamp, str(e)))
+        for index in range(len(self.gpus)):
+            running = self._reads[index]
+            if running.done.wait(None if deadline is None else max(deadline - time.monotonic(), 0.0)):
+                del self._reads[index]
+                samples.append(running.sample or self._lost_sample(index, timestamp, "read failed"))
+            else:
+                log.warning("GPU %d: no answer from NVML within %g s", index, timeout)
+                samples.append(self._lost_sample(index, timestamp, f"timeout: no answer within {timeout:g} s"))
         return samples
+
+    def _read_gpu(self, index: int, timestamp: float) -> GpuSample:
+        gpu = self.gpus[index]
+        if gpu is None:
+            gpu = self.gpus[index] = self._open(index)
+            if gpu is None:
+                return self._lost_sample(index, timestamp, "cannot be opened")
+        try:
+            return gpu.read(timestamp)
+        except GpuLost as e:
+            log.warning("GPU %d lost: %s", index, e)
+            self.gpus[index] = None
+            return self._lost_sample(index, timestamp, str(e))
 
     def _lost_sample(self, index: int, timestamp: float, error: str) -> GpuSample:
         info = self._last_info.get(index) or GpuInfo(

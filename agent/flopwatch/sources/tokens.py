@@ -21,11 +21,12 @@ import threading
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from socketserver import ThreadingUnixStreamServer
 from typing import Any, Callable, Iterator
 
 from ..config import ConfigError
+from ..httpstrict import LISTEN_BACKLOG, StrictHandler
 from ..model import TokenCount
 from ..server import POLL_SECONDS, check_local_bind, is_loopback, parse_listen
 
@@ -167,10 +168,8 @@ def record_push(ledger: TokenLedger, push: Push, peer_pid: int | None = None) ->
                       push.prompt_tokens, push.generated_tokens)
 
 
-class _PushHandler(BaseHTTPRequestHandler):
+class _PushHandler(StrictHandler):
     server: Any
-    protocol_version = "HTTP/1.1"
-    timeout = 10
 
     def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
         if self.path.split("?", 1)[0] != "/v1/tokens":
@@ -233,6 +232,7 @@ class _PushHandler(BaseHTTPRequestHandler):
 class _TcpPushServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = LISTEN_BACKLOG
 
 
 class _Tcp6PushServer(_TcpPushServer):
@@ -241,6 +241,7 @@ class _Tcp6PushServer(_TcpPushServer):
 
 class _UnixPushServer(ThreadingUnixStreamServer):
     daemon_threads = True
+    request_queue_size = LISTEN_BACKLOG
 
 
 def push_address(listen: str, allow_remote: bool) -> tuple[str, Any]:

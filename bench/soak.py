@@ -1,0 +1,214 @@
+"""Soak: the agent on simulated GPUs for a long run with a fault every few seconds, to show that
+memory and file descriptors stay flat and ticks keep their cadence.
+
+    python3 bench/soak.py [--minutes 30] [--gpus 8] [--processes 128] [--interval 1] [--fault-every 20]
+
+Runs the agent in this process (the product path of ``flopwatch run`` minus the process boundary:
+build_agent, the scheduler, the HTTP server, a SQLite history store) and scrapes /metrics and
+/api/v1/status every interval. Faults take turns, one at a time, on a rotating GPU: GPU lost,
+power NotSupported, an NVML call blocking for the fault's length, malformed HTTP requests, slow
+clients holding connections open. Prints RSS, open file descriptors and threads each minute, the
+first and last values (the first after a warm-up), and a final line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import socket
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "agent"), str(ROOT)]
+
+import pynvml  # noqa: E402
+
+from flopwatch.sources.simulated import SCENARIOS  # noqa: E402
+from flopwatch.store import HistoryStore  # noqa: E402
+from tests.faults import live  # noqa: E402
+
+MIB = 2**20
+
+
+@dataclass
+class Reading:
+    seconds: float
+    rss_bytes: int
+    fds: int
+    threads: int
+    python_blocks: int  # objects Python holds: flat here and RSS growing would point at C memory
+    ticks: int
+
+
+@dataclass
+class SoakResult:
+    first: Reading
+    last: Reading
+    ticks: int
+    expected_ticks: int
+    max_tick_gap_seconds: float
+    faults: int
+    ticks_with_two_gpus_down: int
+    dropped_rows: int
+
+
+class Faults:
+    """The fault schedule: each ``start`` injects the next kind on the next GPU; ``end`` undoes it."""
+
+    kinds_in_turn = ("_lost", "_not_supported", "_blocked", "_bad_requests", "_slow_clients")
+
+    def __init__(self, agent: live.LiveAgent, gpus: int, hold_seconds: float) -> None:
+        self.agent = agent
+        self.hold_seconds = hold_seconds
+        kinds = [getattr(self, name) for name in self.kinds_in_turn]
+        self._next = zip(itertools.cycle(kinds), itertools.cycle(range(gpus)))
+        self._undo: Callable[[], None] | None = None
+        self.count = 0
+
+    def start(self) -> None:
+        kind, gpu = next(self._next)
+        self._undo = kind(gpu)
+        self.count += 1
+
+    def end(self) -> None:
+        if self._undo is not None:
+            self._undo()
+            self._undo = None
+
+    def _heal(self, gpu: int) -> Callable[[], None]:
+        return lambda: self.agent.lib.heal(gpu)
+
+    def _lost(self, gpu: int) -> Callable[[], None]:
+        self.agent.lib.fail(gpu)
+        return self._heal(gpu)
+
+    def _not_supported(self, gpu: int) -> Callable[[], None]:
+        self.agent.lib.fail(gpu, "nvmlDeviceGetPowerUsage", code=pynvml.NVML_ERROR_NOT_SUPPORTED)
+        return self._heal(gpu)
+
+    def _blocked(self, gpu: int) -> Callable[[], None]:
+        self.agent.lib.fail(gpu, "nvmlDeviceGetUtilizationRates", code=None, block_seconds=self.hold_seconds)
+        return self._heal(gpu)
+
+    def _bad_requests(self, gpu: int) -> Callable[[], None]:
+        for request in (b"\x00\xff garbage\r\n\r\n", b"GET /metrics HTTP/9.9\r\n\r\n",
+                        b"GET /" + b"a" * 70_000 + b" HTTP/1.1\r\n\r\n", b"BREW /metrics HTTP/1.1\r\n\r\n"):
+            with socket.create_connection(self.agent.server.server_address[:2], timeout=10) as s:
+                s.sendall(request)
+                s.recv(1024)
+        return lambda: None
+
+    def _slow_clients(self, gpu: int) -> Callable[[], None]:
+        held = []
+        for _ in range(20):
+            s = socket.create_connection(self.agent.server.server_address[:2], timeout=10)
+            s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")  # and never the blank line
+            held.append(s)
+
+        def close() -> None:
+            for s in held:
+                s.close()
+        return close
+
+
+def reading(started: float, agent: live.LiveAgent) -> Reading:
+    return Reading(time.monotonic() - started, live.rss_bytes(), live.open_fds(), threading.active_count(),
+                   sys.getallocatedblocks(), agent.ticks.last)
+
+
+def soak(seconds: float, *, gpus: int = 8, processes: int = 128, interval: float = 1.0,
+         fault_every: float = 20.0, history: bool = True, report: Callable[[str], None] = print) -> SoakResult:
+    scenarios = list(itertools.islice(itertools.cycle(SCENARIOS), gpus))
+    config = live.simulated_config(scenarios, processes=processes, interval=interval)
+    with tempfile.TemporaryDirectory() as tmp:
+        config.history.url = f"sqlite:///{tmp}/history.db"
+        store = HistoryStore.from_config(config.history, "soak")
+        agent = live.start(config, sinks=[store] if history else [])
+        try:
+            return _run(agent, store, seconds, gpus, interval, fault_every, report)
+        finally:
+            agent.stop()
+
+
+def _run(agent: live.LiveAgent, store: HistoryStore, seconds: float, gpus: int, interval: float,
+         fault_every: float, report: Callable[[str], None]) -> SoakResult:
+    started = time.monotonic()
+    first_tick = agent.ticks.last
+    faults = Faults(agent, gpus, hold_seconds=min(fault_every / 2, 10.0))
+    # The first reading waits until the store has flushed and every kind of fault has run once.
+    warm_up = min(max(seconds / 10, 2 * store.flush_interval_seconds), seconds / 2)
+    first: Reading | None = None
+    next_fault, next_report = started + fault_every / 4, started + 60.0
+    fault_active = False
+    while (now := time.monotonic()) < started + seconds:
+        if now >= next_fault:
+            if fault_active:
+                faults.end()
+                next_fault += fault_every / 2
+            else:
+                faults.start()
+                next_fault += fault_every / 2
+            fault_active = not fault_active
+        if first is None and now - started >= warm_up and not fault_active:
+            first = reading(started, agent)
+            report(_line("first", first))
+        if now >= next_report:
+            report(_line("at", reading(started, agent)))
+            next_report += 60.0
+        # Scraped after the readings, so no scrape's connection is open while they are taken.
+        agent.get("/metrics")
+        agent.get("/api/v1/status")
+        time.sleep(max(interval - (time.monotonic() - now), 0.0))
+    faults.end()
+    live.wait_for(lambda: not any(t.name.startswith("nvml-gpu") for t in threading.enumerate()), timeout=30)
+    store.flush()
+    last = reading(started, agent)
+    report(_line("last", last))
+    stamps = [at for n, at, _ in agent.ticks.ticks if n > first_tick]
+    return SoakResult(
+        first=first or last, last=last, ticks=agent.ticks.last - first_tick,
+        expected_ticks=int(seconds / interval),
+        max_tick_gap_seconds=max((b - a for a, b in zip(stamps, stamps[1:])), default=0.0),
+        faults=faults.count,
+        ticks_with_two_gpus_down=sum(1 for _, _, errors in agent.ticks.ticks
+                                     if sum(e is not None for e in errors.values()) > 1),
+        dropped_rows=store.dropped_rows_total,
+    )
+
+
+def _line(label: str, r: Reading) -> str:
+    return (f"{label:>5} t={r.seconds:7.1f}s  rss {r.rss_bytes / MIB:6.1f} MiB  fds {r.fds:3d}  "
+            f"threads {r.threads:3d}  python blocks {r.python_blocks}  ticks {r.ticks}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--minutes", type=float, default=30.0)
+    parser.add_argument("--gpus", type=int, default=8)
+    parser.add_argument("--processes", type=int, default=128, help="processes per GPU")
+    parser.add_argument("--interval", type=float, default=1.0, help="seconds between ticks")
+    parser.add_argument("--fault-every", type=float, default=20.0, help="seconds from one fault to the next")
+    parser.add_argument("--no-history", action="store_true", help="without the SQLite history store")
+    args = parser.parse_args()
+    print(f"soak: {args.gpus} GPUs x {args.processes} processes, interval {args.interval:g} s, "
+          f"{'no history, ' if args.no_history else ''}"
+          f"{args.minutes:g} min, a fault every {args.fault_every:g} s (held half of that)", flush=True)
+    r = soak(args.minutes * 60, gpus=args.gpus, processes=args.processes, interval=args.interval,
+             fault_every=args.fault_every, history=not args.no_history,
+             report=lambda line: print(line, flush=True))
+    print(f"soak done: {r.ticks} ticks (expected {r.expected_ticks}), max tick gap {r.max_tick_gap_seconds:.2f} s, "
+          f"{r.faults} faults, ticks with two GPUs down {r.ticks_with_two_gpus_down}, "
+          f"history rows dropped {r.dropped_rows}, "
+          f"rss {r.first.rss_bytes / MIB:.1f} -> {r.last.rss_bytes / MIB:.1f} MiB, fds {r.first.fds} -> {r.last.fds}, "
+          f"python blocks {r.first.python_blocks} -> {r.last.python_blocks}",
+          flush=True)
+
+
+if __name__ == "__main__":
+    main()

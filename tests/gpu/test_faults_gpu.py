@@ -1,0 +1,90 @@
+"""NVML faults with the real library: a call on GPU 0 that blocks for 10 s, and GPU 0 reported
+lost, injected by a thin wrapper around pynvml. The reader marks GPU 0 for those ticks, reads any
+other GPU as usual, never calls a blocked GPU again, and reads GPU 0 again once it answers."""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+import time
+
+import pytest
+
+from flopwatch.sources.nvml import NvmlSource
+
+pynvml = pytest.importorskip("pynvml")
+try:
+    pynvml.nvmlInit()
+    HAVE_GPU = pynvml.nvmlDeviceGetCount() > 0
+except pynvml.NVMLError:
+    HAVE_GPU = False
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not HAVE_GPU, reason="needs an NVIDIA GPU")]
+
+
+class FaultyNvml:
+    """pynvml itself, except that one function on GPU 0 blocks or reports the GPU lost on demand."""
+
+    def __init__(self):
+        self.fault: str | None = None  # "block" or "lost"
+        self.gpu0: int | None = None
+
+    def __getattr__(self, name):
+        real = getattr(pynvml, name)
+        if name == "nvmlDeviceGetHandleByIndex":
+            def by_index(index):
+                handle = real(index)
+                if index == 0:
+                    self.gpu0 = ctypes.cast(handle, ctypes.c_void_p).value
+                return handle
+            return by_index
+        if name != "nvmlDeviceGetPowerUsage":
+            return real
+
+        def power(handle):
+            if ctypes.cast(handle, ctypes.c_void_p).value == self.gpu0:
+                if self.fault == "block":
+                    time.sleep(10)
+                elif self.fault == "lost":
+                    raise pynvml.NVMLError(pynvml.NVML_ERROR_GPU_IS_LOST)
+            return real(handle)
+        return power
+
+
+@pytest.fixture
+def lib():
+    return FaultyNvml()
+
+
+def errors(source: NvmlSource) -> list[str | None]:
+    return [s.error for s in source.read()]
+
+
+def test_a_call_blocking_10_s_marks_only_its_gpu_and_is_not_called_again_until_it_returns(lib):
+    source = NvmlSource(lib, read_timeout_seconds=0.5)
+    assert set(errors(source)) == {None}
+    lib.fault = "block"
+    for _ in range(5):
+        first, *others = errors(source)
+        assert first.startswith("timeout") and set(others) <= {None}
+    assert sum(t.name == "nvml-gpu0" for t in threading.enumerate()) == 1
+    lib.fault = None
+    deadline = time.monotonic() + 15
+    while (sample := source.read()[0]).error is not None and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert sample.error is None and sample.power_watts > 0
+    source.close()
+
+
+def test_a_gpu_reported_lost_is_reopened_with_the_real_library_once_it_answers(lib):
+    source = NvmlSource(lib, read_timeout_seconds=0.5)
+    source.read()
+    lib.fault = "lost"
+    first, *others = errors(source)
+    assert "GPU is lost" in first and set(others) <= {None}
+    lib.fault = None
+    source.read()  # reopens GPU 0: handle, static facts, a fresh GPM sample
+    time.sleep(0.2)
+    sample = source.read()[0]
+    assert sample.error is None and sample.power_watts > 0
+    assert sample.source_quality == "gpm" or "gpm" in sample.unsupported
+    source.close()
