@@ -12,13 +12,10 @@ import pytest
 
 from flopwatch.sources.nvml import NvmlSource
 
+from tests.gpu.gpus import needs_gpus
+
+pytestmark = needs_gpus(1)
 pynvml = pytest.importorskip("pynvml")
-try:
-    pynvml.nvmlInit()
-    HAVE_GPU = pynvml.nvmlDeviceGetCount() > 0
-except pynvml.NVMLError:
-    HAVE_GPU = False
-pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not HAVE_GPU, reason="needs an NVIDIA GPU")]
 
 
 class FaultyNvml:
