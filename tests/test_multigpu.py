@@ -144,7 +144,7 @@ RANK = Signals(
     nvlink_bytes_per_second=0.1e9, sm_clock_ratio=1.0, throttle={}, processes=1, process_shares={1: 0.2},
     memory_held_bytes=40 * 2**30, cpu_ratio=1.0, busiest_thread_cpu_ratio=0.5, children=4, children_cpu_ratio=0.4,
     threads_in_disk_wait=0.0, io_read_bytes_per_second=0.0, iowait_ratio=0.0, driver_major=580, cuda_version=(13, 0), pcie_width=None,
-    pcie_width_max=16, power_limit_ratio=1.0, source_quality="gpm", jobs=("alice:train.py",), job_gpus=1,
+    pcie_width_max=16, power_limit_ratio=1.0, source_quality="gpm", job_gpus=1,
     peers_below_ratio=1.0,
 )
 

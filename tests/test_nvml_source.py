@@ -89,3 +89,9 @@ def test_per_process_memory_and_sm_share_are_read():
     processes = read(src, clock)[0].processes
     assert len(processes) == 2
     assert all(p.used_memory_bytes == 30 * 2**30 and p.sm_ratio > 0 for p in processes)
+
+
+def test_a_link_trained_narrower_than_its_maximum_is_read():
+    src, _, clock = source("system")
+    gpu = read(src, clock)[0]
+    assert (gpu.pcie_link_width, gpu.info.pcie_link_width_max) == (4, 16)

@@ -204,7 +204,6 @@ class Signals:
     pcie_width_max: int | None
     power_limit_ratio: float | None
     source_quality: str
-    jobs: tuple[str, ...] = field(default=())
     process_jobs: Mapping[int, str] = field(default_factory=dict)
     job_gpus: int = 0  # other GPUs running this GPU's job (last tick)
     peers_below_ratio: float | None = None  # share of those under the threshold; None: no other GPU
@@ -265,8 +264,6 @@ def signals(window: Sequence[Tick]) -> Signals:
     limit_ratio = None
     if info.power_limit_watts and info.default_power_limit_watts:
         limit_ratio = info.power_limit_watts / info.default_power_limit_watts
-    jobs = tuple(sorted({last.host.processes[pid].job for pid in pids
-                         if pid in last.host.processes and last.host.processes[pid].job}))
     peers_below = mean(lambda t: t.peers.below / t.peers.gpus if t.peers.gpus else None)
     return Signals(
         seconds=sum(weights),
@@ -294,11 +291,10 @@ def signals(window: Sequence[Tick]) -> Signals:
         iowait_ratio=mean(lambda t: t.host.iowait_ratio),
         driver_major=driver_major,
         cuda_version=cuda,
-        pcie_width=None,
+        pcie_width=last.sample.pcie_link_width,
         pcie_width_max=info.pcie_link_width_max,
         power_limit_ratio=limit_ratio,
         source_quality=last.sample.source_quality,
-        jobs=jobs,
         process_jobs={pid: last.host.processes[pid].job for pid in pids
                       if pid in last.host.processes and last.host.processes[pid].job},
         job_gpus=last.peers.gpus,

@@ -100,6 +100,7 @@ class GpuSample:
     temperature_celsius: float | None = None
     clock_event_reasons: int | None = None  # NVML bitmask, as seen at the end of the tick
     throttle_seconds: Mapping[str, float] = field(default_factory=dict)  # cumulative by reason
+    pcie_link_width: int | None = None  # lanes now; a link trained narrower than its maximum is a fault
     processes: tuple[GpuProcess, ...] = ()
 
 

@@ -149,6 +149,7 @@ class NvmlGpu:
         self._throttle_bits = {r: b for r, b in {**THROTTLE_BITS, **FALLBACK_BITS}.items() if r not in self._throttle}
         self._throttle_from_bits: dict[str, float] = dict.fromkeys(self._throttle_bits, 0.0)
         self._process_ratios: dict[int, tuple[float | None, float | None]] | None = None
+        self._pcie_link_width: int | None = None
 
     def _read_info(self) -> GpuInfo:
         h = self.handle
@@ -250,6 +251,9 @@ class NvmlGpu:
         fields["clock_event_reasons"] = reasons
         fields["throttle_seconds"] = self._read_throttle(slow, reasons, interval)
         fields["processes"] = self._read_processes(slow)
+        if slow or self._pcie_link_width is None:
+            self._pcie_link_width = self._call("nvmlDeviceGetCurrPcieLinkWidth", h)
+        fields["pcie_link_width"] = self._pcie_link_width
 
         for name in ("power_watts", "energy_joules", "memory_used_bytes", "sm_clock_mhz"):
             if fields[name] is None:
