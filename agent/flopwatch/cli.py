@@ -97,9 +97,11 @@ def build_agent(config: Config, *, clock: Callable[[], float] = time.monotonic,
     try:
         # A GPU that has not answered by half the interval is marked for this tick, so one stuck
         # GPU cannot hold up the others' cadence. Not under half a second, though: a healthy read
-        # takes milliseconds, but a loaded machine can delay one by tens.
+        # takes milliseconds, but a loaded machine can delay one by tens. On a virtual clock
+        # (a simulated status window, generated history) there is no cadence to keep.
+        timeout = max(a.interval_seconds / 2, 0.5) if clock is time.monotonic else None
         source = NvmlSource(lib, counter_interval_seconds=a.counter_interval_seconds, clock=clock,
-                            wall_clock=wall_clock, read_timeout_seconds=max(a.interval_seconds / 2, 0.5))
+                            wall_clock=wall_clock, read_timeout_seconds=timeout)
     except NvmlUnavailable as e:
         raise UsageError(
             f"NVML is not available ({e}). To run on simulated GPUs instead: "
