@@ -75,10 +75,6 @@ class WebConfig:
     _cache: OrderedDict = field(default_factory=OrderedDict, repr=False, compare=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
-    @property
-    def auth_required(self) -> bool:
-        return bool(self.basic_auth_users)
-
     def ssl_context(self) -> ssl.SSLContext | None:
         """A server-side context from the files as they are now; None when TLS is off."""
         if self.tls is None:

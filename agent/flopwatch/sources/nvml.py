@@ -421,7 +421,7 @@ class NvmlSource:
         self,
         lib: Any | None = None,
         *,
-        counter_interval_seconds: float = 5.0,
+        counter_interval_seconds: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         read_timeout_seconds: float | None = None,
@@ -454,10 +454,6 @@ class NvmlSource:
             return None
         self._last_info[index] = gpu.info
         return gpu
-
-    @property
-    def infos(self) -> list[GpuInfo]:
-        return [self._last_info[i] for i in sorted(self._last_info)]
 
     def read(self) -> list[GpuSample]:
         """Every GPU's sample for this tick, each read in parallel and waited for until the
