@@ -20,7 +20,6 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import socket
 import threading
 import time
 import urllib.error
@@ -274,7 +273,7 @@ class AlertmanagerSink:
     def __init__(self, config, outbox: Outbox | None = None,
                  clock: Callable[[], float] = time.time):
         alerting = config.alerting
-        host = config.agent.hostname or socket.gethostname()
+        host = config.agent.node_name()
         self.generator_url = alerting.external_url or _status_url(host, config.agent.listen)
         self.resend_interval = max(alerting.resend_interval_seconds, 1.0)
         self.timeout = alerting.timeout_seconds

@@ -118,12 +118,10 @@ def _sinks(config: Config) -> list:
     Alertmanager when configured."""
     sinks = []
     if config.history.url.lower() != "none":
-        import socket
-
         from .store import HistoryStore
 
         try:
-            sinks.append(HistoryStore.from_config(config.history, config.agent.hostname or socket.gethostname()))
+            sinks.append(HistoryStore.from_config(config.history, config.agent.node_name()))
         except ConfigError as e:
             raise UsageError(str(e)) from None
     if os.environ.get("NOTIFY_SOCKET"):

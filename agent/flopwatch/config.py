@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import socket
 import sys
 import typing
 from dataclasses import dataclass, field
@@ -43,6 +44,10 @@ class AgentConfig:
     hostname: str = ""
     web_config_file: str = ""
     log_level: str = "info"
+
+    def node_name(self) -> str:
+        """This node's name in metrics, history and alerts: ``hostname`` if set, else the host's."""
+        return self.hostname or socket.gethostname()
 
 
 @dataclass

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import math
-import socket
 import time
 from collections import deque
 from dataclasses import replace
@@ -78,7 +77,7 @@ class Agent:
         self.token_account = TokenAccount(t.window_seconds, Prices(t.price_per_gpu_hour, t.price_per_kwh))
         self.clock = clock
         self.wall_clock = wall_clock
-        self.hostname = config.agent.hostname or socket.gethostname()
+        self.hostname = config.agent.node_name()
         self.state: AgentState | None = None
         self._gpus: dict[int, _PerGpu] = {}
         self._ticks = 0

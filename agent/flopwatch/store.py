@@ -21,7 +21,7 @@ import time
 from collections import Counter, deque
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from sqlalchemy import create_engine, delete, event, exists, func, inspect, select, text, update
 from sqlalchemy.engine import URL, Connection, Engine, make_url
