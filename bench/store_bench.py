@@ -125,7 +125,7 @@ def main() -> None:
     for level, days in (("raw", retention.raw_days), ("minute", retention.minute_days),
                         ("hour", retention.hour_days)):
         print(f"{level:8} {per_day[level]:>14,.0f} {days:>12g}")
-    print(f"raw tables: " + ", ".join(f"{t} {raw_sizes.get(t, 0) / raw_gpu_days / 1e6:.2f} MB/GPU-day"
+    print("raw tables: " + ", ".join(f"{t} {raw_sizes.get(t, 0) / raw_gpu_days / 1e6:.2f} MB/GPU-day"
                                       for t in RAW_TABLES if raw_sizes.get(t)))
     for name, value in spent.items():
         print(f"{name:8} {value / seconds * 1e3:8.3f} ms per tick ({args.gpus} GPUs)")
