@@ -9,6 +9,7 @@ V100 datasheet (2018). An unlisted model gets ``None``: no figure is better than
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -52,6 +53,7 @@ TABLE: tuple[tuple[re.Pattern[str], Peaks], ...] = tuple(
 )
 
 
+@functools.cache  # a GPU's name never changes: match it once, not every tick
 def lookup(name: str) -> Peaks | None:
     for pattern, peaks in TABLE:
         if pattern.search(name):
