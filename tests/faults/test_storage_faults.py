@@ -2,6 +2,7 @@
 a full disk. Sampling and /metrics go on, rows wait in the buffer and land when the database is
 back, and the rows lost (flopwatch_store_dropped_rows_total) are exported: 0 within the buffer."""
 
+import collections
 import os
 import signal
 import sqlite3
@@ -57,8 +58,11 @@ def assert_every_tick_written(agent: live.LiveAgent) -> None:
     agent.stop()  # the final flush included
     with store.engine.connect() as connection:
         rows = connection.execute(text("SELECT gpu, count(*) FROM gpu_raw GROUP BY gpu ORDER BY gpu")).all()
-    ticks = agent.agent.state.ticks
-    assert [tuple(r) for r in rows] == [(0, ticks), (1, ticks)]
+    # Every tick in which a GPU was read has its row (a loaded machine can make a read miss its
+    # deadline; that GPU was then marked for the tick, and there is no reading to store).
+    read = collections.Counter(gpu for errors in agent.ticks.since(0) for gpu, error in errors.items() if error is None)
+    assert [tuple(r) for r in rows] == [(0, read[0]), (1, read[1])]
+    assert min(read.values()) >= agent.agent.state.ticks - 2
 
 
 def durable(url: str) -> str:
