@@ -1,39 +1,51 @@
 """What one tick costs on a real GPU, against the floor: the same NVML calls in a bare loop.
 
-(a) floor: per GPU, exactly the calls NvmlGpu.read makes (GPM sample + metrics, utilization,
-    memory, power, SM and memory clocks, temperature, clock-event reasons, throttle field values,
-    compute processes; the energy counter, throttle field values and process utilization every
-    5 s, as the agent reads them), nothing else.
-(b) flopwatch: Agent.tick() (NvmlSource.read, host read, derive, diagnose) and one /metrics render.
-Both tick every --period seconds, in alternating blocks; CPU per tick is process_time (user +
-system, all threads), wall per tick is perf_counter. Then (c): two readers side by side, one
-reading the energy counter every tick and one every 5 s (power integrated between): CPU per tick
-and the joules each counted.
+(a) floor: per GPU, exactly the NVML calls NvmlGpu.read makes (one GPM sample and one metrics
+    request with the active NVLink links' metrics, utilization, memory, power, SM and memory
+    clocks, temperature, clock-event reasons, compute processes; the energy counter, throttle
+    field values, process utilization and PCIe link width every counter interval, as the agent
+    reads them), on the calling thread, nothing else.
+(b) flopwatch: Agent.tick() as `flopwatch run` makes it: each GPU read on its reader thread under
+    the deadline, the host read (psutil, /proc), derive, diagnose, token accounting, process views.
+Both run once a period, back to back in alternating order, at the agent's cadence (1 s) and then
+ten times faster, where the 30 s diagnosis window holds ten times the ticks. CPU is process_time
+(user + system of every thread of this process). A /metrics render is not part of a tick: the
+server renders once per scrape (every 15 s or so), so it is reported on its own. Then (c): the
+energy counter read every tick and every counter interval, side by side: CPU per tick and joules.
 
-    python3 bench/gpu_tick_floor.py [--ticks 300] [--period 0.1] [--energy-seconds 40]
+    python3 bench/gpu_tick_floor.py [--seconds 120] [--fast-seconds 30] [--energy-seconds 40] [--profile]
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import time
 
 from common import final, skip_without_gpu, start_gpu_load, stop, table
 
 TARGET_RATIO = 1.3
-ENERGY_INTERVAL_SECONDS = 5.0
+FAST_PERIOD = 0.1
+SCRAPE_SECONDS = 15.0
 
 
 class Floor:
-    """The NVML calls of one tick, each guarded as the product guards them, and nothing more."""
+    """The NVML calls of one GPU's read, each guarded as the product guards them, and nothing more."""
 
-    def __init__(self, pynvml, index: int):
+    def __init__(self, pynvml, index: int, counter_interval_seconds: float):
         from flopwatch.sources.nvml import GPM_RATES, GPM_RATIOS, THROTTLE_FIELDS
 
-        self.nvml = pynvml
-        self.handle = pynvml.nvmlDeviceGetHandleByIndex(index)
-        self.gpm_ids = [getattr(pynvml, c) for c in {**GPM_RATIOS, **GPM_RATES}.values() if hasattr(pynvml, c)]
-        self.field_ids = [getattr(pynvml, c) for c in THROTTLE_FIELDS.values() if hasattr(pynvml, c)]
+        n = self.nvml = pynvml
+        self.handle = n.nvmlDeviceGetHandleByIndex(index)
+        self.counter_interval_seconds = counter_interval_seconds
+        self.metric_ids = [getattr(n, c) for c in {**GPM_RATIOS, **GPM_RATES}.values() if hasattr(n, c)]
+        for link in range(getattr(n, "NVML_NVLINK_MAX_LINKS", 0)):  # the active links, as at open
+            names = (f"NVML_GPM_METRIC_NVLINK_L{link}_TX_PER_SEC", f"NVML_GPM_METRIC_NVLINK_L{link}_RX_PER_SEC")
+            if not all(hasattr(n, name) for name in names):
+                break
+            if self._try(n.nvmlDeviceGetNvLinkState, self.handle, link) == n.NVML_FEATURE_ENABLED:
+                self.metric_ids += [getattr(n, name) for name in names]
+        self.field_ids = [getattr(n, c) for c in THROTTLE_FIELDS.values() if hasattr(n, c)]
         self.previous = self._gpm_sample()
         self.counters_at = time.monotonic()
         self.last_seen = 0
@@ -57,9 +69,9 @@ class Floor:
             if current is not None:
                 request = n.c_nvmlGpmMetricsGet_t()
                 request.version = n.NVML_GPM_METRICS_GET_VERSION
-                request.numMetrics = len(self.gpm_ids)
+                request.numMetrics = len(self.metric_ids)
                 request.sample1, request.sample2 = self.previous, current
-                for i, metric_id in enumerate(self.gpm_ids):
+                for i, metric_id in enumerate(self.metric_ids):
                     request.metrics[i].metricId = metric_id
                 self._try(n.nvmlGpmMetricsGet, request)
                 self._try(n.nvmlGpmSampleFree, self.previous)
@@ -73,7 +85,7 @@ class Floor:
         self._try(n.nvmlDeviceGetCurrentClocksEventReasons, h)
         self._try(n.nvmlDeviceGetComputeRunningProcesses, h)
         now = time.monotonic()
-        if now - self.counters_at >= ENERGY_INTERVAL_SECONDS:
+        if now - self.counters_at >= self.counter_interval_seconds:
             # The costly counters, at the agent's cadence for them.
             self.counters_at = now
             self._try(n.nvmlDeviceGetTotalEnergyConsumption, h)
@@ -82,23 +94,49 @@ class Floor:
             samples = self._try(n.nvmlDeviceGetProcessUtilization, h, self.last_seen)
             for s in samples or []:
                 self.last_seen = max(self.last_seen, s.timeStamp)
+            self._try(n.nvmlDeviceGetCurrPcieLinkWidth, h)
 
 
-def timed_block(step, ticks: int, period: float) -> tuple[float, float]:
-    """CPU and wall seconds spent in ``step`` over ``ticks`` ticks, one every ``period``."""
-    cpu = wall = 0.0
+class Timed:
+    """A source whose reads' CPU time (every thread of the process) is counted."""
+
+    def __init__(self, source):
+        self.source = source
+        self.name = source.name
+        self.seconds = 0.0
+
+    def read(self, *args):
+        start = time.process_time()
+        try:
+            return self.source.read(*args)
+        finally:
+            self.seconds += time.process_time() - start
+
+
+def cpu_of(step) -> float:
+    start = time.process_time()
+    step()
+    return time.process_time() - start
+
+
+def interleaved(floor_tick, agent_tick, seconds: float, period: float) -> tuple[int, float, float]:
+    """Both steps once a period, in alternating order; their CPU seconds and the tick count."""
+    floor_cpu = agent_cpu = 0.0
+    ticks = max(int(seconds / period), 2)
     next_at = time.monotonic()
-    for _ in range(ticks):
+    for i in range(ticks):
         next_at += period
-        c0, w0 = time.process_time(), time.perf_counter()
-        step()
-        cpu += time.process_time() - c0
-        wall += time.perf_counter() - w0
+        if i % 2:
+            floor_cpu += cpu_of(floor_tick)
+            agent_cpu += cpu_of(agent_tick)
+        else:
+            agent_cpu += cpu_of(agent_tick)
+            floor_cpu += cpu_of(floor_tick)
         time.sleep(max(next_at - time.monotonic(), 0.0))
-    return cpu, wall
+    return ticks, floor_cpu, agent_cpu
 
 
-def floor_vs_agent(ticks: int, period: float) -> tuple[list, float]:
+def floor_vs_agent(seconds: float, fast_seconds: float, profile: bool) -> tuple[list, float]:
     import pynvml
     from flopwatch.cli import build_agent
     from flopwatch.config import Config
@@ -106,55 +144,74 @@ def floor_vs_agent(ticks: int, period: float) -> tuple[list, float]:
 
     config = Config()
     built = build_agent(config)
+    agent = built.agent
+    agent.gpu_source = gpu = Timed(agent.gpu_source)
+    agent.host_source = host = Timed(agent.host_source)
     registry = built.exporter.registry()
-    floors = [Floor(pynvml, i) for i in range(pynvml.nvmlDeviceGetCount())]
+    floors = [Floor(pynvml, i, config.agent.counter_interval_seconds) for i in range(pynvml.nvmlDeviceGetCount())]
 
     def floor_tick() -> None:
         for f in floors:
             f.tick()
 
-    render_cpu = [0.0]
-
-    def agent_tick() -> None:
-        built.agent.tick()
-        start = time.process_time()
-        generate_latest(registry)
-        render_cpu[0] += time.process_time() - start
-
-    totals = {"floor": [0.0, 0.0], "flopwatch": [0.0, 0.0]}
-    blocks = 4
-    for _ in range(2):  # warm both paths (first GPM sample, psutil caches)
+    for _ in range(3):  # warm both paths (first GPM sample, psutil caches, first process list)
         floor_tick()
-        agent_tick()
-    render_cpu[0] = 0.0
-    for _ in range(blocks):
-        for name, step in (("floor", floor_tick), ("flopwatch", agent_tick)):
-            cpu, wall = timed_block(step, ticks // blocks, period)
-            totals[name][0] += cpu
-            totals[name][1] += wall
-    for g in built.agent.state.gpus:  # what was really read: GPM or coarse, and what the driver refused
+        agent.tick()
+    gc.freeze()  # as `flopwatch run` does after its first tick
+    rows = []
+    ratio = float("nan")
+    for name, period, span in (("agent's cadence", config.agent.interval_seconds, seconds),
+                               ("10× faster", FAST_PERIOD, fast_seconds)):
+        gpu.seconds = host.seconds = 0.0
+        ticks, floor_cpu, agent_cpu = interleaved(floor_tick, agent.tick, span, period)
+        rest = agent_cpu - gpu.seconds - host.seconds
+        window = len(agent._gpus[0].window) if agent._gpus else 0
+        label = f"{name}: every {period:g} s, {window} ticks in the window"
+        rows += [
+            [label, "floor: the NVML calls alone", ticks, 1000 * floor_cpu / ticks, ""],
+            ["", "flopwatch: Agent.tick()", ticks, 1000 * agent_cpu / ticks, agent_cpu / floor_cpu],
+            ["", "  NVML reads, on reader threads", "", 1000 * gpu.seconds / ticks, gpu.seconds / floor_cpu],
+            ["", "  host (psutil, /proc)", "", 1000 * host.seconds / ticks, ""],
+            ["", "  derive, diagnose, tokens, views", "", 1000 * rest / ticks, ""],
+        ]
+        if name == "agent's cadence":
+            ratio = agent_cpu / floor_cpu
+    renders = 20
+    render = sum(cpu_of(lambda: generate_latest(registry)) for _ in range(renders)) / renders
+    rows.append(["a /metrics render, once per scrape", f"per tick at a scrape every {SCRAPE_SECONDS:g} s", "",
+                 1000 * render * config.agent.interval_seconds / SCRAPE_SECONDS, ""])
+    rows.append(["", "one render", renders, 1000 * render, ""])
+    for g in agent.state.gpus:  # what was really read: GPM or coarse, and what the driver refused
         s = g.sample
         print(f"GPU {s.info.index} {s.info.name}: source {s.source_quality}, {len(s.processes)} process(es), "
-              f"unsupported: {', '.join(s.unsupported) or 'none'}")
-    built.agent.close()
-    n = (ticks // blocks) * blocks
-    rows = [[name, n, 1000 * cpu / n, 1000 * wall / n] for name, (cpu, wall) in totals.items()]
-    ratio = totals["flopwatch"][0] / totals["floor"][0]
-    rows.append(["ratio", "", ratio, totals["flopwatch"][1] / totals["floor"][1]])
-    # Prometheus renders once per scrape (every 15 s or so), not every tick: the tick alone too.
-    tick_only = totals["flopwatch"][0] - render_cpu[0]
-    rows.append(["ratio, tick without render", "", tick_only / totals["floor"][0], ""])
-    gpus = len(floors)
-    print(f"(a) floor vs (b) flopwatch, {gpus} GPU(s), {n} ticks each every {period:g} s, alternating blocks")
+              f"{len(s.nvlink_links)} active NVLink link(s), unsupported: {', '.join(s.unsupported) or 'none'}")
+    if profile:
+        print_profile(agent)
+    agent.close()
+    print(f"(a) floor vs (b) flopwatch, {len(floors)} GPU(s), once a period each, alternating order")
     return rows, ratio
 
 
-def energy_cadence(seconds: float, period: float) -> list:
+def print_profile(agent, ticks: int = 300) -> None:
+    """Where the agent's own Python time goes (the calling thread only: reads run on theirs)."""
+    import cProfile
+    import pstats
+
+    profiler = cProfile.Profile()
+    next_at = time.monotonic()
+    for _ in range(ticks):
+        next_at += FAST_PERIOD
+        profiler.runcall(agent.tick)
+        time.sleep(max(next_at - time.monotonic(), 0.0))
+    pstats.Stats(profiler).sort_stats("tottime").print_stats(15)
+
+
+def energy_cadence(seconds: float, period: float, counter_interval: float) -> list:
     from flopwatch.sources.nvml import NvmlSource
 
     every_tick = NvmlSource(counter_interval_seconds=0.0)
-    cadence = NvmlSource(counter_interval_seconds=ENERGY_INTERVAL_SECONDS)
-    cpu = {"every tick": 0.0, f"every {ENERGY_INTERVAL_SECONDS:g} s": 0.0}
+    cadence = NvmlSource(counter_interval_seconds=counter_interval)
+    cpu = {"every tick": 0.0, f"every {counter_interval:g} s": 0.0}
     last: dict[str, list] = {}
     ticks = 0
     deadline = time.monotonic() + seconds
@@ -168,37 +225,41 @@ def energy_cadence(seconds: float, period: float) -> list:
         ticks += 1
         time.sleep(max(next_at - time.monotonic(), 0.0))
     every_tick.close()
+    cadence.close()
     rows = []
     reference = sum(s.energy_joules or 0.0 for s in last["every tick"])
     for name in cpu:
         joules = sum(s.energy_joules or 0.0 for s in last[name])
         rows.append([name, ticks, 1000 * cpu[name] / ticks, joules,
                      100.0 * (joules - reference) / reference if reference else float("nan")])
-    print(f"(c) the energy counter read every tick vs every {ENERGY_INTERVAL_SECONDS:g} s, {seconds:g} s at "
+    print(f"(c) the energy counter read every tick vs every {counter_interval:g} s, {seconds:g} s at "
           f"{1 / period:g} Hz, same GPUs, same time (the every-tick total is the counter's own)")
     return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--ticks", type=int, default=300, help="per path")
-    parser.add_argument("--period", type=float, default=0.1, help="seconds between ticks")
+    parser.add_argument("--seconds", type=float, default=120.0, help="at the agent's cadence")
+    parser.add_argument("--fast-seconds", type=float, default=30.0, help=f"at one tick every {FAST_PERIOD:g} s")
     parser.add_argument("--energy-seconds", type=float, default=40.0)
+    parser.add_argument("--profile", action="store_true", help="then profile 300 fast ticks of the agent")
     parser.add_argument("--no-load", action="store_true", help="do not start a GPU process")
     args = parser.parse_args()
     skip_without_gpu()
+    from flopwatch.config import Config
 
     load = None if args.no_load else start_gpu_load()
     try:
-        rows, ratio = floor_vs_agent(args.ticks, args.period)
-        print(table(["path", "ticks", "CPU ms/tick", "wall ms/tick"], rows))
+        rows, ratio = floor_vs_agent(args.seconds, args.fast_seconds, args.profile)
+        print(table(["cadence", "path", "ticks", "CPU ms/tick", "× floor"], rows))
         print()
+        agent = Config().agent
         print(table(["energy read", "ticks", "CPU ms/tick", "joules", "diff %"],
-                    energy_cadence(args.energy_seconds, args.period)))
+                    energy_cadence(args.energy_seconds, agent.interval_seconds, agent.counter_interval_seconds)))
     finally:
         if load is not None:
             stop(load)
-    final("gpu_tick_ratio", f"{ratio:.2f}× the NVML floor's CPU per tick", f"≤ {TARGET_RATIO:g}×")
+    final("gpu_tick_ratio", f"{ratio:.2f}× the NVML floor's CPU per tick at the agent's cadence", f"≤ {TARGET_RATIO:g}×")
 
 
 if __name__ == "__main__":

@@ -155,7 +155,7 @@ class Agent:
                     close()
                 except Exception:
                     log.exception("closing %s failed", sink.name)
-        for source in (self.tokens, self.gpu_source):
+        for source in (self.tokens, self.gpu_source, self.host_source):
             closer = getattr(source, "close", None)
             if closer is not None:
                 closer()

@@ -13,8 +13,8 @@ import psutil
 from ..model import HostProcess, HostSample, Identity
 from ..redact import redact_cmdline
 from .identity import JOB_RULES, check_rules, job_name, read_identity
+from .procfs import PAGE_SIZE, RSS_PAGES, STATE, STATES, ProcFiles, cpu_seconds, io_bytes, stat_fields
 
-_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 # Listing descendants scans all of /proc; loader workers live for the whole job, so a fresh list
 # every few seconds is enough (their CPU is still read every tick).
 CHILDREN_REFRESH_SECONDS = 10.0
@@ -39,7 +39,7 @@ class _Seen:
     at: float
     cpu_seconds: float
     thread_cpu_seconds: dict[int, float]
-    children: list[psutil.Process]
+    children: list[int]
     children_listed_at: float
     children_cpu_seconds: dict[int, float]
     io_read_bytes: int | None
@@ -56,6 +56,7 @@ class HostSource:
         self.proc_root = proc_root
         self.job_rules = check_rules(job_rules)
         self._seen: dict[int, _Seen] = {}
+        self._files = ProcFiles()
         self._cpu_times = psutil.cpu_times()
         self._cpu_count = psutil.cpu_count() or 1
 
@@ -71,8 +72,12 @@ class HostSource:
                 alive.add(pid)
         for pid in set(self._seen) - alive:
             del self._seen[pid]
+        self._files.sweep()
         return HostSample(timestamp=timestamp, cpu_count=self._cpu_count, cpu_busy_ratio=cpu_busy,
                           iowait_ratio=iowait, processes=processes)
+
+    def close(self) -> None:
+        self._files.close()
 
     def _host_cpu(self) -> tuple[float | None, float | None]:
         now = psutil.cpu_times()
@@ -94,46 +99,46 @@ class HostSource:
         except OSError:
             return cpu, 0
         for tid in tids:
-            try:
-                with open(f"{task_dir}/{tid}/stat", "rb") as f:
-                    stat = f.read()
-            except OSError:
+            stat = self._files.read(f"{task_dir}/{tid}/stat")
+            if stat is None:
                 continue
-            fields = stat[stat.rfind(b")") + 2:].split()
-            if fields[0] == b"D":
+            fields = stat_fields(stat)
+            if fields[STATE] == b"D":
                 disk_wait += 1
-            cpu[int(tid)] = (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+            cpu[int(tid)] = cpu_seconds(fields)
         return cpu, disk_wait
 
     def _read_process(self, pid: int, now: float) -> HostProcess | None:
         seen = self._seen.get(pid)
+        stat = self._files.read(f"{self.proc_root}/{pid}/stat")
+        if stat is None:
+            return None
+        fields = stat_fields(stat)
+        state = fields[STATE].decode()
+        if state in ("Z", "X"):
+            return None
         try:
             process = seen.process if seen is not None else psutil.Process(pid)
-            with process.oneshot():
-                times = process.cpu_times()
-                cpu_seconds = times.user + times.system
-                status = process.status()
-                rss = process.memory_info().rss
-                io = _safe(process.io_counters)
-                who = seen.who if seen is not None else self._who(pid, process)
+            who = seen.who if seen is not None else self._who(pid, process)
         except (psutil.NoSuchProcess, psutil.ZombieProcess):
             return None
         except psutil.AccessDenied:
             return HostProcess(pid=pid, name="?", state="unknown")
+        cpu = cpu_seconds(fields)
+        io_read, io_write = io_bytes(self._files.read(f"{self.proc_root}/{pid}/io"))
         thread_cpu, disk_wait = self._threads(pid)
         if seen is not None and now - seen.children_listed_at < CHILDREN_REFRESH_SECONDS:
             children, listed_at = seen.children, seen.children_listed_at
         else:
-            children, listed_at = _safe(lambda: process.children(recursive=True)) or [], now
-        children_cpu = {c.pid: v for c in children if (v := _child_cpu_seconds(c)) is not None}
-        io_read = getattr(io, "read_bytes", None)
-        io_write = getattr(io, "write_bytes", None)
-        self._seen[pid] = _Seen(process, now, cpu_seconds, thread_cpu, children, listed_at, children_cpu,
+            listed = _safe(lambda: process.children(recursive=True)) or []
+            children, listed_at = [c.pid for c in listed], now
+        children_cpu = {c: v for c in children if (v := self._cpu_seconds(c)) is not None}
+        self._seen[pid] = _Seen(process, now, cpu, thread_cpu, children, listed_at, children_cpu,
                                 io_read, io_write, who)
         cpu_ratio = busiest = children_ratio = read_rate = write_rate = None
         if seen is not None and now > seen.at:
             dt = now - seen.at
-            cpu_ratio = max(cpu_seconds - seen.cpu_seconds, 0.0) / dt
+            cpu_ratio = max(cpu - seen.cpu_seconds, 0.0) / dt
             deltas = [v - seen.thread_cpu_seconds.get(tid, v) for tid, v in thread_cpu.items()]
             busiest = max(deltas, default=0.0) / dt
             # Only children seen both times count: a new worker's lifetime CPU is not this tick's.
@@ -141,14 +146,19 @@ class HostSource:
                                  if c in seen.children_cpu_seconds) / dt
             if io_read is not None and seen.io_read_bytes is not None:
                 read_rate = max(io_read - seen.io_read_bytes, 0) / dt
+            if io_write is not None and seen.io_write_bytes is not None:
                 write_rate = max(io_write - seen.io_write_bytes, 0) / dt
         return HostProcess(
-            pid=pid, name=who.name, user=who.user, cmdline=who.cmdline, state=status,
+            pid=pid, name=who.name, user=who.user, cmdline=who.cmdline, state=STATES.get(state, state),
             cpu_ratio=cpu_ratio, busiest_thread_cpu_ratio=busiest, threads=len(thread_cpu),
             threads_in_disk_wait=disk_wait, children=len(children), children_cpu_ratio=children_ratio,
-            rss_bytes=rss, io_read_bytes_per_second=read_rate, io_write_bytes_per_second=write_rate,
-            job=who.job, identity=who.identity,
+            rss_bytes=int(fields[RSS_PAGES]) * PAGE_SIZE, io_read_bytes_per_second=read_rate,
+            io_write_bytes_per_second=write_rate, job=who.job, identity=who.identity,
         )
+
+    def _cpu_seconds(self, pid: int) -> float | None:
+        stat = self._files.read(f"{self.proc_root}/{pid}/stat")
+        return cpu_seconds(stat_fields(stat)) if stat is not None else None
 
     def _who(self, pid: int, process: psutil.Process) -> _Who:
         name = process.name()
@@ -163,8 +173,3 @@ def _safe(fn: Callable) -> object:
         return fn()
     except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess, OSError):
         return None
-
-
-def _child_cpu_seconds(child: psutil.Process) -> float | None:
-    times = _safe(child.cpu_times)
-    return times.user + times.system if times is not None else None

@@ -19,6 +19,7 @@ figures.
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from typing import Any, Callable
@@ -393,23 +394,44 @@ class SlowCounter:
         return self.total
 
 
-class _Read:
-    """One GPU's read on a daemon thread: a call that never returns holds that thread, not the
-    tick, and cannot hold up the agent's exit."""
+class _Reader:
+    """One GPU's reads, on a daemon thread of its own for the agent's life: a call that never
+    returns holds that thread, not the tick, and cannot hold up the agent's exit. The thread is
+    kept, not started per tick: starting one costs more CPU than the NVML calls it makes."""
 
-    def __init__(self, read: Callable[[], GpuSample], name: str) -> None:
-        self.done = threading.Event()
-        self.sample: GpuSample | None = None
+    def __init__(self, read: Callable[[float], GpuSample], name: str) -> None:
         self._read = read
+        self._requests: queue.SimpleQueue[float | None] = queue.SimpleQueue()
+        # Released by the thread when a read is done: a bare lock is the cheapest wake-up there is.
+        self._done = threading.Lock()
+        self._done.acquire()
+        self.busy = False
+        self.sample: GpuSample | None = None
         threading.Thread(target=self._run, name=name, daemon=True).start()
 
+    def start(self, timestamp: float) -> None:
+        self.busy = True
+        self._requests.put(timestamp)
+
+    def finished(self, timeout: float | None = 0.0) -> bool:
+        """Whether the read has returned, waiting up to ``timeout`` (None: as long as it takes)."""
+        if self._done.acquire(timeout=-1 if timeout is None else timeout):
+            self.busy = False
+            return True
+        return False
+
+    def stop(self) -> None:
+        self._requests.put(None)
+
     def _run(self) -> None:
-        try:
-            self.sample = self._read()
-        except Exception:
-            log.exception("reading %s failed", threading.current_thread().name)
-        finally:
-            self.done.set()
+        while (timestamp := self._requests.get()) is not None:
+            try:
+                self.sample = self._read(timestamp)
+            except Exception:
+                log.exception("reading %s failed", threading.current_thread().name)
+                self.sample = None
+            finally:
+                self._done.release()
 
 
 class NvmlSource:
@@ -432,7 +454,6 @@ class NvmlSource:
         self.lib = lib
         self.wall_clock = wall_clock
         self.read_timeout_seconds = read_timeout_seconds
-        self._reads: dict[int, _Read] = {}  # reads still running past their tick's deadline
         try:
             lib.nvmlInit()
             count = lib.nvmlDeviceGetCount()
@@ -445,6 +466,7 @@ class NvmlSource:
         self._last_info: dict[int, GpuInfo] = {}
         for index in range(count):
             self.gpus.append(self._open(index))
+        self._readers = [_Reader(lambda t, i=i: self._read_gpu(i, t), f"nvml-gpu{i}") for i in range(count)]
 
     def _open(self, index: int) -> NvmlGpu | None:
         try:
@@ -461,16 +483,13 @@ class NvmlSource:
         timestamp = self.wall_clock()
         timeout = self.read_timeout_seconds
         deadline = None if timeout is None else time.monotonic() + timeout
-        for index in range(len(self.gpus)):
-            late = self._reads.get(index)
-            if late is None or late.done.is_set():  # a late read that has now returned is stale
-                self._reads[index] = _Read(lambda i=index: self._read_gpu(i, timestamp), f"nvml-gpu{index}")
+        for reader in self._readers:
+            if not reader.busy or reader.finished():  # a late read that has returned since is stale
+                reader.start(timestamp)
         samples = []
-        for index in range(len(self.gpus)):
-            running = self._reads[index]
-            if running.done.wait(None if deadline is None else max(deadline - time.monotonic(), 0.0)):
-                del self._reads[index]
-                samples.append(running.sample or self._lost_sample(index, timestamp, "read failed"))
+        for index, reader in enumerate(self._readers):
+            if reader.finished(None if deadline is None else max(deadline - time.monotonic(), 0.0)):
+                samples.append(reader.sample or self._lost_sample(index, timestamp, "read failed"))
             else:
                 log.warning("GPU %d: no answer from NVML within %g s", index, timeout)
                 samples.append(self._lost_sample(index, timestamp, f"timeout: no answer within {timeout:g} s"))
@@ -499,6 +518,8 @@ class NvmlSource:
         return GpuSample(info=info, timestamp=timestamp, interval_seconds=0.0, source_quality="none", error=error)
 
     def close(self) -> None:
+        for reader in self._readers:
+            reader.stop()
         try:
             self.lib.nvmlShutdown()
         except self.lib.NVMLError:

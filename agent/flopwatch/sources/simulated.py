@@ -12,6 +12,7 @@ import math
 import threading
 import time
 import zlib
+from collections import Counter
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any, Callable
@@ -268,6 +269,7 @@ class SimulatedNvml:
         self.wall_clock = wall_clock
         self._start = clock()
         self._faults: dict[tuple[int, str], tuple[int | None, float]] = {}
+        self.blocked_calls: Counter[tuple[int, str]] = Counter()  # by (GPU, function), for fault tests
         self._lock = threading.Lock()
         self._gpus = []
         for i in range(count):
@@ -315,6 +317,7 @@ class SimulatedNvml:
         if fault is not None:
             code, block = fault
             if block:
+                self.blocked_calls[(index, function)] += 1
                 time.sleep(block)
             if code is not None:
                 raise pynvml.NVMLError(code)
