@@ -4,7 +4,7 @@ import os
 import subprocess
 import sys
 
-from flopwatch.sources.procfs import ProcFiles, io_bytes, stat_fields
+from flopwatch.sources.procfs import ProcFiles, host_cpu_ticks, io_bytes, stat_fields
 
 
 def open_fds() -> int:
@@ -57,3 +57,8 @@ def test_a_command_name_with_spaces_and_parentheses_does_not_shift_the_fields():
 def test_io_bytes_reads_what_was_read_and_written_from_storage():
     assert io_bytes(b"rchar: 10\nread_bytes: 4096\nwrite_bytes: 512\n") == (4096, 512)
     assert io_bytes(None) == (None, None)
+
+
+def test_host_cpu_time_leaves_out_guest_time_which_user_time_already_holds():
+    ticks = host_cpu_ticks(b"cpu  100 0 50 800 40 0 10 0 30 0\ncpu0 1 2 3\n")
+    assert ticks == (1000, 800, 40)

@@ -13,7 +13,8 @@ import psutil
 from ..model import HostProcess, HostSample, Identity
 from ..redact import redact_cmdline
 from .identity import JOB_RULES, check_rules, job_name, read_identity
-from .procfs import PAGE_SIZE, RSS_PAGES, STATE, STATES, ProcFiles, cpu_seconds, io_bytes, stat_fields
+from .procfs import (PAGE_SIZE, RSS_PAGES, STATE, STATES, ProcFiles, cpu_seconds, host_cpu_ticks, io_bytes,
+                     stat_fields)
 
 # Listing descendants scans all of /proc; loader workers live for the whole job, so a fresh list
 # every few seconds is enough (their CPU is still read every tick).
@@ -57,7 +58,9 @@ class HostSource:
         self.job_rules = check_rules(job_rules)
         self._seen: dict[int, _Seen] = {}
         self._files = ProcFiles()
-        self._cpu_times = psutil.cpu_times()
+        me = os.getpid()
+        self._children_files = os.path.exists(f"{proc_root}/{me}/task/{me}/children")
+        self._cpu_ticks = host_cpu_ticks(self._files.read(f"{proc_root}/stat"))
         self._cpu_count = psutil.cpu_count() or 1
 
     def read(self, pids: Iterable[int], timestamp: float) -> HostSample:
@@ -80,14 +83,35 @@ class HostSource:
         self._files.close()
 
     def _host_cpu(self) -> tuple[float | None, float | None]:
-        now = psutil.cpu_times()
-        before, self._cpu_times = self._cpu_times, now
-        total = sum(now) - sum(before)
+        """The host's busy and iowait shares since the last tick, from /proc/stat's first line."""
+        now = host_cpu_ticks(self._files.read(f"{self.proc_root}/stat"))
+        before, self._cpu_ticks = self._cpu_ticks, now
+        if now is None or before is None:
+            return None, None
+        total = now.total - before.total
         if total <= 0:
             return None, None
-        idle = (now.idle - before.idle) + (getattr(now, "iowait", 0) - getattr(before, "iowait", 0))
-        iowait = getattr(now, "iowait", 0) - getattr(before, "iowait", 0)
-        return 1.0 - idle / total, iowait / total
+        idle, iowait = now.idle - before.idle, now.iowait - before.iowait
+        return 1.0 - (idle + iowait) / total, iowait / total
+
+    def _descendants(self, process: psutil.Process) -> list[int]:
+        """Every descendant's pid. The kernel's per-thread children files name them for a few
+        reads; without those files, psutil scans every process on the node."""
+        if not self._children_files:
+            return [c.pid for c in _safe(lambda: process.children(recursive=True)) or []]
+        found: list[int] = []
+        todo = [process.pid]
+        while todo:
+            task_dir = f"{self.proc_root}/{todo.pop()}/task"
+            try:
+                tids = os.listdir(task_dir)
+            except OSError:
+                continue
+            for tid in tids:
+                kids = [int(pid) for pid in (self._files.read(f"{task_dir}/{tid}/children") or b"").split()]
+                found += kids
+                todo += kids
+        return found
 
     def _threads(self, pid: int) -> tuple[dict[int, float], int]:
         """CPU seconds per thread and how many threads wait on disk, from /proc/PID/task."""
@@ -130,8 +154,7 @@ class HostSource:
         if seen is not None and now - seen.children_listed_at < CHILDREN_REFRESH_SECONDS:
             children, listed_at = seen.children, seen.children_listed_at
         else:
-            listed = _safe(lambda: process.children(recursive=True)) or []
-            children, listed_at = [c.pid for c in listed], now
+            children, listed_at = self._descendants(process), now
         children_cpu = {c: v for c in children if (v := self._cpu_seconds(c)) is not None}
         self._seen[pid] = _Seen(process, now, cpu, thread_cpu, children, listed_at, children_cpu,
                                 io_read, io_write, who)

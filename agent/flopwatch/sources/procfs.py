@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import resource
+from typing import NamedTuple
 
 # /proc/PID/stat after the ")" that ends the command name: 0-based indexes of the fields used.
 STATE, UTIME, STIME, RSS_PAGES = 0, 11, 12, 21
@@ -80,3 +81,18 @@ def io_bytes(data: bytes | None) -> tuple[int | None, int | None]:
     values = dict(line.split(b": ", 1) for line in data.splitlines() if b": " in line)
     read, write = values.get(b"read_bytes"), values.get(b"write_bytes")
     return (int(read) if read is not None else None, int(write) if write is not None else None)
+
+
+class HostCpuTicks(NamedTuple):
+    total: int  # guest time is already in user and nice, so not added again
+    idle: int
+    iowait: int
+
+
+def host_cpu_ticks(data: bytes | None) -> HostCpuTicks | None:
+    """The whole host's CPU time from /proc/stat's first line (user nice system idle iowait irq
+    softirq steal guest guest_nice), in clock ticks."""
+    if data is None:
+        return None
+    values = [int(v) for v in data[:data.find(b"\n")].split()[1:9]]
+    return HostCpuTicks(sum(values), values[3], values[4] if len(values) > 4 else 0)
