@@ -282,18 +282,21 @@ class TickWindow:
         return parts
 
 
-def _shares(ticks: SlidingWindow[Tick], pids: tuple[int, ...]) -> dict[int, float]:
-    """Each process's mean SM share over the ticks that knew it; 0 if it never had one above 0."""
-    return {pid: ticks.total((_SM, pid)) / (ticks.weight - ticks.weight_of((_SM_UNKNOWN, pid)))
-            if ticks.count((_SM, pid)) else 0.0 for pid in pids}
-
-
 def signals(window: TickWindow) -> Signals:
     ticks = window.ticks
     mean = ticks.mean
     last = ticks.last
     pids = last.pids
-    throttle = {key[1]: mean(key) or 0.0 for key in ticks.keys() if type(key) is tuple and key[0] == _THROTTLE}
+    throttle: dict[str, float] = {}
+    # A process's mean SM share is over the ticks that knew it; 0 if it never had one above 0.
+    shares = dict.fromkeys(pids, 0.0)
+    for key in ticks.keys():
+        if type(key) is tuple:
+            family, name = key
+            if family == _THROTTLE:
+                throttle[name] = mean(key) or 0.0
+            elif family == _SM:
+                shares[name] = ticks.total(key) / (ticks.weight - ticks.weight_of((_SM_UNKNOWN, name)))
     info = last.sample.info
     driver_major = int(info.driver_version.split(".")[0]) if info.driver_version[:1].isdigit() else None
     cuda = None
@@ -320,7 +323,7 @@ def signals(window: TickWindow) -> Signals:
         sm_clock_ratio=mean("sm_clock_ratio"),
         throttle=throttle,
         processes=len(pids),
-        process_shares=_shares(ticks, pids),
+        process_shares=shares,
         memory_held_bytes=sum(p.used_memory_bytes or 0 for p in last.sample.processes),
         cpu_ratio=mean("cpu_ratio") or 0.0,
         busiest_thread_cpu_ratio=mean("busiest_thread_cpu_ratio") or 0.0,
