@@ -61,9 +61,6 @@ class SlidingWindow(Generic[T]):
     def __len__(self) -> int:
         return len(self._items)
 
-    def __iter__(self) -> Iterator[T]:
-        return (item for item, _, _ in self._items)
-
     @property
     def last(self) -> T:
         return self._items[-1][0]
