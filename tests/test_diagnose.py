@@ -6,7 +6,7 @@ import pytest
 from click.testing import CliRunner
 
 from flopwatch.cli import main
-from flopwatch.diagnose import CAUSES, DiagnosisState, Tick, diagnose
+from flopwatch.diagnose import CAUSES, DiagnosisState, Tick, TickWindow, diagnose
 from flopwatch.model import Finding
 from flopwatch.sources.simulated import SCENARIOS
 from flopwatch.thresholds import Thresholds
@@ -57,6 +57,13 @@ def _ticks(scenario: str, seconds: int, start: float = 0.0):
     return out
 
 
+def _window(ticks, window_seconds: float = float("inf")) -> TickWindow:
+    window = TickWindow()
+    for tick in ticks:
+        window.append(tick, window_seconds)
+    return window
+
+
 def test_a_new_cause_must_lead_for_the_switch_time_before_it_replaces_the_old():
     th = Thresholds(switch_after_seconds=10.0, window_seconds=5.0)
     current = Finding("input_starved", "page", 0.8, {}, "advice")
@@ -64,17 +71,98 @@ def test_a_new_cause_must_lead_for_the_switch_time_before_it_replaces_the_old():
     ticks = _ticks("held_idle", 20)
     causes = []
     for i in range(5, 20):
-        state = diagnose(ticks[i - 5:i], th, state)
+        state = diagnose(_window(ticks[i - 5:i]), th, state)
         causes.append(state.finding.cause)
     assert causes[:10] == ["input_starved"] * 10
     assert causes[-1] == "held_idle"
 
 
 def test_too_short_a_window_gives_no_finding_yet():
-    assert diagnose(_ticks("held_idle", 2), Thresholds(min_window_seconds=3.0)).finding is None
+    assert diagnose(_window(_ticks("held_idle", 2)), Thresholds(min_window_seconds=3.0)).finding is None
 
 
 def test_a_neighbours_iowait_does_not_make_every_gpu_io_bound():
     result = CliRunner().invoke(main, ["status", "--simulate", "input_starved,io_bound,unknown", "--window", "5", "--json"])
     causes = [g["finding"]["cause"] for g in json.loads(result.output)["gpus"]]
     assert causes == ["input_starved", "io_bound", "unknown"]
+
+
+def _mixed_run() -> list:
+    """Ticks of several scenarios in turn, one a second: processes come and go (idle has none,
+    contention two), PCIe and SM activity drop from busy to exactly 0, and some ticks do not know
+    some values, a throttle reason or an extra process's share."""
+    from dataclasses import replace
+
+    from flopwatch.diagnose import Peers
+    from flopwatch.model import GpuProcess
+
+    scenarios = ["healthy", "contention", "idle", "thermal_throttled", "held_idle", "input_starved", "contention"]
+    ticks = [t for i, name in enumerate(scenarios) for t in _ticks(name, 40, start=40.0 * i)]
+    out = []
+    for i, t in enumerate(ticks):
+        sample, figures, peers = t.sample, t.figures, Peers()
+        if i % 7 == 3:
+            figures = replace(figures, dram_active=None, throttle_fractions={"sw_power_cap": 0.5})
+        if i % 11 == 5:
+            extra = GpuProcess(pid=7, used_memory_bytes=None, sm_ratio=None if i % 2 else 0.4, memory_ratio=None)
+            sample = replace(sample, nvml_utilization=None, processes=(*sample.processes, extra))
+        if i % 5 == 0:
+            peers = Peers(gpus=3, below=i % 4)
+        out.append(Tick(sample, figures, t.host, peers))
+    return out
+
+
+def _mean_from_scratch(ticks, get):
+    known = [(v, max(t.sample.interval_seconds, 1e-6)) for t in ticks if (v := get(t)) is not None]
+    return sum(v * w for v, w in known) / sum(w for _, w in known) if known else None
+
+
+def _signals_from_scratch(ticks) -> dict:
+    """The means signals() reports, each computed over the whole window anew."""
+    pids = ticks[-1].pids
+
+    def mean(get):
+        return _mean_from_scratch(ticks, get)
+
+    def share(t, pid):
+        return next((p.sm_ratio for p in t.sample.processes if p.pid == pid), None)
+
+    out = {
+        "seconds": sum(max(t.sample.interval_seconds, 1e-6) for t in ticks),
+        "utilization": mean(lambda t: t.figures.utilization),
+        "nvml_utilization": mean(lambda t: t.sample.nvml_utilization),
+        "dram_active": mean(lambda t: t.figures.dram_active),
+        "pcie_bytes_per_second": mean(lambda t: t.sample.pcie_tx_bytes_per_second)
+        + mean(lambda t: t.sample.pcie_rx_bytes_per_second),
+        "peers_below_ratio": mean(lambda t: t.peers.below / t.peers.gpus if t.peers.gpus else None),
+        "cpu_ratio": mean(lambda t: t.sums_for(pids).cpu_ratio) or 0.0,
+        "busiest_thread_cpu_ratio": mean(lambda t: t.sums_for(pids).busiest_thread_cpu_ratio) or 0.0,
+    }
+    for reason in {r for t in ticks for r in t.figures.throttle_fractions}:
+        out["throttle", reason] = mean(lambda t: t.figures.throttle_fractions.get(reason))
+    for pid in pids:
+        out["share", pid] = mean(lambda t: share(t, pid)) or 0.0
+    return out
+
+
+def _reported(s) -> dict:
+    out = {name: getattr(s, name) for name in (
+        "seconds", "utilization", "nvml_utilization", "dram_active", "pcie_bytes_per_second",
+        "peers_below_ratio", "cpu_ratio", "busiest_thread_cpu_ratio")}
+    out.update({("throttle", reason): v for reason, v in s.throttle.items()})
+    out.update({("share", pid): v for pid, v in s.process_shares.items()})
+    return out
+
+
+def test_the_running_means_equal_means_computed_over_the_whole_window_anew():
+    from flopwatch.diagnose import signals
+
+    window, kept = TickWindow(), []
+    for i, tick in enumerate(_mixed_run()):
+        if i in (100, 101, 230):  # a read error: the agent starts the window afresh
+            window.clear()
+            kept = []
+        window.append(tick, 12.0)
+        now = tick.sample.timestamp
+        kept = [t for t in kept if now - t.sample.timestamp <= 12.0] + [tick]
+        assert _reported(signals(window)) == pytest.approx(_signals_from_scratch(kept), rel=1e-9), i

@@ -3,7 +3,7 @@
 import pytest
 
 from flopwatch.model import GpuFigures, GpuInfo, GpuSample, GpuState, ProcessView, TokenCount
-from flopwatch.tokencost import Prices, TokenAccount, WindowEntry, token_figures
+from flopwatch.tokencost import CostWindow, Prices, TokenAccount, WindowEntry, token_figures
 
 
 def _gpu(index: int, processes: dict[int, str], t: float, joules: float = 300.0, flops: float | None = 5e14) -> GpuState:
@@ -25,12 +25,19 @@ def _gpu(index: int, processes: dict[int, str], t: float, joules: float = 300.0,
                     processes=views)
 
 
+def _window(*entries: WindowEntry) -> CostWindow:
+    window = CostWindow()
+    for entry in entries:
+        window.append(entry)
+    return window
+
+
 def _row(key: str, prompt: int = 0, generated: int = 0, job: str | None = None, pids=(), source: str = "push"):
     return TokenCount(source, key, job, frozenset(pids), prompt, generated)
 
 
 def test_joules_gpu_seconds_tflop_and_cost_per_token_over_the_window():
-    window = [WindowEntry(t, 1.0, 400.0, 5e14, 500.0) for t in range(10)]
+    window = _window(*(WindowEntry(t, 1.0, 400.0, 5e14, 500.0) for t in range(10)))
     figures = token_figures(window, {}, Prices(per_gpu_hour=3.6, per_kwh=0.36))
     assert figures.joules_per_token == pytest.approx(0.8)
     assert figures.gpu_seconds_per_1k_tokens == pytest.approx(2.0)
@@ -41,12 +48,12 @@ def test_joules_gpu_seconds_tflop_and_cost_per_token_over_the_window():
 
 
 def test_no_tokens_means_no_per_token_figures_not_infinity():
-    figures = token_figures([WindowEntry(0, 1.0, 400.0, 5e14, 0.0)], {}, Prices(per_gpu_hour=3.6))
+    figures = token_figures(_window(WindowEntry(0, 1.0, 400.0, 5e14, 0.0)), {}, Prices(per_gpu_hour=3.6))
     assert (figures.joules_per_token, figures.gpu_seconds_per_1k_tokens, figures.cost_per_1m_tokens) == (None, None, None)
 
 
 def test_without_a_price_there_is_no_cost_and_without_flops_no_tflop():
-    figures = token_figures([WindowEntry(0, 1.0, 400.0, None, 10.0)], {}, Prices())
+    figures = token_figures(_window(WindowEntry(0, 1.0, 400.0, None, 10.0)), {}, Prices())
     assert (figures.cost_per_1m_tokens, figures.tflop_per_token) == (None, None)
 
 
@@ -89,3 +96,26 @@ def test_only_the_tokens_added_since_the_last_tick_enter_the_window():
     assert out[0].joules_per_token is None  # no tokens in the last 3 s
     out = account.advance([_row("x", generated=700, pids=[10])], [_gpu(0, {10: "a"}, 7.0)], 7.0)
     assert out[0].joules_per_token == pytest.approx(900 / 300)  # 3 ticks of 300 J, 300 tokens
+
+
+def test_a_tick_without_energy_blanks_joules_per_token_until_it_leaves_the_window():
+    account = TokenAccount(window_seconds=3)
+    joules = [300.0, None, 300.0, 300.0, 300.0]
+    per_token = []
+    for t, j in enumerate(joules, start=1):
+        out = account.advance([_row("x", generated=100 * t, pids=[10])], [_gpu(0, {10: "a"}, float(t), joules=j)], float(t))
+        per_token.append(out[0].joules_per_token)
+    assert per_token == [3.0, None, None, None, 3.0]
+
+
+def test_the_running_totals_equal_sums_over_the_whole_window_anew():
+    entries = [WindowEntry(float(t), 0.1 + t % 3 / 10, None if t % 17 == 4 else 1e4 * (t % 7) + 0.3,
+                           5e14 * (t % 5) if t < 200 else 1e3 + t % 2, float(t % 11)) for t in range(600)]
+    window, kept = CostWindow(), []
+    for entry in entries:
+        window.append(entry)
+        window.expire(entry.timestamp, 60.0)
+        kept = [e for e in kept if entry.timestamp - e.timestamp < 60.0] + [entry]
+        expected = {key: None if any(getattr(e, key) is None for e in kept) else sum(getattr(e, key) for e in kept)
+                    for key in ("seconds", "tokens", "joules", "flop")}
+        assert {key: window.total(key) for key in expected} == pytest.approx(expected, rel=1e-9)

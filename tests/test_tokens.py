@@ -20,6 +20,7 @@ from flopwatch.daemon import schedule
 from flopwatch.sources.tokens import (
     ListenRefused, PushServer, Scraper, TokenLedger, TokenSource, parse_exposition, parse_target, push_address,
 )
+from flopwatch.tokencost import window_entry
 
 MODEL = 'model_name="meta-llama/Llama-3.1-8B-Instruct"'
 
@@ -347,7 +348,7 @@ def _simulated_agent(scenarios, **tokens):
 def test_pushed_tokens_land_on_the_gpu_of_their_pid_with_their_cost():
     built, tick = _simulated_agent(["healthy", "healthy"], price_per_gpu_hour=3.6)
     try:
-        tick()
+        first = tick()
         with TokenClient(built.agent.tokens.push.url, pid=101_000) as client:  # GPU 1's process
             client.add(generated_tokens=1000)
         state = tick()
@@ -355,7 +356,7 @@ def test_pushed_tokens_land_on_the_gpu_of_their_pid_with_their_cost():
         assert gpu0.tokens.totals == {}
         assert gpu1.tokens.totals == {("push", "alice:train.py", "generated"): 1000}
         window = gpu1.tokens
-        joules = sum(e.joules for e in built.agent.token_account._windows[1])
+        joules = sum(window_entry(s.gpus[1], 0.0).joules for s in (first, state))  # both ticks are in the window
         assert window.joules_per_token == pytest.approx(joules / 1000)
         assert window.gpu_seconds_per_1k_tokens == pytest.approx(window.window_seconds)
         assert window.cost_per_1m_tokens == pytest.approx(3.6 * window.window_seconds / 3600 / 1000 * 1e6)

@@ -9,13 +9,12 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections import deque
 from dataclasses import replace
 from typing import Any, Callable, Iterable, Protocol
 
 from .config import Config
 from .derive import derive
-from .diagnose import DiagnosisState, Peers, Tick, diagnose, job_peers, waste_seconds
+from .diagnose import DiagnosisState, Peers, Tick, TickWindow, diagnose, job_peers, waste_seconds
 from .model import AgentState, GpuSample, GpuState, HostSample, ProcessView, TokenCount
 from .tokencost import Prices, TokenAccount
 
@@ -51,7 +50,7 @@ class _PerGpu:
 
     def __init__(self) -> None:
         self.previous: GpuSample | None = None
-        self.window: deque[Tick] = deque()
+        self.window = TickWindow()
         self.diagnosis = DiagnosisState()
         self.wasted: dict[str, float] = {}
 
@@ -133,9 +132,7 @@ class Agent:
                             wasted_seconds=dict(per.wasted))
         figures = derive(sample, per.previous)
         per.previous = sample
-        per.window.append(Tick(sample, figures, host, peers))
-        while per.window and sample.timestamp - per.window[0].sample.timestamp > th.window_seconds:
-            per.window.popleft()
+        per.window.append(Tick(sample, figures, host, peers), th.window_seconds)
         per.diagnosis = diagnose(per.window, th, per.diagnosis)
         finding = per.diagnosis.finding
         waste = waste_seconds(figures, finding, th)

@@ -6,17 +6,18 @@ PCIe and NVLink traffic, clock-event reasons, and the owning processes' CPU thre
 children and disk waits, and whether the other GPUs of the same job are under-used at the same
 time (``Peers``: a data-parallel job waits on its collectives on all GPUs at once). Thresholds
 come from one table (thresholds.py). A cause must lead for ``switch_after_seconds`` before it
-replaces another, so findings do not flap on noisy ticks.
+replaces another, so findings do not flap on noisy ticks. The window (``TickWindow``) keeps its
+means as running sums, so a tick costs the same however many ticks the window holds.
 """
 
 from __future__ import annotations
 
-import operator
-from dataclasses import dataclass, field, replace
-from typing import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
+from typing import Callable, Hashable, Mapping, Sequence
 
 from .model import Finding, GpuFigures, GpuSample, GpuState, HostProcess, HostSample
 from .thresholds import Thresholds
+from .window import SlidingWindow
 
 CAUSES = (
     "idle", "held_idle", "input_starved", "io_bound", "host_transfer_bound", "launch_bound",
@@ -109,27 +110,27 @@ class Tick:
     host: HostSample
     peers: Peers = Peers()
     pids: tuple[int, ...] = field(init=False, repr=False, compare=False)
-    sm_ratios: tuple[float | None, ...] = field(init=False, repr=False, compare=False)
-    # Processes whose SM share is not 0 (or unknown); most on a busy node hold a context and idle.
-    working: frozenset[int] = field(init=False, repr=False, compare=False)
+    # (pid, SM share) of the processes whose share is not 0 (None: unknown); most on a busy node
+    # hold a context and idle.
+    working: tuple[tuple[int, float | None], ...] = field(init=False, repr=False, compare=False)
     process_sums: ProcessSums = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         pids = tuple(p.pid for p in self.sample.processes)
         object.__setattr__(self, "pids", pids)
-        object.__setattr__(self, "sm_ratios", tuple(p.sm_ratio for p in self.sample.processes))
-        object.__setattr__(self, "working", frozenset(p.pid for p in self.sample.processes if p.sm_ratio != 0.0))
+        object.__setattr__(self, "working", tuple((p.pid, p.sm_ratio) for p in self.sample.processes if p.sm_ratio != 0.0))
         object.__setattr__(self, "process_sums", process_sums(self.host, pids))
 
     def sums_for(self, pids: tuple[int, ...]) -> ProcessSums:
         """The sums over ``pids`` (the window's last tick's processes, which may differ)."""
         return self.process_sums if pids == self.pids else process_sums(self.host, pids)
 
-    def sm_ratios_for(self, pids: tuple[int, ...]) -> tuple[float | None, ...]:
+    def working_for(self, pids: tuple[int, ...]) -> tuple[tuple[int, float | None], ...]:
+        """``working`` over ``pids``; a pid this tick did not see has an unknown share."""
         if pids == self.pids:
-            return self.sm_ratios
-        by_pid = dict(zip(self.pids, self.sm_ratios))
-        return tuple(by_pid.get(pid) for pid in pids)
+            return self.working
+        by_pid = {p.pid: p.sm_ratio for p in self.sample.processes}
+        return tuple((pid, by_pid.get(pid)) for pid in pids if by_pid.get(pid) != 0.0)
 
 
 def job_peers(gpus: Sequence[GpuState]) -> dict[int, Peers]:
@@ -209,86 +210,128 @@ class Signals:
     peers_below_ratio: float | None = None  # share of those under the threshold; None: no other GPU
 
 
-def _mean(values: Sequence[tuple[float | None, float]]) -> float | None:
-    known = [(v, w) for v, w in values if v is not None]
-    total = sum(w for _, w in known)
-    return sum(v * w for v, w in known) / total if total > 0 else None
+# What signals() averages over the window, by the key each tick contributes it under.
+_TICK_SIGNALS: tuple[tuple[str, Callable[[Tick], float | None]], ...] = (
+    ("utilization", lambda t: t.figures.utilization),
+    ("nvml_utilization", lambda t: t.sample.nvml_utilization),
+    ("sm_occupancy", lambda t: t.figures.sm_occupancy),
+    ("tensor_active", lambda t: t.figures.tensor_active),
+    ("fp32_active", lambda t: t.figures.fp32_active),
+    ("fp64_active", lambda t: t.figures.fp64_active),
+    ("dram_active", lambda t: t.figures.dram_active),
+    ("flops_utilization", lambda t: t.figures.flops_utilization),
+    ("pcie_tx", lambda t: t.sample.pcie_tx_bytes_per_second),
+    ("pcie_rx", lambda t: t.sample.pcie_rx_bytes_per_second),
+    ("nvlink_tx", lambda t: t.sample.nvlink_tx_bytes_per_second),
+    ("nvlink_rx", lambda t: t.sample.nvlink_rx_bytes_per_second),
+    ("sm_clock_ratio", lambda t: t.figures.sm_clock_ratio),
+    ("iowait_ratio", lambda t: t.host.iowait_ratio),
+    ("peers_below_ratio", lambda t: t.peers.below / t.peers.gpus if t.peers.gpus else None),
+)
+_PROCESS_SIGNALS = tuple(f.name for f in fields(ProcessSums))
+# Keys of the per-reason and per-process contributions, next to the plain names above.
+_THROTTLE, _SM, _SM_UNKNOWN = "throttle", "sm", "sm_unknown"
 
 
-def _weighted_mean(values: Sequence[float | None], weights: Sequence[float], total: float) -> float | None:
-    """``_mean`` over aligned values and weights; ``total`` is sum(weights), shared by every signal."""
-    if None in values:
-        return _mean(list(zip(values, weights)))
-    return sum(map(operator.mul, values, weights)) / total  # the usual case: the same sum, in C
+class TickWindow:
+    """One GPU's last ``window_seconds`` of ticks, with the running sums signals() reads.
+
+    A tick with a read error never enters: the agent clears the window instead. Each tick is
+    weighted by its interval. The process signals are over the last tick's processes, so when
+    those change every tick's contributions are counted again (O(window), and rare).
+    """
+
+    def __init__(self) -> None:
+        self.ticks: SlidingWindow[Tick] = SlidingWindow()  # read it; append() and clear() change it
+        self._pids: tuple[int, ...] = ()
+
+    def __len__(self) -> int:
+        return len(self.ticks)
+
+    def append(self, tick: Tick, window_seconds: float) -> None:
+        now = tick.sample.timestamp
+        self.ticks.expire(lambda t: now - t.sample.timestamp > window_seconds)
+        if tick.pids != self._pids:
+            self._pids = tick.pids
+            self.ticks.recount(self._parts)
+        self.ticks.append(tick, max(tick.sample.interval_seconds, 1e-6), self._parts(tick))
+
+    def clear(self) -> None:
+        self.ticks.clear()
+
+    def _parts(self, tick: Tick) -> dict[Hashable, float]:
+        parts: dict[Hashable, float] = {}
+        for key, get in _TICK_SIGNALS:
+            value = get(tick)
+            if value is not None:
+                parts[key] = value
+        for reason, fraction in tick.figures.throttle_fractions.items():
+            parts[(_THROTTLE, reason)] = fraction
+        sums = tick.sums_for(self._pids)
+        for name in _PROCESS_SIGNALS:
+            value = getattr(sums, name)
+            if value is not None:
+                parts[name] = value
+        # Only shares above 0 are summed; a process's known weight is the window's less that of
+        # the ticks that did not know its share.
+        for pid, ratio in tick.working_for(self._pids):
+            if ratio is None:
+                parts[(_SM_UNKNOWN, pid)] = 0.0
+            else:
+                parts[(_SM, pid)] = ratio
+        return parts
 
 
-def _shares(window: Sequence[Tick], weights: list[float], total: float, pids: tuple[int, ...]) -> dict[int, float]:
-    """Each process's mean SM share over the window. One at 0 (or absent) on every tick has a
-    mean of 0, so only processes that worked at some point are averaged."""
-    rows = [t.sm_ratios_for(pids) for t in window]
-    working = frozenset().union(*(t.working for t in window))
-    shares = dict.fromkeys(pids, 0.0)
-    for i, pid in enumerate(pids):
-        if pid in working:
-            shares[pid] = _weighted_mean([row[i] for row in rows], weights, total) or 0.0
-    return shares
-
-
-def signals(window: Sequence[Tick]) -> Signals:
-    weights = [max(t.sample.interval_seconds, 1e-6) for t in window]
-    total = sum(weights)
-
-    def mean(get: Callable[[Tick], float | None]) -> float | None:
-        return _weighted_mean([get(t) for t in window], weights, total)
-
-    last = window[-1]
+def signals(window: TickWindow) -> Signals:
+    ticks = window.ticks
+    mean = ticks.mean
+    last = ticks.last
     pids = last.pids
-    shares = _shares(window, weights, total, pids)
-    sums = [t.sums_for(pids) for t in window]
-
-    def process_mean(get: Callable[[ProcessSums], float | None]) -> float | None:
-        return _weighted_mean([get(s) for s in sums], weights, total)
-
-    reasons = {r for t in window for r in t.figures.throttle_fractions}
-    throttle = {r: mean(lambda t, r=r: t.figures.throttle_fractions.get(r)) or 0.0 for r in reasons}
+    throttle: dict[str, float] = {}
+    # A process's mean SM share is over the ticks that knew it; 0 if it never had one above 0.
+    shares = dict.fromkeys(pids, 0.0)
+    for key in ticks.keys():
+        if type(key) is tuple:
+            family, name = key
+            if family == _THROTTLE:
+                throttle[name] = mean(key) or 0.0
+            elif family == _SM:
+                shares[name] = ticks.total(key) / (ticks.weight - ticks.weight_of((_SM_UNKNOWN, name)))
     info = last.sample.info
     driver_major = int(info.driver_version.split(".")[0]) if info.driver_version[:1].isdigit() else None
     cuda = None
     if info.cuda_driver_version:
         major, _, minor = info.cuda_driver_version.partition(".")
         cuda = (int(major), int(minor or 0))
-    pcie_tx = mean(lambda t: t.sample.pcie_tx_bytes_per_second)
-    pcie_rx = mean(lambda t: t.sample.pcie_rx_bytes_per_second)
-    nvl_tx = mean(lambda t: t.sample.nvlink_tx_bytes_per_second)
-    nvl_rx = mean(lambda t: t.sample.nvlink_rx_bytes_per_second)
+    pcie_tx, pcie_rx = mean("pcie_tx"), mean("pcie_rx")
+    nvl_tx, nvl_rx = mean("nvlink_tx"), mean("nvlink_rx")
     limit_ratio = None
     if info.power_limit_watts and info.default_power_limit_watts:
         limit_ratio = info.power_limit_watts / info.default_power_limit_watts
-    peers_below = mean(lambda t: t.peers.below / t.peers.gpus if t.peers.gpus else None)
     return Signals(
-        seconds=sum(weights),
-        utilization=mean(lambda t: t.figures.utilization),
-        nvml_utilization=mean(lambda t: t.sample.nvml_utilization),
-        sm_occupancy=mean(lambda t: t.figures.sm_occupancy),
-        tensor_active=mean(lambda t: t.figures.tensor_active),
-        fp32_active=mean(lambda t: t.figures.fp32_active),
-        fp64_active=mean(lambda t: t.figures.fp64_active),
-        dram_active=mean(lambda t: t.figures.dram_active),
-        flops_utilization=mean(lambda t: t.figures.flops_utilization),
+        seconds=ticks.weight,
+        utilization=mean("utilization"),
+        nvml_utilization=mean("nvml_utilization"),
+        sm_occupancy=mean("sm_occupancy"),
+        tensor_active=mean("tensor_active"),
+        fp32_active=mean("fp32_active"),
+        fp64_active=mean("fp64_active"),
+        dram_active=mean("dram_active"),
+        flops_utilization=mean("flops_utilization"),
         pcie_bytes_per_second=None if pcie_tx is None and pcie_rx is None else (pcie_tx or 0) + (pcie_rx or 0),
         nvlink_bytes_per_second=None if nvl_tx is None and nvl_rx is None else (nvl_tx or 0) + (nvl_rx or 0),
-        sm_clock_ratio=mean(lambda t: t.figures.sm_clock_ratio),
+        sm_clock_ratio=mean("sm_clock_ratio"),
         throttle=throttle,
         processes=len(pids),
         process_shares=shares,
         memory_held_bytes=sum(p.used_memory_bytes or 0 for p in last.sample.processes),
-        cpu_ratio=process_mean(lambda s: s.cpu_ratio) or 0.0,
-        busiest_thread_cpu_ratio=process_mean(lambda s: s.busiest_thread_cpu_ratio) or 0.0,
+        cpu_ratio=mean("cpu_ratio") or 0.0,
+        busiest_thread_cpu_ratio=mean("busiest_thread_cpu_ratio") or 0.0,
         children=max((last.host.processes[pid].children for pid in pids if pid in last.host.processes), default=0),
-        children_cpu_ratio=process_mean(lambda s: s.children_cpu_ratio) or 0.0,
-        threads_in_disk_wait=process_mean(lambda s: s.threads_in_disk_wait) or 0.0,
-        io_read_bytes_per_second=process_mean(lambda s: s.io_read_bytes_per_second) or 0.0,
-        iowait_ratio=mean(lambda t: t.host.iowait_ratio),
+        children_cpu_ratio=mean("children_cpu_ratio") or 0.0,
+        threads_in_disk_wait=mean("threads_in_disk_wait") or 0.0,
+        io_read_bytes_per_second=mean("io_read_bytes_per_second") or 0.0,
+        iowait_ratio=mean("iowait_ratio"),
         driver_major=driver_major,
         cuda_version=cuda,
         pcie_width=last.sample.pcie_link_width,
@@ -298,7 +341,7 @@ def signals(window: Sequence[Tick]) -> Signals:
         process_jobs={pid: last.host.processes[pid].job for pid in pids
                       if pid in last.host.processes and last.host.processes[pid].job},
         job_gpus=last.peers.gpus,
-        peers_below_ratio=peers_below,
+        peers_below_ratio=mean("peers_below_ratio"),
     )
 
 
@@ -438,15 +481,14 @@ def _system_problems(s: Signals) -> list[str]:
     return problems
 
 
-def diagnose(window: Sequence[Tick], th: Thresholds, state: DiagnosisState = DiagnosisState()) -> DiagnosisState:
-    """Advance one GPU's diagnosis by one tick. ``window`` is the last ``window_seconds`` of ticks."""
-    window = [t for t in window if t.sample.error is None]
+def diagnose(window: TickWindow, th: Thresholds, state: DiagnosisState = DiagnosisState()) -> DiagnosisState:
+    """Advance one GPU's diagnosis by one tick, the window's last."""
     if not window:
         return DiagnosisState()
     s = signals(window)
     if s.seconds < th.min_window_seconds:
         return state
-    now = window[-1].sample.timestamp
+    now = window.ticks.last.sample.timestamp
     found = classify(s, th)
     current = state.finding
     if current is None or found is None and current is None:

@@ -14,11 +14,11 @@ Tokens matched to several GPUs (tensor parallelism) are split evenly, so summing
 
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence
 
 from .model import GpuState, TokenCount, TokenFigures
+from .window import SlidingWindow
 
 KINDS = ("prompt", "generated")
 
@@ -40,13 +40,36 @@ class Prices:
     per_kwh: float = 0.0
 
 
-def token_figures(window: Sequence[WindowEntry], totals: Mapping[tuple[str, str, str], float],
+class CostWindow:
+    """One GPU's recent entries, with their running totals."""
+
+    def __init__(self) -> None:
+        self._entries: SlidingWindow[WindowEntry] = SlidingWindow()
+
+    def append(self, entry: WindowEntry) -> None:
+        parts = {"seconds": entry.seconds, "tokens": entry.tokens}
+        if entry.joules is not None:
+            parts["joules"] = entry.joules
+        if entry.flop is not None:
+            parts["flop"] = entry.flop
+        self._entries.append(entry, 1.0, parts)
+
+    def expire(self, now: float, window_seconds: float) -> None:
+        self._entries.expire(lambda e: now - e.timestamp >= window_seconds)
+
+    def total(self, key: str) -> float | None:
+        """The window's seconds, tokens, joules or flop; None where an entry could not say."""
+        entries = self._entries
+        return entries.total(key) if entries.count(key) == len(entries) else None
+
+
+def token_figures(window: CostWindow, totals: Mapping[tuple[str, str, str], float],
                   prices: Prices, tokens_this_tick: float = 0.0) -> TokenFigures:
     """Costs over a window of ticks; None where there were no tokens or the GPU could not say."""
-    seconds = sum(e.seconds for e in window)
-    tokens = sum(e.tokens for e in window)
-    joules = None if any(e.joules is None for e in window) else sum(e.joules for e in window)
-    flop = None if any(e.flop is None for e in window) else sum(e.flop for e in window)
+    seconds = window.total("seconds") or 0.0
+    tokens = window.total("tokens") or 0.0
+    joules = window.total("joules")
+    flop = window.total("flop")
     per_token = tokens > 0
     cost = None
     if per_token and (prices.per_gpu_hour or prices.per_kwh) and (joules is not None or not prices.per_kwh):
@@ -85,7 +108,7 @@ class TokenAccount:
         self._last: dict[tuple[str, str], tuple[int, int]] = {}
         self._recent: dict[int, tuple[frozenset[int], str, float]] = {}  # pid → (GPUs, job, seen at)
         self._totals: dict[int, dict[tuple[str, str, str], float]] = {}
-        self._windows: dict[int, deque[WindowEntry]] = {}
+        self._windows: dict[int, CostWindow] = {}
         self.unattributed: dict[tuple[str, str, str], float] = {}
 
     def advance(self, counts: Iterable[TokenCount], gpus: Sequence[GpuState], now: float) -> dict[int, TokenFigures]:
@@ -116,12 +139,11 @@ class TokenAccount:
         out = {}
         for g in gpus:
             index = g.sample.info.index
-            window = self._windows.setdefault(index, deque())
+            window = self._windows.setdefault(index, CostWindow())
             entry = window_entry(g, added.get(index, 0.0))
             if entry is not None:
                 window.append(entry)
-            while window and now - window[0].timestamp >= self.window_seconds:
-                window.popleft()
+            window.expire(now, self.window_seconds)
             out[index] = token_figures(window, self._totals.get(index, {}), self.prices, added.get(index, 0.0))
         return out
 
