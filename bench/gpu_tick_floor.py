@@ -186,24 +186,32 @@ def floor_vs_agent(seconds: float, fast_seconds: float, profile: bool) -> tuple[
         print(f"GPU {s.info.index} {s.info.name}: source {s.source_quality}, {len(s.processes)} process(es), "
               f"{len(s.nvlink_links)} active NVLink link(s), unsupported: {', '.join(s.unsupported) or 'none'}")
     if profile:
-        print_profile(agent)
+        print_profile(agent, gpu.source, floors)
     agent.close()
     print(f"(a) floor vs (b) flopwatch, {len(floors)} GPU(s), once a period each, alternating order")
     return rows, ratio
 
 
-def print_profile(agent, ticks: int = 300) -> None:
-    """Where the agent's own Python time goes (the calling thread only: reads run on theirs)."""
+def print_profile(agent, source, floors, ticks: int = 300) -> None:
+    """Where the time goes, every 0.1 s: one GPU's read inline and through its reader thread
+    against the floor; then the Python profiles of a tick (its calling thread) and of a read."""
     import cProfile
     import pstats
 
-    profiler = cProfile.Profile()
-    next_at = time.monotonic()
-    for _ in range(ticks):
-        next_at += FAST_PERIOD
-        profiler.runcall(agent.tick)
-        time.sleep(max(next_at - time.monotonic(), 0.0))
-    pstats.Stats(profiler).sort_stats("tottime").print_stats(15)
+    gpu = source.gpus[0]
+    steps = {"floor": floors[0].tick, "NvmlGpu.read, inline": lambda: gpu.read(time.time()),
+             "NvmlSource.read, on its reader thread": source.read}
+    cpu = {name: interleaved(step, lambda: None, ticks * FAST_PERIOD, FAST_PERIOD)[1] for name, step in steps.items()}
+    print(table(["one GPU", "CPU ms/read"], [[name, 1000 * c / ticks] for name, c in cpu.items()]))
+    for name, step in (("Agent.tick", agent.tick), ("NvmlGpu.read", lambda: gpu.read(time.time()))):
+        profiler = cProfile.Profile(time.process_time)  # CPU, not the waits for the reader thread
+        next_at = time.monotonic()
+        for _ in range(ticks):
+            next_at += FAST_PERIOD
+            profiler.runcall(step)
+            time.sleep(max(next_at - time.monotonic(), 0.0))
+        print(f"{name}, {ticks} calls every {FAST_PERIOD:g} s, by own CPU time:")
+        pstats.Stats(profiler).sort_stats("tottime").print_stats(12)
 
 
 def energy_cadence(seconds: float, period: float, counter_interval: float) -> list:

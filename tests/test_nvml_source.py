@@ -3,7 +3,7 @@
 import pynvml
 import pytest
 
-from flopwatch.sources.nvml import NvmlSource
+from flopwatch.sources.nvml import NvmlSource, gpm_results
 from flopwatch.sources.simulated import SimulatedNvml
 
 
@@ -95,3 +95,11 @@ def test_a_link_trained_narrower_than_its_maximum_is_read():
     src, _, clock = source("system")
     gpu = read(src, clock)[0]
     assert (gpu.pcie_link_width, gpu.info.pcie_link_width_max) == (4, 16)
+
+
+def test_gpm_results_are_read_from_pynvml_s_own_structure():
+    request = pynvml.c_nvmlGpmMetricsGet_t()
+    request.metrics[0].nvmlReturn, request.metrics[0].value = 0, 87.5
+    request.metrics[1].nvmlReturn, request.metrics[1].value = pynvml.NVML_ERROR_NOT_SUPPORTED, 0.0
+    request.metrics[2].value = 1234.0
+    assert gpm_results(request, 3) == [(0, 87.5), (pynvml.NVML_ERROR_NOT_SUPPORTED, 0.0), (0, 1234.0)]

@@ -8,6 +8,7 @@ Faults (an NVML error code, or a call that blocks) can be injected per GPU and f
 
 from __future__ import annotations
 
+import ctypes
 import math
 import threading
 import time
@@ -474,11 +475,12 @@ class SimulatedNvml:
         sample.index, sample.t = h.index, self._t()
         return sample
 
-    def c_nvmlGpmMetricsGet_t(self) -> Any:
-        return SimpleNamespace(
-            version=0, numMetrics=0, sample1=None, sample2=None,
-            metrics=[SimpleNamespace(metricId=0, nvmlReturn=0, value=0.0) for _ in range(pynvml.NVML_GPM_METRIC_MAX)],
-        )
+    class c_nvmlGpmMetricsGet_t(ctypes.Structure):  # noqa: N801 (pynvml's name)
+        """pynvml's request, with the samples held as Python objects: the metrics are the real
+        array, so the reader parses simulated results exactly as it parses NVML's."""
+
+        _fields_ = [("version", ctypes.c_uint), ("numMetrics", ctypes.c_uint), ("sample1", ctypes.py_object),
+                    ("sample2", ctypes.py_object), ("metrics", pynvml.c_nvmlGpmMetric_t * pynvml.NVML_GPM_METRIC_MAX)]
 
     NVML_GPM_METRICS_GET_VERSION = pynvml.NVML_GPM_METRICS_GET_VERSION
 
