@@ -120,6 +120,22 @@ def measure(process: subprocess.Popen, seconds: float) -> dict:
     return {"cpu_seconds": cpu, "wall_seconds": wall, "core_percent": 100.0 * cpu / wall, "peak_rss_mb": peak / MB}
 
 
+class Timed:
+    """A source whose reads' CPU time (every thread of the process) is counted."""
+
+    def __init__(self, source):
+        self.source = source
+        self.name = source.name
+        self.seconds = 0.0
+
+    def read(self, *args):
+        start = time.process_time()
+        try:
+            return self.source.read(*args)
+        finally:
+            self.seconds += time.process_time() - start
+
+
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     cells = [[_cell(v) for v in row] for row in rows]
     widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]

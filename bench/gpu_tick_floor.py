@@ -22,7 +22,7 @@ import argparse
 import gc
 import time
 
-from common import final, skip_without_gpu, start_gpu_load, stop, table
+from common import Timed, final, skip_without_gpu, start_gpu_load, stop, table
 
 TARGET_RATIO = 1.3
 FAST_PERIOD = 0.1
@@ -95,22 +95,6 @@ class Floor:
             for s in samples or []:
                 self.last_seen = max(self.last_seen, s.timeStamp)
             self._try(n.nvmlDeviceGetCurrPcieLinkWidth, h)
-
-
-class Timed:
-    """A source whose reads' CPU time (every thread of the process) is counted."""
-
-    def __init__(self, source):
-        self.source = source
-        self.name = source.name
-        self.seconds = 0.0
-
-    def read(self, *args):
-        start = time.process_time()
-        try:
-            return self.source.read(*args)
-        finally:
-            self.seconds += time.process_time() - start
 
 
 def cpu_of(step) -> float:

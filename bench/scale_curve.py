@@ -18,25 +18,9 @@ import subprocess
 import sys
 import time
 
-from common import MB, final, table
+from common import MB, Timed, final, table
 
 WARMUP_SECONDS = 31  # one diagnosis window (30 s) and a tick, so the window is full when timing starts
-
-
-class Timed:
-    """A source that counts the CPU time of its reads."""
-
-    def __init__(self, source):
-        self.source = source
-        self.name = source.name
-        self.seconds = 0.0
-
-    def read(self, *args):
-        start = time.process_time()
-        try:
-            return self.source.read(*args)
-        finally:
-            self.seconds += time.process_time() - start
 
 
 def one_point(gpus: int, processes: int, ticks: int) -> dict:

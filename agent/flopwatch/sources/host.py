@@ -13,7 +13,7 @@ import psutil
 from ..model import HostProcess, HostSample, Identity
 from ..redact import redact_cmdline
 from .identity import JOB_RULES, check_rules, job_name, read_identity
-from .procfs import (PAGE_SIZE, RSS_PAGES, STATE, STATES, ProcFiles, cpu_seconds, host_cpu_ticks, io_bytes,
+from .procfs import (PAGE_SIZE, RSS_PAGES, STATE, STATES, STIME, ProcFiles, cpu_seconds, host_cpu_ticks, io_bytes,
                      stat_fields)
 
 # Listing descendants scans all of /proc; loader workers live for the whole job, so a fresh list
@@ -126,7 +126,7 @@ class HostSource:
             stat = self._files.read(f"{task_dir}/{tid}/stat")
             if stat is None:
                 continue
-            fields = stat_fields(stat)
+            fields = stat_fields(stat, STIME + 1)
             if fields[STATE] == b"D":
                 disk_wait += 1
             cpu[int(tid)] = cpu_seconds(fields)
@@ -181,7 +181,7 @@ class HostSource:
 
     def _cpu_seconds(self, pid: int) -> float | None:
         stat = self._files.read(f"{self.proc_root}/{pid}/stat")
-        return cpu_seconds(stat_fields(stat)) if stat is not None else None
+        return cpu_seconds(stat_fields(stat, STIME + 1)) if stat is not None else None
 
     def _who(self, pid: int, process: psutil.Process) -> _Who:
         name = process.name()

@@ -65,9 +65,10 @@ class ProcFiles:
         self.sweep()
 
 
-def stat_fields(data: bytes) -> list[bytes]:
-    """The fields of /proc/PID/stat after the command name (which may hold spaces and ")")."""
-    return data[data.rfind(b")") + 2:].split()
+def stat_fields(data: bytes, needed: int = RSS_PAGES + 1) -> list[bytes]:
+    """The first ``needed`` fields of /proc/PID/stat after the command name (which may hold
+    spaces and ")"); the rest stay unsplit, in one last item."""
+    return data[data.rfind(b")") + 2:].split(None, needed)
 
 
 def cpu_seconds(fields: list[bytes]) -> float:
