@@ -103,3 +103,11 @@ def test_gpm_results_are_read_from_pynvml_s_own_structure():
     request.metrics[1].nvmlReturn, request.metrics[1].value = pynvml.NVML_ERROR_NOT_SUPPORTED, 0.0
     request.metrics[2].value = 1234.0
     assert gpm_results(request, 3) == [(0, 87.5), (pynvml.NVML_ERROR_NOT_SUPPORTED, 0.0), (0, 1234.0)]
+
+
+def test_a_process_that_appears_between_counter_reads_has_an_sm_share_at_once():
+    src, lib, clock = source("healthy", counter_interval_seconds=10.0)
+    read(src, clock)
+    lib.set_scenario(0, "contention")
+    processes = read(src, clock)[0].processes
+    assert len(processes) >= 2 and all(p.sm_ratio is not None for p in processes)

@@ -342,10 +342,12 @@ class NvmlGpu:
 
     def _read_processes(self, slow: bool) -> tuple[GpuProcess, ...]:
         """Processes and memory every tick; their SM shares (NVML's per-process samples since the
-        last read, ~2 ms of CPU a call) every few seconds, carried forward between."""
+        last read, ~2 ms of CPU a call) every few seconds and when a process appears, carried
+        forward between."""
         running = self._call("nvmlDeviceGetComputeRunningProcesses", self.handle) or []
         memory = {p.pid: p.usedGpuMemory for p in running}
-        fresh = slow or self._process_ratios is None
+        # A process new since the last read is read at once, so it has a share from its first tick.
+        fresh = slow or self._process_ratios is None or not memory.keys() <= self._process_ratios.keys()
         if fresh:
             self._process_ratios = self._process_utilization(set(memory))
         out = []
