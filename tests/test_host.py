@@ -8,10 +8,11 @@ import pytest
 
 from flopwatch.sources.host import HostSource
 
+# The worker stops once its parent is gone: killing the parent leaves a daemon child running.
 SPIN_CHILD = (
-    "import multiprocessing as m, time\n"
-    "def spin():\n    while True: pass\n"
-    "if __name__ == '__main__':\n    m.Process(target=spin, daemon=True).start()\n    time.sleep(60)\n"
+    "import multiprocessing as m, os, time\n"
+    "def spin(parent):\n    while os.getppid() == parent: pass\n"
+    "if __name__ == '__main__':\n    m.Process(target=spin, args=(os.getpid(),), daemon=True).start()\n    time.sleep(60)\n"
 )
 SPIN_MAIN = "import time\nend = time.time() + 60\nwhile time.time() < end: pass\n"
 
