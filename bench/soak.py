@@ -14,6 +14,7 @@ first and last values (the first after a warm-up), and a final line.
 from __future__ import annotations
 
 import argparse
+import gc
 import itertools
 import socket
 import sys
@@ -124,6 +125,9 @@ def reading(started: float, agent: live.LiveAgent) -> Reading:
 
 def soak(seconds: float, *, gpus: int = 8, processes: int = 128, interval: float = 1.0,
          fault_every: float = 20.0, history: bool = True, report: Callable[[str], None] = print) -> SoakResult:
+    # Whatever ran before in this process (a test suite) may still hold descriptors its garbage
+    # would close mid-run: collect it first, so the counts are the agent's alone.
+    gc.collect()
     scenarios = list(itertools.islice(itertools.cycle(SCENARIOS), gpus))
     config = live.simulated_config(scenarios, processes=processes, interval=interval)
     with tempfile.TemporaryDirectory() as tmp:
