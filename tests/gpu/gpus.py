@@ -1,8 +1,11 @@
-"""Which real GPUs this machine has, for the marks that skip the GPU suite elsewhere."""
+"""Which real GPUs this machine has, for the marks that skip the GPU suite elsewhere, and where
+the suite's readings go."""
 
 from __future__ import annotations
 
 import importlib.util
+import os
+from pathlib import Path
 
 import pytest
 
@@ -24,3 +27,12 @@ def needs_gpus(count: int = 1, torch: bool = False) -> list:
     if torch:
         marks.append(pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="needs PyTorch"))
     return marks
+
+
+def report(lines: list[str], filename: str) -> None:
+    """Print a run's readings, and keep them in $OUT/``filename`` where the runner collects files."""
+    text = "\n".join(lines)
+    print(text)
+    out = os.environ.get("OUT")
+    if out:
+        Path(out, filename).write_text(text)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.gpu.gpus import needs_gpus
+from tests.gpu.gpus import needs_gpus, report
 
 pytestmark = needs_gpus(2, torch=True)
 
@@ -139,11 +139,7 @@ def _print_table(runs: dict[str, list[GpuRun]]) -> None:
                          f"{sorted(r.jobs)}")
     lines += ["", "evidence of the last finding"]
     lines += [f"{batch:6} gpu {i}: {r.evidence}" for batch, per_gpu in runs.items() for i, r in enumerate(per_gpu)]
-    text = "\n".join(lines)
-    print(text)
-    out = os.environ.get("OUT")
-    if out:
-        Path(out, "multigpu_readings.txt").write_text(text)
+    report(lines, "multigpu_readings.txt")
 
 
 def test_small_batch_large_model_is_communication_bound_on_both_gpus(runs):

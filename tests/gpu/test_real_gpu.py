@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.gpu.gpus import needs_gpus
+from tests.gpu.gpus import needs_gpus, report
 
 pytestmark = needs_gpus(1, torch=True)
 pynvml = pytest.importorskip("pynvml")
@@ -156,11 +156,7 @@ def _print_tables(runs: dict[str, Run]) -> None:
         lines.append(f"{key:24} agent {r.agent_energy_joules:9.1f} J  counter {r.counter_energy_joules:9.1f} J  "
                      f"mean power x time {r.mean(r.power) * r.seconds:9.1f} J")
     lines += ["", "evidence of the last finding"] + [f"{k:24} {r.evidence}" for k, r in runs.items()]
-    text = "\n".join(lines)
-    print(text)
-    out = os.environ.get("OUT")
-    if out:
-        Path(out, "gpu_readings.txt").write_text(text)
+    report(lines, "gpu_readings.txt")
 
 
 def test_bf16_matmul_loop_reads_busy_with_tensor_cores(runs):
