@@ -93,6 +93,12 @@ def test_a_data_parallel_job_waiting_on_all_reduce_is_communication_bound_on_eve
     assert all(f.evidence["job_gpus"] == 8 and f.evidence["peers_below_ratio"] == 1.0 for f in findings)
 
 
+def test_nvlink_busy_share_is_the_traffic_over_the_cards_datasheet_nvlink_bandwidth():
+    # 60 GB/s each way on an H100 SXM (900 GB/s over all links, both ways).
+    finding = simulated_agent("communication_bound", gpus=2).agent.state.gpus[0].finding
+    assert finding.evidence["nvlink_busy_ratio"] == pytest.approx(120 / 900, abs=0.01)
+
+
 def test_a_data_parallel_job_starved_by_its_loaders_is_input_starved_on_every_gpu():
     state = simulated_agent("input_starved", 4).agent.state
     assert [g.finding.cause for g in state.gpus] == ["input_starved"] * 4
@@ -141,7 +147,7 @@ def test_peers_are_the_other_gpus_of_the_same_job_and_how_many_were_below():
 RANK = Signals(
     seconds=30.0, utilization=0.2, nvml_utilization=0.8, sm_occupancy=0.1, tensor_active=0.1, fp32_active=0.02,
     fp64_active=0.0, dram_active=0.1, flops_utilization=0.05, pcie_bytes_per_second=0.2e9,
-    nvlink_bytes_per_second=0.1e9, sm_clock_ratio=1.0, throttle={}, processes=1, process_shares={1: 0.2},
+    nvlink_bytes_per_second=0.1e9, nvlink_busy_ratio=0.0001, sm_clock_ratio=1.0, throttle={}, processes=1, process_shares={1: 0.2},
     memory_held_bytes=40 * 2**30, cpu_ratio=1.0, busiest_thread_cpu_ratio=0.5, children=4, children_cpu_ratio=0.4,
     threads_in_disk_wait=0.0, io_read_bytes_per_second=0.0, iowait_ratio=0.0, driver_major=580, cuda_version=(13, 0), pcie_width=None,
     pcie_width_max=16, power_limit_ratio=1.0, source_quality="gpm", job_gpus=1,
@@ -177,6 +183,31 @@ def test_every_gpu_of_the_job_waiting_in_nccl_with_little_traffic_is_communicati
 
 def test_saturated_loaders_with_little_traffic_are_input_starved_though_the_ranks_wait_together():
     assert cause(children_cpu_ratio=3.9)[0] == "input_starved"
+
+
+# A rank over the threshold only because NCCL's blocks count as active: the small-batch DDP reading
+# on two H100s joined by 18 NVLink links (step 15.3 ms, ~6 ms of it all-reduce).
+NVLINK_RANK = dict(utilization=0.67, nvml_utilization=1.0, dram_active=0.67, flops_utilization=0.015,
+                   tensor_active=0.013, nvlink_bytes_per_second=287e9, nvlink_busy_ratio=0.30)
+
+
+def test_a_busy_rank_moving_gradients_a_large_share_of_the_time_gets_a_communication_ticket():
+    finding = classify(dataclasses.replace(RANK, **NVLINK_RANK), Thresholds())
+    assert (finding.cause, finding.severity, finding.evidence["via"]) == ("communication_bound", "ticket", "nvlink")
+
+
+def test_the_same_traffic_share_beside_busy_sms_is_not_communication_bound():
+    finding = classify(dataclasses.replace(RANK, **{**NVLINK_RANK, "utilization": 0.95, "dram_active": 0.3}),
+                       Thresholds())
+    assert finding is None
+
+
+def test_a_busy_rank_whose_all_reduce_hides_behind_compute_is_healthy():
+    # The large-batch reading: NVLink at 1.4 % of its capacity.
+    finding = classify(dataclasses.replace(RANK, **{**NVLINK_RANK, "utilization": 0.99, "dram_active": 0.3,
+                                                    "nvlink_bytes_per_second": 13.4e9, "nvlink_busy_ratio": 0.014}),
+                       Thresholds())
+    assert finding is None
 
 
 def test_without_other_gpus_kernel_time_far_over_sm_activity_stays_launch_bound():

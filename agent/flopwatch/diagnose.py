@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Callable, Hashable, Mapping, Sequence
 
 from .model import Finding, GpuFigures, GpuSample, GpuState, HostProcess, HostSample
+from .peaks import lookup
 from .thresholds import Thresholds
 from .window import SlidingWindow
 
@@ -187,6 +188,7 @@ class Signals:
     flops_utilization: float | None
     pcie_bytes_per_second: float | None
     nvlink_bytes_per_second: float | None
+    nvlink_busy_ratio: float | None  # tx + rx over the card's NVLink bandwidth (datasheet)
     sm_clock_ratio: float | None
     throttle: Mapping[str, float]
     processes: int
@@ -305,6 +307,9 @@ def signals(window: TickWindow) -> Signals:
         cuda = (int(major), int(minor or 0))
     pcie_tx, pcie_rx = mean("pcie_tx"), mean("pcie_rx")
     nvl_tx, nvl_rx = mean("nvlink_tx"), mean("nvlink_rx")
+    nvlink = None if nvl_tx is None and nvl_rx is None else (nvl_tx or 0) + (nvl_rx or 0)
+    nvlink_peak = getattr(lookup(info.name), "nvlink_bytes_per_second", None)
+    nvlink_busy = nvlink / nvlink_peak if nvlink is not None and nvlink_peak else None
     limit_ratio = None
     if info.power_limit_watts and info.default_power_limit_watts:
         limit_ratio = info.power_limit_watts / info.default_power_limit_watts
@@ -319,7 +324,8 @@ def signals(window: TickWindow) -> Signals:
         dram_active=mean("dram_active"),
         flops_utilization=mean("flops_utilization"),
         pcie_bytes_per_second=None if pcie_tx is None and pcie_rx is None else (pcie_tx or 0) + (pcie_rx or 0),
-        nvlink_bytes_per_second=None if nvl_tx is None and nvl_rx is None else (nvl_tx or 0) + (nvl_rx or 0),
+        nvlink_bytes_per_second=nvlink,
+        nvlink_busy_ratio=nvlink_busy,
         sm_clock_ratio=mean("sm_clock_ratio"),
         throttle=throttle,
         processes=len(pids),
@@ -448,6 +454,10 @@ def classify(s: Signals, th: Thresholds) -> Finding | None:
     if s.throttle.get("clocks_setting", 0.0) >= th.throttle_fraction and clocks_low:
         return _finding("clocks_capped", "ticket", 0.8, s, sm_clock_ratio=s.sm_clock_ratio,
                         clocks_setting_fraction=s.throttle.get("clocks_setting"))
+    if s.nvlink_busy_ratio is not None and s.nvlink_busy_ratio >= th.nvlink_busy_ratio and \
+            util < th.communication_max_utilization:
+        # Busy only because NCCL's blocks count as active: the step spends a large share moving gradients.
+        return _communication(s, "nvlink", _strength(s.nvlink_busy_ratio, th.nvlink_busy_ratio), severity="ticket")
     fp_busy = (s.fp32_active or 0.0) + (s.fp64_active or 0.0)
     if s.dram_active is not None and s.dram_active >= th.memory_bound_dram_active and \
             (s.flops_utilization is None or s.flops_utilization < th.memory_bound_max_flops_utilization) and \
@@ -463,9 +473,10 @@ def classify(s: Signals, th: Thresholds) -> Finding | None:
     return None
 
 
-def _communication(s: Signals, via: str, confidence: float) -> Finding:
-    return _finding("communication_bound", "page", confidence, s, via=via,
-                    nvlink_bytes_per_second=s.nvlink_bytes_per_second, pcie_bytes_per_second=s.pcie_bytes_per_second,
+def _communication(s: Signals, via: str, confidence: float, severity: str = "page") -> Finding:
+    return _finding("communication_bound", severity, confidence, s, via=via,
+                    nvlink_bytes_per_second=s.nvlink_bytes_per_second, nvlink_busy_ratio=s.nvlink_busy_ratio,
+                    pcie_bytes_per_second=s.pcie_bytes_per_second,
                     nvml_utilization=s.nvml_utilization, job_gpus=s.job_gpus + 1,
                     peers_below_ratio=s.peers_below_ratio)
 

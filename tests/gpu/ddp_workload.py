@@ -2,18 +2,24 @@
 
     torchrun --standalone --nproc-per-node 2 ddp_workload.py small|large
 
-~1.07 B bf16 parameters (16 square layers of 8192): every step all-reduces ~2.1 GB of gradients.
-Measured on one H100 with one rank: a small-batch step is 9.4 ms of weight streaming (SM active
-0.92, DRAM 0.83), a large-batch step 311 ms of GEMMs. Over PCIe (~25-50 GB/s) the all-reduce
-takes 40-90 ms: the small batch waits on it most of the step, the large batch hides it behind the
-backward pass (DDP buckets). Over an NVLink pair (~370 GB/s: ~6 ms) the all-reduce is shorter
-than the small step's compute, so expect no communication_bound there.
+~1.07 B parameters (16 square layers of 8192): every step all-reduces the gradients, 2.1 GB in
+bf16. Measured on H100s: with one rank a small-batch step is 9.2 ms of weight streaming (SM active
+0.92, DRAM 0.83); with two ranks over NVLink it is 15.3 ms, over PCIe through host memory 81 ms.
+A large-batch step is ~320 ms of GEMMs, and hides the all-reduce behind the backward pass (DDP
+buckets).
+
+FLOPWATCH_DDP_PARAMS=fp32 keeps fp32 parameters and runs the layers under bf16 autocast (PyTorch's
+usual mixed precision): the gradients, and so the all-reduce, are fp32, twice the bytes.
+Each rank prints ``step_ms`` (mean over the last two seconds) so a run's readings can be set
+against what the step did.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+import time
 
 import torch
 import torch.distributed as dist
@@ -21,26 +27,42 @@ import torch.distributed as dist
 WIDTH = 8192
 LAYERS = 16
 ROWS = {"small": 16, "large": int(os.environ.get("FLOPWATCH_DDP_LARGE_ROWS", "32768"))}
+MIXED = os.environ.get("FLOPWATCH_DDP_PARAMS", "bf16") == "fp32"
+
+
+def say(line: str) -> None:
+    # One write, so the ranks' lines on torchrun's shared stdout never interleave.
+    os.write(1, f"{line}\n".encode())
 
 
 def main(batch: str) -> None:
     rank = int(os.environ["LOCAL_RANK"])
     torch.cuda.set_device(rank)
     dist.init_process_group("nccl")
-    model = torch.nn.Sequential(*[torch.nn.Linear(WIDTH, WIDTH, bias=False, device="cuda", dtype=torch.bfloat16)
+    dtype = torch.float32 if MIXED else torch.bfloat16
+    model = torch.nn.Sequential(*[torch.nn.Linear(WIDTH, WIDTH, bias=False, device="cuda", dtype=dtype)
                                   for _ in range(LAYERS)])
     model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[rank], gradient_as_bucket_view=True)
     opt = torch.optim.SGD(model.parameters(), lr=1e-6)
     x = torch.randn(ROWS[batch], WIDTH, device="cuda", dtype=torch.bfloat16)
-    announced = False
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if MIXED else contextlib.nullcontext()
+    steps, since = 0, None
     while True:
-        model(x).float().square().mean().backward()
+        with autocast:
+            loss = model(x).float().square().mean()
+        loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=False)
-        if not announced:
+        steps += 1
+        if since is None:
             torch.cuda.synchronize()
-            print(f"ready rank {rank} pid {os.getpid()}", flush=True)
-            announced = True
+            say(f"ready rank {rank} pid {os.getpid()}")
+            steps, since = 0, time.monotonic()
+        elif time.monotonic() - since >= 2.0:
+            torch.cuda.synchronize()
+            elapsed = time.monotonic() - since
+            say(f"step_ms rank {rank} {elapsed / steps * 1e3:.1f}")
+            steps, since = 0, time.monotonic()
 
 
 if __name__ == "__main__":
