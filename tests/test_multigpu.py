@@ -12,7 +12,7 @@ from prometheus_client import generate_latest
 from flopwatch.cli import VirtualClock, build_agent, main
 from flopwatch.config import Config
 from flopwatch.diagnose import Peers, Signals, classify, job_peers
-from flopwatch.model import GpuInfo, GpuSample, GpuState, ProcessView
+from flopwatch.model import GpuInfo, GpuSample, GpuState, HostProcess, HostSample, ProcessView
 from flopwatch.sources.nvml import NvmlSource
 from flopwatch.sources.simulated import SimulatedNvml
 from flopwatch.thresholds import Thresholds
@@ -56,7 +56,7 @@ def test_link_bytes_count_every_second_between_ticks():
     link = sample.nvlink_links[0]
     # The first tick covered 1 s and the second 2 s, each at its own rate.
     assert link.tx_bytes > 2.0 * link.tx_bytes_per_second
-    assert link.tx_bytes == pytest.approx(3.0 * 60e9 / 18, rel=0.1)
+    assert link.tx_bytes == pytest.approx(3.0 * 225e9 / 18, rel=0.1)
 
 
 def test_a_card_without_nvlink_has_no_links():
@@ -94,9 +94,9 @@ def test_a_data_parallel_job_waiting_on_all_reduce_is_communication_bound_on_eve
 
 
 def test_nvlink_busy_share_is_the_traffic_over_the_cards_datasheet_nvlink_bandwidth():
-    # 60 GB/s each way on an H100 SXM (900 GB/s over all links, both ways).
+    # 225 GB/s each way on an H100 SXM (900 GB/s over all links, both ways).
     finding = simulated_agent("communication_bound", gpus=2).agent.state.gpus[0].finding
-    assert finding.evidence["nvlink_busy_ratio"] == pytest.approx(120 / 900, abs=0.01)
+    assert finding.evidence["nvlink_busy_ratio"] == pytest.approx(450 / 900, abs=0.02)
 
 
 def test_a_data_parallel_job_starved_by_its_loaders_is_input_starved_on_every_gpu():
@@ -132,12 +132,25 @@ def gpu_state(index: int, jobs: list[str], below: bool) -> GpuState:
                     figures=None, finding=None, below_threshold=below, wasted_seconds={}, processes=views)
 
 
+def host_with(*processes: HostProcess) -> HostSample:
+    return HostSample(timestamp=0.0, cpu_count=32, cpu_busy_ratio=0.2, iowait_ratio=0.0,
+                      processes={p.pid: p for p in processes})
+
+
 def test_peers_are_the_other_gpus_of_the_same_job_and_how_many_were_below():
     peers = job_peers([gpu_state(0, ["a"], True), gpu_state(1, ["a"], True), gpu_state(2, ["a"], False),
-                       gpu_state(3, ["b"], True), gpu_state(4, [], True)])
+                       gpu_state(3, ["b"], True), gpu_state(4, [], True)], host_with(), 0.8)
     assert peers[0] == Peers(gpus=2, below=1)
     assert peers[2] == Peers(gpus=2, below=2)
     assert peers[3] == Peers() and peers[4] == Peers()
+
+
+def test_a_peer_whose_loader_workers_each_use_a_full_core_counts_as_starved():
+    # GPU 0's rank (pid 0) has two workers at 1.9 cores together; GPU 1's (pid 100) at 1.0.
+    host = host_with(HostProcess(pid=0, name="python", children=2, children_cpu_ratio=1.9),
+                     HostProcess(pid=100, name="python", children=2, children_cpu_ratio=1.0))
+    peers = job_peers([gpu_state(0, ["a"], True), gpu_state(1, ["a"], True)], host, 0.8)
+    assert (peers[1].starved, peers[0].starved) == (1, 0)
 
 
 # -- the rule, with plain values ---------------------------------------------------------------
@@ -160,8 +173,17 @@ def cause(**changes) -> tuple[str, str | None]:
     return finding.cause, finding.evidence.get("via")
 
 
-def test_nvlink_traffic_while_the_sms_wait_is_communication_bound():
-    assert cause(nvlink_bytes_per_second=80e9) == ("communication_bound", "nvlink")
+def test_nvlink_busy_a_large_share_of_the_time_while_the_sms_wait_is_communication_bound():
+    assert cause(nvlink_bytes_per_second=400e9, nvlink_busy_ratio=0.44) == ("communication_bound", "nvlink")
+
+
+def test_on_a_card_of_unknown_nvlink_bandwidth_nvlink_traffic_while_the_sms_wait_is_communication_bound():
+    assert cause(nvlink_bytes_per_second=80e9, nvlink_busy_ratio=None) == ("communication_bound", "nvlink")
+
+
+def test_ranks_starved_by_their_loaders_are_input_starved_though_their_all_reduce_crosses_nvlink():
+    # Each step still all-reduces its gradients: 40 GB/s, under 5 % of the card's NVLink bandwidth.
+    assert cause(nvlink_bytes_per_second=40e9, nvlink_busy_ratio=0.044, children_cpu_ratio=3.9)[0] == "input_starved"
 
 
 def test_pcie_traffic_while_every_gpu_of_the_job_waits_in_nccl_is_communication_bound():
@@ -208,6 +230,16 @@ def test_a_busy_rank_whose_all_reduce_hides_behind_compute_is_healthy():
                                                     "nvlink_bytes_per_second": 13.4e9, "nvlink_busy_ratio": 0.014}),
                        Thresholds())
     assert finding is None
+
+
+def test_a_rank_waiting_in_nccl_on_a_peer_starved_by_its_loaders_is_input_starved():
+    # The faster rank of a starved DDP job: its own workers idle on a full prefetch queue, its main
+    # thread spins in a CUDA sync, NCCL's kernels wait for the slow rank.
+    assert cause(busiest_thread_cpu_ratio=0.82, children_cpu_ratio=1.4, peer_starved_ratio=1.0)[0] == "input_starved"
+
+
+def test_a_rank_waiting_in_nccl_with_no_starved_peer_stays_communication_bound():
+    assert cause(peer_starved_ratio=0.0) == ("communication_bound", "waiting")
 
 
 def test_without_other_gpus_kernel_time_far_over_sm_activity_stays_launch_bound():

@@ -104,7 +104,8 @@ class Agent:
         host = self._timed(self.host_source.name, success, seconds, self.host_source.read, pids, timestamp)
         host = host or HostSample(timestamp=timestamp, cpu_count=0, cpu_busy_ratio=None, iowait_ratio=None)
         # Whether a job's other GPUs are under-used too is known from the previous tick.
-        peers = job_peers(self.state.gpus) if self.state is not None else {}
+        peers = job_peers(self.state.gpus, self.state.host, self.config.diagnosis.cpu_saturated_ratio) \
+            if self.state is not None else {}
         gpus = tuple(self._advance(sample, host, peers.get(sample.info.index, Peers())) for sample in samples)
         if self.tokens is not None:
             counts = self._timed(self.tokens.name, success, seconds, self.tokens.snapshot) or ()

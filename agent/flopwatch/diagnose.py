@@ -85,6 +85,7 @@ class Peers:
 
     gpus: int = 0
     below: int = 0  # of those, how many were under the utilization threshold
+    starved: int = 0  # of those, how many had data-loader workers each near a full core
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,14 +135,21 @@ class Tick:
         return tuple((pid, by_pid.get(pid)) for pid in pids if by_pid.get(pid) != 0.0)
 
 
-def job_peers(gpus: Sequence[GpuState]) -> dict[int, Peers]:
-    """For each GPU (by index), the other GPUs sharing one of its jobs and how many were below."""
+def job_peers(gpus: Sequence[GpuState], host: HostSample, cpu_saturated_ratio: float) -> dict[int, Peers]:
+    """For each GPU (by index), the other GPUs sharing one of its jobs, how many were below, and
+    how many were fed by saturated loaders (the rank the others wait for in their all-reduce)."""
     jobs = {g.sample.info.index: {p.job for p in g.processes} for g in gpus}
     below = {g.sample.info.index: g.below_threshold for g in gpus}
+
+    def saturated(p: HostProcess | None) -> bool:
+        return p is not None and p.children > 0 and (p.children_cpu_ratio or 0.0) / p.children >= cpu_saturated_ratio
+
+    starved = {g.sample.info.index: any(saturated(host.processes.get(p.pid)) for p in g.processes) for g in gpus}
     out = {}
     for index, mine in jobs.items():
         others = [other for other, theirs in jobs.items() if other != index and mine & theirs]
-        out[index] = Peers(gpus=len(others), below=sum(below[other] for other in others))
+        out[index] = Peers(gpus=len(others), below=sum(below[other] for other in others),
+                           starved=sum(starved[other] for other in others))
     return out
 
 
@@ -210,6 +218,7 @@ class Signals:
     process_jobs: Mapping[int, str] = field(default_factory=dict)
     job_gpus: int = 0  # other GPUs running this GPU's job (last tick)
     peers_below_ratio: float | None = None  # share of those under the threshold; None: no other GPU
+    peer_starved_ratio: float | None = None  # share of the window some other GPU's loaders were saturated
 
 
 # What signals() averages over the window, by the key each tick contributes it under.
@@ -229,6 +238,7 @@ _TICK_SIGNALS: tuple[tuple[str, Callable[[Tick], float | None]], ...] = (
     ("sm_clock_ratio", lambda t: t.figures.sm_clock_ratio),
     ("iowait_ratio", lambda t: t.host.iowait_ratio),
     ("peers_below_ratio", lambda t: t.peers.below / t.peers.gpus if t.peers.gpus else None),
+    ("peer_starved_ratio", lambda t: float(t.peers.starved > 0) if t.peers.gpus else None),
 )
 _PROCESS_SIGNALS = tuple(f.name for f in fields(ProcessSums))
 # Keys of the per-reason and per-process contributions, next to the plain names above.
@@ -348,6 +358,7 @@ def signals(window: TickWindow) -> Signals:
                       if pid in last.host.processes and last.host.processes[pid].job},
         job_gpus=last.peers.gpus,
         peers_below_ratio=mean("peers_below_ratio"),
+        peer_starved_ratio=mean("peer_starved_ratio"),
     )
 
 
@@ -400,11 +411,15 @@ def classify(s: Signals, th: Thresholds) -> Finding | None:
         per_child = s.children_cpu_ratio / s.children if s.children else 0.0
         loaders_saturated = per_child >= th.cpu_saturated_ratio
         thread_saturated = s.busiest_thread_cpu_ratio >= th.cpu_saturated_ratio
-        nvlink_busy = s.nvlink_bytes_per_second is not None and s.nvlink_bytes_per_second >= th.nvlink_busy_bytes_per_second
+        # A share of the card's bandwidth where its peak is known: ranks starved by their loaders
+        # still all-reduce every step, tens of GB/s that take a few percent of the time.
+        nvlink_busy = s.nvlink_busy_ratio >= th.nvlink_busy_ratio if s.nvlink_busy_ratio is not None else \
+            s.nvlink_bytes_per_second is not None and s.nvlink_bytes_per_second >= th.nvlink_busy_bytes_per_second
         pcie_busy = s.pcie_bytes_per_second is not None and s.pcie_bytes_per_second >= th.pcie_busy_bytes_per_second
         if nvlink_busy:
-            return _communication(s, "nvlink", _strength(s.nvlink_bytes_per_second, th.nvlink_busy_bytes_per_second)
-                                  + (0.1 if peers_low else 0.0))
+            strength = _strength(s.nvlink_busy_ratio, th.nvlink_busy_ratio) if s.nvlink_busy_ratio is not None else \
+                _strength(s.nvlink_bytes_per_second, th.nvlink_busy_bytes_per_second)
+            return _communication(s, "nvlink", strength + (0.1 if peers_low else 0.0))
         if pcie_busy and waiting_on_peers:
             # Collectives over PCIe (no NVLink, or P2P off): the job's GPUs wait together, NCCL spins.
             return _communication(s, "pcie", _strength(s.pcie_bytes_per_second, th.pcie_busy_bytes_per_second))
@@ -423,6 +438,11 @@ def classify(s: Signals, th: Thresholds) -> Finding | None:
         if s.dram_active is not None and s.dram_active >= th.memory_bound_dram_active:
             return _finding("memory_bound", "page", _strength(s.dram_active, th.memory_bound_dram_active), s,
                             dram_active=s.dram_active, flops_utilization=s.flops_utilization)
+        if waiting_on_peers and (s.peer_starved_ratio or 0.0) >= th.peer_starved_ratio:
+            # This rank waits in its all-reduce for one whose loaders cannot keep up: the job is starved.
+            return _finding("input_starved", "page", 0.7, s, peer_starved_ratio=s.peer_starved_ratio,
+                            nvml_utilization=kernel_time, loader_workers=s.children,
+                            loader_cpu_cores=s.children_cpu_ratio, job_gpus=s.job_gpus + 1)
         if waiting_on_peers and not loaders_saturated and not thread_saturated:
             # Little traffic, yet every GPU of the job waits in its collectives: latency-bound
             # all-reduces or a straggler rank.

@@ -45,8 +45,12 @@ class Thresholds:
     # communication_bound: interconnect traffic while SMs wait, and the job's other GPUs waiting
     # with this one (this share of them under the threshold too, averaged over the window).
     nvlink_busy_bytes_per_second: float = 5.0e9
-    # A GPU over the utilization threshold still waits on the interconnect (ticket) while NVLink
-    # moves this share of the card's NVLink bandwidth and the SMs are active less than this.
+    # NVLink busy: this share of the card's NVLink bandwidth (the bytes above where the card's peak
+    # is unknown). A GPU over the utilization threshold still waits on the interconnect (ticket)
+    # while NVLink is busy and the SMs are active less than this.
     nvlink_busy_ratio: float = 0.15
     communication_max_utilization: float = 0.8
     peers_below_ratio: float = 0.75
+    # input_starved through a peer: for this share of the window, another GPU of the job waiting
+    # with this one had saturated loaders (DDP ranks step together: all wait for the slowest).
+    peer_starved_ratio: float = 0.5

@@ -183,12 +183,13 @@ SCENARIOS: dict[str, Scenario] = {
             _trainer(memory_bytes=30 * GIB, sm_share=0.5, cmdline="python train_b.py", user="bob"),
         ),
     ),
-    # A data-parallel rank waiting on all-reduce: NVLink busy, SMs idle but for NCCL's few blocks,
-    # whose kernels keep NVML's kernel time high. Repeated over GPUs (--simulate-gpus) it is one
+    # A data-parallel rank waiting on all-reduce: NVLink busy (half its 900 GB/s, as an all-reduce
+    # two-thirds of the step would keep it), SMs idle but for NCCL's blocks, whose kernels keep
+    # NVML's kernel time high. Repeated over GPUs (--simulate-gpus) it is one
     # job with a torchrun worker on each GPU.
     "communication_bound": Scenario(
         sm_active=0.3, sm_occupancy=0.15, nvml_utilization=0.85, tensor_active=0.2, hmma_active=0.2,
-        dram_active=0.15, power_watts=300, nvlink_tx_bytes_per_second=60e9, nvlink_rx_bytes_per_second=60e9,
+        dram_active=0.15, power_watts=300, nvlink_tx_bytes_per_second=225e9, nvlink_rx_bytes_per_second=225e9,
         processes=(_trainer(cpu_ratio=1.0, busiest_thread_cpu_ratio=0.6, children=2, children_cpu_ratio=0.3,
                             cmdline="python -u train.py"),),
     ),
