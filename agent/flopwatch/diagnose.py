@@ -318,7 +318,8 @@ def signals(window: TickWindow) -> Signals:
     pcie_tx, pcie_rx = mean("pcie_tx"), mean("pcie_rx")
     nvl_tx, nvl_rx = mean("nvlink_tx"), mean("nvlink_rx")
     nvlink = None if nvl_tx is None and nvl_rx is None else (nvl_tx or 0) + (nvl_rx or 0)
-    nvlink_peak = getattr(lookup(info.name), "nvlink_bytes_per_second", None)
+    peaks = lookup(info.name)
+    nvlink_peak = peaks.nvlink_bytes_per_second if peaks is not None else None
     nvlink_busy = nvlink / nvlink_peak if nvlink is not None and nvlink_peak else None
     limit_ratio = None
     if info.power_limit_watts and info.default_power_limit_watts:
@@ -411,15 +412,10 @@ def classify(s: Signals, th: Thresholds) -> Finding | None:
         per_child = s.children_cpu_ratio / s.children if s.children else 0.0
         loaders_saturated = per_child >= th.cpu_saturated_ratio
         thread_saturated = s.busiest_thread_cpu_ratio >= th.cpu_saturated_ratio
-        # A share of the card's bandwidth where its peak is known: ranks starved by their loaders
-        # still all-reduce every step, tens of GB/s that take a few percent of the time.
-        nvlink_busy = s.nvlink_busy_ratio >= th.nvlink_busy_ratio if s.nvlink_busy_ratio is not None else \
-            s.nvlink_bytes_per_second is not None and s.nvlink_bytes_per_second >= th.nvlink_busy_bytes_per_second
+        nvlink_busy = _nvlink_busy(s, th)
         pcie_busy = s.pcie_bytes_per_second is not None and s.pcie_bytes_per_second >= th.pcie_busy_bytes_per_second
-        if nvlink_busy:
-            strength = _strength(s.nvlink_busy_ratio, th.nvlink_busy_ratio) if s.nvlink_busy_ratio is not None else \
-                _strength(s.nvlink_bytes_per_second, th.nvlink_busy_bytes_per_second)
-            return _communication(s, "nvlink", strength + (0.1 if peers_low else 0.0))
+        if nvlink_busy is not None:
+            return _communication(s, "nvlink", nvlink_busy + (0.1 if peers_low else 0.0))
         if pcie_busy and waiting_on_peers:
             # Collectives over PCIe (no NVLink, or P2P off): the job's GPUs wait together, NCCL spins.
             return _communication(s, "pcie", _strength(s.pcie_bytes_per_second, th.pcie_busy_bytes_per_second))
@@ -474,10 +470,11 @@ def classify(s: Signals, th: Thresholds) -> Finding | None:
     if s.throttle.get("clocks_setting", 0.0) >= th.throttle_fraction and clocks_low:
         return _finding("clocks_capped", "ticket", 0.8, s, sm_clock_ratio=s.sm_clock_ratio,
                         clocks_setting_fraction=s.throttle.get("clocks_setting"))
-    if s.nvlink_busy_ratio is not None and s.nvlink_busy_ratio >= th.nvlink_busy_ratio and \
-            util < th.communication_max_utilization:
-        # Busy only because NCCL's blocks count as active: the step spends a large share moving gradients.
-        return _communication(s, "nvlink", _strength(s.nvlink_busy_ratio, th.nvlink_busy_ratio), severity="ticket")
+    # Busy only because NCCL's blocks count as active: the step spends a large share moving gradients.
+    # Bytes alone do not tell that here (a large batch's all-reduce moves 14 GB/s behind compute).
+    nvlink_busy = _nvlink_busy(s, th) if s.nvlink_busy_ratio is not None else None
+    if nvlink_busy is not None and util < th.communication_max_utilization:
+        return _communication(s, "nvlink", nvlink_busy, severity="ticket")
     fp_busy = (s.fp32_active or 0.0) + (s.fp64_active or 0.0)
     if s.dram_active is not None and s.dram_active >= th.memory_bound_dram_active and \
             (s.flops_utilization is None or s.flops_utilization < th.memory_bound_max_flops_utilization) and \
@@ -491,6 +488,20 @@ def classify(s: Signals, th: Thresholds) -> Finding | None:
         return _finding("contention", "ticket", 0.7, s, processes=s.processes,
                         sm_shares=", ".join(f"{pid}:{v:.2f}" for pid, v in sorted(s.process_shares.items())))
     return None
+
+
+def _nvlink_busy(s: Signals, th: Thresholds) -> float | None:
+    """How surely NVLink is busy (a confidence), or None if it is not.
+
+    By its share of the card's bandwidth where the card is known: ranks starved by their loaders
+    still all-reduce every step, tens of GB/s that take a few percent of the time."""
+    if s.nvlink_busy_ratio is not None:
+        value, bar = s.nvlink_busy_ratio, th.nvlink_busy_ratio
+    elif s.nvlink_bytes_per_second is not None:
+        value, bar = s.nvlink_bytes_per_second, th.nvlink_busy_bytes_per_second
+    else:
+        return None
+    return _strength(value, bar) if value >= bar else None
 
 
 def _communication(s: Signals, via: str, confidence: float, severity: str = "page") -> Finding:

@@ -185,8 +185,8 @@ SCENARIOS: dict[str, Scenario] = {
     ),
     # A data-parallel rank waiting on all-reduce: NVLink busy (half its 900 GB/s, as an all-reduce
     # two-thirds of the step would keep it), SMs idle but for NCCL's blocks, whose kernels keep
-    # NVML's kernel time high. Repeated over GPUs (--simulate-gpus) it is one
-    # job with a torchrun worker on each GPU.
+    # NVML's kernel time high. Repeated over GPUs (--simulate-gpus) it is one job with a torchrun
+    # worker on each GPU.
     "communication_bound": Scenario(
         sm_active=0.3, sm_occupancy=0.15, nvml_utilization=0.85, tensor_active=0.2, hmma_active=0.2,
         dram_active=0.15, power_watts=300, nvlink_tx_bytes_per_second=225e9, nvlink_rx_bytes_per_second=225e9,
