@@ -17,6 +17,7 @@ from flopwatch.config import Config
 from flopwatch.daemon import Agent
 from flopwatch.sources.host import HostSource
 from flopwatch.sources.nvml import NvmlSource
+from tests.gpu.gpus import mean
 
 HERE = Path(__file__).parent
 STARTUP_SECONDS = 180.0
@@ -45,10 +46,6 @@ class GpuRun:
     jobs: set[str] = field(default_factory=set)
     pids: set[int] = field(default_factory=set)
     evidence: dict = field(default_factory=dict)
-
-    @staticmethod
-    def mean(values: list[float]) -> float:
-        return sum(values) / len(values) if values else float("nan")
 
     def share(self, cause: str | None) -> float:
         return self.causes.count(cause) / len(self.causes) if self.causes else 0.0
@@ -122,8 +119,8 @@ def table(runs: dict[str, list[GpuRun]]) -> list[str]:
     for label, per_gpu in runs.items():
         for index, r in enumerate(per_gpu):
             causes = ", ".join(f"{c or 'none'}:{n}" for c, n in Counter(r.causes).most_common())
-            lines.append(f"{label:14} {index:>3} {r.mean(r.step_ms[1:]):7.1f} {r.mean(r.utilization):5.2f} "
-                         f"{r.mean(r.nvml_utilization):5.2f} {r.mean(r.nvlink) / 1e9:11.1f} {r.mean(r.pcie) / 1e9:9.1f} "
+            lines.append(f"{label:14} {index:>3} {mean(r.step_ms[1:]):7.1f} {mean(r.utilization):5.2f} "
+                         f"{mean(r.nvml_utilization):5.2f} {mean(r.nvlink) / 1e9:11.1f} {mean(r.pcie) / 1e9:9.1f} "
                          f"{r.links:>5}  {causes:36} {sorted(r.jobs)}")
     lines += ["", "evidence of the last finding"]
     lines += [f"{label:14} gpu {i}: {r.evidence}" for label, per_gpu in runs.items() for i, r in enumerate(per_gpu)]

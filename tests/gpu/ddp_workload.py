@@ -42,12 +42,13 @@ def say(line: str) -> None:
 
 
 def inputs(batch: str) -> Iterator[torch.Tensor]:
-    if batch != "starved":
-        x = torch.randn(ROWS[batch], WIDTH, device="cuda", dtype=torch.bfloat16)
-        yield from itertools.repeat(x)
-    loader = torch.utils.data.DataLoader(_DecodeDataset(), batch_size=ROWS[batch], num_workers=2, pin_memory=True)
-    for images in loader:
-        yield images.flatten(1)[:, :WIDTH].to("cuda", torch.bfloat16, non_blocking=True)
+    """The same resident batch every step, or, starved, batches the loader workers decode."""
+    if batch == "starved":
+        loader = torch.utils.data.DataLoader(_DecodeDataset(), batch_size=ROWS[batch], num_workers=2, pin_memory=True)
+        for images in loader:
+            yield images.flatten(1)[:, :WIDTH].to("cuda", torch.bfloat16, non_blocking=True)
+    else:
+        yield from itertools.repeat(torch.randn(ROWS[batch], WIDTH, device="cuda", dtype=torch.bfloat16))
 
 
 def main(batch: str) -> None:

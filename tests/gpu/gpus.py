@@ -29,6 +29,11 @@ def needs_gpus(count: int = 1, torch: bool = False) -> list:
     return marks
 
 
+def mean(values: list[float]) -> float:
+    """The readings' mean; NaN for none, so a table shows the gap instead of failing."""
+    return sum(values) / len(values) if values else float("nan")
+
+
 def report(lines: list[str], filename: str) -> None:
     """Print a run's readings, and keep them in $OUT/``filename`` where the runner collects files."""
     text = "\n".join(lines)

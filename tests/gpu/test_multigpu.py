@@ -4,9 +4,9 @@ A large model with a small batch waits on its all-reduce: communication_bound on
 NVLink the ranks stay over the utilization threshold (NCCL's blocks count as active SMs), so it is a
 ticket; with NCCL's peer-to-peer off the gradients cross PCIe through host memory, as on GPUs
 without NVLink, and it pages. Fed by DataLoader workers too slow for it, the same job waits on its
-loaders, though its all-reduce still crosses NVLink every step: input_starved. With a large batch, compute hides the all-reduce: no finding. A
-one-rank run of the small batch gives the step without communication. Skipped with fewer than two
-GPUs. Run with -s to see the readings table (also written to $OUT/multigpu_readings.txt).
+loaders, though its all-reduce still crosses NVLink every step: input_starved. With a large batch,
+compute hides the all-reduce: no finding. A one-rank run of the small batch gives the step without
+communication. Skipped with fewer than two GPUs. Run with -s to see the readings table (also written to $OUT/multigpu_readings.txt).
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.gpu.gpus import needs_gpus, report
+from tests.gpu.gpus import mean, needs_gpus, report
 
 pytestmark = needs_gpus(1, torch=True)
 pynvml = pytest.importorskip("pynvml")
@@ -62,9 +62,6 @@ class Run:
     counter_energy_joules: float = 0.0
     seconds: float = 0.0
     evidence: dict = field(default_factory=dict)
-
-    def mean(self, values: list[float]) -> float:
-        return sum(values) / len(values) if values else float("nan")
 
 
 def _measure(name: str, copies: int) -> Run:
@@ -138,8 +135,8 @@ def _print_tables(runs: dict[str, Run]) -> None:
     lines = ["", "readings (means over the measured ticks)",
              f"{'workload':24} {'util':>5} {'nvml':>5} {'tensor':>6} {'fp32':>5} {'dram':>5} {'pcie GB/s':>9} {'power W':>7}"]
     for key, r in runs.items():
-        lines.append(f"{key:24} {r.mean(r.utilization):5.2f} {r.mean(r.nvml_utilization):5.2f} {r.mean(r.tensor):6.2f} "
-                     f"{r.mean(r.fp32):5.2f} {r.mean(r.dram):5.2f} {r.mean(r.pcie) / 1e9:9.2f} {r.mean(r.power):7.0f}")
+        lines.append(f"{key:24} {mean(r.utilization):5.2f} {mean(r.nvml_utilization):5.2f} {mean(r.tensor):6.2f} "
+                     f"{mean(r.fp32):5.2f} {mean(r.dram):5.2f} {mean(r.pcie) / 1e9:9.2f} {mean(r.power):7.0f}")
     causes = sorted({c or "none" for r in runs.values() for c in r.causes} | {c or "none" for c in EXPECTED.values()})
     lines += ["", "confusion matrix (rows: expected cause; columns: named cause; cells: windows)",
               f"{'expected':22} " + " ".join(f"{c[:10]:>10}" for c in causes)]
@@ -154,15 +151,15 @@ def _print_tables(runs: dict[str, Run]) -> None:
     lines += ["", "energy: agent total vs counter over the same ticks"]
     for key, r in runs.items():
         lines.append(f"{key:24} agent {r.agent_energy_joules:9.1f} J  counter {r.counter_energy_joules:9.1f} J  "
-                     f"mean power x time {r.mean(r.power) * r.seconds:9.1f} J")
+                     f"mean power x time {mean(r.power) * r.seconds:9.1f} J")
     lines += ["", "evidence of the last finding"] + [f"{k:24} {r.evidence}" for k, r in runs.items()]
     report(lines, "gpu_readings.txt")
 
 
 def test_bf16_matmul_loop_reads_busy_with_tensor_cores(runs):
     r = runs["healthy"]
-    assert r.mean(r.utilization) >= 0.9
-    assert r.mean(r.tensor) >= 0.7
+    assert mean(r.utilization) >= 0.9
+    assert mean(r.tensor) >= 0.7
 
 
 def test_healthy_training_gives_no_finding(runs):
@@ -171,19 +168,19 @@ def test_healthy_training_gives_no_finding(runs):
 
 def test_idle_process_holding_memory_reads_idle_and_owns_its_memory(runs):
     r = runs["held_idle"]
-    assert r.mean(r.utilization) <= 0.05
+    assert mean(r.utilization) <= 0.05
     assert r.process_memory.get(r.pids[0], 0) >= 20 * 2**30
 
 
 def test_tiny_kernels_read_low_while_nvml_says_more(runs):
     r = runs["tiny_kernels"]
-    assert r.mean(r.utilization) <= 0.2
-    assert r.mean(r.nvml_utilization) > r.mean(r.utilization)
+    assert mean(r.utilization) <= 0.2
+    assert mean(r.nvml_utilization) > mean(r.utilization)
 
 
 def test_energy_matches_mean_power_times_time(runs):
     r = runs["healthy"]
-    assert r.counter_energy_joules == pytest.approx(r.mean(r.power) * r.seconds, rel=0.05)
+    assert r.counter_energy_joules == pytest.approx(mean(r.power) * r.seconds, rel=0.05)
     assert r.agent_energy_joules == pytest.approx(r.counter_energy_joules, rel=0.05)
 
 
