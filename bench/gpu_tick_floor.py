@@ -5,8 +5,9 @@
     clocks, temperature, clock-event reasons, compute processes; the energy counter, throttle
     field values, process utilization and PCIe link width every counter interval, as the agent
     reads them), on the calling thread, nothing else.
-(b) flopwatch: Agent.tick() as `flopwatch run` makes it: each GPU read on its reader thread under
-    the deadline, the host read (psutil, /proc), derive, diagnose, token accounting, process views.
+(b) flopwatch: Agent.tick() as `flopwatch run` makes it: each GPU read on the tick's thread, the
+    host read (/proc, every counter interval), derive, diagnosis (every evaluation interval), token
+    accounting, process views.
 Both run once a period, back to back in alternating order, at the agent's cadence (1 s) and then
 ten times faster, where the 30 s diagnosis window holds ten times the ticks. CPU is process_time
 (user + system of every thread of this process). A /metrics render is not part of a tick: the
@@ -154,7 +155,7 @@ def floor_vs_agent(seconds: float, fast_seconds: float, profile: bool) -> tuple[
         rows += [
             [label, "floor: the NVML calls alone", ticks, 1000 * floor_cpu / ticks, ""],
             ["", "flopwatch: Agent.tick()", ticks, 1000 * agent_cpu / ticks, agent_cpu / floor_cpu],
-            ["", "  NVML reads, on reader threads", "", 1000 * gpu.seconds / ticks, gpu.seconds / floor_cpu],
+            ["", "  NVML reads (NvmlSource.read)", "", 1000 * gpu.seconds / ticks, gpu.seconds / floor_cpu],
             ["", "  host (psutil, /proc)", "", 1000 * host.seconds / ticks, ""],
             ["", "  derive, diagnose, tokens, views", "", 1000 * rest / ticks, ""],
         ]
@@ -177,14 +178,14 @@ def floor_vs_agent(seconds: float, fast_seconds: float, profile: bool) -> tuple[
 
 
 def print_profile(agent, source, floors, ticks: int = 300) -> None:
-    """Where the time goes, every 0.1 s: one GPU's read inline and through its reader thread
-    against the floor; then the Python profiles of a tick (its calling thread) and of a read."""
+    """Where the time goes, every 0.1 s: one GPU's read, alone and as the tick makes it, against
+    the floor; then the Python profiles of a tick (its calling thread) and of a read."""
     import cProfile
     import pstats
 
     gpu = source.gpus[0]
     steps = {"floor": floors[0].tick, "NvmlGpu.read, inline": lambda: gpu.read(time.time()),
-             "NvmlSource.read, on its reader thread": source.read}
+             "NvmlSource.read, as the tick makes it": source.read}
     cpu = {name: interleaved(step, lambda: None, ticks * FAST_PERIOD, FAST_PERIOD)[1] for name, step in steps.items()}
     print(table(["one GPU", "CPU ms/read"], [[name, 1000 * c / ticks] for name, c in cpu.items()]))
     for name, step in (("Agent.tick", agent.tick), ("NvmlGpu.read", lambda: gpu.read(time.time()))):

@@ -85,7 +85,8 @@ def build_agent(config: Config, *, clock: Callable[[], float] = time.monotonic,
 
         lib = None
         try:
-            host = HostSource(clock=clock, job_rules=config.attribution.job_rules)
+            host = HostSource(clock=clock, job_rules=config.attribution.job_rules,
+                              counter_interval_seconds=a.counter_interval_seconds)
         except BadJobRule as e:
             raise UsageError(str(e)) from None
     from .sources.tokens import ListenRefused, TokenSource
@@ -95,13 +96,8 @@ def build_agent(config: Config, *, clock: Callable[[], float] = time.monotonic,
     except (ListenRefused, ValueError) as e:
         raise UsageError(str(e)) from None
     try:
-        # A GPU that has not answered by half the interval is marked for this tick, so one stuck
-        # GPU cannot hold up the others' cadence. Not under half a second, though: a healthy read
-        # takes milliseconds, but a loaded machine can delay one by tens. On a virtual clock
-        # (a simulated status window, generated history) there is no cadence to keep.
-        timeout = max(a.interval_seconds / 2, 0.5) if clock is time.monotonic else None
         source = NvmlSource(lib, counter_interval_seconds=a.counter_interval_seconds, clock=clock,
-                            wall_clock=wall_clock, read_timeout_seconds=timeout)
+                            wall_clock=wall_clock)
     except NvmlUnavailable as e:
         raise UsageError(
             f"NVML is not available ({e}). To run on simulated GPUs instead: "
@@ -218,9 +214,14 @@ def run(config_path: str | None, listen: str | None, interval: float | None, his
             _reload(config_path, overrides, agent, server)
     log.info("stopping")
     sdnotify.stopping()
-    scheduler.shutdown(wait=True)
+    scheduler.shutdown(wait=not agent.blocked)  # a tick blocked in NVML may never return
     server.shutdown()
     agent.close()
+    if agent.blocked:
+        # Everything is closed and flushed; only a thread inside NVML is left, which Python's
+        # exit would wait for.
+        log.warning("an NVML call has not returned; exiting without it")
+        os._exit(0)
 
 
 def _load_web(config: Config) -> Any:
@@ -267,6 +268,7 @@ def status(config_path: str | None, from_url: str | None, window: float, simulat
         config = load_config(config_path, {("agent", "simulate"): _simulate_list(simulate),
                                            ("agent", "simulate_gpus"): simulate_gpus})
         config.diagnosis.min_window_seconds = min(config.diagnosis.min_window_seconds, window)
+        config.diagnosis.evaluation_interval_seconds = 0.0  # the last tick's finding is the answer
         doc = status_document(_sample(config, window))
     if as_json:
         click.echo(json.dumps(doc, indent=2, default=str))

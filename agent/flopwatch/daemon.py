@@ -2,12 +2,17 @@
 
 Sources and sinks are each timed and guarded by the same wrapper, so one failing collector is a
 ``0`` on ``flopwatch_collector_success{collector}`` and a log line, never a lost tick.
+
+GPUs are read on the tick's thread, so an NVML call that blocks holds its tick. The scheduler
+then starts the next tick beside it (one blocked tick per GPU at most: a GPU being read is not
+read again); a tick that a later one began during its reads is dropped when they return.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 from dataclasses import replace
 from typing import Any, Callable, Iterable, Protocol
@@ -15,7 +20,7 @@ from typing import Any, Callable, Iterable, Protocol
 from .config import Config
 from .derive import derive
 from .diagnose import DiagnosisState, Peers, Tick, TickWindow, diagnose, job_peers, waste_seconds
-from .model import AgentState, GpuSample, GpuState, HostSample, ProcessView, TokenCount
+from .model import AgentState, GpuFigures, GpuSample, GpuState, HostSample, ProcessView, TokenCount
 from .tokencost import Prices, TokenAccount
 
 log = logging.getLogger(__name__)
@@ -51,6 +56,7 @@ class _PerGpu:
     def __init__(self) -> None:
         self.previous: GpuSample | None = None
         self.window = TickWindow()
+        self.pending: list[tuple[GpuSample, GpuFigures, HostSample, Peers]] = []  # since the last evaluation
         self.diagnosis = DiagnosisState()
         self.wasted: dict[str, float] = {}
 
@@ -80,6 +86,10 @@ class Agent:
         self.state: AgentState | None = None
         self._gpus: dict[int, _PerGpu] = {}
         self._ticks = 0
+        self._begun = 0  # ticks started; a tick publishes only if none began after it
+        self._closed = False
+        self._lock = threading.Lock()  # one tick publishes at a time
+        self._evaluated_at = -math.inf
         self.last_tick_at: float | None = None
 
     def _timed(self, name: str, success: dict, seconds: dict, fn: Callable, *args: Any) -> Any:
@@ -96,17 +106,35 @@ class Agent:
             seconds[name] = self.clock() - start
 
     def tick(self) -> AgentState:
+        """Read, derive, diagnose and publish; the state published last."""
+        with self._lock:
+            self._begun += 1
+            mine = self._begun
         success: dict[str, bool] = {}
         seconds: dict[str, float] = {}
         timestamp = self.wall_clock()
         samples = self._timed(self.gpu_source.name, success, seconds, self.gpu_source.read) or []
+        with self._lock:
+            if mine != self._begun or self._closed:
+                # A later tick began while this one waited on an NVML call: these readings are older.
+                log.info("a tick held up %.1f s by an NVML call is dropped", self.wall_clock() - timestamp)
+                return self.state
+            return self._publish(timestamp, samples, success, seconds)
+
+    def _publish(self, timestamp: float, samples: list[GpuSample], success: dict[str, bool],
+                 seconds: dict[str, float]) -> AgentState:
         pids = {p.pid for s in samples for p in s.processes}
         host = self._timed(self.host_source.name, success, seconds, self.host_source.read, pids, timestamp)
         host = host or HostSample(timestamp=timestamp, cpu_count=0, cpu_busy_ratio=None, iowait_ratio=None)
         # Whether a job's other GPUs are under-used too is known from the previous tick.
         peers = job_peers(self.state.gpus, self.state.host, self.config.diagnosis.cpu_saturated_ratio) \
             if self.state is not None else {}
-        gpus = tuple(self._advance(sample, host, peers.get(sample.info.index, Peers())) for sample in samples)
+        now = self.clock()
+        evaluate = now - self._evaluated_at >= self.config.diagnosis.evaluation_interval_seconds
+        if evaluate:
+            self._evaluated_at = now
+        gpus = tuple(self._advance(sample, host, peers.get(sample.info.index, Peers()), evaluate)
+                     for sample in samples)
         if self.tokens is not None:
             counts = self._timed(self.tokens.name, success, seconds, self.tokens.snapshot) or ()
             figures = self.token_account.advance(counts, gpus, timestamp)
@@ -122,19 +150,26 @@ class Agent:
         self.last_tick_at = self.clock()
         return self.state
 
-    def _advance(self, sample: GpuSample, host: HostSample, peers: Peers) -> GpuState:
+    def _advance(self, sample: GpuSample, host: HostSample, peers: Peers, evaluate: bool) -> GpuState:
         th = self.config.diagnosis
         per = self._gpus.setdefault(sample.info.index, _PerGpu())
         if sample.error is not None:
             per.previous = None
             per.window.clear()
+            per.pending.clear()
             per.diagnosis = DiagnosisState()
             return GpuState(sample=sample, figures=None, finding=None, below_threshold=False,
                             wasted_seconds=dict(per.wasted))
         figures = derive(sample, per.previous)
         per.previous = sample
-        per.window.append(Tick(sample, figures, host, peers), th.window_seconds)
-        per.diagnosis = diagnose(per.window, th, per.diagnosis)
+        per.pending.append((sample, figures, host, peers))
+        if evaluate:
+            # Ticks enter the window together and are diagnosed once: run once a second, each
+            # tick's pass over the window and its rules costs several times what it does in a batch.
+            for parts in per.pending:
+                per.window.append(Tick(*parts), th.window_seconds)
+            per.pending.clear()
+            per.diagnosis = diagnose(per.window, th, per.diagnosis)
         finding = per.diagnosis.finding
         waste = waste_seconds(figures, finding, th)
         if waste is not None:
@@ -145,7 +180,14 @@ class Agent:
             wasted_seconds=dict(per.wasted), processes=_process_views(sample, host),
         )
 
+    @property
+    def blocked(self) -> bool:
+        """Whether a tick is inside an NVML call now."""
+        return bool(getattr(self.gpu_source, "blocked", False))
+
     def close(self) -> None:
+        with self._lock:  # a tick publishing finishes first; one still reading is dropped
+            self._closed = True
         for sink in self.sinks:
             close = getattr(sink, "close", None)
             if close is not None:
@@ -181,14 +223,20 @@ def schedule(agent: Agent, interval_seconds: float) -> Any:
     background scheduler; returns it (``shutdown()`` to stop)."""
     from apscheduler.schedulers.background import BackgroundScheduler
 
-    scheduler = BackgroundScheduler(daemon=True)
-    jobs = [(agent.tick, interval_seconds)]
+    from apscheduler.executors.pool import ThreadPoolExecutor
+
+    # A tick blocked in NVML holds a thread and its GPU, and the next tick starts beside it: at
+    # most one blocked tick per GPU, and one running.
+    ticks = len(agent.state.gpus) + 1 if agent.state is not None else 2
+    jobs = [(agent.tick, interval_seconds, ticks)]
     # Sinks' own work and the token scraper run on their own jobs: a slow one never delays a tick.
     for part in (*agent.sinks, agent.tokens):
-        jobs += getattr(part, "jobs", list)()
-    for fn, seconds in jobs:
+        jobs += [(fn, seconds, 1) for fn, seconds in getattr(part, "jobs", list)()]
+    scheduler = BackgroundScheduler(daemon=True, executors={
+        "default": ThreadPoolExecutor(sum(instances for _, _, instances in jobs))})
+    for fn, seconds, instances in jobs:
         # APScheduler wants a whole number of seconds of grace; a late tick runs once, not twice.
-        scheduler.add_job(fn, "interval", seconds=seconds, max_instances=1, coalesce=True,
+        scheduler.add_job(fn, "interval", seconds=seconds, max_instances=instances, coalesce=True,
                           misfire_grace_time=max(math.ceil(seconds), 1))
     scheduler.start()
     return scheduler

@@ -12,7 +12,9 @@ def render() -> str:
     config.agent.simulate = list(SCENARIOS)
     clock, wall = VirtualClock(0.0), VirtualClock(1.8e9)
     built = build_agent(config, clock=clock, wall_clock=wall)
-    for _ in range(5):
+    # Until the first findings: past the shortest window, at the next evaluation.
+    th = config.diagnosis
+    for _ in range(int(th.min_window_seconds + th.evaluation_interval_seconds) + 1):
         clock.now += 1.0
         wall.now += 1.0
         built.agent.tick()

@@ -13,6 +13,8 @@ class Thresholds:
     # A finding needs this much history; the window slides over the last window_seconds.
     min_window_seconds: float = 3.0
     window_seconds: float = 30.0
+    # Every tick enters the window; the window is diagnosed this often.
+    evaluation_interval_seconds: float = 5.0
     # A new cause must lead for this long before it replaces the current one (no flapping).
     switch_after_seconds: float = 10.0
     # A process with this much GPU memory and SM active under idle_sm_active is holding, not working.

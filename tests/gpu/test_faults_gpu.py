@@ -1,6 +1,7 @@
 """NVML faults with the real library: a call on GPU 0 that blocks for 10 s, and GPU 0 reported
-lost, injected by a thin wrapper around pynvml. The reader marks GPU 0 for those ticks, reads any
-other GPU as usual, never calls a blocked GPU again, and reads GPU 0 again once it answers."""
+lost, injected by a thin wrapper around pynvml. A tick blocked in GPU 0 holds only itself: the
+ticks beside it mark GPU 0 without calling it, read any other GPU as usual, and GPU 0 is read
+again once its call returns."""
 
 from __future__ import annotations
 
@@ -24,6 +25,8 @@ class FaultyNvml:
     def __init__(self):
         self.fault: str | None = None  # "block" or "lost"
         self.gpu0: int | None = None
+        self.blocked = threading.Event()  # set once a call has begun to block
+        self.blocked_calls = 0
 
     def __getattr__(self, name):
         real = getattr(pynvml, name)
@@ -40,6 +43,8 @@ class FaultyNvml:
         def power(handle):
             if ctypes.cast(handle, ctypes.c_void_p).value == self.gpu0:
                 if self.fault == "block":
+                    self.blocked_calls += 1
+                    self.blocked.set()
                     time.sleep(10)
                 elif self.fault == "lost":
                     raise pynvml.NVMLError(pynvml.NVML_ERROR_GPU_IS_LOST)
@@ -56,24 +61,26 @@ def errors(source: NvmlSource) -> list[str | None]:
     return [s.error for s in source.read()]
 
 
-def test_a_call_blocking_10_s_marks_only_its_gpu_and_is_not_called_again_until_it_returns(lib):
-    source = NvmlSource(lib, read_timeout_seconds=0.5)
+def test_a_call_blocking_10_s_holds_only_its_tick_and_is_not_called_again_until_it_returns(lib):
+    source = NvmlSource(lib)
     assert set(errors(source)) == {None}
     lib.fault = "block"
-    for _ in range(5):
+    blocked_tick = threading.Thread(target=source.read, daemon=True)
+    blocked_tick.start()
+    assert lib.blocked.wait(5)
+    for _ in range(5):  # the ticks the scheduler starts beside the blocked one
         first, *others = errors(source)
         assert first.startswith("timeout") and set(others) <= {None}
-    assert sum(t.name == "nvml-gpu0" for t in threading.enumerate()) == 1
+    assert lib.blocked_calls == 1
     lib.fault = None
-    deadline = time.monotonic() + 15
-    while (sample := source.read()[0]).error is not None and time.monotonic() < deadline:
-        time.sleep(0.5)
+    blocked_tick.join(15)
+    sample = source.read()[0]
     assert sample.error is None and sample.power_watts > 0
     source.close()
 
 
 def test_a_gpu_reported_lost_is_reopened_with_the_real_library_once_it_answers(lib):
-    source = NvmlSource(lib, read_timeout_seconds=0.5)
+    source = NvmlSource(lib)
     source.read()
     lib.fault = "lost"
     first, *others = errors(source)

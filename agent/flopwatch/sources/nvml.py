@@ -4,8 +4,10 @@
 simulated GPUs run through exactly this code. Every NVML call goes through ``NvmlGpu._call``:
 NotSupported-like errors become ``None`` and a note in ``GpuSample.unsupported``; a lost GPU
 marks that GPU's sample with an error while the others go on, and it is reopened on later ticks.
-Each GPU is read on a thread of its own under a deadline, so one GPU whose call blocks is marked
-``timeout`` for that tick and the others keep their cadence.
+GPUs are read on the tick's own thread: handing a read to another thread and back costs more
+CPU than a GPU's cheap reads. A call that blocks holds only the tick it is in: the scheduler starts
+the next tick beside it, which marks that GPU ``timeout`` without calling it and reads the others
+(the agent drops the blocked tick once its call returns).
 
 NVLink per link comes from GPM (``NVLINK_L<n>_TX/RX_PER_SEC``), not from the field values
 ``NVLINK_THROUGHPUT_DATA_TX/RX``: the link metrics ride in the GPM request that runs every tick
@@ -20,7 +22,6 @@ from __future__ import annotations
 
 import ctypes
 import logging
-import queue
 import struct
 import threading
 import time
@@ -414,46 +415,6 @@ class SlowCounter:
         return self.total
 
 
-class _Reader:
-    """One GPU's reads, on a daemon thread of its own for the agent's life: a call that never
-    returns holds that thread, not the tick, and cannot hold up the agent's exit. The thread is
-    kept, not started per tick: starting one costs more CPU than the NVML calls it makes."""
-
-    def __init__(self, read: Callable[[float], GpuSample], name: str) -> None:
-        self._read = read
-        self._requests: queue.SimpleQueue[float | None] = queue.SimpleQueue()
-        # Released by the thread when a read is done: a bare lock is the cheapest wake-up there is.
-        self._done = threading.Lock()
-        self._done.acquire()
-        self.busy = False
-        self.sample: GpuSample | None = None
-        threading.Thread(target=self._run, name=name, daemon=True).start()
-
-    def start(self, timestamp: float) -> None:
-        self.busy = True
-        self._requests.put(timestamp)
-
-    def finished(self, timeout: float | None = 0.0) -> bool:
-        """Whether the read has returned, waiting up to ``timeout`` (None: as long as it takes)."""
-        if self._done.acquire(timeout=-1 if timeout is None else timeout):
-            self.busy = False
-            return True
-        return False
-
-    def stop(self) -> None:
-        self._requests.put(None)
-
-    def _run(self) -> None:
-        while (timestamp := self._requests.get()) is not None:
-            try:
-                self.sample = self._read(timestamp)
-            except Exception:
-                log.exception("reading %s failed", threading.current_thread().name)
-                self.sample = None
-            finally:
-                self._done.release()
-
-
 class NvmlSource:
     """All GPUs of the node. ``read()`` never raises for one GPU's failure."""
 
@@ -466,14 +427,12 @@ class NvmlSource:
         counter_interval_seconds: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
-        read_timeout_seconds: float | None = None,
     ):
-        """``read_timeout_seconds``: how long a tick waits for each GPU (None: as long as it takes)."""
         if lib is None:
             import pynvml as lib
         self.lib = lib
+        self.clock = clock
         self.wall_clock = wall_clock
-        self.read_timeout_seconds = read_timeout_seconds
         try:
             lib.nvmlInit()
             count = lib.nvmlDeviceGetCount()
@@ -486,7 +445,9 @@ class NvmlSource:
         self._last_info: dict[int, GpuInfo] = {}
         for index in range(count):
             self.gpus.append(self._open(index))
-        self._readers = [_Reader(lambda t, i=i: self._read_gpu(i, t), f"nvml-gpu{i}") for i in range(count)]
+        # GPUs being read now, and since when: a GPU is never read by two ticks at once.
+        self._reading: dict[int, float] = {}
+        self._reading_lock = threading.Lock()
 
     def _open(self, index: int) -> NvmlGpu | None:
         try:
@@ -498,22 +459,32 @@ class NvmlSource:
         return gpu
 
     def read(self) -> list[GpuSample]:
-        """Every GPU's sample for this tick, each read in parallel and waited for until the
-        deadline; a GPU whose read is still running is not called again until it returns."""
+        """Every GPU's sample for this tick, read on the calling thread. A GPU still being read by
+        an earlier tick (its call blocks) is marked ``timeout`` and not called a second time."""
         timestamp = self.wall_clock()
-        timeout = self.read_timeout_seconds
-        deadline = None if timeout is None else time.monotonic() + timeout
-        for reader in self._readers:
-            if not reader.busy or reader.finished():  # a late read that has returned since is stale
-                reader.start(timestamp)
-        samples = []
-        for index, reader in enumerate(self._readers):
-            if reader.finished(None if deadline is None else max(deadline - time.monotonic(), 0.0)):
-                samples.append(reader.sample or self._lost_sample(index, timestamp, "read failed"))
-            else:
-                log.warning("GPU %d: no answer from NVML within %g s", index, timeout)
-                samples.append(self._lost_sample(index, timestamp, f"timeout: no answer within {timeout:g} s"))
-        return samples
+        return [self._read_once(index, timestamp) for index in range(len(self.gpus))]
+
+    @property
+    def blocked(self) -> bool:
+        """Whether some tick is inside a read now."""
+        return bool(self._reading)
+
+    def _read_once(self, index: int, timestamp: float) -> GpuSample:
+        now = self.clock()
+        with self._reading_lock:
+            since = self._reading.get(index)
+            if since is None:
+                self._reading[index] = now
+        if since is not None:
+            return self._lost_sample(index, timestamp, f"timeout: an earlier read has not returned in {now - since:.1f} s")
+        try:
+            return self._read_gpu(index, timestamp)
+        except Exception:
+            log.exception("reading GPU %d failed", index)
+            return self._lost_sample(index, timestamp, "read failed")
+        finally:
+            with self._reading_lock:
+                del self._reading[index]
 
     def _read_gpu(self, index: int, timestamp: float) -> GpuSample:
         gpu = self.gpus[index]
@@ -538,8 +509,8 @@ class NvmlSource:
         return GpuSample(info=info, timestamp=timestamp, interval_seconds=0.0, source_quality="none", error=error)
 
     def close(self) -> None:
-        for reader in self._readers:
-            reader.stop()
+        if self.blocked:
+            return  # a call is still inside the library: leave it to the process's exit
         try:
             self.lib.nvmlShutdown()
         except self.lib.NVMLError:
