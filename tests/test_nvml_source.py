@@ -1,5 +1,8 @@
 """The NVML reader, driven by the simulated library through the same calls as a real GPU."""
 
+import threading
+import time
+
 import pynvml
 import pytest
 
@@ -111,3 +114,21 @@ def test_a_process_that_appears_between_counter_reads_has_an_sm_share_at_once():
     lib.set_scenario(0, "contention")
     processes = read(src, clock)[0].processes
     assert len(processes) >= 2 and all(p.sm_ratio is not None for p in processes)
+
+
+def test_a_gpu_whose_read_has_not_returned_is_marked_timed_out_and_not_called_again():
+    src, lib, clock = source("healthy", "healthy")
+    read(src, clock)
+    lib.fail(1, "nvmlDeviceGetPowerUsage", code=None, block_seconds=2.0)
+    blocked = threading.Thread(target=src.read)  # the tick the scheduler started first
+    blocked.start()
+    while not lib.blocked_calls:
+        time.sleep(0.01)
+    samples = read(src, clock)  # the tick started beside it
+    assert samples[0].error is None
+    assert samples[1].error.startswith("timeout")
+    assert src.blocked
+    blocked.join()
+    lib.heal(1)
+    assert lib.blocked_calls[(1, "nvmlDeviceGetPowerUsage")] == 1
+    assert read(src, clock)[1].error is None and not src.blocked

@@ -138,6 +138,8 @@ class Tick:
 def job_peers(gpus: Sequence[GpuState], host: HostSample, cpu_saturated_ratio: float) -> dict[int, Peers]:
     """For each GPU (by index), the other GPUs sharing one of its jobs, how many were below, and
     how many were fed by saturated loaders (the rank the others wait for in their all-reduce)."""
+    if len(gpus) < 2:
+        return {}
     jobs = {g.sample.info.index: {p.job for p in g.processes} for g in gpus}
     below = {g.sample.info.index: g.below_threshold for g in gpus}
 

@@ -14,11 +14,11 @@ Tokens matched to several GPUs (tensor parallelism) are split evenly, so summing
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence
 
 from .model import GpuState, TokenCount, TokenFigures
-from .window import SlidingWindow
 
 KINDS = ("prompt", "generated")
 
@@ -41,26 +41,48 @@ class Prices:
 
 
 class CostWindow:
-    """One GPU's recent entries, with their running totals."""
+    """One GPU's recent entries, as totals run since the first: a key's total over the window is
+    its running total at the newest entry less that just before the oldest. An entry costs the
+    same however long the window is, and nothing is ever subtracted from the running totals, which
+    are compensated (each keeps what rounding dropped from it): after large values, small ones
+    still add up exactly."""
+
+    # Running totals: (sum, rounding lost) for each of _KEYS, then how many entries lacked joules
+    # and flop.
+    _KEYS = {"seconds": 0, "tokens": 2, "joules": 4, "flop": 6}
+    _UNKNOWN = {"joules": 8, "flop": 9}
 
     def __init__(self) -> None:
-        self._entries: SlidingWindow[WindowEntry] = SlidingWindow()
+        self._running = [0.0] * 10
+        self._marks: deque[tuple[float, tuple[float, ...]]] = deque()  # (timestamp, running totals after it)
+        self._before = tuple(self._running)  # the running totals before the oldest entry
 
     def append(self, entry: WindowEntry) -> None:
-        parts = {"seconds": entry.seconds, "tokens": entry.tokens}
-        if entry.joules is not None:
-            parts["joules"] = entry.joules
-        if entry.flop is not None:
-            parts["flop"] = entry.flop
-        self._entries.append(entry, 1.0, parts)
+        running = self._running
+        for at, value in ((0, entry.seconds), (2, entry.tokens), (4, entry.joules), (6, entry.flop)):
+            if value is None:
+                running[8 + (at - 4) // 2] += 1
+                continue
+            total = running[at]
+            new = total + value
+            running[at + 1] += (total - new) + value if abs(total) >= abs(value) else (value - new) + total
+            running[at] = new
+        self._marks.append((entry.timestamp, tuple(running)))
 
     def expire(self, now: float, window_seconds: float) -> None:
-        self._entries.expire(lambda e: now - e.timestamp >= window_seconds)
+        marks = self._marks
+        while marks and now - marks[0][0] >= window_seconds:
+            self._before = marks.popleft()[1]
 
     def total(self, key: str) -> float | None:
         """The window's seconds, tokens, joules or flop; None where an entry could not say."""
-        entries = self._entries
-        return entries.total(key) if entries.count(key) == len(entries) else None
+        last = self._marks[-1][1] if self._marks else self._before
+        before = self._before
+        unknown = self._UNKNOWN.get(key)
+        if unknown is not None and last[unknown] > before[unknown]:
+            return None
+        at = self._KEYS[key]
+        return (last[at] - before[at]) + (last[at + 1] - before[at + 1])
 
 
 def token_figures(window: CostWindow, totals: Mapping[tuple[str, str, str], float],

@@ -5,10 +5,14 @@ back is read again without a restart. The driver missing at start is tested with
 
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pynvml
 import pytest
+
+from flopwatch.cli import build_agent
 
 from tests.agent_process import agent_env
 from tests.faults import live
@@ -67,6 +71,25 @@ def test_a_call_blocking_10_s_holds_up_only_its_gpu_and_is_not_called_again_whil
     assert agent.gpu_up() == {"0": 1, "1": 0, "2": 1}
     agent.lib.heal(1)
     assert live.wait_for(lambda: agent.gpu_up()["1"] == 1, timeout=20)
+
+
+def test_a_tick_held_up_by_a_blocked_call_is_dropped_once_a_later_tick_has_published():
+    built = build_agent(live.simulated_config(["healthy", "healthy"]))
+    agent, lib = built.agent, built.lib
+    agent.tick()
+    lib.fail(1, "nvmlDeviceGetPowerUsage", code=None, block_seconds=2.0)
+    held = []
+    blocked = threading.Thread(target=lambda: held.append(agent.tick()))
+    blocked.start()
+    while not lib.blocked_calls:
+        time.sleep(0.01)
+    beside = agent.tick()
+    lib.heal(1)
+    blocked.join()
+    assert beside.ticks == 2 and beside.gpus[1].sample.error.startswith("timeout")
+    assert held == [beside] and agent.state is beside  # its late readings published nothing
+    assert agent.tick().gpus[1].sample.error is None
+    agent.close()
 
 
 def test_with_every_gpu_lost_the_agent_keeps_ticking_and_serving(agent):
