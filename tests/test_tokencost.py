@@ -119,3 +119,11 @@ def test_the_running_totals_equal_sums_over_the_whole_window_anew():
         expected = {key: None if any(getattr(e, key) is None for e in kept) else sum(getattr(e, key) for e in kept)
                     for key in ("seconds", "tokens", "joules", "flop")}
         assert {key: window.total(key) for key in expected} == pytest.approx(expected, rel=1e-9)
+
+
+def test_no_figures_until_a_token_source_has_counted_something_then_the_window_starts():
+    account = TokenAccount(window_seconds=60)
+    assert account.advance([], [_gpu(0, {10: "a"}, 1.0)], 1.0) == {}
+    out = account.advance([_row("x", generated=5, pids=[10])], [_gpu(0, {10: "a"}, 2.0)], 2.0)
+    assert out[0].tokens_per_second == pytest.approx(5 / out[0].window_seconds)
+    assert out[0].window_seconds == pytest.approx(1.0)

@@ -137,10 +137,11 @@ class Agent:
         if self.tokens is not None:
             counts = self._timed(self.tokens.name, success, seconds, self.tokens.snapshot) or ()
             figures = self.token_account.advance(counts, gpus, timestamp)
-            # Built anew rather than with dataclasses.replace, which looks up the fields on every call.
-            gpus = tuple(GpuState(sample=g.sample, figures=g.figures, finding=g.finding, below_threshold=g.below_threshold,
-                                  wasted_seconds=g.wasted_seconds, processes=g.processes,
-                                  tokens=figures.get(g.sample.info.index)) for g in gpus)
+            if figures:
+                # Built anew rather than with dataclasses.replace, which looks up the fields each call.
+                gpus = tuple(GpuState(sample=g.sample, figures=g.figures, finding=g.finding,
+                                      below_threshold=g.below_threshold, wasted_seconds=g.wasted_seconds,
+                                      processes=g.processes, tokens=figures.get(g.sample.info.index)) for g in gpus)
         self._ticks += 1
         self.state = AgentState(
             hostname=self.hostname, timestamp=timestamp, ticks=self._ticks, gpus=gpus, host=host,

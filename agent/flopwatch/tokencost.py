@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 from .model import GpuState, TokenCount, TokenFigures
 
@@ -133,8 +133,12 @@ class TokenAccount:
         self._windows: dict[int, CostWindow] = {}
         self.unattributed: dict[tuple[str, str, str], float] = {}
 
-    def advance(self, counts: Iterable[TokenCount], gpus: Sequence[GpuState], now: float) -> dict[int, TokenFigures]:
-        self._remember(gpus, now)
+    def advance(self, counts: Sequence[TokenCount], gpus: Sequence[GpuState], now: float) -> dict[int, TokenFigures]:
+        """Each GPU's figures; none until a token source has counted something (most nodes train,
+        and the cost windows start with the first tokens rather than with minutes of none)."""
+        self._remember(gpus, now)  # a job's last flush can come after it left the GPU
+        if not counts and not self._last:
+            return {}
         jobs: dict[str, set[int]] = {}
         for g in gpus:
             for p in g.processes:
