@@ -140,19 +140,20 @@ def job_peers(gpus: Sequence[GpuState], host: HostSample, cpu_saturated_ratio: f
     how many were fed by saturated loaders (the rank the others wait for in their all-reduce)."""
     if len(gpus) < 2:
         return {}
-    jobs = {g.sample.info.index: {p.job for p in g.processes} for g in gpus}
-    below = {g.sample.info.index: g.below_threshold for g in gpus}
+    by_index = {g.sample.info.index: g for g in gpus}
+    jobs = {index: {p.job for p in g.processes} for index, g in by_index.items()}
+    others = {index: [other for other, theirs in jobs.items() if other != index and mine & theirs]
+              for index, mine in jobs.items()}
 
     def saturated(p: HostProcess | None) -> bool:
         return p is not None and p.children > 0 and (p.children_cpu_ratio or 0.0) / p.children >= cpu_saturated_ratio
 
-    starved = {g.sample.info.index: any(saturated(host.processes.get(p.pid)) for p in g.processes) for g in gpus}
-    out = {}
-    for index, mine in jobs.items():
-        others = [other for other, theirs in jobs.items() if other != index and mine & theirs]
-        out[index] = Peers(gpus=len(others), below=sum(below[other] for other in others),
-                           starved=sum(starved[other] for other in others))
-    return out
+    # Only a GPU that is some other GPU's peer needs its processes' loaders looked at.
+    starved = {index: any(saturated(host.processes.get(p.pid)) for p in by_index[index].processes)
+               for index in {other for group in others.values() for other in group}}
+    return {index: Peers(gpus=len(group), below=sum(by_index[other].below_threshold for other in group),
+                         starved=sum(starved[other] for other in group))
+            for index, group in others.items()}
 
 
 def process_sums(host: HostSample, pids: Sequence[int]) -> ProcessSums:

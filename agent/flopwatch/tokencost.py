@@ -14,6 +14,7 @@ Tokens matched to several GPUs (tensor parallelism) are split evenly, so summing
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass
 from typing import Mapping, Sequence
@@ -21,6 +22,7 @@ from typing import Mapping, Sequence
 from .model import GpuState, TokenCount, TokenFigures
 
 KINDS = ("prompt", "generated")
+REMEMBER_EVERY_SECONDS = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +131,7 @@ class TokenAccount:
         self.pid_memory_seconds = pid_memory_seconds
         self._last: dict[tuple[str, str], tuple[int, int]] = {}
         self._recent: dict[int, tuple[frozenset[int], str, float]] = {}  # pid → (GPUs, job, seen at)
+        self._remembered_at = -math.inf
         self._totals: dict[int, dict[tuple[str, str, str], float]] = {}
         self._windows: dict[int, CostWindow] = {}
         self.unattributed: dict[tuple[str, str, str], float] = {}
@@ -136,8 +139,12 @@ class TokenAccount:
     def advance(self, counts: Sequence[TokenCount], gpus: Sequence[GpuState], now: float) -> dict[int, TokenFigures]:
         """Each GPU's figures; none until a token source has counted something (most nodes train,
         and the cost windows start with the first tokens rather than with minutes of none)."""
-        self._remember(gpus, now)  # a job's last flush can come after it left the GPU
-        if not counts and not self._last:
+        # A job's last flush can come after it left the GPU: who ran where is remembered, every
+        # few seconds while no tokens have been counted (a node of many processes pays little).
+        dormant = not counts and not self._last
+        if not dormant or now - self._remembered_at >= REMEMBER_EVERY_SECONDS:
+            self._remember(gpus, now)
+        if dormant:
             return {}
         jobs: dict[str, set[int]] = {}
         for g in gpus:
@@ -195,6 +202,7 @@ class TokenAccount:
         return frozenset(targets) or only, job or ""
 
     def _remember(self, gpus: Sequence[GpuState], now: float) -> None:
+        self._remembered_at = now
         seen: dict[int, tuple[set[int], str]] = {}
         for g in gpus:
             for p in g.processes:
