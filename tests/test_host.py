@@ -1,5 +1,6 @@
 """The host source over real processes started by the test."""
 
+import os
 import subprocess
 import sys
 import time
@@ -52,3 +53,28 @@ def test_a_process_that_is_gone_is_left_out():
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()
     assert proc.pid not in HostSource().read([proc.pid], time.time()).processes
+
+
+def test_between_counter_reads_a_process_is_carried_and_a_new_one_is_read_at_once():
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        now = [0.0]
+        host = HostSource(clock=lambda: now[0], counter_interval_seconds=10.0)
+        me = os.getpid()
+
+        def read(t: float, *pids: int):
+            now[0] = t
+            return host.read(pids, t).processes
+
+        read(0.0, me)  # first sight, and again on the next tick: its rates are known from then
+        second = read(1.0, me)[me]
+        assert second.cpu_ratio is not None
+        assert read(2.0, me)[me] is second  # carried until the counter interval has passed
+        assert sleeper.pid in read(3.0, me, sleeper.pid)  # a new process is read at once
+        fourth = read(4.0, me, sleeper.pid)
+        assert fourth[sleeper.pid].cpu_ratio is not None
+        assert read(13.0, me, sleeper.pid)[me] is fourth[me]
+        assert read(14.0, me, sleeper.pid)[me] is not fourth[me]
+    finally:
+        sleeper.kill()
+        sleeper.wait()

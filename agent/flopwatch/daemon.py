@@ -14,7 +14,7 @@ import logging
 import math
 import threading
 import time
-from typing import Any, Callable, Iterable, Protocol
+from typing import Any, Callable, Iterable, Mapping, Protocol
 
 from .config import Config
 from .derive import derive
@@ -56,6 +56,9 @@ class _PerGpu:
         self.previous: GpuSample | None = None
         self.window = TickWindow()
         self.pending: list[tuple[GpuSample, GpuFigures, HostSample, Peers]] = []  # since the last evaluation
+        # The process views and what they were made of: the readers hand back the very same
+        # processes while nothing changed, and so are the views.
+        self.views: tuple[tuple, Mapping, tuple[ProcessView, ...]] = ((), {}, ())
         self.diagnosis = DiagnosisState()
         self.wasted: dict[str, float] = {}
 
@@ -180,8 +183,16 @@ class Agent:
             per.wasted[cause] = per.wasted.get(cause, 0.0) + wasted
         return GpuState(
             sample=sample, figures=figures, finding=finding, below_threshold=waste is not None,
-            wasted_seconds=dict(per.wasted), processes=_process_views(sample, host),
+            wasted_seconds=dict(per.wasted), processes=self._views(per, sample, host),
         )
+
+    @staticmethod
+    def _views(per: _PerGpu, sample: GpuSample, host: HostSample) -> tuple[ProcessView, ...]:
+        processes, host_processes, views = per.views
+        if sample.processes is not processes or host.processes is not host_processes:
+            views = _process_views(sample, host)
+            per.views = (sample.processes, host.processes, views)
+        return views
 
     @property
     def blocked(self) -> bool:
@@ -224,9 +235,8 @@ def _process_views(sample: GpuSample, host: HostSample) -> tuple[ProcessView, ..
 def schedule(agent: Agent, interval_seconds: float) -> Any:
     """Start the tick, and the sinks' own periodic jobs (flush, rollup, retention), on a
     background scheduler; returns it (``shutdown()`` to stop)."""
-    from apscheduler.schedulers.background import BackgroundScheduler
-
     from apscheduler.executors.pool import ThreadPoolExecutor
+    from apscheduler.schedulers.background import BackgroundScheduler
 
     # A tick blocked in NVML holds a thread and its GPU, and the next tick starts beside it: at
     # most one blocked tick per GPU, and one running.

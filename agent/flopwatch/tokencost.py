@@ -61,10 +61,12 @@ class CostWindow:
 
     def append(self, entry: WindowEntry) -> None:
         running = self._running
-        for at, value in ((0, entry.seconds), (2, entry.tokens), (4, entry.joules), (6, entry.flop)):
-            if value is None:
-                running[8 + (at - 4) // 2] += 1
+        for key, value in (("seconds", entry.seconds), ("tokens", entry.tokens), ("joules", entry.joules),
+                           ("flop", entry.flop)):
+            if value is None:  # joules or flop, where the GPU could not say
+                running[self._UNKNOWN[key]] += 1
                 continue
+            at = self._KEYS[key]
             total = running[at]
             new = total + value
             running[at + 1] += (total - new) + value if abs(total) >= abs(value) else (value - new) + total

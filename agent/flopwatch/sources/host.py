@@ -4,8 +4,8 @@ CPU use, busiest thread, threads in disk wait, data-loader children, RSS and I/O
 Everything here is a counter except the thread states, so it is read every
 ``counter_interval_seconds``, as NVML's costly counters are, and carried between reads: a rate over
 ten seconds gives the diagnosis window the same mean as ten rates over one, and a training
-process's ~20 threads cost two dozen /proc reads each time (a third of a tick's CPU when read
-every tick). A process seen for the first time is read at once and again on the next tick, so its
+process's ~20 threads cost two dozen /proc reads each time (a sixth of a tick's CPU on an H100
+node when read every tick). A process seen for the first time is read at once and again on the next tick, so its
 rates are known from its second tick."""
 
 from __future__ import annotations

@@ -153,6 +153,7 @@ class NvmlGpu:
         self._throttle_bits = {r: b for r, b in {**THROTTLE_BITS, **FALLBACK_BITS}.items() if r not in self._throttle}
         self._throttle_from_bits: dict[str, float] = dict.fromkeys(self._throttle_bits, 0.0)
         self._process_ratios: dict[int, tuple[float | None, float | None]] | None = None
+        self._carried: tuple[dict[int, Any], tuple[GpuProcess, ...]] | None = None  # (memory by pid, processes)
         self._pcie_link_width: int | None = None
 
     def _read_info(self) -> GpuInfo:
@@ -351,13 +352,19 @@ class NvmlGpu:
         fresh = slow or self._process_ratios is None or not memory.keys() <= self._process_ratios.keys()
         if fresh:
             self._process_ratios = self._process_utilization(set(memory))
+            self._carried = None
+        elif self._carried is not None and self._carried[0] == memory:
+            return self._carried[1]  # the same processes and memory, the same shares: last tick's answer
         out = []
         for pid in sorted(memory.keys() | (self._process_ratios.keys() if fresh else set())):
             used = memory.get(pid)
             sm, mem = self._process_ratios.get(pid, (None, None))
             out.append(GpuProcess(pid=pid, used_memory_bytes=int(used) if isinstance(used, int) else None,
                                   sm_ratio=sm, memory_ratio=mem))
-        return tuple(out)
+        processes = tuple(out)
+        if not fresh:
+            self._carried = (memory, processes)
+        return processes
 
     def _process_utilization(self, running: set[int]) -> dict[int, tuple[float | None, float | None]]:
         samples = self._call("nvmlDeviceGetProcessUtilization", self.handle, self._last_process_timestamp)
