@@ -483,6 +483,7 @@ class NvmlSource:
             if since is None:
                 self._reading[index] = now
         if since is not None:
+            log.warning("GPU %d: an earlier read has not returned in %.1f s", index, now - since)
             return self._lost_sample(index, timestamp, f"timeout: an earlier read has not returned in {now - since:.1f} s")
         try:
             return self._read_gpu(index, timestamp)
