@@ -55,10 +55,7 @@ class SlidingWindow(Generic[T]):
         return self._weight / _SCALE
 
     def append(self, item: T, weight: float, parts: Parts) -> None:
-        scaled = _scaled(weight, parts)
-        weight_scaled = round(weight * _SCALE)
-        self._items.append((item, weight_scaled, scaled))
-        self._accumulate(weight_scaled, scaled, 1)
+        self._enter(item, round(weight * _SCALE), _scaled(weight, parts))
 
     def expire(self, stale: Callable[[T], bool]) -> None:
         """Drop items from the oldest while ``stale`` says so."""
@@ -76,9 +73,8 @@ class SlidingWindow(Generic[T]):
         """Replace every item's contributions (what they are depends on something that changed)."""
         items = [(item, weight, _scaled(weight / _SCALE, parts(item))) for item, weight, _ in self._items]
         self.clear()
-        for item, weight, scaled in items:
-            self._items.append((item, weight, scaled))
-            self._accumulate(weight, scaled, 1)
+        for entry in items:
+            self._enter(*entry)
 
     def keys(self) -> Iterator[Hashable]:
         return iter(self._sums)
@@ -97,6 +93,10 @@ class SlidingWindow(Generic[T]):
         """Σ weight of the items that have ``key``."""
         s = self._sums.get(key)
         return s.weight / _SCALE if s is not None else 0.0
+
+    def _enter(self, item: T, weight: int, scaled: dict[Hashable, int]) -> None:
+        self._items.append((item, weight, scaled))
+        self._accumulate(weight, scaled, 1)
 
     def _accumulate(self, weight: int, scaled: dict[Hashable, int], sign: int) -> None:
         # Inline, not a method per key: this loop runs for every key of every item entering and leaving.
