@@ -3,7 +3,10 @@
 For --seconds each, one at a time, measured from outside (CPU seconds of the process tree over
 the window, as a share of one core; peak RSS, VmHWM summed over the tree):
   flopwatch run            real NVML at 1 Hz, everything on (GPM, per-process, host), energy
-                           counter every 5 s (the default); and again reading it every tick
+                           counter every 10 s (the default), no history store; again reading
+                           the counters every tick; and again as the default configuration
+                           runs it, with the history store (a new SQLite file; SQLAlchemy and
+                           the first start's schema stamp are resident from then on)
   nvidia-smi --query-gpu   7 coarse fields, -l 1
   nvidia-smi dmon          its default set, every second
   nvitop-exporter          --interval 1, if importable (wheels from --wheels-dir)
@@ -20,6 +23,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 
 from common import (agent_env, final, free_port, install_wheels, measure, skip_without_gpu, start_agent,
@@ -31,12 +35,13 @@ QUERY = "utilization.gpu,utilization.memory,memory.used,power.draw,temperature.g
 SETTLE_SECONDS = 3.0  # after start-up, before the window: imports and first reads are not steady state
 
 
-def flopwatch(energy_every_tick: bool):
+def flopwatch(energy_every_tick: bool = False, history: bool = False):
     def start() -> subprocess.Popen:
         if energy_every_tick:
             os.environ["FLOPWATCH_AGENT_COUNTER_INTERVAL_SECONDS"] = "0"
+        store = ["--history", f"sqlite:///{tempfile.mkdtemp(prefix='flopwatch-bench-')}/history.db"] if history else []
         try:
-            return start_agent(["--interval", "1"], free_port())
+            return start_agent(["--interval", "1", *store], free_port())
         finally:
             os.environ.pop("FLOPWATCH_AGENT_COUNTER_INTERVAL_SECONDS", None)
     return start
@@ -67,8 +72,9 @@ def main() -> None:
     skip_without_gpu()
     install_wheels(args.wheels_dir)
 
-    tools = [("flopwatch run (counters every 10 s)", flopwatch(False)),
-             ("flopwatch run (counters every tick)", flopwatch(True))]
+    tools = [("flopwatch run (counters every 10 s)", flopwatch()),
+             ("flopwatch run (counters every tick)", flopwatch(energy_every_tick=True)),
+             ("flopwatch run (+ SQLite history store)", flopwatch(history=True))]
     smi = None if args.only_flopwatch else shutil.which("nvidia-smi")
     if smi:
         tools += [("nvidia-smi --query-gpu (7 fields) -l 1", command(smi, f"--query-gpu={QUERY}", "--format=csv", "-l", "1")),
@@ -109,7 +115,8 @@ def main() -> None:
     if ours is None:
         final("gpu_agent_cost", "not measured: flopwatch run failed to start", target)
     else:
-        final("gpu_agent_cost", f"{ours['core_percent']:.2f} % of one core, {ours['peak_rss_mb']:.0f} MB", target)
+        final("gpu_agent_cost", f"{ours['core_percent']:.2f} % of one core, {ours['peak_rss_mb']:.0f} MB "
+              "without the history store", target)
 
 
 if __name__ == "__main__":

@@ -5,9 +5,11 @@
     clocks, temperature, clock-event reasons, compute processes; the energy counter, throttle
     field values, process utilization and PCIe link width every counter interval, as the agent
     reads them), on the calling thread, nothing else.
-(b) flopwatch: Agent.tick() as `flopwatch run` makes it: each GPU read on the tick's thread, the
-    host read (/proc, every counter interval), derive, diagnosis (every evaluation interval), token
-    accounting, process views.
+(b) flopwatch: Agent.tick() as `flopwatch run` makes it with its default configuration: each GPU
+    read on the tick's thread, the host read (/proc, every counter interval), derive, diagnosis
+    (every evaluation interval), token accounting, process views, and the history store's sink
+    (a SQLite file in a temporary folder) queueing the tick's rows. Writing them is the store's
+    own job, every few seconds, not the tick's, and is counted by gpu_agent_cost.py.
 Both run once a period, back to back in alternating order, at the agent's cadence (1 s) and then
 ten times faster, where the 30 s diagnosis window holds ten times the ticks. CPU is process_time
 (user + system of every thread of this process). A /metrics render is not part of a tick: the
@@ -21,6 +23,8 @@ from __future__ import annotations
 
 import argparse
 import gc
+import shutil
+import tempfile
 import time
 
 from common import Timed, final, skip_without_gpu, start_gpu_load, stop, table
@@ -123,12 +127,14 @@ def interleaved(floor_tick, agent_tick, seconds: float, period: float) -> tuple[
 
 def floor_vs_agent(seconds: float, fast_seconds: float, profile: bool) -> tuple[list, float]:
     import pynvml
-    from flopwatch.cli import build_agent
+    from flopwatch.cli import build_agent, run_sinks
     from flopwatch.config import Config
     from prometheus_client import generate_latest
 
     config = Config()
-    built = build_agent(config)
+    history = tempfile.mkdtemp(prefix="flopwatch-bench-")
+    config.history.url = f"sqlite:///{history}/history.db"
+    built = build_agent(config, sinks=run_sinks(config))
     agent = built.agent
     agent.gpu_source = gpu = Timed(agent.gpu_source)
     agent.host_source = host = Timed(agent.host_source)
@@ -173,6 +179,7 @@ def floor_vs_agent(seconds: float, fast_seconds: float, profile: bool) -> tuple[
     if profile:
         print_profile(agent, gpu.source, floors)
     agent.close()
+    shutil.rmtree(history, ignore_errors=True)
     print(f"(a) floor vs (b) flopwatch, {len(floors)} GPU(s), once a period each, alternating order")
     return rows, ratio
 

@@ -109,7 +109,7 @@ def build_agent(config: Config, *, clock: Callable[[], float] = time.monotonic,
     return Built(agent, exporter, source.lib)
 
 
-def _sinks(config: Config) -> list:
+def run_sinks(config: Config) -> list:
     """The sinks `run` writes to: the history store unless disabled, systemd's watchdog, and
     Alertmanager when configured."""
     sinks = []
@@ -180,7 +180,7 @@ def run(config_path: str | None, listen: str | None, interval: float | None, his
         web = _load_web(config)
     except ConfigError as e:
         raise UsageError(str(e)) from None
-    built = build_agent(config, sinks=_sinks(config))
+    built = build_agent(config, sinks=run_sinks(config))
     agent = built.agent
     try:
         agent.tokens.start()

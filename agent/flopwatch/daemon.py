@@ -24,6 +24,8 @@ from .tokencost import Prices, TokenAccount
 
 log = logging.getLogger(__name__)
 
+_ALONE = Peers()  # a GPU sharing no job with another
+
 
 class GpuSource(Protocol):
     name: str
@@ -60,6 +62,7 @@ class _PerGpu:
         # processes while nothing changed, and so are the views.
         self.views: tuple[tuple, Mapping, tuple[ProcessView, ...]] = ((), {}, ())
         self.diagnosis = DiagnosisState()
+        # By cause; replaced, never changed, when it grows: the states handed out keep theirs.
         self.wasted: dict[str, float] = {}
 
 
@@ -135,7 +138,7 @@ class Agent:
         evaluate = now - self._evaluated_at >= self.config.diagnosis.evaluation_interval_seconds
         if evaluate:
             self._evaluated_at = now
-        gpus = tuple(self._advance(sample, host, peers.get(sample.info.index, Peers()), evaluate)
+        gpus = tuple(self._advance(sample, host, peers.get(sample.info.index, _ALONE), evaluate)
                      for sample in samples)
         if self.tokens is not None:
             counts = self._timed(self.tokens.name, success, seconds, self.tokens.snapshot) or ()
@@ -158,14 +161,16 @@ class Agent:
 
     def _advance(self, sample: GpuSample, host: HostSample, peers: Peers, evaluate: bool) -> GpuState:
         th = self.config.diagnosis
-        per = self._gpus.setdefault(sample.info.index, _PerGpu())
+        per = self._gpus.get(sample.info.index)
+        if per is None:
+            per = self._gpus[sample.info.index] = _PerGpu()
         if sample.error is not None:
             per.previous = None
             per.window.clear()
             per.pending.clear()
             per.diagnosis = DiagnosisState()
             return GpuState(sample=sample, figures=None, finding=None, below_threshold=False,
-                            wasted_seconds=dict(per.wasted))
+                            wasted_seconds=per.wasted)
         figures = derive(sample, per.previous)
         per.previous = sample
         per.pending.append((sample, figures, host, peers))
@@ -180,10 +185,10 @@ class Agent:
         waste = waste_seconds(figures, finding, th)
         if waste is not None:
             cause, wasted = waste
-            per.wasted[cause] = per.wasted.get(cause, 0.0) + wasted
+            per.wasted = {**per.wasted, cause: per.wasted.get(cause, 0.0) + wasted}
         return GpuState(
             sample=sample, figures=figures, finding=finding, below_threshold=waste is not None,
-            wasted_seconds=dict(per.wasted), processes=self._views(per, sample, host),
+            wasted_seconds=per.wasted, processes=self._views(per, sample, host),
         )
 
     @staticmethod

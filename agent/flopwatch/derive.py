@@ -21,16 +21,12 @@ def achieved_flops(sample: GpuSample, peaks: Peaks | None) -> float | None:
     if peaks is None or sample.source_quality != "gpm" or sample.sm_clock_mhz is None:
         return None
     tensor = sample.hmma_active if sample.hmma_active is not None else sample.tensor_active
-    pipes = (
-        (tensor, peaks.tensor_flops),
-        (sample.fp32_active, peaks.fp32_flops),
-        (sample.fp64_active, peaks.fp64_flops),
-        (sample.fp16_active, peaks.fp16_flops),
-    )
-    if all(activity is None for activity, _ in pipes):
+    fp32, fp64, fp16 = sample.fp32_active, sample.fp64_active, sample.fp16_active
+    if tensor is None and fp32 is None and fp64 is None and fp16 is None:
         return None
-    clock_scale = sample.sm_clock_mhz / peaks.spec_sm_clock_mhz
-    return sum((activity or 0.0) * peak for activity, peak in pipes) * clock_scale
+    flops = ((tensor or 0.0) * peaks.tensor_flops + (fp32 or 0.0) * peaks.fp32_flops
+             + (fp64 or 0.0) * peaks.fp64_flops + (fp16 or 0.0) * peaks.fp16_flops)
+    return flops * sample.sm_clock_mhz / peaks.spec_sm_clock_mhz
 
 
 def throttle_fractions(sample: GpuSample, previous: GpuSample | None) -> dict[str, float]:

@@ -13,7 +13,7 @@ means as running sums, so a tick costs the same however many ticks the window ho
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, replace
-from typing import Callable, Hashable, Mapping, Sequence
+from typing import Hashable, Mapping, Sequence
 
 from .model import Finding, GpuFigures, GpuSample, GpuState, HostProcess, HostSample
 from .peaks import lookup
@@ -99,7 +99,7 @@ class ProcessSums:
     io_read_bytes_per_second: float | None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # built every tick: not frozen, as the records of model.py
 class Tick:
     """One GPU's view of one tick, as diagnosis sees it.
 
@@ -118,10 +118,9 @@ class Tick:
     process_sums: ProcessSums = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        pids = tuple(p.pid for p in self.sample.processes)
-        object.__setattr__(self, "pids", pids)
-        object.__setattr__(self, "working", tuple((p.pid, p.sm_ratio) for p in self.sample.processes if p.sm_ratio != 0.0))
-        object.__setattr__(self, "process_sums", process_sums(self.host, pids))
+        self.pids = tuple(p.pid for p in self.sample.processes)
+        self.working = tuple((p.pid, p.sm_ratio) for p in self.sample.processes if p.sm_ratio != 0.0)
+        self.process_sums = process_sums(self.host, self.pids)
 
     def sums_for(self, pids: tuple[int, ...]) -> ProcessSums:
         """The sums over ``pids`` (the window's last tick's processes, which may differ)."""
@@ -157,22 +156,23 @@ def job_peers(gpus: Sequence[GpuState], host: HostSample, cpu_saturated_ratio: f
 
 
 def process_sums(host: HostSample, pids: Sequence[int]) -> ProcessSums:
-    seen = [host.processes[pid] for pid in pids if pid in host.processes]
-
-    def known(get: Callable[[HostProcess], float | None]) -> list[float]:
-        return [v for v in map(get, seen) if v is not None]
-
-    def total(values: list[float]) -> float | None:
-        return sum(values) if values else None
-
-    busiest = known(lambda p: p.busiest_thread_cpu_ratio)
-    return ProcessSums(
-        cpu_ratio=total(known(lambda p: p.cpu_ratio)),
-        busiest_thread_cpu_ratio=max(busiest) if busiest else None,
-        children_cpu_ratio=total(known(lambda p: p.children_cpu_ratio)),
-        threads_in_disk_wait=total(known(lambda p: float(p.threads_in_disk_wait))),
-        io_read_bytes_per_second=total(known(lambda p: p.io_read_bytes_per_second)),
-    )
+    # One pass, no helpers: this runs for every tick that enters a window.
+    cpu = busiest = children = disk_wait = io_read = None
+    for pid in pids:
+        p = host.processes.get(pid)
+        if p is None:
+            continue
+        if p.cpu_ratio is not None:
+            cpu = (cpu or 0.0) + p.cpu_ratio
+        if p.busiest_thread_cpu_ratio is not None:
+            busiest = p.busiest_thread_cpu_ratio if busiest is None else max(busiest, p.busiest_thread_cpu_ratio)
+        if p.children_cpu_ratio is not None:
+            children = (children or 0.0) + p.children_cpu_ratio
+        disk_wait = (disk_wait or 0.0) + p.threads_in_disk_wait
+        if p.io_read_bytes_per_second is not None:
+            io_read = (io_read or 0.0) + p.io_read_bytes_per_second
+    return ProcessSums(cpu_ratio=cpu, busiest_thread_cpu_ratio=busiest, children_cpu_ratio=children,
+                       threads_in_disk_wait=disk_wait, io_read_bytes_per_second=io_read)
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,25 +224,6 @@ class Signals:
     peer_starved_ratio: float | None = None  # share of the window some other GPU's loaders were saturated
 
 
-# What signals() averages over the window, by the key each tick contributes it under.
-_TICK_SIGNALS: tuple[tuple[str, Callable[[Tick], float | None]], ...] = (
-    ("utilization", lambda t: t.figures.utilization),
-    ("nvml_utilization", lambda t: t.sample.nvml_utilization),
-    ("sm_occupancy", lambda t: t.figures.sm_occupancy),
-    ("tensor_active", lambda t: t.figures.tensor_active),
-    ("fp32_active", lambda t: t.figures.fp32_active),
-    ("fp64_active", lambda t: t.figures.fp64_active),
-    ("dram_active", lambda t: t.figures.dram_active),
-    ("flops_utilization", lambda t: t.figures.flops_utilization),
-    ("pcie_tx", lambda t: t.sample.pcie_tx_bytes_per_second),
-    ("pcie_rx", lambda t: t.sample.pcie_rx_bytes_per_second),
-    ("nvlink_tx", lambda t: t.sample.nvlink_tx_bytes_per_second),
-    ("nvlink_rx", lambda t: t.sample.nvlink_rx_bytes_per_second),
-    ("sm_clock_ratio", lambda t: t.figures.sm_clock_ratio),
-    ("iowait_ratio", lambda t: t.host.iowait_ratio),
-    ("peers_below_ratio", lambda t: t.peers.below / t.peers.gpus if t.peers.gpus else None),
-    ("peer_starved_ratio", lambda t: float(t.peers.starved > 0) if t.peers.gpus else None),
-)
 _PROCESS_SIGNALS = tuple(f.name for f in fields(ProcessSums))
 # Keys of the per-reason and per-process contributions, next to the plain names above.
 _THROTTLE, _SM, _SM_UNKNOWN = "throttle", "sm", "sm_unknown"
@@ -275,11 +256,28 @@ class TickWindow:
         self.ticks.clear()
 
     def _parts(self, tick: Tick) -> dict[Hashable, float]:
-        parts: dict[Hashable, float] = {}
-        for key, get in _TICK_SIGNALS:
-            value = get(tick)
-            if value is not None:
-                parts[key] = value
+        # What signals() averages over the window, by the key each tick contributes it under;
+        # written out, not a table of getters: this runs for every tick that enters.
+        f, sample, peers = tick.figures, tick.sample, tick.peers
+        values = (
+            ("utilization", f.utilization),
+            ("nvml_utilization", sample.nvml_utilization),
+            ("sm_occupancy", f.sm_occupancy),
+            ("tensor_active", f.tensor_active),
+            ("fp32_active", f.fp32_active),
+            ("fp64_active", f.fp64_active),
+            ("dram_active", f.dram_active),
+            ("flops_utilization", f.flops_utilization),
+            ("pcie_tx", sample.pcie_tx_bytes_per_second),
+            ("pcie_rx", sample.pcie_rx_bytes_per_second),
+            ("nvlink_tx", sample.nvlink_tx_bytes_per_second),
+            ("nvlink_rx", sample.nvlink_rx_bytes_per_second),
+            ("sm_clock_ratio", f.sm_clock_ratio),
+            ("iowait_ratio", tick.host.iowait_ratio),
+            ("peers_below_ratio", peers.below / peers.gpus if peers.gpus else None),
+            ("peer_starved_ratio", float(peers.starved > 0) if peers.gpus else None),
+        )
+        parts: dict[Hashable, float] = {key: value for key, value in values if value is not None}
         for reason, fraction in tick.figures.throttle_fractions.items():
             parts[(_THROTTLE, reason)] = fraction
         sums = tick.sums_for(self._pids)

@@ -2,6 +2,10 @@
 
 Ratios are 0..1, rates are per second, sizes in bytes, energy in joules: the names say the unit.
 ``None`` always means "the source could not say", never zero.
+
+Records are never changed once built. Those built anew every tick for every GPU are not frozen
+all the same: a frozen dataclass's ``__init__`` sets each field through ``object.__setattr__``,
+three times the cost of a plain one (7 µs against 2 µs for a sample), on a path that runs forever.
 """
 
 from __future__ import annotations
@@ -67,7 +71,7 @@ class LinkTraffic:
     rx_bytes: float
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # built every tick: not frozen (see above)
 class GpuSample:
     """One GPU's readings over one tick. Activity ratios cover the whole interval (counters)."""
 
@@ -138,16 +142,16 @@ class HostProcess:
     identity: Identity | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # built every tick: not frozen (see above)
 class HostSample:
-    timestamp: float
+    timestamp: float  # when /proc was read: a sample is carried between reads
     cpu_count: int
     cpu_busy_ratio: float | None  # whole host, 0..1
     iowait_ratio: float | None  # whole host, 0..1
     processes: Mapping[int, HostProcess] = field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # built every tick: not frozen (see above)
 class GpuFigures:
     """Derived figures for one GPU and one tick (derive.py)."""
 
@@ -228,7 +232,7 @@ class TokenFigures:
     cost_per_1m_tokens: float | None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # built every tick: not frozen (see above)
 class GpuState:
     """Everything the sinks need about one GPU after a tick."""
 
@@ -241,7 +245,7 @@ class GpuState:
     tokens: TokenFigures | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # built every tick: not frozen (see above)
 class AgentState:
     """The result of one tick: what /metrics, status, the store and alerting read."""
 

@@ -81,10 +81,11 @@ class HostSource:
         new = not pids <= self._asked
         if now < self._due_at and not new:
             last = self._last
-            processes = last.processes if pids == self._asked else \
-                {pid: p for pid, p in last.processes.items() if pid in pids}
-            return HostSample(timestamp=timestamp, cpu_count=self._cpu_count, cpu_busy_ratio=last.cpu_busy_ratio,
-                              iowait_ratio=last.iowait_ratio, processes=processes)
+            if pids == self._asked:
+                return last  # the very same sample: its timestamp says when it was read
+            return HostSample(timestamp=last.timestamp, cpu_count=self._cpu_count, cpu_busy_ratio=last.cpu_busy_ratio,
+                              iowait_ratio=last.iowait_ratio,
+                              processes={pid: p for pid, p in last.processes.items() if pid in pids})
         self._asked = pids
         self._due_at = now if new else now + self.counter_interval_seconds
         cpu_busy, iowait = self._host_cpu()

@@ -25,7 +25,7 @@ import logging
 import struct
 import threading
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from ..model import GpuInfo, GpuProcess, GpuSample, LinkTraffic
 
@@ -152,6 +152,11 @@ class NvmlGpu:
         # Reasons with no NVML time counter are accounted from the bitmask alone.
         self._throttle_bits = {r: b for r, b in {**THROTTLE_BITS, **FALLBACK_BITS}.items() if r not in self._throttle}
         self._throttle_from_bits: dict[str, float] = dict.fromkeys(self._throttle_bits, 0.0)
+        # The bits that move a total: a counted reason's between counter reads, the others' always.
+        self._throttle_mask = 0
+        for bits in (*self._throttle_bits.values(), *(FALLBACK_BITS[r] for r in self._throttle)):
+            self._throttle_mask |= bits
+        self._throttle_totals: Mapping[str, float] | None = None
         self._process_ratios: dict[int, tuple[float | None, float | None]] | None = None
         self._carried: tuple[dict[int, Any], tuple[GpuProcess, ...]] | None = None  # (memory by pid, processes)
         self._pcie_link_width: int | None = None
@@ -223,53 +228,52 @@ class NvmlGpu:
         interval = max(now - self._last_read, 1e-6)
         self._last_read = now
         h = self.handle
+        lib = self.lib
         unsupported: list[str] = []
-        fields: dict[str, Any] = {}
 
+        gpm: dict[str, float | None] = {}
+        links: tuple[LinkTraffic, ...] = ()
         if self._gpm_previous is not None:
             gpm, link_rates = self._read_gpm(unsupported)
-            fields.update(gpm)
-            fields["nvlink_links"] = self._link_traffic(link_rates, interval)
-        quality = "gpm" if "sm_active" in fields and fields["sm_active"] is not None else "coarse"
-
+            links = self._link_traffic(link_rates, interval)
         rates = self._call("nvmlDeviceGetUtilizationRates", h)
-        fields["nvml_utilization"] = rates.gpu / 100.0 if rates is not None else None
+        nvml_utilization = rates.gpu / 100.0 if rates is not None else None
+        quality = "gpm" if gpm.get("sm_active") is not None else "coarse"
         if quality == "coarse":
             # NVML's utilization.gpu is the share of time any kernel ran, not SM work: coarse.
-            fields["sm_active"] = fields["nvml_utilization"]
+            gpm["sm_active"] = nvml_utilization
             unsupported.append("gpm")
 
         memory = self._call("nvmlDeviceGetMemoryInfo", h)
-        fields["memory_used_bytes"] = int(memory.used) if memory is not None else None
         power_mw = self._call("nvmlDeviceGetPowerUsage", h)
-        fields["power_watts"] = power_mw / 1000.0 if power_mw is not None else None
+        power_watts = power_mw / 1000.0 if power_mw is not None else None
         # Counters that cost milliseconds of CPU a read are read every few seconds; between reads
         # they are carried forward from cheap readings, and a read puts them right.
         slow = now - self._counters_read_at >= self.counter_interval_seconds
         if slow:
             self._counters_read_at = now
-        fields["energy_joules"] = self._read_energy(slow, interval, fields["power_watts"])
-        fields["sm_clock_mhz"] = self._call("nvmlDeviceGetClockInfo", h, self.lib.NVML_CLOCK_SM)
-        fields["memory_clock_mhz"] = self._call("nvmlDeviceGetClockInfo", h, self.lib.NVML_CLOCK_MEM)
-        fields["temperature_celsius"] = self._call("nvmlDeviceGetTemperature", h, self.lib.NVML_TEMPERATURE_GPU)
+        energy_joules = self._read_energy(slow, interval, power_watts)
+        sm_clock = self._call("nvmlDeviceGetClockInfo", h, lib.NVML_CLOCK_SM)
+        memory_clock = self._call("nvmlDeviceGetClockInfo", h, lib.NVML_CLOCK_MEM)
+        temperature = self._call("nvmlDeviceGetTemperature", h, lib.NVML_TEMPERATURE_GPU)
         reasons = self._call("nvmlDeviceGetCurrentClocksEventReasons", h)
-        fields["clock_event_reasons"] = reasons
-        fields["throttle_seconds"] = self._read_throttle(slow, reasons, interval)
-        fields["processes"] = self._read_processes(slow)
+        throttle_seconds = self._read_throttle(slow, reasons, interval)
+        processes = self._read_processes(slow)
         if slow or self._pcie_link_width is None:
             self._pcie_link_width = self._call("nvmlDeviceGetCurrPcieLinkWidth", h)
-        fields["pcie_link_width"] = self._pcie_link_width
 
-        for name in ("power_watts", "energy_joules", "memory_used_bytes", "sm_clock_mhz"):
-            if fields[name] is None:
+        memory_used = int(memory.used) if memory is not None else None
+        for name, value in (("power_watts", power_watts), ("energy_joules", energy_joules),
+                            ("memory_used_bytes", memory_used), ("sm_clock_mhz", sm_clock)):
+            if value is None:
                 unsupported.append(name)
         return GpuSample(
-            info=self.info,
-            timestamp=timestamp,
-            interval_seconds=interval,
-            source_quality=quality,
-            unsupported=tuple(unsupported),
-            **fields,
+            info=self.info, timestamp=timestamp, interval_seconds=interval, source_quality=quality,
+            unsupported=tuple(unsupported), nvlink_links=links, nvml_utilization=nvml_utilization,
+            memory_used_bytes=memory_used, power_watts=power_watts, energy_joules=energy_joules,
+            sm_clock_mhz=sm_clock, memory_clock_mhz=memory_clock, temperature_celsius=temperature,
+            clock_event_reasons=reasons, throttle_seconds=throttle_seconds,
+            pcie_link_width=self._pcie_link_width, processes=processes, **gpm,
         )
 
     def _read_gpm(self, unsupported: list[str]) -> tuple[dict[str, float | None], dict[tuple[int, int], float]]:
@@ -326,13 +330,16 @@ class NvmlGpu:
             return self._energy.read(counter / 1000.0)
         return self._energy.advance(power_watts * interval if power_watts is not None else 0.0)
 
-    def _read_throttle(self, slow: bool, reasons: int | None, interval: float) -> dict[str, float]:
+    def _read_throttle(self, slow: bool, reasons: int | None, interval: float) -> Mapping[str, float]:
         """Seconds throttled since the agent started, by reason: NVML's time counters every few
         seconds, the current reason bits × the tick between."""
+        read = slow and self._throttle
+        if not read and not (reasons or 0) & self._throttle_mask and self._throttle_totals is not None:
+            return self._throttle_totals  # no reason active and no counter read: nothing moved
         for reason, bits in self._throttle_bits.items():
             if reasons is not None and reasons & bits:
                 self._throttle_from_bits[reason] += interval
-        counters = self._throttle_counters() if slow and self._throttle else None
+        counters = self._throttle_counters() if read else None
         totals = dict(self._throttle_from_bits)
         for reason, counter in self._throttle.items():
             if counters is not None and reason in counters:
@@ -340,6 +347,7 @@ class NvmlGpu:
             else:
                 active = reasons is not None and reasons & FALLBACK_BITS[reason]
                 totals[reason] = counter.advance(interval if active else 0.0)
+        self._throttle_totals = totals
         return totals
 
     def _read_processes(self, slow: bool) -> tuple[GpuProcess, ...]:
