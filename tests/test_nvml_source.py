@@ -39,6 +39,25 @@ def test_gpm_readings_are_ratios_and_bytes_per_second():
     assert gpu.pcie_rx_bytes_per_second == pytest.approx(9.5e9, rel=0.05)
 
 
+class NanOccupancy(SimulatedNvml):
+    """A driver that answers NaN for SM occupancy over some sample pairs."""
+
+    def nvmlGpmMetricsGet(self, request):
+        super().nvmlGpmMetricsGet(request)
+        for i in range(request.numMetrics):
+            if request.metrics[i].metricId == pynvml.NVML_GPM_METRIC_SM_OCCUPANCY:
+                request.metrics[i].value = float("nan")
+        return request
+
+
+def test_a_gpm_metric_answered_as_nan_is_one_the_gpu_could_not_say():
+    clock = Clock()
+    src = NvmlSource(NanOccupancy(["healthy"], clock=clock, wall_clock=clock), clock=clock, wall_clock=clock)
+    gpu = read(src, clock)[0]
+    assert gpu.sm_occupancy is None
+    assert gpu.sm_active == pytest.approx(0.96, abs=0.1) and gpu.source_quality == "gpm"
+
+
 def test_without_gpm_utilization_falls_back_to_nvml_and_is_marked_coarse():
     src, _, clock = source("healthy", faults=[(0, "nvmlGpmQueryDeviceSupport", pynvml.NVML_ERROR_NOT_SUPPORTED)])
     gpu = read(src, clock)[0]

@@ -126,6 +126,16 @@ def test_a_tick_keeps_its_figures_to_a_hundredth_of_a_percent(tmp_path):
     assert (row.cause, row.wasted_seconds, row.tokens, row.job) == ("input_starved", 1.0, 1200.0, "slurm:4242")
 
 
+def test_a_reading_that_is_not_a_number_is_stored_empty_and_holds_no_row_back(tmp_path):
+    url = sqlite_url(tmp_path)
+    store = HistoryStore(url, "node1")
+    store.record(tick(T0, utilization=float("nan")))
+    store.record(tick(T0 + 1, utilization=0.5))
+    assert store.flush()
+    rows = query_history(url, T0, T0 + 2, level="raw")
+    assert [row.utilization for row in rows] == [None, 0.5]
+
+
 def test_a_ticket_finding_is_not_below_the_threshold_and_wastes_nothing(tmp_path):
     store = HistoryStore(sqlite_url(tmp_path), "node1")
     ticket = starved().__class__(cause="no_tensor_cores", severity="ticket", confidence=0.9,

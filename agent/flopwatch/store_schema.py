@@ -13,6 +13,8 @@ the newest one.
 
 from __future__ import annotations
 
+import math
+
 from sqlalchemy import (
     BigInteger,
     Boolean,
@@ -43,7 +45,9 @@ class Fixed(TypeDecorator):
         self.scale = scale
 
     def process_bind_param(self, value, dialect):  # noqa: ANN001, ANN201 (SQLAlchemy's hook)
-        return None if value is None else round(value * self.scale)
+        # A reading that is not a number is one the source could not give: NULL, never an error
+        # that would hold every row queued behind it.
+        return None if value is None or not math.isfinite(value) else round(value * self.scale)
 
     def process_result_value(self, value, dialect):  # noqa: ANN001, ANN201
         return None if value is None else value / self.scale

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import math
 import struct
 import threading
 import time
@@ -301,12 +302,15 @@ class NvmlGpu:
             if code != 0:
                 out[field] = None
                 unsupported.append(field)
+            elif not math.isfinite(value):  # GPM can answer NaN for a metric over a sample pair
+                out[field] = None
             elif field in GPM_RATIOS:
                 out[field] = min(max(value / 100.0, 0.0), 1.0)
             else:
                 out[field] = max(value, 0.0) * MIB
         links = {key: max(value, 0.0) * MIB
-                 for key, (code, value) in zip(self._link_ids, metrics[len(self._gpm_ids):]) if code == 0}
+                 for key, (code, value) in zip(self._link_ids, metrics[len(self._gpm_ids):])
+                 if code == 0 and math.isfinite(value)}
         return out, links
 
     def _link_traffic(self, rates: dict[tuple[int, int], float], interval: float) -> tuple[LinkTraffic, ...]:
