@@ -5,7 +5,7 @@ Ratios are 0..1, rates are per second, sizes in bytes, energy in joules: the nam
 
 Records are never changed once built. Those built anew every tick for every GPU are not frozen
 all the same: a frozen dataclass's ``__init__`` sets each field through ``object.__setattr__``,
-three times the cost of a plain one (7 µs against 2 µs for a sample), on a path that runs forever.
+several times the cost of a plain one's, on a path that runs forever.
 """
 
 from __future__ import annotations
