@@ -106,6 +106,15 @@ def test_throttle_time_comes_from_the_reason_counters():
     assert second - first == pytest.approx(2.0)
 
 
+def test_throttle_totals_are_handed_back_unchanged_while_no_reason_is_active():
+    src, lib, clock = source("idle", counter_interval_seconds=10.0)
+    first = read(src, clock)[0].throttle_seconds
+    assert read(src, clock)[0].throttle_seconds is first
+    lib.set_scenario(0, "power_capped")
+    moved = read(src, clock)[0].throttle_seconds
+    assert moved is not first and moved["sw_power_cap"] == pytest.approx(first["sw_power_cap"] + 1.0)
+
+
 def test_per_process_memory_and_sm_share_are_read():
     src, _, clock = source("contention")
     processes = read(src, clock)[0].processes

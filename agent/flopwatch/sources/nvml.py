@@ -337,7 +337,7 @@ class NvmlGpu:
     def _read_throttle(self, slow: bool, reasons: int | None, interval: float) -> Mapping[str, float]:
         """Seconds throttled since the agent started, by reason: NVML's time counters every few
         seconds, the current reason bits × the tick between."""
-        read = slow and self._throttle
+        read = slow and bool(self._throttle)
         if not read and not (reasons or 0) & self._throttle_mask and self._throttle_totals is not None:
             return self._throttle_totals  # no reason active and no counter read: nothing moved
         for reason, bits in self._throttle_bits.items():
