@@ -77,6 +77,18 @@ def test_a_new_cause_must_lead_for_the_switch_time_before_it_replaces_the_old():
     assert causes[-1] == "held_idle"
 
 
+def test_a_finding_clears_once_no_cause_has_led_for_the_switch_time():
+    th = Thresholds(switch_after_seconds=10.0, window_seconds=5.0)
+    state = DiagnosisState(finding=Finding("input_starved", "page", 0.8, {}, "advice"))
+    ticks = _ticks("healthy", 20)
+    causes = []
+    for i in range(5, 20):
+        state = diagnose(_window(ticks[i - 5:i]), th, state)
+        causes.append(state.finding.cause if state.finding else None)
+    assert causes[:10] == ["input_starved"] * 10
+    assert causes[-1] is None
+
+
 def test_too_short_a_window_gives_no_finding_yet():
     assert diagnose(_window(_ticks("held_idle", 2)), Thresholds(min_window_seconds=3.0)).finding is None
 

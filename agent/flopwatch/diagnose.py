@@ -539,9 +539,10 @@ def diagnose(window: TickWindow, th: Thresholds, state: DiagnosisState = Diagnos
     new_cause = found.cause if found is not None else None
     if new_cause == current.cause:
         return DiagnosisState(finding=found)  # same cause, fresh evidence
-    if state.candidate != new_cause:
+    # No finding is a challenger too: candidate None with a time is "healthy since".
+    if state.candidate_since is None or state.candidate != new_cause:
         return DiagnosisState(finding=current, candidate=new_cause, candidate_since=now)
-    if now - (state.candidate_since or now) >= th.switch_after_seconds:
+    if now - state.candidate_since >= th.switch_after_seconds:
         return DiagnosisState(finding=found)
     return replace(state, finding=current)
 
