@@ -78,7 +78,7 @@ def build_agent(config: Config, *, clock: Callable[[], float] = time.monotonic,
                                 wall_clock=wall_clock)
         except UnknownScenario as e:
             raise UsageError(str(e)) from None
-        host = SimulatedHost(lib)
+        host = SimulatedHost(lib, a.counter_interval_seconds)
     else:
         from .sources.host import HostSource
         from .sources.identity import BadJobRule

@@ -56,6 +56,37 @@ class _Seen:
     who: _Who
 
 
+class Cadence:
+    """A host read every counter interval and carried between: the very same sample, whose
+    timestamp says when it was read. A pid not asked for before is read at once, and again on the
+    next tick (its rates need two reads)."""
+
+    def __init__(self, read: Callable[[set[int], float], HostSample], interval_seconds: float,
+                 clock: Callable[[], float]):
+        self._read = read
+        self.interval_seconds = interval_seconds
+        self.clock = clock
+        self._asked: set[int] = set()  # the pids of the last read
+        self._due_at = -math.inf
+        self._last: HostSample | None = None
+
+    def read(self, pids: Iterable[int], timestamp: float) -> HostSample:
+        now = self.clock()
+        pids = set(pids)
+        new = not pids <= self._asked
+        last = self._last
+        if last is not None and now < self._due_at and not new:
+            if pids == self._asked:
+                return last
+            return HostSample(timestamp=last.timestamp, cpu_count=last.cpu_count, cpu_busy_ratio=last.cpu_busy_ratio,
+                              iowait_ratio=last.iowait_ratio,
+                              processes={pid: p for pid, p in last.processes.items() if pid in pids})
+        self._asked = pids
+        self._due_at = now if new else now + self.interval_seconds
+        self._last = self._read(pids, timestamp)
+        return self._last
+
+
 class HostSource:
     name = "host"
 
@@ -71,23 +102,13 @@ class HostSource:
         self._children_files = os.path.exists(f"{proc_root}/{me}/task/{me}/children")
         self._cpu_ticks = host_cpu_ticks(self._files.read(f"{proc_root}/stat"))
         self._cpu_count = psutil.cpu_count() or 1
-        self._asked: set[int] = set()  # the pids of the last read
-        self._due_at = -math.inf
-        self._last = HostSample(timestamp=0.0, cpu_count=self._cpu_count, cpu_busy_ratio=None, iowait_ratio=None)
+        self._cadence = Cadence(self._read_now, counter_interval_seconds, clock)
 
     def read(self, pids: Iterable[int], timestamp: float) -> HostSample:
+        return self._cadence.read(pids, timestamp)
+
+    def _read_now(self, pids: set[int], timestamp: float) -> HostSample:
         now = self.clock()
-        pids = set(pids)
-        new = not pids <= self._asked
-        if now < self._due_at and not new:
-            last = self._last
-            if pids == self._asked:
-                return last  # the very same sample: its timestamp says when it was read
-            return HostSample(timestamp=last.timestamp, cpu_count=self._cpu_count, cpu_busy_ratio=last.cpu_busy_ratio,
-                              iowait_ratio=last.iowait_ratio,
-                              processes={pid: p for pid, p in last.processes.items() if pid in pids})
-        self._asked = pids
-        self._due_at = now if new else now + self.counter_interval_seconds
         cpu_busy, iowait = self._host_cpu()
         processes = {}
         alive = set()
@@ -99,9 +120,8 @@ class HostSource:
         for pid in set(self._seen) - alive:
             del self._seen[pid]
         self._files.sweep()
-        self._last = HostSample(timestamp=timestamp, cpu_count=self._cpu_count, cpu_busy_ratio=cpu_busy,
-                                iowait_ratio=iowait, processes=processes)
-        return self._last
+        return HostSample(timestamp=timestamp, cpu_count=self._cpu_count, cpu_busy_ratio=cpu_busy,
+                          iowait_ratio=iowait, processes=processes)
 
     def close(self) -> None:
         self._files.close()

@@ -21,6 +21,7 @@ from typing import Any, Callable
 import pynvml
 
 from ..model import HostProcess, HostSample
+from .host import Cadence
 from .nvml import THROTTLE_FIELDS
 
 GIB = 2**30
@@ -626,12 +627,15 @@ def _overlap_fraction(t1: float, t2: float, period: float, duty: float) -> float
 
 
 class SimulatedHost:
-    """The host source for simulated GPUs: their processes' CPU, threads and I/O."""
+    """The host source for simulated GPUs: their processes' CPU, threads and I/O, read at the real
+    host source's cadence (every counter interval, carried between)."""
 
     name = "host"
 
-    def __init__(self, lib: SimulatedNvml):
+    def __init__(self, lib: SimulatedNvml, counter_interval_seconds: float = 10.0):
         self.lib = lib
+        self._cadence = Cadence(lambda pids, timestamp: lib.host_sample(timestamp), counter_interval_seconds,
+                                lib.clock)
 
     def read(self, pids: Any, timestamp: float) -> HostSample:
-        return self.lib.host_sample(timestamp)
+        return self._cadence.read(pids, timestamp)
