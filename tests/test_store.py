@@ -20,6 +20,7 @@ from flopwatch import store_schema
 from flopwatch.config import ConfigError, HistoryConfig
 from flopwatch.history_cli import history, parse_time
 from flopwatch.store import HistoryStore, Retention, choose_level, open_engine, query_history
+from tests.agent_process import agent_env
 from tests.store_ticks import starved, tick
 
 WRITER = Path(__file__).with_name("store_writer.py")
@@ -54,6 +55,22 @@ def test_a_new_database_is_created_with_its_directory_mode_0640_in_wal_mode(tmp_
 def test_the_schema_is_marked_with_the_newest_revision(tmp_path):
     store = HistoryStore(sqlite_url(tmp_path), "node1")
     assert scalar(store, f"SELECT version_num FROM {store_schema.VERSION_TABLE}") == store_schema.SCHEMA_REVISION
+
+
+def test_alembic_reads_the_mark_of_a_new_database_as_the_newest_revision(tmp_path):
+    from alembic.migration import MigrationContext
+
+    store = HistoryStore(sqlite_url(tmp_path), "node1")
+    with store.engine.connect() as connection:
+        context = MigrationContext.configure(connection, opts={"version_table": store_schema.VERSION_TABLE})
+        assert context.get_current_revision() == store_schema.SCHEMA_REVISION
+
+
+def test_a_new_database_is_made_without_loading_alembic(tmp_path):
+    code = ("import sys; from flopwatch.store import HistoryStore; "
+            f"assert HistoryStore({sqlite_url(tmp_path)!r}, 'node1').up; print('alembic' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], env=agent_env(), capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
 
 
 def test_the_schema_revision_is_the_newest_migration():

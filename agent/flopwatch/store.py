@@ -137,17 +137,18 @@ def migrate(connection: Connection) -> None:
         revision = connection.execute(text(f"SELECT version_num FROM {schema.VERSION_TABLE}")).scalar()
         if revision == schema.SCHEMA_REVISION:
             return
-        _alembic(connection, "upgrade")
+        _upgrade(connection)
     elif inspector.has_table(schema.gpu_raw.name):
         raise RuntimeError("the database has flopwatch tables but no schema version; refusing to guess")
     else:
         # A new database gets the current tables in one step and is marked current (Alembic's
         # advice), so old migrations never run on it.
         schema.metadata.create_all(connection)
-        _alembic(connection, "stamp")
+        schema.version_table.create(connection)
+        connection.execute(schema.version_table.insert().values(version_num=schema.SCHEMA_REVISION))
 
 
-def _alembic(connection: Connection, action: str) -> None:
+def _upgrade(connection: Connection) -> None:
     # Imported here: Alembic is only needed when the schema changes, not in the running agent.
     from alembic import command
     from alembic.config import Config
@@ -155,7 +156,7 @@ def _alembic(connection: Connection, action: str) -> None:
     config = Config()
     config.set_main_option("script_location", "flopwatch:migrations")
     config.attributes["connection"] = connection
-    getattr(command, action)(config, "head")
+    command.upgrade(config, "head")
 
 
 class _SpanTracker:

@@ -24,6 +24,7 @@ from sqlalchemy import (
     Index,
     Integer,
     MetaData,
+    PrimaryKeyConstraint,
     SmallInteger,
     String,
     Table,
@@ -58,6 +59,10 @@ HUNDREDTHS = Fixed(100)  # watts, joules per tick
 
 SCHEMA_REVISION = "0002"
 VERSION_TABLE = "flopwatch_schema_version"
+# Alembic's version table, laid out as Alembic makes it, so that a new database can be marked
+# current without loading Alembic (which would stay in the agent's memory, ~11 MB, for good).
+version_table = Table(VERSION_TABLE, MetaData(), Column("version_num", String(32), nullable=False),
+                      PrimaryKeyConstraint("version_num", name=f"{VERSION_TABLE}_pkc"))
 
 metadata = MetaData()
 
