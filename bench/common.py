@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -42,6 +43,11 @@ def start_agent(args: Sequence[str], port: int) -> subprocess.Popen:
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     wait_ready(process, f"http://127.0.0.1:{port}/-/ready")
     return process
+
+
+def history_store_args() -> list[str]:
+    """``flopwatch run`` options for the default configuration's history store, in a new SQLite file."""
+    return ["--history", f"sqlite:///{tempfile.mkdtemp(prefix='flopwatch-bench-')}/history.db"]
 
 
 def wait_ready(process: subprocess.Popen, url: str, timeout: float = 60.0) -> None:

@@ -23,11 +23,10 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 
-from common import (agent_env, final, free_port, install_wheels, measure, skip_without_gpu, start_agent,
-                    start_gpu_load, stop, table, wait_ready)
+from common import (agent_env, final, free_port, history_store_args, install_wheels, measure, skip_without_gpu,
+                    start_agent, start_gpu_load, stop, table, wait_ready)
 
 TARGET_CORE_PERCENT = 0.5
 TARGET_RSS_MB = 60.0
@@ -39,9 +38,8 @@ def flopwatch(energy_every_tick: bool = False, history: bool = False):
     def start() -> subprocess.Popen:
         if energy_every_tick:
             os.environ["FLOPWATCH_AGENT_COUNTER_INTERVAL_SECONDS"] = "0"
-        store = ["--history", f"sqlite:///{tempfile.mkdtemp(prefix='flopwatch-bench-')}/history.db"] if history else []
         try:
-            return start_agent(["--interval", "1", *store], free_port())
+            return start_agent(["--interval", "1", *(history_store_args() if history else [])], free_port())
         finally:
             os.environ.pop("FLOPWATCH_AGENT_COUNTER_INTERVAL_SECONDS", None)
     return start

@@ -3,9 +3,10 @@
 Starts ``flopwatch run --simulate healthy --simulate-gpus 8 --simulate-processes 128``, waits
 until it serves /metrics, then for --seconds reads the process's CPU seconds and its peak RSS
 (VmHWM) as the kernel counts them. A Prometheus-like scrape every --scrape-every seconds is part of
-the cost, as it is in production.
+the cost, as it is in production. Without a history store, unless --history-store: then the
+default configuration's, in a new SQLite file.
 
-    python3 bench/sim_agent_cost.py [--seconds 60] [--gpus 8] [--processes 128] [--scrape-every 15]
+    python3 bench/sim_agent_cost.py [--seconds 60] [--gpus 8] [--processes 128] [--scrape-every 15] [--history-store]
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import argparse
 import threading
 import time
 
-from common import final, free_port, measure, metric_value, scrape, start_agent, stop, table
+from common import final, free_port, history_store_args, measure, metric_value, scrape, start_agent, stop, table
 
 TARGET_CORE_PERCENT = 1.0
 TARGET_RSS_MB = 80.0
@@ -26,12 +27,14 @@ def main() -> None:
     parser.add_argument("--gpus", type=int, default=8)
     parser.add_argument("--processes", type=int, default=128, help="processes per GPU")
     parser.add_argument("--scrape-every", type=float, default=15.0, help="seconds between scrapes; 0: none")
+    parser.add_argument("--history-store", action="store_true", help="with the history store (a new SQLite file)")
     args = parser.parse_args()
 
     port = free_port()
     started = time.monotonic()
     agent = start_agent(["--simulate", "healthy", "--simulate-gpus", str(args.gpus),
-                         "--simulate-processes", str(args.processes)], port)
+                         "--simulate-processes", str(args.processes),
+                         *(history_store_args() if args.history_store else [])], port)
     startup = time.monotonic() - started
     url = f"http://127.0.0.1:{port}/metrics"
     done = threading.Event()
@@ -51,8 +54,9 @@ def main() -> None:
         done.set()
         stop(agent)
 
-    print(f"flopwatch run, simulated {args.gpus} GPUs × {args.processes} processes, {args.seconds:.0f} s at 1 Hz, "
-          f"scrape every {args.scrape_every:g} s (start-up to ready: {startup:.1f} s)")
+    store = "with the history store" if args.history_store else "no history store"
+    print(f"flopwatch run, simulated {args.gpus} GPUs × {args.processes} processes, {store}, {args.seconds:.0f} s "
+          f"at 1 Hz, scrape every {args.scrape_every:g} s (start-up to ready: {startup:.1f} s)")
     print(table(
         ["ticks", "CPU s", "% of one core", "CPU ms/tick", "peak RSS MB"],
         [[int(ticks), cost["cpu_seconds"], cost["core_percent"], 1000 * cost["cpu_seconds"] / max(ticks, 1),
