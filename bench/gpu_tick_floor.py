@@ -53,6 +53,7 @@ class Floor:
         self.field_ids = [getattr(n, c) for c in THROTTLE_FIELDS.values() if hasattr(n, c)]
         self.previous = self._gpm_sample()
         self.counters_at = time.monotonic()
+        self.counter_reads = 0
         self.last_seen = 0
 
     def _try(self, fn, *args):
@@ -93,6 +94,7 @@ class Floor:
         if now - self.counters_at >= self.counter_interval_seconds:
             # The costly counters, at the agent's cadence for them.
             self.counters_at = now
+            self.counter_reads += 1
             self._try(n.nvmlDeviceGetTotalEnergyConsumption, h)
             if self.field_ids:
                 self._try(n.nvmlDeviceGetFieldValues, h, self.field_ids)
@@ -145,19 +147,35 @@ def floor_vs_agent(seconds: float, fast_seconds: float, profile: bool) -> tuple[
         for f in floors:
             f.tick()
 
+    agent_counter_reads = 0
+
+    def agent_tick() -> None:
+        nonlocal agent_counter_reads
+        before = [g.counters_read_at for g in nvml_gpus]
+        agent.tick()
+        agent_counter_reads += sum(g.counters_read_at != b for g, b in zip(nvml_gpus, before))
+
     for _ in range(3):  # warm both paths (first GPM sample, psutil caches, first process list)
         floor_tick()
         agent.tick()
     gc.freeze()  # as `flopwatch run` does after its first tick
+    # The costly counters (milliseconds of CPU a GPU) in the same ticks on both sides: a floor
+    # timer out of phase with the agent's reads them once more or once less in a run.
+    nvml_gpus = [g for g in gpu.source.gpus if g is not None]
+    for f, g in zip(floors, nvml_gpus):
+        f.counters_at = g.counters_read_at
     rows = []
     ratio = float("nan")
     for name, period, span in (("agent's cadence", config.agent.interval_seconds, seconds),
                                ("10× faster", FAST_PERIOD, fast_seconds)):
         gpu.seconds = host.seconds = 0.0
-        ticks, floor_cpu, agent_cpu = interleaved(floor_tick, agent.tick, span, period)
+        floor_reads, agent_counter_reads = sum(f.counter_reads for f in floors), 0
+        ticks, floor_cpu, agent_cpu = interleaved(floor_tick, agent_tick, span, period)
+        floor_reads = sum(f.counter_reads for f in floors) - floor_reads
         rest = agent_cpu - gpu.seconds - host.seconds
         window = len(agent._gpus[0].window) if agent._gpus else 0
-        label = f"{name}: every {period:g} s, {window} ticks in the window"
+        label = f"{name}: every {period:g} s, {window} ticks in the window, costly counters read " \
+                f"{floor_reads} × (floor) and {agent_counter_reads} × (flopwatch)"
         rows += [
             [label, "floor: the NVML calls alone", ticks, 1000 * floor_cpu / ticks, ""],
             ["", "flopwatch: Agent.tick()", ticks, 1000 * agent_cpu / ticks, agent_cpu / floor_cpu],

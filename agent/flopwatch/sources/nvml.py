@@ -145,7 +145,7 @@ class NvmlGpu:
         self._last_process_timestamp = 0
         now = self.clock()
         self._last_read = now
-        self._counters_read_at = now
+        self.counters_read_at = now  # when the costly counters were last read (clock)
         energy = self._call("nvmlDeviceGetTotalEnergyConsumption", self.handle)
         self._energy = SlowCounter(energy / 1000.0) if energy is not None else None
         throttle = self._throttle_counters()
@@ -250,9 +250,9 @@ class NvmlGpu:
         power_watts = power_mw / 1000.0 if power_mw is not None else None
         # Counters that cost milliseconds of CPU a read are read every few seconds; between reads
         # they are carried forward from cheap readings, and a read puts them right.
-        slow = now - self._counters_read_at >= self.counter_interval_seconds
+        slow = now - self.counters_read_at >= self.counter_interval_seconds
         if slow:
-            self._counters_read_at = now
+            self.counters_read_at = now
         energy_joules = self._read_energy(slow, interval, power_watts)
         sm_clock = self._call("nvmlDeviceGetClockInfo", h, lib.NVML_CLOCK_SM)
         memory_clock = self._call("nvmlDeviceGetClockInfo", h, lib.NVML_CLOCK_MEM)
