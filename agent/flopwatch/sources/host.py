@@ -93,7 +93,6 @@ class HostSource:
     def __init__(self, clock: Callable[[], float] = time.monotonic, proc_root: str = "/proc",
                  job_rules: Iterable[str] = JOB_RULES, counter_interval_seconds: float = 10.0):
         self.clock = clock
-        self.counter_interval_seconds = counter_interval_seconds
         self.proc_root = proc_root
         self.job_rules = check_rules(job_rules)
         self._seen: dict[int, _Seen] = {}
