@@ -45,9 +45,14 @@ def start_agent(args: Sequence[str], port: int) -> subprocess.Popen:
     return process
 
 
+def history_store_url() -> str:
+    """The default configuration's history store, in a new SQLite file of a new temporary folder."""
+    return f"sqlite:///{tempfile.mkdtemp(prefix='flopwatch-bench-')}/history.db"
+
+
 def history_store_args() -> list[str]:
-    """``flopwatch run`` options for the default configuration's history store, in a new SQLite file."""
-    return ["--history", f"sqlite:///{tempfile.mkdtemp(prefix='flopwatch-bench-')}/history.db"]
+    """``flopwatch run`` options for that store."""
+    return ["--history", history_store_url()]
 
 
 def wait_ready(process: subprocess.Popen, url: str, timeout: float = 60.0) -> None:

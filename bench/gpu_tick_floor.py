@@ -24,10 +24,10 @@ from __future__ import annotations
 import argparse
 import gc
 import shutil
-import tempfile
 import time
+from pathlib import Path
 
-from common import Timed, final, skip_without_gpu, start_gpu_load, stop, table
+from common import Timed, final, history_store_url, skip_without_gpu, start_gpu_load, stop, table
 
 TARGET_RATIO = 1.3
 FAST_PERIOD = 0.1
@@ -134,8 +134,7 @@ def floor_vs_agent(seconds: float, fast_seconds: float, profile: bool) -> tuple[
     from prometheus_client import generate_latest
 
     config = Config()
-    history = tempfile.mkdtemp(prefix="flopwatch-bench-")
-    config.history.url = f"sqlite:///{history}/history.db"
+    config.history.url = history_store_url()
     built = build_agent(config, sinks=run_sinks(config))
     agent = built.agent
     agent.gpu_source = gpu = Timed(agent.gpu_source)
@@ -161,9 +160,10 @@ def floor_vs_agent(seconds: float, fast_seconds: float, profile: bool) -> tuple[
     gc.freeze()  # as `flopwatch run` does after its first tick
     # The costly counters (milliseconds of CPU a GPU) in the same ticks on both sides: a floor
     # timer out of phase with the agent's reads them once more or once less in a run.
+    for f, g in zip(floors, gpu.source.gpus):
+        if g is not None:
+            f.counters_at = g.counters_read_at
     nvml_gpus = [g for g in gpu.source.gpus if g is not None]
-    for f, g in zip(floors, nvml_gpus):
-        f.counters_at = g.counters_read_at
     rows = []
     ratio = float("nan")
     for name, period, span in (("agent's cadence", config.agent.interval_seconds, seconds),
@@ -197,7 +197,7 @@ def floor_vs_agent(seconds: float, fast_seconds: float, profile: bool) -> tuple[
     if profile:
         print_profile(agent, gpu.source, floors)
     agent.close()
-    shutil.rmtree(history, ignore_errors=True)
+    shutil.rmtree(Path(config.history.url.removeprefix("sqlite:///")).parent, ignore_errors=True)
     print(f"(a) floor vs (b) flopwatch, {len(floors)} GPU(s), once a period each, alternating order")
     return rows, ratio
 

@@ -225,7 +225,7 @@ class Signals:
 
 
 _PROCESS_SIGNALS = tuple(f.name for f in fields(ProcessSums))
-# Keys of the per-reason and per-process contributions, next to the plain names above.
+# Keys of the per-reason and per-process contributions, next to the plain names of TickWindow._parts.
 _THROTTLE, _SM, _SM_UNKNOWN = "throttle", "sm", "sm_unknown"
 
 
@@ -278,7 +278,7 @@ class TickWindow:
             ("peer_starved_ratio", float(peers.starved > 0) if peers.gpus else None),
         )
         parts: dict[Hashable, float] = {key: value for key, value in values if value is not None}
-        for reason, fraction in tick.figures.throttle_fractions.items():
+        for reason, fraction in f.throttle_fractions.items():
             parts[(_THROTTLE, reason)] = fraction
         sums = tick.sums_for(self._pids)
         for name in _PROCESS_SIGNALS:
