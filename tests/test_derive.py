@@ -72,6 +72,12 @@ def test_throttle_fractions_are_counter_deltas_over_the_interval():
     assert derive(after, before).throttle_fractions == {"sw_power_cap": pytest.approx(0.5)}
 
 
+def test_throttle_totals_handed_back_unchanged_are_zero_fractions_of_every_reason():
+    totals = {"sw_power_cap": 10.0, "hw_slowdown": 2.0}
+    before, after = sample(throttle_seconds=totals), sample(throttle_seconds=totals)
+    assert derive(after, before).throttle_fractions == {"sw_power_cap": 0.0, "hw_slowdown": 0.0}
+
+
 def test_first_sample_has_no_throttle_fractions_or_energy_delta():
     figures = derive(sample(energy_joules=5.0, throttle_seconds={"sw_power_cap": 1.0}))
     assert figures.throttle_fractions == {} and figures.energy_joules_delta is None

@@ -32,6 +32,8 @@ def achieved_flops(sample: GpuSample, peaks: Peaks | None) -> float | None:
 def throttle_fractions(sample: GpuSample, previous: GpuSample | None) -> dict[str, float]:
     if previous is None or sample.interval_seconds <= 0:
         return {}
+    if sample.throttle_seconds is previous.throttle_seconds:  # handed back unchanged: nothing moved
+        return dict.fromkeys(sample.throttle_seconds, 0.0)
     out = {}
     for reason, seconds in sample.throttle_seconds.items():
         before = previous.throttle_seconds.get(reason)

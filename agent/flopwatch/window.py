@@ -25,10 +25,10 @@ class _Sum:
 
     __slots__ = ("value", "weight", "count")
 
-    def __init__(self) -> None:
-        self.value = 0
-        self.weight = 0
-        self.count = 0
+    def __init__(self, value: int, weight: int) -> None:
+        self.value = value
+        self.weight = weight
+        self.count = 1
 
 
 class SlidingWindow(Generic[T]):
@@ -55,14 +55,24 @@ class SlidingWindow(Generic[T]):
         return self._weight / _SCALE
 
     def append(self, item: T, weight: float, parts: Parts) -> None:
-        self._enter(item, round(weight * _SCALE), _scaled(weight, parts))
+        self._enter(item, round(weight * _SCALE), weight * _SCALE, parts)
 
     def expire(self, stale: Callable[[T], bool]) -> None:
         """Drop items from the oldest while ``stale`` says so."""
         items = self._items
+        sums = self._sums
         while items and stale(items[0][0]):
             _, weight, scaled = items.popleft()
-            self._accumulate(weight, scaled, -1)
+            self._weight -= weight
+            # Inline, as in _enter: this runs for every key of every item that leaves.
+            for key, value in scaled.items():
+                s = sums[key]
+                if s.count == 1:
+                    del sums[key]
+                else:
+                    s.value -= value
+                    s.weight -= weight
+                    s.count -= 1
 
     def clear(self) -> None:
         self._items.clear()
@@ -71,10 +81,10 @@ class SlidingWindow(Generic[T]):
 
     def recount(self, parts: Callable[[T], Parts]) -> None:
         """Replace every item's contributions (what they are depends on something that changed)."""
-        items = [(item, weight, _scaled(weight / _SCALE, parts(item))) for item, weight, _ in self._items]
+        items = [(item, weight) for item, weight, _ in self._items]
         self.clear()
-        for entry in items:
-            self._enter(*entry)
+        for item, weight in items:
+            self._enter(item, weight, float(weight), parts(item))
 
     def keys(self) -> Iterator[Hashable]:
         return iter(self._sums)
@@ -94,33 +104,23 @@ class SlidingWindow(Generic[T]):
         s = self._sums.get(key)
         return s.weight / _SCALE if s is not None else 0.0
 
-    def _enter(self, item: T, weight: int, scaled: dict[Hashable, int]) -> None:
-        self._items.append((item, weight, scaled))
-        self._accumulate(weight, scaled, 1)
-
-    def _accumulate(self, weight: int, scaled: dict[Hashable, int], sign: int) -> None:
-        # Inline, not a method per key: this loop runs for every key of every item entering and leaving.
-        if sign < 0:
-            weight = -weight
+    def _enter(self, item: T, weight: int, scale: float, parts: Parts) -> None:
+        """Add an item of ``weight`` (scaled): each part × ``scale`` (weight × 2**52), made whole."""
         self._weight += weight
         sums = self._sums
-        for key, value in scaled.items():
+        scaled = {}
+        # One loop, no helper per key: this runs for every key of every item that enters.
+        for key, value in parts.items():
+            try:
+                contribution = round(value * scale)
+            except (ValueError, OverflowError):  # NaN or infinite: the item does not know this key
+                continue
+            scaled[key] = contribution
             s = sums.get(key)
             if s is None:
-                s = sums[key] = _Sum()
-            elif sign < 0 and s.count == 1:
-                del sums[key]
-                continue
-            s.value += value if sign > 0 else -value
-            s.weight += weight
-            s.count += sign
-
-
-def _scaled(weight: float, parts: Parts) -> dict[Hashable, int]:
-    out = {}
-    for key, value in parts.items():
-        try:
-            out[key] = round(value * weight * _SCALE)
-        except (ValueError, OverflowError):  # NaN or infinite: the item does not know this key
-            pass
-    return out
+                sums[key] = _Sum(contribution, weight)
+            else:
+                s.value += contribution
+                s.weight += weight
+                s.count += 1
+        self._items.append((item, weight, scaled))

@@ -141,6 +141,7 @@ class NvmlGpu:
         self.info = self._read_info()
         self._gpm_previous = self._gpm_sample() if self.info.gpm_supported else None
         self._link_ids = self._nvlink_metric_ids() if self.info.gpm_supported else {}
+        self._gpm_request = self._metrics_request() if self.info.gpm_supported else None
         self._link_bytes = {link: [0.0, 0.0] for link, _ in self._link_ids}
         self._last_process_timestamp = 0
         now = self.clock()
@@ -203,6 +204,17 @@ class NvmlGpu:
             if self._call("nvmlDeviceGetNvLinkState", self.handle, link) == lib.NVML_FEATURE_ENABLED:
                 ids[(link, 0)], ids[(link, 1)] = (getattr(lib, n) for n in names)
         return ids
+
+    def _metrics_request(self) -> Any:
+        """The GPM request, its metric ids set once: each tick sets only the two samples (each
+        field set through pynvml's structures is a Python call)."""
+        metric_ids = [*self._gpm_ids.values(), *self._link_ids.values()]
+        request = self.lib.c_nvmlGpmMetricsGet_t()
+        request.version = self.lib.NVML_GPM_METRICS_GET_VERSION
+        request.numMetrics = len(metric_ids)
+        for i, metric_id in enumerate(metric_ids):
+            request.metrics[i].metricId = metric_id
+        return request
 
     def _gpm_sample(self) -> Any:
         sample = self._call("nvmlGpmSampleAlloc")
@@ -283,20 +295,14 @@ class NvmlGpu:
         if current is None:
             return {}, {}
         previous, self._gpm_previous = self._gpm_previous, current
-        lib = self.lib
-        metric_ids = [*self._gpm_ids.values(), *self._link_ids.values()]
-        request = lib.c_nvmlGpmMetricsGet_t()
-        request.version = lib.NVML_GPM_METRICS_GET_VERSION
-        request.numMetrics = len(metric_ids)
+        request = self._gpm_request
         request.sample1 = previous
         request.sample2 = current
-        for i, metric_id in enumerate(metric_ids):
-            request.metrics[i].metricId = metric_id
         result = self._call("nvmlGpmMetricsGet", request)
         self._call("nvmlGpmSampleFree", previous)
         if result is None:
             return {}, {}
-        metrics = gpm_results(result, len(metric_ids))
+        metrics = gpm_results(result, len(self._gpm_ids) + len(self._link_ids))
         out: dict[str, float | None] = {}
         for field, (code, value) in zip(self._gpm_ids, metrics):
             if code != 0:

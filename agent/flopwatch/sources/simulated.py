@@ -516,6 +516,7 @@ class SimulatedNvml:
             value = self._activity(gpu, key, t1, t2)
             if link is not None:
                 value /= CARD["nvlinks"]  # the links share the traffic evenly, so they sum to the total
+            metric.nvmlReturn = pynvml.NVML_SUCCESS  # an OUT field: each call sets it, as NVML does
             metric.value = value / 2**20 if key.endswith("per_second") else value * 100.0
         return request
 
