@@ -10,13 +10,13 @@
     (every evaluation interval), token accounting, process views, and the history store's sink
     (a SQLite file in a temporary folder) queueing the tick's rows. Writing them is the store's
     own job, every few seconds, not the tick's, and is counted by gpu_agent_cost.py.
-Both run once a period, back to back in alternating order, at the agent's cadence (1 s) and then
-ten times faster, where the 30 s diagnosis window holds ten times the ticks. CPU is process_time
+Both run once a period, half a period apart, in alternating order, at the agent's cadence (1 s)
+and then ten times faster, where the 30 s diagnosis window holds ten times the ticks. CPU is process_time
 (user + system of every thread of this process). A /metrics render is not part of a tick: the
 server renders once per scrape (every 15 s or so), so it is reported on its own. Then (c): the
 energy counter read every tick and every counter interval, side by side: CPU per tick and joules.
 
-    python3 bench/gpu_tick_floor.py [--seconds 120] [--fast-seconds 30] [--energy-seconds 40] [--profile]
+    python3 bench/gpu_tick_floor.py [--seconds 300] [--fast-seconds 30] [--energy-seconds 40] [--profile]
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 from common import Timed, final, history_store_url, skip_without_gpu, start_gpu_load, stop, table
+from flopwatch.sources.nvml import GPM_RATES, GPM_RATIOS, THROTTLE_FIELDS, gpm_results
 
 TARGET_RATIO = 1.3
 FAST_PERIOD = 0.1
@@ -38,8 +39,6 @@ class Floor:
     """The NVML calls of one GPU's read, each guarded as the product guards them, and nothing more."""
 
     def __init__(self, pynvml, index: int, counter_interval_seconds: float):
-        from flopwatch.sources.nvml import GPM_RATES, GPM_RATIOS, THROTTLE_FIELDS
-
         n = self.nvml = pynvml
         self.handle = n.nvmlDeviceGetHandleByIndex(index)
         self.counter_interval_seconds = counter_interval_seconds
@@ -51,6 +50,11 @@ class Floor:
             if self._try(n.nvmlDeviceGetNvLinkState, self.handle, link) == n.NVML_FEATURE_ENABLED:
                 self.metric_ids += [getattr(n, name) for name in names]
         self.field_ids = [getattr(n, c) for c in THROTTLE_FIELDS.values() if hasattr(n, c)]
+        self.request = n.c_nvmlGpmMetricsGet_t()  # set up once, as the agent's
+        self.request.version = n.NVML_GPM_METRICS_GET_VERSION
+        self.request.numMetrics = len(self.metric_ids)
+        for i, metric_id in enumerate(self.metric_ids):
+            self.request.metrics[i].metricId = metric_id
         self.previous = self._gpm_sample()
         self.counters_at = time.monotonic()
         self.counter_reads = 0
@@ -68,28 +72,30 @@ class Floor:
             return None
         return sample
 
-    def tick(self) -> None:
+    def tick(self, read_answers: bool = False) -> None:
+        """The calls; with ``read_answers``, also the fields of their answers the agent reads."""
         n, h = self.nvml, self.handle
+        metrics = None
         if self.previous is not None:
             current = self._gpm_sample()
             if current is not None:
-                request = n.c_nvmlGpmMetricsGet_t()
-                request.version = n.NVML_GPM_METRICS_GET_VERSION
-                request.numMetrics = len(self.metric_ids)
-                request.sample1, request.sample2 = self.previous, current
-                for i, metric_id in enumerate(self.metric_ids):
-                    request.metrics[i].metricId = metric_id
-                self._try(n.nvmlGpmMetricsGet, request)
+                self.request.sample1, self.request.sample2 = self.previous, current
+                metrics = self._try(n.nvmlGpmMetricsGet, self.request)
                 self._try(n.nvmlGpmSampleFree, self.previous)
                 self.previous = current
-        self._try(n.nvmlDeviceGetUtilizationRates, h)
-        self._try(n.nvmlDeviceGetMemoryInfo, h)
+        rates = self._try(n.nvmlDeviceGetUtilizationRates, h)
+        memory = self._try(n.nvmlDeviceGetMemoryInfo, h)
         self._try(n.nvmlDeviceGetPowerUsage, h)
         self._try(n.nvmlDeviceGetClockInfo, h, n.NVML_CLOCK_SM)
         self._try(n.nvmlDeviceGetClockInfo, h, n.NVML_CLOCK_MEM)
         self._try(n.nvmlDeviceGetTemperature, h, n.NVML_TEMPERATURE_GPU)
         self._try(n.nvmlDeviceGetCurrentClocksEventReasons, h)
-        self._try(n.nvmlDeviceGetComputeRunningProcesses, h)
+        processes = self._try(n.nvmlDeviceGetComputeRunningProcesses, h)
+        if read_answers:
+            if metrics is not None:
+                gpm_results(metrics, len(self.metric_ids))
+            _ = rates.gpu if rates is not None else None, memory.used if memory is not None else None
+            _ = {p.pid: p.usedGpuMemory for p in processes or []}
         now = time.monotonic()
         if now - self.counters_at >= self.counter_interval_seconds:
             # The costly counters, at the agent's cadence for them.
@@ -111,19 +117,20 @@ def cpu_of(step) -> float:
 
 
 def interleaved(floor_tick, agent_tick, seconds: float, period: float) -> tuple[int, float, float]:
-    """Both steps once a period, in alternating order; their CPU seconds and the tick count."""
+    """Both steps once a period, half a period apart, in alternating order; their CPU seconds and
+    the tick count. Not back to back: the energy counter's cost depends on how long ago it was
+    last read, so a read right after the other side's would cost it what the other did not pay."""
     floor_cpu = agent_cpu = 0.0
     ticks = max(int(seconds / period), 2)
     next_at = time.monotonic()
     for i in range(ticks):
-        next_at += period
-        if i % 2:
-            floor_cpu += cpu_of(floor_tick)
-            agent_cpu += cpu_of(agent_tick)
-        else:
-            agent_cpu += cpu_of(agent_tick)
-            floor_cpu += cpu_of(floor_tick)
-        time.sleep(max(next_at - time.monotonic(), 0.0))
+        spent = {}
+        for name, step in (("floor", floor_tick), ("agent", agent_tick))[::1 if i % 2 else -1]:
+            spent[name] = cpu_of(step)
+            next_at += period / 2
+            time.sleep(max(next_at - time.monotonic(), 0.0))
+        floor_cpu += spent["floor"]
+        agent_cpu += spent["agent"]
     return ticks, floor_cpu, agent_cpu
 
 
@@ -257,7 +264,9 @@ def energy_cadence(seconds: float, period: float, counter_interval: float) -> li
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seconds", type=float, default=120.0, help="at the agent's cadence")
+    # Long: the costly counters (the energy counter alone ~6 ms of CPU, varying by milliseconds)
+    # come once every 10 s, and over 120 s their dozen reads a side moved the ratio by ±0.1.
+    parser.add_argument("--seconds", type=float, default=300.0, help="at the agent's cadence")
     parser.add_argument("--fast-seconds", type=float, default=30.0, help=f"at one tick every {FAST_PERIOD:g} s")
     parser.add_argument("--energy-seconds", type=float, default=40.0)
     parser.add_argument("--profile", action="store_true", help="then profile 300 fast ticks of the agent")
