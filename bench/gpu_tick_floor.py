@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 from common import Timed, final, history_store_url, skip_without_gpu, start_gpu_load, stop, table
+from flopwatch.sources import counter_period
 from flopwatch.sources.nvml import GPM_RATES, GPM_RATIOS, THROTTLE_FIELDS, gpm_results
 
 TARGET_RATIO = 1.3
@@ -56,7 +57,7 @@ class Floor:
         for i, metric_id in enumerate(self.metric_ids):
             self.request.metrics[i].metricId = metric_id
         self.previous = self._gpm_sample()
-        self.counters_at = time.monotonic()
+        self.counters_period = counter_period(time.monotonic(), counter_interval_seconds)
         self.counter_reads = 0
         self.last_seen = 0
 
@@ -96,10 +97,10 @@ class Floor:
                 gpm_results(metrics, len(self.metric_ids))
             _ = rates.gpu if rates is not None else None, memory.used if memory is not None else None
             _ = {p.pid: p.usedGpuMemory for p in processes or []}
-        now = time.monotonic()
-        if now - self.counters_at >= self.counter_interval_seconds:
-            # The costly counters, at the agent's cadence for them.
-            self.counters_at = now
+        period = counter_period(time.monotonic(), self.counter_interval_seconds)
+        if period != self.counters_period:
+            # The costly counters, on the first tick of each counter period, as the agent reads them.
+            self.counters_period = period
             self.counter_reads += 1
             self._try(n.nvmlDeviceGetTotalEnergyConsumption, h)
             if self.field_ids:
@@ -157,19 +158,14 @@ def floor_vs_agent(seconds: float, fast_seconds: float, profile: bool) -> tuple[
 
     def agent_tick() -> None:
         nonlocal agent_counter_reads
-        before = [g.counters_read_at for g in nvml_gpus]
+        before = [g.counters_period for g in nvml_gpus]
         agent.tick()
-        agent_counter_reads += sum(g.counters_read_at != b for g, b in zip(nvml_gpus, before))
+        agent_counter_reads += sum(g.counters_period != b for g, b in zip(nvml_gpus, before))
 
     for _ in range(3):  # warm both paths (first GPM sample, psutil caches, first process list)
         floor_tick()
         agent.tick()
     gc.freeze()  # as `flopwatch run` does after its first tick
-    # The costly counters (milliseconds of CPU a GPU) in the same ticks on both sides: a floor
-    # timer out of phase with the agent's reads them once more or once less in a run.
-    for f, g in zip(floors, gpu.source.gpus):
-        if g is not None:
-            f.counters_at = g.counters_read_at
     nvml_gpus = [g for g in gpu.source.gpus if g is not None]
     rows = []
     ratio = float("nan")

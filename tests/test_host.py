@@ -55,7 +55,7 @@ def test_a_process_that_is_gone_is_left_out():
     assert proc.pid not in HostSource().read([proc.pid], time.time()).processes
 
 
-def test_between_counter_reads_a_process_is_carried_and_a_new_one_is_read_at_once():
+def test_within_a_counter_period_a_process_is_carried_and_a_new_one_is_read_at_once():
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         now = [0.0]
@@ -69,12 +69,12 @@ def test_between_counter_reads_a_process_is_carried_and_a_new_one_is_read_at_onc
         read(0.0, me)  # first sight, and again on the next tick: its rates are known from then
         second = read(1.0, me)[me]
         assert second.cpu_ratio is not None
-        assert read(2.0, me)[me] is second  # carried until the counter interval has passed
+        assert read(2.0, me)[me] is second  # carried until the next counter period (every 10 s)
         assert sleeper.pid in read(3.0, me, sleeper.pid)  # a new process is read at once
         fourth = read(4.0, me, sleeper.pid)
         assert fourth[sleeper.pid].cpu_ratio is not None
-        assert read(13.0, me, sleeper.pid)[me] is fourth[me]
-        assert read(14.0, me, sleeper.pid)[me] is not fourth[me]
+        assert read(9.0, me, sleeper.pid)[me] is fourth[me]
+        assert read(10.0, me, sleeper.pid)[me] is not fourth[me]  # the period's first tick
     finally:
         sleeper.kill()
         sleeper.wait()

@@ -7,7 +7,7 @@ import pynvml
 import pytest
 
 from flopwatch.sources.nvml import NvmlSource, gpm_results
-from flopwatch.sources.simulated import SimulatedNvml
+from flopwatch.sources.simulated import SimulatedHost, SimulatedNvml
 
 
 class Clock:
@@ -122,6 +122,14 @@ def test_per_process_memory_and_sm_share_are_read():
     assert all(p.used_memory_bytes == 30 * 2**30 and p.sm_ratio > 0 for p in processes)
 
 
+def test_processes_read_anew_are_handed_back_unchanged_on_the_ticks_after():
+    src, _, clock = source("contention", counter_interval_seconds=5.0)
+    read(src, clock, seconds=5.0)  # the counters, process shares among them, are read on this tick
+    fresh = read(src, clock, seconds=5.0)[0].processes
+    assert read(src, clock)[0].processes is fresh
+    assert read(src, clock)[0].processes is fresh
+
+
 def test_a_link_trained_narrower_than_its_maximum_is_read():
     src, _, clock = source("system")
     gpu = read(src, clock)[0]
@@ -160,3 +168,19 @@ def test_a_gpu_whose_read_has_not_returned_is_marked_timed_out_and_not_called_ag
     lib.heal(1)
     assert lib.blocked_calls[(1, "nvmlDeviceGetPowerUsage")] == 1
     assert read(src, clock)[1].error is None and not src.blocked
+
+
+def test_the_gpu_and_host_readers_read_their_counters_on_the_same_ticks():
+    src, lib, clock = source("contention", counter_interval_seconds=10.0)
+    host = SimulatedHost(lib, counter_interval_seconds=10.0)
+    clock.now = 3.5  # started between two periods
+    gpu_changed, host_changed = [], []
+    last_gpu = last_host = None
+    for _ in range(30):
+        gpu = read(src, clock)[0].processes
+        sample = host.read({p.pid for p in gpu}, clock.now)
+        gpu_changed.append(gpu is not last_gpu)
+        host_changed.append(sample is not last_host)
+        last_gpu, last_host = gpu, sample
+    # After the host's first two reads (a new process's rates need two), both change together.
+    assert gpu_changed[2:] == host_changed[2:] and sum(gpu_changed[2:]) == 3

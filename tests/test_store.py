@@ -10,6 +10,7 @@ import sqlite3
 import stat
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -129,6 +130,20 @@ def test_record_only_queues_rows_and_flush_writes_them(tmp_path):
     assert scalar(store, "SELECT count(*) FROM process_samples") == 60
     assert scalar(store, "SELECT count(*) FROM processes") == 6  # one identity per process
     assert scalar(store, "SELECT count(*) FROM gpus") == 2
+
+
+def test_process_readings_handed_back_unchanged_get_no_new_rows_until_they_change(tmp_path):
+    store = HistoryStore(sqlite_url(tmp_path), "node1")
+    first = tick(T0, processes=2)
+    store.record(first)
+    for ts in (T0 + 1, T0 + 2):  # the agent hands back the very same views while nothing is new
+        later = tick(ts, processes=2)
+        store.record(replace(later, gpus=(replace(later.gpus[0], processes=first.gpus[0].processes),)))
+    store.record(tick(T0 + 10, processes=2))  # read anew
+    assert store.flush()
+    assert scalar(store, "SELECT count(*) FROM gpu_raw") == 4
+    assert scalar(store, "SELECT count(DISTINCT ts) FROM process_samples") == 2
+    assert scalar(store, "SELECT count(*) FROM gpu_raw WHERE job = 'slurm:4242'") == 4
 
 
 def test_a_tick_keeps_its_figures_to_a_hundredth_of_a_percent(tmp_path):

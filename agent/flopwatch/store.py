@@ -1,5 +1,9 @@
 """History store: every tick kept in SQL (SQLite or PostgreSQL), rolled up, queryable.
 
+A GPU's processes get rows when their readings are new (NVML's per-process shares are read every
+counter interval, and whenever a process appears or its memory moves); a reading holds until the
+next row. Everything else gets a row every tick.
+
 The sampling thread only calls ``HistoryStore.record``, which turns a tick into rows and appends
 them to a bounded in-memory buffer; it never touches the database. The daemon's scheduler calls
 ``flush`` every ``flush_interval_seconds`` (one transaction per batch), ``rollup`` every minute
@@ -209,6 +213,10 @@ class HistoryStore:
         self._schema_ready = False
         self._known_gpus: set[tuple[int, str]] = set()
         self._process_ids: dict[tuple, int] = {}
+        # By GPU, the process views last written and their job. The agent hands back the same
+        # views while NVML and /proc say nothing new (their shares are read every counter
+        # interval), and a row a second for each would repeat them: 1024 a second on 8 × 128.
+        self._processes_written: dict[int, tuple[tuple, str | None]] = {}
         self._findings = _SpanTracker(schema.findings)
         self._jobs = _SpanTracker(schema.job_spans)
         self._dirty_since: float | None = None  # oldest raw ts written since the last rollup
@@ -308,13 +316,18 @@ class HistoryStore:
                 self._known_gpus.add((gpu, figures.uuid))
                 rows.append((_GPU, {"host": self.host, "gpu": gpu, "uuid": figures.uuid,
                                     "name": sample.info.name, "first_ts": timestamp}))
-            job = None
-            for process in sorted(g.processes, key=lambda p: -(p.sm_ratio or 0.0)):
-                identity = (process.pid, process.job, process.user, process.cmdline)
-                job = job or process.job
-                rows.append((_PROC, (identity, {
-                    "ts": timestamp, "gpu": gpu,
-                    "sm_ratio": process.sm_ratio, "memory_bytes": process.memory_bytes})))
+            written = self._processes_written.get(gpu)
+            if written is not None and written[0] is g.processes:
+                job = written[1]  # the same readings handed back: their rows hold until they change
+            else:
+                job = None
+                for process in sorted(g.processes, key=lambda p: -(p.sm_ratio or 0.0)):
+                    identity = (process.pid, process.job, process.user, process.cmdline)
+                    job = job or process.job
+                    rows.append((_PROC, (identity, {
+                        "ts": timestamp, "gpu": gpu,
+                        "sm_ratio": process.sm_ratio, "memory_bytes": process.memory_bytes})))
+                self._processes_written[gpu] = (g.processes, job)
             below = g.below_threshold
             rows.append((_RAW, {
                 "host": self.host, "gpu": gpu, "ts": timestamp,

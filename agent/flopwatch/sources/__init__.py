@@ -1,0 +1,13 @@
+"""Where readings come from: NVML (or the simulated GPUs), the host, token counts."""
+
+from __future__ import annotations
+
+import math
+
+
+def counter_period(now: float, interval_seconds: float) -> float:
+    """Which counter interval ``now`` falls in, counted from the clock's zero; a new one every
+    tick where the interval is 0. The GPU reader and the host reader read their costly counters
+    on the first tick of each period, so both read on the same tick and a GPU's process readings
+    change once a period, not once for each."""
+    return math.floor(now / interval_seconds) if interval_seconds > 0 else now

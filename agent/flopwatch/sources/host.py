@@ -10,7 +10,6 @@ rates are known from its second tick."""
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ import psutil
 
 from ..model import HostProcess, HostSample, Identity
 from ..redact import redact_cmdline
+from . import counter_period
 from .identity import JOB_RULES, check_rules, job_name, read_identity
 from .procfs import (PAGE_SIZE, RSS_PAGES, STATE, STATES, STIME, ProcFiles, cpu_seconds, host_cpu_ticks, io_bytes,
                      stat_fields)
@@ -57,8 +57,9 @@ class _Seen:
 
 
 class Cadence:
-    """A host read every counter interval and carried between: the very same sample, whose
-    timestamp says when it was read. A pid not asked for before is read at once, and again on the
+    """A host read on the first tick of each counter period, the tick the GPU reader reads its
+    costly counters, and carried between: the very same sample, whose timestamp says when it was
+    read. A pid not asked for before is read at once, and again on the
     next tick (its rates need two reads)."""
 
     def __init__(self, read: Callable[[set[int], float], HostSample], interval_seconds: float,
@@ -67,22 +68,22 @@ class Cadence:
         self.interval_seconds = interval_seconds
         self.clock = clock
         self._asked: set[int] = set()  # the pids of the last read
-        self._due_at = -math.inf
+        self._period: float | None = None  # the counter period of the last read; None: read next tick
         self._last: HostSample | None = None
 
     def read(self, pids: Iterable[int], timestamp: float) -> HostSample:
-        now = self.clock()
+        period = counter_period(self.clock(), self.interval_seconds)
         pids = set(pids)
         new = not pids <= self._asked
         last = self._last
-        if last is not None and now < self._due_at and not new:
+        if last is not None and period == self._period and not new:
             if pids == self._asked:
                 return last
             return HostSample(timestamp=last.timestamp, cpu_count=last.cpu_count, cpu_busy_ratio=last.cpu_busy_ratio,
                               iowait_ratio=last.iowait_ratio,
                               processes={pid: p for pid, p in last.processes.items() if pid in pids})
         self._asked = pids
-        self._due_at = now if new else now + self.interval_seconds
+        self._period = None if new else period
         self._last = self._read(pids, timestamp)
         return self._last
 

@@ -29,6 +29,7 @@ import time
 from typing import Any, Callable, Mapping
 
 from ..model import GpuInfo, GpuProcess, GpuSample, LinkTraffic
+from . import counter_period
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +147,7 @@ class NvmlGpu:
         self._last_process_timestamp = 0
         now = self.clock()
         self._last_read = now
-        self.counters_read_at = now  # when the costly counters were last read (clock)
+        self.counters_period = counter_period(now, self.counter_interval_seconds)  # of the last read
         energy = self._call("nvmlDeviceGetTotalEnergyConsumption", self.handle)
         self._energy = SlowCounter(energy / 1000.0) if energy is not None else None
         throttle = self._throttle_counters()
@@ -262,9 +263,9 @@ class NvmlGpu:
         power_watts = power_mw / 1000.0 if power_mw is not None else None
         # Counters that cost milliseconds of CPU a read are read every few seconds; between reads
         # they are carried forward from cheap readings, and a read puts them right.
-        slow = now - self.counters_read_at >= self.counter_interval_seconds
-        if slow:
-            self.counters_read_at = now
+        period = counter_period(now, self.counter_interval_seconds)
+        slow = period != self.counters_period
+        self.counters_period = period
         energy_joules = self._read_energy(slow, interval, power_watts)
         sm_clock = self._call("nvmlDeviceGetClockInfo", h, lib.NVML_CLOCK_SM)
         memory_clock = self._call("nvmlDeviceGetClockInfo", h, lib.NVML_CLOCK_MEM)
@@ -370,18 +371,18 @@ class NvmlGpu:
         fresh = slow or self._process_ratios is None or not memory.keys() <= self._process_ratios.keys()
         if fresh:
             self._process_ratios = self._process_utilization(set(memory))
-            self._carried = None
         elif self._carried is not None and self._carried[0] == memory:
             return self._carried[1]  # the same processes and memory, the same shares: last tick's answer
+        # A fresh read also lists processes that ran since the last one and are gone: this tick only.
+        pids = (memory.keys() | self._process_ratios.keys()) if fresh else memory.keys()
         out = []
-        for pid in sorted(memory.keys() | (self._process_ratios.keys() if fresh else set())):
+        for pid in sorted(pids):
             used = memory.get(pid)
             sm, mem = self._process_ratios.get(pid, (None, None))
             out.append(GpuProcess(pid=pid, used_memory_bytes=int(used) if isinstance(used, int) else None,
                                   sm_ratio=sm, memory_ratio=mem))
         processes = tuple(out)
-        if not fresh:
-            self._carried = (memory, processes)
+        self._carried = (memory, processes) if len(pids) == len(memory) else None
         return processes
 
     def _process_utilization(self, running: set[int]) -> dict[int, tuple[float | None, float | None]]:
