@@ -59,8 +59,8 @@ class _Seen:
 class Cadence:
     """A host read on the first tick of each counter period, the tick the GPU reader reads its
     costly counters, and carried between: the very same sample, whose timestamp says when it was
-    read. A pid not asked for before is read at once, and again on the
-    next tick (its rates need two reads)."""
+    read. A pid not asked for before is read at once, and again on the next tick (its rates need
+    two reads)."""
 
     def __init__(self, read: Callable[[set[int], float], HostSample], interval_seconds: float,
                  clock: Callable[[], float]):
