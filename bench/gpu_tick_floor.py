@@ -261,7 +261,7 @@ def energy_cadence(seconds: float, period: float, counter_interval: float) -> li
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     # Long: the costly counters (the energy counter alone ~6 ms of CPU, varying by milliseconds)
-    # come once every 10 s, and over 120 s their dozen reads a side moved the ratio by ±0.1.
+    # come once every 10 s; runs of 120 s, a dozen reads a side, spread from 1.12× to 1.44×.
     parser.add_argument("--seconds", type=float, default=300.0, help="at the agent's cadence")
     parser.add_argument("--fast-seconds", type=float, default=30.0, help=f"at one tick every {FAST_PERIOD:g} s")
     parser.add_argument("--energy-seconds", type=float, default=40.0)
