@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The GPU benchmarks in one batch: tick cost against the NVML floor, agent cost beside
-# nvidia-smi and nvitop's exporter, GPU overhead. About 7 minutes on one H100.
+# nvidia-smi and nvitop's exporter, GPU overhead. The tick alone runs 300 s at 1 Hz (6.4 minutes
+# in all on an H200), so where a command may run 10 minutes at most, run the three one by one.
 #   bench/gpu_all.sh [WHEELS_DIR] [SECONDS_PER_TOOL]
 # WHEELS_DIR: wheels installed with pip --target first (APScheduler, tzlocal, nvitop,
 # nvitop-exporter) where the machine lacks them.
