@@ -25,6 +25,7 @@ import argparse
 import gc
 import shutil
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from common import Timed, final, history_store_url, skip_without_gpu, start_gpu_load, stop, table
@@ -117,25 +118,58 @@ def cpu_of(step) -> float:
     return time.process_time() - start
 
 
-def interleaved(floor_tick, agent_tick, seconds: float, period: float) -> tuple[int, float, float]:
-    """Both steps once a period, half a period apart, in alternating order; their CPU seconds and
-    the tick count. Not back to back: the energy counter's cost depends on how long ago it was
-    last read, so a read right after the other side's would cost it what the other did not pay."""
-    floor_cpu = agent_cpu = 0.0
+@dataclass
+class Interleaved:
+    ticks: int
+    floor_cpu: float
+    agent_cpu: float
+    # The pairs that open a counter period, where both sides read the costly counters:
+    # (which side went first, the floor's CPU, the agent's CPU).
+    counter_pairs: list[tuple[str, float, float]] = field(default_factory=list)
+
+
+def interleaved(floor_tick, agent_tick, seconds: float, period: float, counter_interval: float = 0.0) -> Interleaved:
+    """Both steps once a period, half a period apart, in alternating order. Not back to back: the
+    energy counter's cost depends on how long ago it was last read, so a read right after the
+    other side's would cost it what the other did not pay. For the same reason the side that reads
+    the costly counters first in a counter period alternates too: a period holds an even number of
+    ticks, so by tick parity alone one side would go first in every period of a run."""
     ticks = max(int(seconds / period), 2)
     next_at = time.monotonic()
+    if counter_interval > 0:  # a quarter period into a counter period: its first pair holds both reads
+        next_at = (counter_period(next_at, counter_interval) + 1) * counter_interval + period / 4
+        time.sleep(max(next_at - time.monotonic(), 0.0))
+    run = Interleaved(ticks, 0.0, 0.0)
+    last_period = None
     for i in range(ticks):
+        counters = counter_period(next_at, counter_interval) if counter_interval > 0 else 0
+        order = (("floor", floor_tick), ("agent", agent_tick))[::1 if (i + counters) % 2 else -1]
         spent = {}
-        for name, step in (("floor", floor_tick), ("agent", agent_tick))[::1 if i % 2 else -1]:
+        for name, step in order:
             spent[name] = cpu_of(step)
             next_at += period / 2
             time.sleep(max(next_at - time.monotonic(), 0.0))
-        floor_cpu += spent["floor"]
-        agent_cpu += spent["agent"]
-    return ticks, floor_cpu, agent_cpu
+        run.floor_cpu += spent["floor"]
+        run.agent_cpu += spent["agent"]
+        if counter_interval > 0 and counters != last_period:  # the first pair opens one too
+            run.counter_pairs.append((order[0][0], spent["floor"], spent["agent"]))
+        last_period = counters
+    return run
 
 
-def floor_vs_agent(seconds: float, fast_seconds: float, profile: bool) -> tuple[list, float]:
+def counter_pairs_by_order(name: str, pairs: list[tuple[str, float, float]]) -> list:
+    """Mean CPU of the counter-reading ticks, each side, by whether it read first or second."""
+    rows = []
+    for side, cpu_at in (("floor", 1), ("agent", 2)):
+        row = [name if side == "floor" else "", side]
+        for first in (True, False):
+            picked = [p[cpu_at] for p in pairs if (p[0] == side) == first]
+            row += [len(picked), 1000 * sum(picked) / len(picked) if picked else float("nan")]
+        rows.append(row)
+    return rows
+
+
+def floor_vs_agent(seconds: float, fast_seconds: float, profile: bool) -> tuple[list, list, float]:
     import pynvml
     from flopwatch.cli import build_agent, run_sinks
     from flopwatch.config import Config
@@ -167,18 +201,20 @@ def floor_vs_agent(seconds: float, fast_seconds: float, profile: bool) -> tuple[
         agent.tick()
     gc.freeze()  # as `flopwatch run` does after its first tick
     nvml_gpus = [g for g in gpu.source.gpus if g is not None]
-    rows = []
+    rows, pair_rows = [], []
     ratio = float("nan")
     for name, period, span in (("agent's cadence", config.agent.interval_seconds, seconds),
                                ("10× faster", FAST_PERIOD, fast_seconds)):
         gpu.seconds = host.seconds = 0.0
         floor_reads, agent_counter_reads = sum(f.counter_reads for f in floors), 0
-        ticks, floor_cpu, agent_cpu = interleaved(floor_tick, agent_tick, span, period)
+        run = interleaved(floor_tick, agent_tick, span, period, config.agent.counter_interval_seconds)
+        ticks, floor_cpu, agent_cpu = run.ticks, run.floor_cpu, run.agent_cpu
         floor_reads = sum(f.counter_reads for f in floors) - floor_reads
         rest = agent_cpu - gpu.seconds - host.seconds
         window = len(agent._gpus[0].window) if agent._gpus else 0
         label = f"{name}: every {period:g} s, {window} ticks in the window, costly counters read " \
-                f"{floor_reads} × (floor) and {agent_counter_reads} × (flopwatch)"
+                f"{floor_reads} × (floor) and {agent_counter_reads} × (flopwatch), " \
+                f"the floor first {sum(p[0] == 'floor' for p in run.counter_pairs)} times"
         rows += [
             [label, "floor: the NVML calls alone", ticks, 1000 * floor_cpu / ticks, ""],
             ["", "flopwatch: Agent.tick()", ticks, 1000 * agent_cpu / ticks, agent_cpu / floor_cpu],
@@ -186,6 +222,7 @@ def floor_vs_agent(seconds: float, fast_seconds: float, profile: bool) -> tuple[
             ["", "  host (psutil, /proc)", "", 1000 * host.seconds / ticks, ""],
             ["", "  derive, diagnose, tokens, views", "", 1000 * rest / ticks, ""],
         ]
+        pair_rows += counter_pairs_by_order(f"every {period:g} s", run.counter_pairs)
         if name == "agent's cadence":
             ratio = agent_cpu / floor_cpu
     renders = 20
@@ -202,7 +239,7 @@ def floor_vs_agent(seconds: float, fast_seconds: float, profile: bool) -> tuple[
     agent.close()
     shutil.rmtree(Path(config.history.url.removeprefix("sqlite:///")).parent, ignore_errors=True)
     print(f"(a) floor vs (b) flopwatch, {len(floors)} GPU(s), once a period each, alternating order")
-    return rows, ratio
+    return rows, pair_rows, ratio
 
 
 def print_profile(agent, source, floors, ticks: int = 300) -> None:
@@ -214,7 +251,7 @@ def print_profile(agent, source, floors, ticks: int = 300) -> None:
     gpu = source.gpus[0]
     steps = {"floor": floors[0].tick, "NvmlGpu.read, inline": lambda: gpu.read(time.time()),
              "NvmlSource.read, as the tick makes it": source.read}
-    cpu = {name: interleaved(step, lambda: None, ticks * FAST_PERIOD, FAST_PERIOD)[1] for name, step in steps.items()}
+    cpu = {name: interleaved(step, lambda: None, ticks * FAST_PERIOD, FAST_PERIOD).floor_cpu for name, step in steps.items()}
     print(table(["one GPU", "CPU ms/read"], [[name, 1000 * c / ticks] for name, c in cpu.items()]))
     for name, step in (("Agent.tick", agent.tick), ("NvmlGpu.read", lambda: gpu.read(time.time()))):
         profiler = cProfile.Profile(time.process_time)  # CPU, not the waits for the reader thread
@@ -273,8 +310,10 @@ def main() -> None:
 
     load = None if args.no_load else start_gpu_load()
     try:
-        rows, ratio = floor_vs_agent(args.seconds, args.fast_seconds, args.profile)
+        rows, pair_rows, ratio = floor_vs_agent(args.seconds, args.fast_seconds, args.profile)
         print(table(["cadence", "path", "ticks", "CPU ms/tick", "× floor"], rows))
+        print("\nthe ticks that read the costly counters, by whether the side read them first or second")
+        print(table(["cadence", "side", "first", "CPU ms", "second", "CPU ms"], pair_rows))
         print()
         agent = Config().agent
         print(table(["energy read", "ticks", "CPU ms/tick", "joules", "diff %"],
