@@ -6,7 +6,8 @@ the write cost per tick as a share of a 1 s tick.
 Writes ``--minutes`` of 1 Hz ticks for ``--gpus`` GPUs (1–4 processes each, values varying every
 tick as real ones do) into SQLite in a temporary directory, flushing every 5 s and rolling up
 every minute as the agent does, and times record + flush + rollup. Minute and hour rows are then
-repeated over whole days to measure their size, since one run yields too few of them.
+repeated over whole days to measure their size, since one run yields too few of them. Last, the
+CPU of the flush that first meets a node's processes: one tick of --gpus × --new-processes.
 """
 
 from __future__ import annotations
@@ -78,10 +79,24 @@ def repeat_rollups(path: Path, table: str, width: float, days: float) -> float:
     return days * len(gpus)
 
 
+def first_processes_flush(gpus: int, processes: int) -> float:
+    """CPU seconds of the one flush that writes ``gpus`` × ``processes`` processes new to the database."""
+    with tempfile.TemporaryDirectory() as tmp:
+        store = HistoryStore(f"sqlite:///{tmp}/history.db", "gpu-node-017", clock=lambda: START)
+        assert store.flush(), store.last_error  # the schema, before the clock starts
+        store.record(tick(START, gpus=gpus, processes=processes))
+        began = time.process_time()
+        assert store.flush(), store.last_error
+        spent = time.process_time() - began
+        store.close()
+    return spent
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--gpus", type=int, default=8)
     parser.add_argument("--minutes", type=int, default=60)
+    parser.add_argument("--new-processes", type=int, default=128, help="per GPU, for the first flush")
     args = parser.parse_args()
     seconds = args.minutes * 60
     with tempfile.TemporaryDirectory() as tmp:
@@ -129,6 +144,8 @@ def main() -> None:
                                       for t in RAW_TABLES if raw_sizes.get(t)))
     for name, value in spent.items():
         print(f"{name:8} {value / seconds * 1e3:8.3f} ms per tick ({args.gpus} GPUs)")
+    first = first_processes_flush(args.gpus, args.new_processes)
+    print(f"first flush of {args.gpus} x {args.new_processes} new processes: {first * 1e3:.1f} ms of CPU")
     print(f"projection 30 days x 8 GPUs: {projection / 1e9:.3f} GB (target <= 1 GB)")
     print(f"store_write_cost_per_tick: {per_tick * 100:.3f} % of a 1 s tick (target <= 5 %)")
 

@@ -54,3 +54,14 @@ def tick(ts: float, gpus: int = 1, processes: int = 2, finding: Finding | None =
                       processes=host_processes)
     return AgentState(hostname="node1", timestamp=ts, ticks=1, gpus=tuple(per_gpu), host=host,
                       collector_success={}, collector_seconds={})
+
+
+def process_samples_by_pid(engine, host: str) -> list[tuple[int, int]]:
+    """(pid, memory_bytes) of a host's stored process samples, through their process rows: tick() gives
+    process n of a GPU (n + 20) GiB, so a sample filed under the wrong process shows."""
+    from sqlalchemy import text
+
+    with engine.connect() as connection:
+        return [tuple(row) for row in connection.execute(text(
+            "SELECT p.pid, s.memory_bytes FROM process_samples s JOIN processes p ON p.id = s.process_id "
+            "WHERE p.host = :host"), {"host": host})]

@@ -22,7 +22,7 @@ from flopwatch.config import ConfigError, HistoryConfig
 from flopwatch.history_cli import history, parse_time
 from flopwatch.store import HistoryStore, Retention, choose_level, open_engine, query_history
 from tests.agent_process import agent_env
-from tests.store_ticks import starved, tick
+from tests.store_ticks import process_samples_by_pid, starved, tick
 
 WRITER = Path(__file__).with_name("store_writer.py")
 T0 = 1_767_225_600.0  # 2026-01-01T00:00:00Z
@@ -130,6 +130,15 @@ def test_record_only_queues_rows_and_flush_writes_them(tmp_path):
     assert scalar(store, "SELECT count(*) FROM process_samples") == 60
     assert scalar(store, "SELECT count(*) FROM processes") == 6  # one identity per process
     assert scalar(store, "SELECT count(*) FROM gpus") == 2
+
+
+def test_many_new_processes_in_one_flush_each_get_their_own_samples(tmp_path):
+    store = HistoryStore(sqlite_url(tmp_path), "node1")
+    record_seconds(store, T0, 3, gpus=2, processes=5)
+    assert store.flush()
+    stored = process_samples_by_pid(store.engine, "node1")
+    assert len(stored) == 30
+    assert all(memory == (20 + (pid - 1000) % 10) * 2**30 for pid, memory in stored)
 
 
 def test_process_readings_handed_back_unchanged_get_no_new_rows_until_they_change(tmp_path):

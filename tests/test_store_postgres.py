@@ -9,7 +9,7 @@ import os
 import time
 
 from flopwatch.store import HistoryStore, query_history
-from tests.store_ticks import starved, tick
+from tests.store_ticks import process_samples_by_pid, starved, tick
 
 T0 = 1_767_225_600.0
 OUTAGE_SECONDS = float(os.environ.get("FLOPWATCH_TEST_PG_OUTAGE_SECONDS", "3"))
@@ -29,6 +29,16 @@ def test_a_new_database_gets_the_schema_and_keeps_ticks_findings_and_rollups(pos
     assert [(row.gpu, row.samples, row.wasted_seconds) for row in minutes] == [
         (0, 60, 30.0), (1, 60, 30.0), (0, 60, 0.0), (1, 60, 0.0)]
     assert store.outbox_enqueue({"alertname": "GPUUnderutilized"}) == 1
+
+
+def test_many_new_processes_in_one_flush_each_get_their_own_samples(postgres_url):
+    store = HistoryStore(postgres_url, "node-many")
+    for n in range(3):
+        store.record(tick(T0 + n, gpus=2, processes=5))
+    assert store.flush()
+    stored = process_samples_by_pid(store.engine, "node-many")
+    assert len(stored) == 30
+    assert all(memory == (20 + (pid - 1000) % 10) * 2**30 for pid, memory in stored)
 
 
 def test_many_hosts_write_one_database_and_each_rolls_up_its_own(postgres_url):

@@ -393,18 +393,14 @@ class HistoryStore:
         _insert_ignore(connection, schema.gpus, [row for _, row in by_kind[_GPU]])
         raw = [row for _, row in by_kind[_RAW]]
         _insert_ignore(connection, schema.gpu_raw, raw)
-        new_ids: dict[tuple, int] = {}
-        samples = []
+        first_seen: dict[tuple, float] = {}  # processes new to the database, in the batch's order
         for _, (identity, sample) in by_kind[_PROC]:
-            process_id = self._process_ids.get(identity) or new_ids.get(identity)
-            if process_id is None:
-                pid, job, user, cmdline = identity
-                process_id = connection.execute(schema.processes.insert().values(
-                    host=self.host, pid=pid, job=job, user=user, cmdline=cmdline,
-                    first_ts=sample["ts"])).inserted_primary_key[0]
-                new_ids[identity] = process_id
-            samples.append({"process_id": process_id, **sample})
-        _insert_ignore(connection, schema.process_samples, samples)
+            if identity not in self._process_ids:
+                first_seen.setdefault(identity, sample["ts"])
+        new_ids = self._insert_processes(connection, first_seen)
+        ids = self._process_ids
+        _insert_ignore(connection, schema.process_samples, [
+            {"process_id": ids.get(identity) or new_ids[identity], **sample} for _, (identity, sample) in by_kind[_PROC]])
         for kind, event_row in spans:
             if kind == _OPEN:
                 table, row = event_row
@@ -412,6 +408,18 @@ class HistoryStore:
             else:
                 self._close_span(connection, *event_row)
         return new_ids, min((row["ts"] for row in raw), default=None)
+
+    def _insert_processes(self, connection: Connection, first_seen: dict[tuple, float]) -> dict[tuple, int]:
+        """The new processes' ids. One statement for all where the database returns the ids in
+        the rows' order, not a statement each (bench/store_bench.py: a first flush of 8 × 128)."""
+        rows = [{"host": self.host, "pid": pid, "job": job, "user": user, "cmdline": cmdline, "first_ts": ts}
+                for (pid, job, user, cmdline), ts in first_seen.items()]
+        insert = schema.processes.insert()
+        if len(rows) > 1 and connection.dialect.insert_executemany_returning_sort_by_parameter_order:
+            ids = connection.execute(insert.returning(schema.processes.c.id, sort_by_parameter_order=True), rows)
+            return dict(zip(first_seen, ids.scalars()))
+        return {identity: connection.execute(insert, row).inserted_primary_key[0]
+                for identity, row in zip(first_seen, rows)}
 
     def _close_span(self, connection: Connection, table: Any, gpu: int, ts: float, stale: bool) -> None:
         end: Any = ts

@@ -241,9 +241,10 @@ class _Gpu:
     processes: tuple[SimProcess, ...]
     pid_base: int
     energy_offset_joules: float
-    # What never changes, made once: nvmlDeviceGetComputeRunningProcesses' answer, the steady
-    # processes' host records.
+    # What never changes, made once: nvmlDeviceGetComputeRunningProcesses' answer, the memory
+    # in use, the steady processes' host records.
     running: tuple[Any, ...] = ()
+    memory_used_bytes: int = 0
     steady_host: dict[int, HostProcess] = field(default_factory=dict)
 
 
@@ -289,7 +290,7 @@ class SimulatedNvml:
         pid_base = 100_000 + index * 1000
         running = tuple(SimpleNamespace(pid=pid_base + k, usedGpuMemory=p.memory_bytes) for k, p in enumerate(procs))
         gpu = _Gpu(index, name, scenario, tuple(procs), pid_base=pid_base, energy_offset_joules=1.0e6 * (index + 1),
-                   running=running)
+                   running=running, memory_used_bytes=sum(p.memory_bytes for p in procs) + 512 * 2**20)
         gpu.steady_host = {pid_base + k: _host_process(gpu, k, 1.0) for k, p in enumerate(procs) if p.steady}
         return gpu
 
@@ -384,7 +385,7 @@ class SimulatedNvml:
 
     def nvmlDeviceGetMemoryInfo(self, h: Any) -> Any:
         gpu = self._gpu(h, "nvmlDeviceGetMemoryInfo")
-        used = sum(p.memory_bytes for p in gpu.processes) + 512 * 2**20
+        used = gpu.memory_used_bytes
         return SimpleNamespace(total=CARD["memory_total"], used=used, free=CARD["memory_total"] - used)
 
     def nvmlDeviceGetMaxClockInfo(self, h: Any, clock: int) -> int:
@@ -505,15 +506,20 @@ class SimulatedNvml:
     def nvmlGpmMetricsGet(self, request: Any) -> Any:
         gpu = self._gpu(SimpleNamespace(index=request.sample2.index), "nvmlGpmMetricsGet")
         t1, t2 = request.sample1.t, request.sample2.t
+        # The links share one signal each way: computed once a call, not once a link (36 on 18 links).
+        answers: dict[str, float] = {}
         for i in range(request.numMetrics):
             metric = request.metrics[i]
-            key, link = self._GPM_FIELDS.get(metric.metricId), None
-            if key is None and metric.metricId in _GPM_LINKS:
-                key, link = _GPM_LINKS[metric.metricId]
+            metric_id = metric.metricId
+            key, link = self._GPM_FIELDS.get(metric_id), None
+            if key is None and metric_id in _GPM_LINKS:
+                key, link = _GPM_LINKS[metric_id]
             if key is None:
                 metric.nvmlReturn = pynvml.NVML_ERROR_NOT_SUPPORTED
                 continue
-            value = self._activity(gpu, key, t1, t2)
+            value = answers.get(key)
+            if value is None:
+                value = answers[key] = self._activity(gpu, key, t1, t2)
             if link is not None:
                 value /= CARD["nvlinks"]  # the links share the traffic evenly, so they sum to the total
             metric.nvmlReturn = pynvml.NVML_SUCCESS  # an OUT field: each call sets it, as NVML does
