@@ -178,3 +178,21 @@ def test_the_running_means_equal_means_computed_over_the_whole_window_anew():
         now = tick.sample.timestamp
         kept = [t for t in kept if now - t.sample.timestamp <= 12.0] + [tick]
         assert _reported(signals(window)) == pytest.approx(_signals_from_scratch(kept), rel=1e-9), i
+
+
+def test_a_tick_made_of_the_last_ticks_process_readings_takes_its_sums():
+    from dataclasses import replace
+
+    [first] = _ticks("input_starved", 1)
+    later = first.sample.timestamp + 1.0  # the readers hand back the very same process readings
+    tick = Tick(replace(first.sample, timestamp=later), first.figures, replace(first.host, timestamp=later), like=first)
+    assert tick.process_sums is first.process_sums and tick.pids is first.pids
+
+
+def test_a_tick_whose_host_readings_are_new_sums_them_again():
+    from dataclasses import replace
+
+    [first] = _ticks("input_starved", 1)
+    busier = {pid: replace(p, cpu_ratio=(p.cpu_ratio or 0.0) + 1.0) for pid, p in first.host.processes.items()}
+    tick = Tick(first.sample, first.figures, replace(first.host, processes=busier), like=first)
+    assert tick.process_sums.cpu_ratio == pytest.approx(first.process_sums.cpu_ratio + len(first.pids))

@@ -11,7 +11,7 @@ from prometheus_client import generate_latest
 
 from flopwatch.cli import VirtualClock, build_agent, main
 from flopwatch.config import Config
-from flopwatch.diagnose import Peers, Signals, classify, job_peers
+from flopwatch.diagnose import Peers, Signals, classify, job_peers, loader_saturated_pids
 from flopwatch.model import GpuInfo, GpuSample, GpuState, HostProcess, HostSample, ProcessView
 from flopwatch.sources.nvml import NvmlSource
 from flopwatch.sources.simulated import SimulatedNvml
@@ -139,7 +139,7 @@ def host_with(*processes: HostProcess) -> HostSample:
 
 def test_peers_are_the_other_gpus_of_the_same_job_and_how_many_were_below():
     peers = job_peers([gpu_state(0, ["a"], True), gpu_state(1, ["a"], True), gpu_state(2, ["a"], False),
-                       gpu_state(3, ["b"], True), gpu_state(4, [], True)], host_with(), 0.8)
+                       gpu_state(3, ["b"], True), gpu_state(4, [], True)], frozenset())
     assert peers[0] == Peers(gpus=2, below=1)
     assert peers[2] == Peers(gpus=2, below=2)
     assert peers[3] == Peers() and peers[4] == Peers()
@@ -149,7 +149,7 @@ def test_a_peer_whose_loader_workers_each_use_a_full_core_counts_as_starved():
     # GPU 0's rank (pid 0) has two workers at 1.9 cores together; GPU 1's (pid 100) at 1.0.
     host = host_with(HostProcess(pid=0, name="python", children=2, children_cpu_ratio=1.9),
                      HostProcess(pid=100, name="python", children=2, children_cpu_ratio=1.0))
-    peers = job_peers([gpu_state(0, ["a"], True), gpu_state(1, ["a"], True)], host, 0.8)
+    peers = job_peers([gpu_state(0, ["a"], True), gpu_state(1, ["a"], True)], loader_saturated_pids(host, 0.8))
     assert (peers[1].starved, peers[0].starved) == (1, 0)
 
 

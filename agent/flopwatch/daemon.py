@@ -18,7 +18,8 @@ from typing import Any, Callable, Iterable, Mapping, Protocol
 
 from .config import Config
 from .derive import derive
-from .diagnose import DiagnosisState, Peers, Tick, TickWindow, diagnose, job_peers, waste_seconds
+from .diagnose import (DiagnosisState, Peers, Tick, TickWindow, diagnose, job_peers, loader_saturated_pids,
+                       waste_seconds)
 from .model import AgentState, GpuFigures, GpuSample, GpuState, HostSample, ProcessView, TokenCount
 from .tokencost import Prices, TokenAccount
 
@@ -95,6 +96,7 @@ class Agent:
         self._closed = False
         self._lock = threading.Lock()  # one tick publishes at a time
         self._evaluated_at = -math.inf
+        self._saturated: tuple[Mapping | None, frozenset[int]] = (None, frozenset())
         self.last_tick_at: float | None = None
 
     def _timed(self, name: str, success: dict, seconds: dict, fn: Callable, *args: Any) -> Any:
@@ -132,8 +134,7 @@ class Agent:
         host = self._timed(self.host_source.name, success, seconds, self.host_source.read, pids, timestamp)
         host = host or HostSample(timestamp=timestamp, cpu_count=0, cpu_busy_ratio=None, iowait_ratio=None)
         # Whether a job's other GPUs are under-used too is known from the previous tick.
-        peers = job_peers(self.state.gpus, self.state.host, self.config.diagnosis.cpu_saturated_ratio) \
-            if self.state is not None else {}
+        peers = job_peers(self.state.gpus, self._loader_saturated(self.state.host)) if self.state is not None else {}
         now = self.clock()
         evaluate = now - self._evaluated_at >= self.config.diagnosis.evaluation_interval_seconds
         if evaluate:
@@ -159,6 +160,12 @@ class Agent:
         self.last_tick_at = self.clock()
         return self.state
 
+    def _loader_saturated(self, host: HostSample) -> frozenset[int]:
+        # Host readings are handed back unchanged between their counter reads: so is this.
+        if self._saturated[0] is not host.processes:
+            self._saturated = (host.processes, loader_saturated_pids(host, self.config.diagnosis.cpu_saturated_ratio))
+        return self._saturated[1]
+
     def _advance(self, sample: GpuSample, host: HostSample, peers: Peers, evaluate: bool) -> GpuState:
         th = self.config.diagnosis
         per = self._gpus.get(sample.info.index)
@@ -177,8 +184,10 @@ class Agent:
         if evaluate:
             # Ticks enter the window together and are diagnosed once: run once a second, each
             # tick's pass over the window and its rules costs several times what it does in a batch.
+            last = per.window.ticks.last if len(per.window) else None
             for parts in per.pending:
-                per.window.append(Tick(*parts), th.window_seconds)
+                last = Tick(*parts, like=last)
+                per.window.append(last, th.window_seconds)
             per.pending.clear()
             per.diagnosis = diagnose(per.window, th, per.diagnosis)
         finding = per.diagnosis.finding

@@ -12,10 +12,10 @@ means as running sums, so a tick costs the same however many ticks the window ho
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import InitVar, dataclass, field, fields, replace
 from typing import Hashable, Mapping, Sequence
 
-from .model import Finding, GpuFigures, GpuSample, GpuState, HostProcess, HostSample
+from .model import Finding, GpuFigures, GpuSample, GpuState, HostSample
 from .peaks import lookup
 from .thresholds import Thresholds
 from .window import SlidingWindow
@@ -116,8 +116,15 @@ class Tick:
     # hold a context and idle.
     working: tuple[tuple[int, float | None], ...] = field(init=False, repr=False, compare=False)
     process_sums: ProcessSums = field(init=False, repr=False, compare=False)
+    # The tick before: where both were made of the very same process readings (the readers hand
+    # them back until their next counter read), its sums are this tick's.
+    like: InitVar[Tick | None] = None
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, like: Tick | None) -> None:
+        if like is not None and like.sample.processes is self.sample.processes \
+                and like.host.processes is self.host.processes:
+            self.pids, self.working, self.process_sums = like.pids, like.working, like.process_sums
+            return
         self.pids = tuple(p.pid for p in self.sample.processes)
         self.working = tuple((p.pid, p.sm_ratio) for p in self.sample.processes if p.sm_ratio != 0.0)
         self.process_sums = process_sums(self.host, self.pids)
@@ -134,21 +141,25 @@ class Tick:
         return tuple((pid, by_pid.get(pid)) for pid in pids if by_pid.get(pid) != 0.0)
 
 
-def job_peers(gpus: Sequence[GpuState], host: HostSample, cpu_saturated_ratio: float) -> dict[int, Peers]:
+def loader_saturated_pids(host: HostSample, cpu_saturated_ratio: float) -> frozenset[int]:
+    """The processes whose loader workers each use a full core or near it: a rank fed that way is
+    the one the others of its job wait for in their all-reduce."""
+    return frozenset(pid for pid, p in host.processes.items()
+                     if p.children > 0 and (p.children_cpu_ratio or 0.0) / p.children >= cpu_saturated_ratio)
+
+
+def job_peers(gpus: Sequence[GpuState], saturated_pids: frozenset[int]) -> dict[int, Peers]:
     """For each GPU (by index), the other GPUs sharing one of its jobs, how many were below, and
-    how many were fed by saturated loaders (the rank the others wait for in their all-reduce)."""
+    how many were fed by saturated loaders (``saturated_pids``, from loader_saturated_pids)."""
     if len(gpus) < 2:
         return {}
     by_index = {g.sample.info.index: g for g in gpus}
     jobs = {index: {p.job for p in g.processes} for index, g in by_index.items()}
     others = {index: [other for other, theirs in jobs.items() if other != index and mine & theirs]
               for index, mine in jobs.items()}
-
-    def saturated(p: HostProcess | None) -> bool:
-        return p is not None and p.children > 0 and (p.children_cpu_ratio or 0.0) / p.children >= cpu_saturated_ratio
-
-    # Only a GPU that is some other GPU's peer needs its processes' loaders looked at.
-    starved = {index: any(saturated(host.processes.get(p.pid)) for p in by_index[index].processes)
+    # Only a GPU that is some other GPU's peer needs its processes looked at, and only if any
+    # loader is saturated (on most ticks none is).
+    starved = {index: bool(saturated_pids) and any(p.pid in saturated_pids for p in by_index[index].processes)
                for index in {other for group in others.values() for other in group}}
     return {index: Peers(gpus=len(group), below=sum(by_index[other].below_threshold for other in group),
                          starved=sum(starved[other] for other in group))
@@ -247,7 +258,7 @@ class TickWindow:
     def append(self, tick: Tick, window_seconds: float) -> None:
         now = tick.sample.timestamp
         self.ticks.expire(lambda t: now - t.sample.timestamp > window_seconds)
-        if tick.pids != self._pids:
+        if tick.pids is not self._pids and tick.pids != self._pids:
             self._pids = tick.pids
             self.ticks.recount(self._parts)
         self.ticks.append(tick, max(tick.sample.interval_seconds, 1e-6), self._parts(tick))
