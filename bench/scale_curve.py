@@ -121,8 +121,9 @@ def main() -> None:
                 base = r
             marginal = None
             if p > process_counts[0]:
-                marginal = 1e6 * (r["tick"] - base["tick"]) / (g * (p - process_counts[0]))
-                marginals.append((g * p, marginal))
+                added = g * (p - process_counts[0])
+                marginal = 1e6 * (r["tick"] - base["tick"]) / added
+                marginals.append((g * p, r["tick"] - base["tick"], added))
             rows.append([g, p, g * p, 1e3 * r["tick"], 1e3 * r["gpu"], 1e3 * r["host"],
                          1e3 * (r["tick"] - r["gpu"] - r["host"]), 1e3 * r["render"], r["rss"] / MB,
                          "" if marginal is None else round(marginal, 1)])
@@ -133,14 +134,17 @@ def main() -> None:
     fixed, per_gpu, per_unit, worst = fit([(r[0], r[2], r[3]) for r in rows])
     print(f"least squares: tick ms ≈ {fixed:.3f} + {per_gpu:.3f}·GPUs + {1000 * per_unit:.2f} µs·GPU·procs; "
           f"largest residual {100 * worst:.0f} % of the point")
-    # Linear growth: the marginal cost of a GPU·process is the same for few and for many.
-    large = [m for n, m in marginals if n >= 512]
-    small = [m for n, m in marginals if n < 512]
+    # Linear growth: the marginal cost of a GPU·process is the same for few and for many. Each
+    # side's cost is its added CPU over its added GPU·processes, summed: a point that adds 7 of
+    # them differs from its base by less than the noise, and a plain mean of the points' own
+    # ratios would weigh it as much as one that adds thousands.
+    large = [(spent, added) for n, spent, added in marginals if n >= 512]
+    small = [(spent, added) for n, spent, added in marginals if n < 512]
     if large and small:
-        ratio = (sum(large) / len(large)) / (sum(small) / len(small))
+        small_us, large_us = (1e6 * sum(s for s, _ in side) / sum(a for _, a in side) for side in (small, large))
+        ratio = large_us / small_us
         verdict = "linear" if 0.5 <= ratio <= 1.5 else "NOT linear"
-        print(f"marginal µs per GPU·process: {sum(small) / len(small):.1f} below 512, "
-              f"{sum(large) / len(large):.1f} at 512 and above → {verdict}")
+        print(f"marginal µs per GPU·process: {small_us:.1f} below 512, {large_us:.1f} at 512 and above → {verdict}")
         final("scale_curve", f"{ratio:.2f}× marginal cost per GPU·process, large over small ({verdict})",
               "≈ 1×: linear")
     else:
