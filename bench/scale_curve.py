@@ -7,7 +7,12 @@ one /metrics render, and resident memory. Cost should grow linearly in GPUs × p
 column is the marginal cost of one GPU·process over the same GPU count with one process, which is
 flat when the growth is linear.
 
-    python3 bench/scale_curve.py [--gpus 1,2,4,8,16] [--processes 1,8,64,128,512] [--ticks 20]
+Ticked back to back, a tick finds its code and data in the CPU's caches; on a node it runs once a
+second, after other work has replaced them. ``--evict-caches`` writes a buffer larger than the
+last-level cache between timed ticks, so the figures are those of a cold tick, as on a real GPU
+node (docs/performance.md compares the two with an H200's).
+
+    python3 bench/scale_curve.py [--gpus 1,2,4,8,16] [--processes 1,8,64,128,512] [--ticks 20] [--evict-caches]
 """
 
 from __future__ import annotations
@@ -21,9 +26,10 @@ import time
 from common import MB, Timed, final, table
 
 WARMUP_SECONDS = 31  # one diagnosis window (30 s) and a tick, so the window is full when timing starts
+EVICT_BYTES = 64 * 2**20  # more than the last-level cache of the machines this runs on
 
 
-def one_point(gpus: int, processes: int, ticks: int) -> dict:
+def one_point(gpus: int, processes: int, ticks: int, evict: bool = False) -> dict:
     from flopwatch.cli import VirtualClock, build_agent
     from flopwatch.config import Config
     from prometheus_client import generate_latest
@@ -47,10 +53,16 @@ def one_point(gpus: int, processes: int, ticks: int) -> dict:
     for _ in range(int(WARMUP_SECONDS / interval)):
         tick()
     gpu.seconds = host.seconds = 0.0
-    start = time.process_time()
+    sweep = bytearray(EVICT_BYTES) if evict else None
+    total = 0.0
     for _ in range(ticks):
+        if sweep is not None:
+            sweep[::64] = bytes(len(sweep) // 64)  # a write to every cache line
+        start = time.process_time()
         tick()
-    total = (time.process_time() - start) / ticks
+        total += time.process_time() - start
+    total /= ticks
+    sweep = None  # not the agent's memory: gone before RSS is read
     registry = built.exporter.registry()
     start = time.process_time()
     renders = 5
@@ -62,8 +74,9 @@ def one_point(gpus: int, processes: int, ticks: int) -> dict:
     return {"tick": total, "gpu": gpu.seconds / ticks, "host": host.seconds / ticks, "render": render, "rss": rss}
 
 
-def run_point(gpus: int, processes: int, ticks: int) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--one", f"{gpus},{processes}", "--ticks", str(ticks)],
+def run_point(gpus: int, processes: int, ticks: int, evict: bool) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--one", f"{gpus},{processes}", "--ticks", str(ticks),
+                          *(["--evict-caches"] if evict else [])],
                          check=True, capture_output=True, text=True)
     return json.loads(out.stdout)
 
@@ -102,11 +115,13 @@ def main() -> None:
     parser.add_argument("--gpus", default="1,2,4,8,16")
     parser.add_argument("--processes", default="1,8,64,128,512", help="processes per GPU")
     parser.add_argument("--ticks", type=int, default=20, help="timed ticks per point")
+    parser.add_argument("--evict-caches", action="store_true",
+                        help="evict the CPU's caches before each timed tick, as a second of other work does")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         gpus, processes = map(int, args.one.split(","))
-        print(json.dumps(one_point(gpus, processes, args.ticks)))
+        print(json.dumps(one_point(gpus, processes, args.ticks, args.evict_caches)))
         return
 
     gpu_counts = [int(v) for v in args.gpus.split(",")]
@@ -116,7 +131,7 @@ def main() -> None:
     for g in gpu_counts:
         base = None
         for p in process_counts:
-            r = run_point(g, p, args.ticks)
+            r = run_point(g, p, args.ticks, args.evict_caches)
             if base is None:
                 base = r
             marginal = None
@@ -127,13 +142,15 @@ def main() -> None:
             rows.append([g, p, g * p, 1e3 * r["tick"], 1e3 * r["gpu"], 1e3 * r["host"],
                          1e3 * (r["tick"] - r["gpu"] - r["host"]), 1e3 * r["render"], r["rss"] / MB,
                          "" if marginal is None else round(marginal, 1)])
-    print(f"simulated source, virtual clock, CPU per tick over {args.ticks} ticks with a full window "
+    print(f"simulated source, virtual clock, CPU per tick over {args.ticks} ticks with a full window, "
+          f"{'caches evicted before each' if args.evict_caches else 'back to back'} "
           f"({time.monotonic() - started:.0f} s)")
     print(table(["GPUs", "procs/GPU", "GPU·procs", "tick ms", "gpu src ms", "host ms", "rest ms", "render ms",
                  "RSS MB", "µs/GPU·proc"], rows))
-    fixed, per_gpu, per_unit, worst = fit([(r[0], r[2], r[3]) for r in rows])
-    print(f"least squares: tick ms ≈ {fixed:.3f} + {per_gpu:.3f}·GPUs + {1000 * per_unit:.2f} µs·GPU·procs; "
-          f"largest residual {100 * worst:.0f} % of the point")
+    if len(set(gpu_counts)) > 1 and len(process_counts) > 1:  # else the fit has no unique answer
+        fixed, per_gpu, per_unit, worst = fit([(r[0], r[2], r[3]) for r in rows])
+        print(f"least squares: tick ms ≈ {fixed:.3f} + {per_gpu:.3f}·GPUs + {1000 * per_unit:.2f} µs·GPU·procs; "
+              f"largest residual {100 * worst:.0f} % of the point")
     # Linear growth: the marginal cost of a GPU·process is the same for few and for many. Each
     # side's cost is its added CPU over its added GPU·processes, summed: a point that adds 7 of
     # them differs from its base by less than the noise, and a plain mean of the points' own

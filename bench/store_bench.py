@@ -5,9 +5,11 @@ the write cost per tick as a share of a 1 s tick.
 
 Writes ``--minutes`` of 1 Hz ticks for ``--gpus`` GPUs (1–4 processes each, values varying every
 tick as real ones do) into SQLite in a temporary directory, flushing every 5 s and rolling up
-every minute as the agent does, and times record + flush + rollup. Minute and hour rows are then
-repeated over whole days to measure their size, since one run yields too few of them. Last, the
-CPU of the flush that first meets a node's processes: one tick of --gpus × --new-processes.
+every minute as the agent does, and times record + flush + rollup. Raw bytes are what the run's
+second half adds, so a short run does not count its tables' first pages as growth. Minute and
+hour rows are then repeated over whole days to measure their size, since one run yields too few
+of them. Last, the CPU of the flush that first meets a node's processes: one tick of --gpus ×
+--new-processes.
 """
 
 from __future__ import annotations
@@ -105,7 +107,12 @@ def main() -> None:
         store = HistoryStore(f"sqlite:///{path}", "gpu-node-017", retention=Retention(),
                              clock=lambda: clock[0])
         spent = {"record": 0.0, "flush": 0.0, "rollup": 0.0}
+        half = seconds // 2
         for i in range(seconds):
+            if i == half:
+                # Raw size is what the second half adds: each table and index starts with whole
+                # pages, which a short run would otherwise count as its growth.
+                raw_at_half = table_bytes(path)
             ts = START + i + 0.137  # ticks are not on whole seconds
             finding = starved() if (i // 300) % 3 == 2 else None  # a cause now and then
             state = varied(tick(ts, gpus=args.gpus, processes=4, finding=finding), i)
@@ -122,9 +129,10 @@ def main() -> None:
                 spent["rollup"] += time.perf_counter() - began
         store.close()
 
-        raw_sizes = table_bytes(path)
-        raw_gpu_days = args.gpus * seconds / DAY
-        per_day = {"raw": sum(raw_sizes.get(t, 0) for t in RAW_TABLES) / raw_gpu_days}
+        raw_at_end = table_bytes(path)
+        raw_sizes = {t: raw_at_end.get(t, 0) - raw_at_half.get(t, 0) for t in RAW_TABLES}
+        raw_gpu_days = args.gpus * (seconds - half) / DAY
+        per_day = {"raw": sum(raw_sizes.values()) / raw_gpu_days}
         for level, table, width, days in (("minute", "gpu_minute", 60.0, 1.0),
                                           ("hour", "gpu_hour", 3600.0, 30.0)):
             covered = repeat_rollups(path, table, width, days)
@@ -140,8 +148,8 @@ def main() -> None:
     for level, days in (("raw", retention.raw_days), ("minute", retention.minute_days),
                         ("hour", retention.hour_days)):
         print(f"{level:8} {per_day[level]:>14,.0f} {days:>12g}")
-    print("raw tables: " + ", ".join(f"{t} {raw_sizes.get(t, 0) / raw_gpu_days / 1e6:.2f} MB/GPU-day"
-                                      for t in RAW_TABLES if raw_sizes.get(t)))
+    print("raw tables (the second half's growth): " + ", ".join(
+        f"{t} {raw_sizes[t] / raw_gpu_days / 1e6:.2f} MB/GPU-day" for t in RAW_TABLES if raw_sizes[t]))
     for name, value in spent.items():
         print(f"{name:8} {value / seconds * 1e3:8.3f} ms per tick ({args.gpus} GPUs)")
     first = first_processes_flush(args.gpus, args.new_processes)
