@@ -1,12 +1,13 @@
 """Diagnosis: every simulated cause is named, healthy is silent, findings do not flap."""
 
 import json
+from dataclasses import replace
 
 import pytest
 from click.testing import CliRunner
 
 from flopwatch.cli import main
-from flopwatch.diagnose import CAUSES, DiagnosisState, Tick, TickWindow, diagnose
+from flopwatch.diagnose import CAUSES, DiagnosisState, Signals, Tick, TickWindow, classify, diagnose
 from flopwatch.model import Finding
 from flopwatch.sources.simulated import SCENARIOS
 from flopwatch.thresholds import Thresholds
@@ -99,12 +100,50 @@ def test_a_neighbours_iowait_does_not_make_every_gpu_io_bound():
     assert causes == ["input_starved", "io_bound", "unknown"]
 
 
+# One GPU, one process, as read on an H200 for a 24-layer MLP trained at batch 256 under bf16 autocast
+# (docs/accuracy.md): kernels run 43 % of the time and fill the SMs for 33 %; the process keeps a
+# core busy, no thread of it saturated. The other readings are those of a quiet job.
+SMALL_STEPS = Signals(
+    seconds=10.0, utilization=0.333, nvml_utilization=0.433, sm_occupancy=0.1, tensor_active=0.02,
+    fp32_active=0.05, fp64_active=0.0, dram_active=0.23, flops_utilization=0.02, pcie_bytes_per_second=0.11e9,
+    nvlink_bytes_per_second=None, nvlink_busy_ratio=None, sm_clock_ratio=1.0, throttle={}, processes=1,
+    process_shares={1: 0.33}, memory_held_bytes=2 * 2**30, cpu_ratio=0.955, busiest_thread_cpu_ratio=0.53,
+    children=0, children_cpu_ratio=0.0, threads_in_disk_wait=0.0, io_read_bytes_per_second=0.0, iowait_ratio=0.0,
+    driver_major=580, cuda_version=(13, 0), pcie_width=16, pcie_width_max=16, power_limit_ratio=1.0,
+    source_quality="gpm",
+)
+
+
+def named(**changes) -> str:
+    return classify(replace(SMALL_STEPS, **changes), Thresholds()).cause
+
+
+def test_small_kernels_with_a_core_of_host_work_over_several_threads_are_launch_bound():
+    assert named() == "launch_bound"
+
+
+def test_the_same_host_work_beside_kernels_that_fill_the_sms_is_not_named_launch_bound():
+    assert named(nvml_utilization=0.35) == "unknown"
+
+
+def test_small_kernels_beside_a_quiet_host_are_not_named_launch_bound():
+    # A lightly loaded model server: bursts of work, then waiting for requests.
+    assert named(utilization=0.11, nvml_utilization=0.16, cpu_ratio=0.15, busiest_thread_cpu_ratio=0.15) == "unknown"
+
+
+def test_kernels_running_nearly_all_the_time_are_not_input_starved_though_a_thread_spins():
+    # The launching thread spins on CUDA's full queue: it reads saturated, yet it waits for the GPU.
+    assert named(utilization=0.5, nvml_utilization=0.98, cpu_ratio=1.0, busiest_thread_cpu_ratio=0.99) == "launch_bound"
+
+
+def test_a_saturated_thread_while_the_gpu_mostly_waits_is_input_starved():
+    assert named(utilization=0.05, nvml_utilization=0.05, cpu_ratio=1.0, busiest_thread_cpu_ratio=0.99) == "input_starved"
+
+
 def _mixed_run() -> list:
     """Ticks of several scenarios in turn, one a second: processes come and go (idle has none,
     contention two), PCIe and SM activity drop from busy to exactly 0, and some ticks do not know
     some values, a throttle reason or an extra process's share."""
-    from dataclasses import replace
-
     from flopwatch.diagnose import Peers
     from flopwatch.model import GpuProcess
 
@@ -181,8 +220,6 @@ def test_the_running_means_equal_means_computed_over_the_whole_window_anew():
 
 
 def test_a_tick_made_of_the_last_ticks_process_readings_takes_its_sums():
-    from dataclasses import replace
-
     [first] = _ticks("input_starved", 1)
     later = first.sample.timestamp + 1.0  # the readers hand back the very same process readings
     tick = Tick(replace(first.sample, timestamp=later), first.figures, replace(first.host, timestamp=later), like=first)
@@ -190,8 +227,6 @@ def test_a_tick_made_of_the_last_ticks_process_readings_takes_its_sums():
 
 
 def test_a_tick_whose_host_readings_are_new_sums_them_again():
-    from dataclasses import replace
-
     [first] = _ticks("input_starved", 1)
     busier = {pid: replace(p, cpu_ratio=(p.cpu_ratio or 0.0) + 1.0) for pid, p in first.host.processes.items()}
     tick = Tick(first.sample, first.figures, replace(first.host, processes=busier), like=first)

@@ -37,8 +37,9 @@ ADVICE = {
                 "reads (WebDataset/TFRecord shards), more loader workers, or cache the dataset in RAM.",
     "host_transfer_bound": "Host-to-device copies dominate. Use pinned memory (pin_memory=True) with "
                            "non_blocking copies, overlap copies with compute, and keep data on the GPU.",
-    "launch_bound": "Kernels are too small to fill the GPU: the CPU cannot launch them fast enough. "
-                    "Use bigger batches, fuse ops (torch.compile), or capture the loop in CUDA graphs.",
+    "launch_bound": "Kernels are too small to keep the GPU busy: too few blocks to fill its SMs, or too "
+                    "short to outrun the CPU launching them (Python and framework overhead). Use bigger "
+                    "batches, fuse ops (torch.compile), or capture the loop in CUDA graphs.",
     "memory_bound": "DRAM bandwidth is the limit, not math. Batch requests (as Triton's dynamic batcher "
                     "does), fuse elementwise ops, and quantize weights (bitsandbytes, GPTQ, TensorRT).",
     "no_tensor_cores": "Math runs on the FP32/FP64 pipes while the tensor cores idle. Enable AMP "
@@ -66,7 +67,7 @@ SUMMARY = {
     "input_starved": "GPU starved by a CPU-bound input pipeline",
     "io_bound": "GPU starved by storage I/O",
     "host_transfer_bound": "GPU waiting on host-to-device copies",
-    "launch_bound": "GPU idle between tiny kernels (launch-bound)",
+    "launch_bound": "Kernels too small to keep the GPU busy (launch-bound)",
     "memory_bound": "GPU bound by DRAM bandwidth",
     "no_tensor_cores": "GPU busy on FP32/FP64 pipes, tensor cores idle",
     "power_capped": "GPU clocks held down by a lowered power limit",
@@ -417,8 +418,12 @@ def classify(s: Signals, th: Thresholds) -> Finding | None:
                                                 for pid, v in sorted(s.process_shares.items())))
         kernel_time = s.nvml_utilization or 0.0
         # Kernels run far longer than the SMs have work: tiny kernels, or NCCL's few spinning blocks.
-        kernels_outrun_sms = s.source_quality == "gpm" and kernel_time >= th.launch_min_kernel_time and \
+        # Or a kernel runs nearly all the time and the SMs still wait: the kernels are too small to
+        # fill them, and the GPU is not waiting for input (a thread spinning on the full launch
+        # queue looks saturated, yet it is the GPU it waits for).
+        kernels_outrun_sms = s.source_quality == "gpm" and kernel_time >= th.launch_min_kernel_time and (
             kernel_time >= th.launch_kernel_time_over_sm_active * max(util, 1e-3)
+            or kernel_time >= th.launch_busy_kernel_time)
         peers_low = s.peers_below_ratio is not None and s.peers_below_ratio >= th.peers_below_ratio
         waiting_on_peers = peers_low and kernels_outrun_sms
         per_child = s.children_cpu_ratio / s.children if s.children else 0.0
@@ -456,15 +461,19 @@ def classify(s: Signals, th: Thresholds) -> Finding | None:
             # all-reduces or a straggler rank.
             return _communication(s, "waiting", 0.55)
         if kernels_outrun_sms and not (peers_low and loaders_saturated):
-            return _finding("launch_bound", "page", _strength(kernel_time / max(util, 1e-3), th.launch_kernel_time_over_sm_active),
-                            s, nvml_utilization=kernel_time, sm_occupancy=s.sm_occupancy,
-                            busiest_thread_cpu_cores=s.busiest_thread_cpu_ratio)
+            return _launch_bound(s, _strength(kernel_time / max(util, 1e-3), th.launch_kernel_time_over_sm_active))
         if thread_saturated or loaders_saturated:
             return _finding("input_starved", "page",
                             _strength(max(s.busiest_thread_cpu_ratio, per_child), th.cpu_saturated_ratio) - 0.1, s,
                             busiest_thread_cpu_cores=s.busiest_thread_cpu_ratio, loader_workers=s.children,
                             loader_cpu_cores=s.children_cpu_ratio, process_cpu_cores=s.cpu_ratio,
                             nvlink_bytes_per_second=s.nvlink_bytes_per_second)
+        if s.source_quality == "gpm" and s.cpu_ratio >= th.cpu_saturated_ratio and \
+                kernel_time >= th.launch_min_kernel_time and \
+                kernel_time >= th.launch_overhead_kernel_time_over_sm_active * max(util, 1e-3):
+            # About a core of host work spread over threads (Python on the main thread, the autograd
+            # engine's own) while kernels too small to fill the SMs leave gaps: framework overhead.
+            return _launch_bound(s, 0.55)
         problems = _system_problems(s)
         if problems:
             return _finding("system", "page", 0.7, s, problems="; ".join(problems))
@@ -514,6 +523,12 @@ def _nvlink_busy(s: Signals, th: Thresholds) -> float | None:
     else:
         return None
     return _strength(value, bar) if value >= bar else None
+
+
+def _launch_bound(s: Signals, confidence: float) -> Finding:
+    return _finding("launch_bound", "page", confidence, s, nvml_utilization=s.nvml_utilization,
+                    sm_occupancy=s.sm_occupancy, process_cpu_cores=s.cpu_ratio,
+                    busiest_thread_cpu_cores=s.busiest_thread_cpu_ratio)
 
 
 def _communication(s: Signals, via: str, confidence: float, severity: str = "page") -> Finding:

@@ -30,9 +30,15 @@ class Thresholds:
     io_read_bytes_per_second: float = 10e6
     # host_transfer_bound: PCIe traffic while the SMs wait.
     pcie_busy_bytes_per_second: float = 1.0e9
-    # launch_bound: kernels ran for this many times longer than the SMs had work (tiny kernels).
+    # launch_bound: kernels ran for this many times longer than the SMs had work (tiny kernels),
+    # or ran this share of the time while the SMs stayed under the threshold (too small to fill them).
     launch_kernel_time_over_sm_active: float = 2.0
     launch_min_kernel_time: float = 0.1
+    launch_busy_kernel_time: float = 0.9
+    # launch_bound by framework overhead: the processes keep cpu_saturated_ratio of a core busy, no
+    # thread saturated (the main and autograd threads take turns), kernels this much longer than the
+    # SMs had work.
+    launch_overhead_kernel_time_over_sm_active: float = 1.2
     # Busy-but-inefficient tickets.
     memory_bound_dram_active: float = 0.6
     memory_bound_max_flops_utilization: float = 0.3

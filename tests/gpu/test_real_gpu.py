@@ -41,6 +41,8 @@ EXPECTED = {
     "pageable_copies": "host_transfer_bound",
     "elementwise_bandwidth": "memory_bound",
     "shared_matmul x2": "contention",
+    "eager_small_inference": "launch_bound",
+    "numpy_augment_in_loop": "input_starved",
 }
 
 
@@ -56,6 +58,8 @@ class Run:
     dram: list[float] = field(default_factory=list)
     pcie: list[float] = field(default_factory=list)
     power: list[float] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)  # the workload's processes, cores
+    busiest_thread: list[float] = field(default_factory=list)
     process_memory: dict[int, int] = field(default_factory=dict)
     process_share: dict[int, float] = field(default_factory=dict)
     agent_energy_joules: float = 0.0
@@ -100,6 +104,10 @@ def _measure(name: str, copies: int) -> Run:
             run.dram.append(f.dram_active or 0.0)
             run.pcie.append((g.sample.pcie_rx_bytes_per_second or 0) + (g.sample.pcie_tx_bytes_per_second or 0))
             run.power.append(f.power_watts)
+            host = [state.host.processes[pid] for pid in run.pids if pid in state.host.processes]
+            if any(h.cpu_ratio is not None for h in host):  # known from the host's second reading on
+                run.cpu.append(sum(h.cpu_ratio or 0.0 for h in host))
+                run.busiest_thread.append(max(h.busiest_thread_cpu_ratio or 0.0 for h in host))
             for p in g.sample.processes:
                 run.process_memory[p.pid] = p.used_memory_bytes or 0
                 run.process_share[p.pid] = p.sm_ratio or 0.0
@@ -131,12 +139,20 @@ def runs() -> dict[str, Run]:
     return out
 
 
+READINGS_HEADER = (f"{'workload':24} {'util':>5} {'nvml':>5} {'tensor':>6} {'fp32':>5} {'dram':>5} {'pcie GB/s':>9} "
+                   f"{'power W':>7} {'cpu':>5} {'thread':>6}")
+
+
+def readings_row(key: str, r: Run) -> str:
+    """Means over the measured ticks; cpu: the workload's cores, thread: its busiest thread's."""
+    return (f"{key:24} {mean(r.utilization):5.2f} {mean(r.nvml_utilization):5.2f} {mean(r.tensor):6.2f} "
+            f"{mean(r.fp32):5.2f} {mean(r.dram):5.2f} {mean(r.pcie) / 1e9:9.2f} {mean(r.power):7.0f} "
+            f"{mean(r.cpu):5.2f} {mean(r.busiest_thread):6.2f}")
+
+
 def _print_tables(runs: dict[str, Run]) -> None:
     lines = ["", "readings (means over the measured ticks)",
-             f"{'workload':24} {'util':>5} {'nvml':>5} {'tensor':>6} {'fp32':>5} {'dram':>5} {'pcie GB/s':>9} {'power W':>7}"]
-    for key, r in runs.items():
-        lines.append(f"{key:24} {mean(r.utilization):5.2f} {mean(r.nvml_utilization):5.2f} {mean(r.tensor):6.2f} "
-                     f"{mean(r.fp32):5.2f} {mean(r.dram):5.2f} {mean(r.pcie) / 1e9:9.2f} {mean(r.power):7.0f}")
+             READINGS_HEADER] + [readings_row(key, r) for key, r in runs.items()]
     causes = sorted({c or "none" for r in runs.values() for c in r.causes} | {c or "none" for c in EXPECTED.values()})
     lines += ["", "confusion matrix (rows: expected cause; columns: named cause; cells: windows)",
               f"{'expected':22} " + " ".join(f"{c[:10]:>10}" for c in causes)]

@@ -150,8 +150,70 @@ def shared_matmul() -> None:
         del c
 
 
+def _mlp(width: int, depth: int, **kwargs) -> torch.nn.Sequential:
+    layers = []
+    for _ in range(depth):
+        layers += [torch.nn.Linear(width, width, device=DEV, **kwargs), torch.nn.GELU()]
+    return torch.nn.Sequential(*layers)
+
+
+def small_batch_training() -> None:
+    """A 24-layer MLP trained at batch 256 under bf16 autocast: each step hundreds of small kernels,
+    launched by Python on the main thread and by the autograd engine's thread in turn."""
+    model = _mlp(2048, 24)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    x = torch.randn(256, 2048, device=DEV)
+    while True:
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = model(x).float().square().mean()
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        ready()
+
+
+def eager_small_inference() -> None:
+    """Eager bf16 inference at batch 32: small kernels one after another, no graph capture."""
+    model = _mlp(1024, 24, dtype=torch.bfloat16)
+    x = torch.randn(32, 1024, device=DEV, dtype=torch.bfloat16)
+    with torch.no_grad():
+        while True:
+            model(x)
+            ready()
+
+
+def light_traffic_server() -> None:
+    """A model server with little traffic: a burst of big GEMMs per request, then waiting."""
+    a = torch.randn(8192, 8192, device=DEV, dtype=torch.bfloat16)
+    while True:
+        for _ in range(6):
+            c = a @ a
+        torch.cuda.synchronize()
+        ready()
+        del c
+        time.sleep(0.05)
+
+
+def numpy_augment_in_loop() -> None:
+    """Augmentation in NumPy on the main thread before each big GPU step."""
+    import numpy as np
+
+    w = torch.randn(8192, 8192, device=DEV, dtype=torch.bfloat16)
+    rng = np.random.default_rng(0)
+    while True:
+        img = rng.random((64, 3, 224, 224), dtype=np.float32)
+        for _ in range(3):
+            img = np.clip(img * 1.01 + 0.001, 0.0, 1.0)
+        x = torch.from_numpy(img.reshape(-1)[: 8192 * 1024].copy()).to(DEV).view(1024, 8192).bfloat16()
+        for _ in range(4):
+            x = x @ w
+        ready()
+
+
 WORKLOADS = {f.__name__: f for f in (healthy, starved_dataloader, tokenizer_in_loop, held_idle, fp32_no_tf32,
-                                     tiny_kernels, pageable_copies, elementwise_bandwidth, shared_matmul)}
+                                     tiny_kernels, pageable_copies, elementwise_bandwidth, shared_matmul,
+                                     small_batch_training, eager_small_inference, light_traffic_server,
+                                     numpy_augment_in_loop)}
 
 if __name__ == "__main__":
     name = sys.argv[1]
