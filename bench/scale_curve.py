@@ -4,15 +4,17 @@ Each point runs in a fresh interpreter: an agent over ``SimulatedNvml`` on a vir
 sleeping) ticks until its 30 s diagnosis window is full, then --ticks more are timed. Columns:
 CPU per tick and its parts (GPU source, host source, the rest: derive, diagnose, process views),
 one /metrics render, and resident memory. Cost should grow linearly in GPUs × processes: the last
-column is the marginal cost of one GPU·process over the same GPU count with one process, which is
-flat when the growth is linear.
+column is the marginal cost of one GPU·process over the same GPU count with the fewest processes,
+which is flat when the growth is linear. That base is a second agent in the same interpreter,
+ticked in turn with the point's, so the difference is not the machine's speed moving between
+points (on a shared VM it moves by tens of percent from one minute to the next).
 
 Ticked back to back, a tick finds its code and data in the CPU's caches; on a node it runs once a
 second, after other work has replaced them. ``--evict-caches`` writes a buffer larger than the
 last-level cache between timed ticks, so the figures are those of a cold tick, as on a real GPU
 node (docs/performance.md compares the two with an H200's).
 
-    python3 bench/scale_curve.py [--gpus 1,2,4,8,16] [--processes 1,8,64,128,512] [--ticks 20] [--evict-caches]
+    python3 bench/scale_curve.py [--gpus 1,2,4,8,16] [--processes 1,8,64,128,512] [--ticks 100] [--evict-caches]
 """
 
 from __future__ import annotations
@@ -29,10 +31,11 @@ WARMUP_SECONDS = 31  # one diagnosis window (30 s) and a tick, so the window is 
 EVICT_BYTES = 64 * 2**20  # more than the last-level cache of the machines this runs on
 
 
-def one_point(gpus: int, processes: int, ticks: int, evict: bool = False) -> dict:
+def simulated_agent(gpus: int, processes: int) -> tuple:
+    """An agent over ``SimulatedNvml`` on its own virtual clock, its window full: (built, its timed
+    GPU and host sources, a function that ticks it)."""
     from flopwatch.cli import VirtualClock, build_agent
     from flopwatch.config import Config
-    from prometheus_client import generate_latest
 
     config = Config()
     config.agent.simulate = ["healthy"]
@@ -52,31 +55,46 @@ def one_point(gpus: int, processes: int, ticks: int, evict: bool = False) -> dic
 
     for _ in range(int(WARMUP_SECONDS / interval)):
         tick()
-    gpu.seconds = host.seconds = 0.0
-    sweep = bytearray(EVICT_BYTES) if evict else None
-    total = 0.0
-    for _ in range(ticks):
-        if sweep is not None:
-            sweep[::64] = bytes(len(sweep) // 64)  # a write to every cache line
-        start = time.process_time()
-        tick()
-        total += time.process_time() - start
-    total /= ticks
-    sweep = None  # not the agent's memory: gone before RSS is read
+    return built, gpu, host, tick
+
+
+def one_point(gpus: int, processes: int, ticks: int, evict: bool = False, base_processes: int | None = None) -> dict:
+    """CPU per tick of one point, its render and RSS; with ``base_processes``, also what it adds over
+    that many processes per GPU, the two agents ticked in turn so both see the machine's same minutes."""
+    from prometheus_client import generate_latest
+
+    built, gpu, host, tick = simulated_agent(gpus, processes)
     registry = built.exporter.registry()
     start = time.process_time()
     renders = 5
     for _ in range(renders):
         generate_latest(registry)
     render = (time.process_time() - start) / renders
-    with open("/proc/self/status") as f:
+    with open("/proc/self/status") as f:  # before the base agent is built: this point's alone
         rss = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
-    return {"tick": total, "gpu": gpu.seconds / ticks, "host": host.seconds / ticks, "render": render, "rss": rss}
+    steps = [tick]
+    if base_processes is not None:
+        steps.append(simulated_agent(gpus, base_processes)[3])
+    gpu.seconds = host.seconds = 0.0
+    sweep = bytearray(EVICT_BYTES) if evict else None
+    spent = [0.0, 0.0]
+    for i in range(ticks):
+        for which in (range(len(steps)) if i % 2 else reversed(range(len(steps)))):
+            if sweep is not None:
+                sweep[::64] = bytes(len(sweep) // 64)  # a write to every cache line
+            start = time.process_time()
+            steps[which]()
+            spent[which] += time.process_time() - start
+    total = spent[0] / ticks
+    added = (spent[0] - spent[1]) / ticks if base_processes is not None else None
+    return {"tick": total, "gpu": gpu.seconds / ticks, "host": host.seconds / ticks, "render": render, "rss": rss,
+            "added": added}
 
 
-def run_point(gpus: int, processes: int, ticks: int, evict: bool) -> dict:
+def run_point(gpus: int, processes: int, ticks: int, evict: bool, base_processes: int | None) -> dict:
     out = subprocess.run([sys.executable, __file__, "--one", f"{gpus},{processes}", "--ticks", str(ticks),
-                          *(["--evict-caches"] if evict else [])],
+                          *(["--evict-caches"] if evict else []),
+                          *(["--base", str(base_processes)] if base_processes is not None else [])],
                          check=True, capture_output=True, text=True)
     return json.loads(out.stdout)
 
@@ -114,31 +132,30 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--gpus", default="1,2,4,8,16")
     parser.add_argument("--processes", default="1,8,64,128,512", help="processes per GPU")
-    parser.add_argument("--ticks", type=int, default=20, help="timed ticks per point")
+    parser.add_argument("--ticks", type=int, default=100, help="timed ticks per point")
     parser.add_argument("--evict-caches", action="store_true",
                         help="evict the CPU's caches before each timed tick, as a second of other work does")
     parser.add_argument("--one", help=argparse.SUPPRESS)
+    parser.add_argument("--base", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         gpus, processes = map(int, args.one.split(","))
-        print(json.dumps(one_point(gpus, processes, args.ticks, args.evict_caches)))
+        print(json.dumps(one_point(gpus, processes, args.ticks, args.evict_caches, args.base)))
         return
 
     gpu_counts = [int(v) for v in args.gpus.split(",")]
     process_counts = sorted(int(v) for v in args.processes.split(","))
     rows, marginals = [], []
     started = time.monotonic()
+    fewest = process_counts[0]
     for g in gpu_counts:
-        base = None
         for p in process_counts:
-            r = run_point(g, p, args.ticks, args.evict_caches)
-            if base is None:
-                base = r
+            r = run_point(g, p, args.ticks, args.evict_caches, fewest if p > fewest else None)
             marginal = None
-            if p > process_counts[0]:
-                added = g * (p - process_counts[0])
-                marginal = 1e6 * (r["tick"] - base["tick"]) / added
-                marginals.append((g * p, r["tick"] - base["tick"], added))
+            if r["added"] is not None:
+                added = g * (p - fewest)
+                marginal = 1e6 * r["added"] / added
+                marginals.append((g * p, r["added"], added))
             rows.append([g, p, g * p, 1e3 * r["tick"], 1e3 * r["gpu"], 1e3 * r["host"],
                          1e3 * (r["tick"] - r["gpu"] - r["host"]), 1e3 * r["render"], r["rss"] / MB,
                          "" if marginal is None else round(marginal, 1)])
