@@ -37,9 +37,9 @@ ADVICE = {
                 "reads (WebDataset/TFRecord shards), more loader workers, or cache the dataset in RAM.",
     "host_transfer_bound": "Host-to-device copies dominate. Use pinned memory (pin_memory=True) with "
                            "non_blocking copies, overlap copies with compute, and keep data on the GPU.",
-    "launch_bound": "Kernels are too small to keep the GPU busy: too few blocks to fill its SMs, or too "
-                    "short to outrun the CPU launching them (Python and framework overhead). Use bigger "
-                    "batches, fuse ops (torch.compile), or capture the loop in CUDA graphs.",
+    "launch_bound": "Each kernel has too few blocks to fill the SMs, or runs too briefly to outrun the CPU "
+                    "launching the next (Python and framework overhead). Use bigger batches, fuse ops "
+                    "(torch.compile), or capture the loop in CUDA graphs.",
     "memory_bound": "DRAM bandwidth is the limit, not math. Batch requests (as Triton's dynamic batcher "
                     "does), fuse elementwise ops, and quantize weights (bitsandbytes, GPTQ, TensorRT).",
     "no_tensor_cores": "Math runs on the FP32/FP64 pipes while the tensor cores idle. Enable AMP "
