@@ -237,6 +237,15 @@ def test_a_full_ledger_answers_429(push):
     assert _post(server.url, b'{"pid": 2, "prompt_tokens": 1}') == 429
 
 
+def test_a_client_hanging_up_before_its_answer_is_no_traceback(push, capsys):
+    server, _ = push
+    try:
+        raise BrokenPipeError(32, "Broken pipe")  # what writing an answer to a closed connection raises
+    except BrokenPipeError:
+        server._server.handle_error(None, ("127.0.0.1", 50000))  # as socketserver calls it
+    assert capsys.readouterr().err == ""
+
+
 def test_the_push_endpoint_refuses_a_non_loopback_address_unless_allowed():
     with pytest.raises(ListenRefused, match="allow_remote_push"):
         push_address("0.0.0.0:9766", allow_remote=False)

@@ -8,10 +8,13 @@ the client's mistake, never the server's, and never a guess at what was meant.
 
 from __future__ import annotations
 
+import logging
 import re
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 # socketserver's default backlog of 5 drops the SYNs of clients that connect together, and each
 # dropped one waits a second for its retry.
@@ -64,3 +67,11 @@ class StrictHandler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         pass  # each server logs its requests its own way
+
+
+class QuietErrors:
+    """For the servers: a request that fails because its client hung up mid-answer or failed the
+    TLS handshake is the client's problem, logged at debug, not a traceback on stderr."""
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        log.debug("request from %s failed", client_address, exc_info=True)

@@ -18,7 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import CollectorRegistry
 
 from .config import ConfigError
-from .httpstrict import LISTEN_BACKLOG, StrictHandler
+from .httpstrict import LISTEN_BACKLOG, QuietErrors, StrictHandler
 from .webconfig import WWW_AUTHENTICATE, WebConfig
 
 log = logging.getLogger(__name__)
@@ -117,7 +117,7 @@ class _Handler(StrictHandler):
         log.debug("%s " + format, self.address_string(), *args)
 
 
-class MetricsServer(ThreadingHTTPServer):
+class MetricsServer(QuietErrors, ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
     request_queue_size = LISTEN_BACKLOG
@@ -170,10 +170,6 @@ class MetricsServer(ThreadingHTTPServer):
         if context is not None:
             self.socket.context = context
         self.web = web
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # A client that fails the TLS handshake or hangs up is its problem, not a traceback.
-        log.debug("request from %s failed", client_address, exc_info=True)
 
     def start(self) -> threading.Thread:
         thread = threading.Thread(target=self.serve_forever, args=(POLL_SECONDS,), name="http", daemon=True)

@@ -26,7 +26,7 @@ from socketserver import ThreadingUnixStreamServer
 from typing import Any, Callable, Iterator
 
 from ..config import ConfigError
-from ..httpstrict import LISTEN_BACKLOG, StrictHandler
+from ..httpstrict import LISTEN_BACKLOG, QuietErrors, StrictHandler
 from ..model import TokenCount
 from ..server import POLL_SECONDS, check_local_bind, is_loopback, parse_listen
 
@@ -229,7 +229,7 @@ class _PushHandler(StrictHandler):
         log.debug("push %s " + format, self.address_string(), *args)
 
 
-class _TcpPushServer(ThreadingHTTPServer):
+class _TcpPushServer(QuietErrors, ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
     request_queue_size = LISTEN_BACKLOG
@@ -239,7 +239,7 @@ class _Tcp6PushServer(_TcpPushServer):
     address_family = socket.AF_INET6
 
 
-class _UnixPushServer(ThreadingUnixStreamServer):
+class _UnixPushServer(QuietErrors, ThreadingUnixStreamServer):
     daemon_threads = True
     request_queue_size = LISTEN_BACKLOG
 
