@@ -421,9 +421,9 @@ def classify(s: Signals, th: Thresholds) -> Finding | None:
         # Or a kernel runs nearly all the time and the SMs still wait: the kernels are too small to
         # fill them, and the GPU is not waiting for input (a thread spinning on the full launch
         # queue looks saturated, yet it is the GPU it waits for).
-        kernels_outrun_sms = s.source_quality == "gpm" and kernel_time >= th.launch_min_kernel_time and (
-            kernel_time >= th.launch_kernel_time_over_sm_active * max(util, 1e-3)
-            or kernel_time >= th.launch_busy_kernel_time)
+        kernels_run = s.source_quality == "gpm" and kernel_time >= th.launch_min_kernel_time
+        kernels_outrun_sms = kernels_run and (kernel_time >= th.launch_kernel_time_over_sm_active * max(util, 1e-3)
+                                              or kernel_time >= th.launch_busy_kernel_time)
         peers_low = s.peers_below_ratio is not None and s.peers_below_ratio >= th.peers_below_ratio
         waiting_on_peers = peers_low and kernels_outrun_sms
         per_child = s.children_cpu_ratio / s.children if s.children else 0.0
@@ -468,8 +468,7 @@ def classify(s: Signals, th: Thresholds) -> Finding | None:
                             busiest_thread_cpu_cores=s.busiest_thread_cpu_ratio, loader_workers=s.children,
                             loader_cpu_cores=s.children_cpu_ratio, process_cpu_cores=s.cpu_ratio,
                             nvlink_bytes_per_second=s.nvlink_bytes_per_second)
-        if s.source_quality == "gpm" and s.cpu_ratio >= th.cpu_saturated_ratio and \
-                kernel_time >= th.launch_min_kernel_time and \
+        if kernels_run and s.cpu_ratio >= th.cpu_saturated_ratio and \
                 kernel_time >= th.launch_overhead_kernel_time_over_sm_active * max(util, 1e-3):
             # About a core of host work spread over threads (Python on the main thread, the autograd
             # engine's own) while kernels too small to fill the SMs leave gaps: framework overhead.
