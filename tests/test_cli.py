@@ -50,6 +50,19 @@ def test_status_from_a_running_agent_has_the_contract_shape(agent):
     assert set(gpu["processes"][0]) >= {"pid", "job", "sm_ratio", "memory_bytes"}
 
 
+def test_status_shows_the_finding_beside_the_means_of_the_window_it_was_made_from():
+    result = flopwatch("status", "--simulate", "input_starved", "--window", "5", "--json")
+    gpu = json.loads(result.stdout)["gpus"][0]
+    assert gpu["window_seconds"] == 5.0
+    assert gpu["finding"]["evidence"]["utilization"] == round(gpu["utilization"], 3) < 0.6
+    assert gpu["last_tick"]["utilization"] != gpu["utilization"]  # a starved GPU's seconds differ from its mean
+
+
+def test_status_table_labels_the_last_tick_apart_from_the_window_means():
+    result = flopwatch("status", "--simulate", "input_starved", "--window", "5")
+    assert "last tick" in result.stdout and "means over the last 5 s" in result.stdout
+
+
 def test_status_table_names_the_cause_and_the_advice(agent):
     result = flopwatch("status", "--from", agent)
     assert "input_starved" in result.stdout and "num_workers" in result.stdout

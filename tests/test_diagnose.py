@@ -78,16 +78,38 @@ def test_a_new_cause_must_lead_for_the_switch_time_before_it_replaces_the_old():
     assert causes[-1] == "held_idle"
 
 
-def test_a_finding_clears_once_no_cause_has_led_for_the_switch_time():
+def test_a_ticket_clears_once_no_cause_has_led_for_the_switch_time():
     th = Thresholds(switch_after_seconds=10.0, window_seconds=5.0)
-    state = DiagnosisState(finding=Finding("input_starved", "page", 0.8, {}, "advice"))
+    state = DiagnosisState(finding=Finding("memory_bound", "ticket", 0.8, {}, "advice"))
     ticks = _ticks("healthy", 20)
     causes = []
     for i in range(5, 20):
         state = diagnose(_window(ticks[i - 5:i]), th, state)
         causes.append(state.finding.cause if state.finding else None)
-    assert causes[:10] == ["input_starved"] * 10
+    assert causes[:10] == ["memory_bound"] * 10
     assert causes[-1] is None
+
+
+def test_a_page_ends_as_soon_as_its_window_is_over_the_threshold():
+    th = Thresholds(switch_after_seconds=10.0, window_seconds=5.0)
+    state = DiagnosisState(finding=Finding("input_starved", "page", 0.8, {}, "advice"))
+    state = diagnose(_window(_ticks("healthy", 5)), th, state)
+    assert state.finding is None
+
+
+def test_a_window_falling_under_the_threshold_is_named_at_once():
+    th = Thresholds(switch_after_seconds=10.0, window_seconds=5.0)
+    state = DiagnosisState(finding=Finding("memory_bound", "ticket", 0.8, {}, "advice"))
+    state = diagnose(_window(_ticks("held_idle", 5)), th, state)
+    assert state.finding.cause == "held_idle"
+
+
+def test_a_held_finding_reports_the_utilization_of_the_window_it_is_shown_with():
+    th = Thresholds(switch_after_seconds=10.0, window_seconds=5.0)
+    state = DiagnosisState(finding=Finding("input_starved", "page", 0.8, {"utilization": 0.5}, "advice"))
+    state = diagnose(_window(_ticks("held_idle", 5)), th, state)
+    assert state.finding.cause == "input_starved"
+    assert state.finding.evidence["utilization"] == round(state.window.utilization, 3) < 0.05
 
 
 def test_too_short_a_window_gives_no_finding_yet():

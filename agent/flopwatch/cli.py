@@ -268,7 +268,9 @@ def status(config_path: str | None, from_url: str | None, window: float, simulat
         config = load_config(config_path, {("agent", "simulate"): _simulate_list(simulate),
                                            ("agent", "simulate_gpus"): simulate_gpus})
         config.diagnosis.min_window_seconds = min(config.diagnosis.min_window_seconds, window)
-        config.diagnosis.evaluation_interval_seconds = 0.0  # the last tick's finding is the answer
+        # One look is one verdict on the whole window: the last tick's, held back by nothing earlier.
+        config.diagnosis.evaluation_interval_seconds = 0.0
+        config.diagnosis.switch_after_seconds = 0.0
         doc = status_document(_sample(config, window))
     if as_json:
         click.echo(json.dumps(doc, indent=2, default=str))

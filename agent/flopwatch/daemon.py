@@ -148,7 +148,8 @@ class Agent:
                 # Built anew rather than with dataclasses.replace, which looks up the fields each call.
                 gpus = tuple(GpuState(sample=g.sample, figures=g.figures, finding=g.finding,
                                       below_threshold=g.below_threshold, wasted_seconds=g.wasted_seconds,
-                                      processes=g.processes, tokens=figures.get(g.sample.info.index)) for g in gpus)
+                                      processes=g.processes, tokens=figures.get(g.sample.info.index),
+                                      window=g.window) for g in gpus)
         self._ticks += 1
         self.state = AgentState(
             hostname=self.hostname, timestamp=timestamp, ticks=self._ticks, gpus=gpus, host=host,
@@ -197,7 +198,7 @@ class Agent:
             per.wasted = {**per.wasted, cause: per.wasted.get(cause, 0.0) + wasted}
         return GpuState(
             sample=sample, figures=figures, finding=finding, below_threshold=waste is not None,
-            wasted_seconds=per.wasted, processes=self._views(per, sample, host),
+            wasted_seconds=per.wasted, processes=self._views(per, sample, host), window=per.diagnosis.window,
         )
 
     @staticmethod

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import InitVar, dataclass, field, fields, replace
 from typing import Hashable, Mapping, Sequence
 
-from .model import Finding, GpuFigures, GpuSample, GpuState, HostSample
+from .model import Finding, GpuFigures, GpuSample, GpuState, HostSample, WindowFigures
 from .peaks import lookup
 from .thresholds import Thresholds
 from .window import SlidingWindow
@@ -194,6 +194,9 @@ class DiagnosisState:
     finding: Finding | None = None
     candidate: str | None = None
     candidate_since: float | None = None
+    # The means of the window the finding was last checked against: it was made under the
+    # threshold, or not, as they were (a held finding never crosses it).
+    window: WindowFigures | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,6 +283,8 @@ class TickWindow:
             ("fp64_active", f.fp64_active),
             ("dram_active", f.dram_active),
             ("flops_utilization", f.flops_utilization),
+            ("power_watts", f.power_watts),
+            ("memory_turnover_per_second", f.memory_turnover_per_second),
             ("pcie_tx", sample.pcie_tx_bytes_per_second),
             ("pcie_rx", sample.pcie_rx_bytes_per_second),
             ("nvlink_tx", sample.nvlink_tx_bytes_per_second),
@@ -380,11 +385,14 @@ def _r(value: float | None, digits: int = 3) -> float | None:
     return round(value, digits) if value is not None else None
 
 
+def _base_evidence(s: Signals) -> dict[str, float | str | None]:
+    return {"utilization": _r(s.utilization), "window_seconds": round(s.seconds, 1), "source_quality": s.source_quality}
+
+
 def _finding(cause: str, severity: str, confidence: float, s: Signals, **evidence: float | int | str | None) -> Finding:
-    base = {"utilization": _r(s.utilization), "window_seconds": round(s.seconds, 1), "source_quality": s.source_quality}
     return Finding(
         cause=cause, severity=severity, confidence=round(min(max(confidence, 0.05), 0.99), 2),
-        evidence={**base, **{k: (_r(v) if isinstance(v, float) else v) for k, v in evidence.items()}},
+        evidence={**_base_evidence(s), **{k: (_r(v) if isinstance(v, float) else v) for k, v in evidence.items()}},
         advice=ADVICE[cause], summary=SUMMARY[cause],
     )
 
@@ -550,26 +558,47 @@ def _system_problems(s: Signals) -> list[str]:
 
 
 def diagnose(window: TickWindow, th: Thresholds, state: DiagnosisState = DiagnosisState()) -> DiagnosisState:
-    """Advance one GPU's diagnosis by one tick, the window's last."""
+    """Advance one GPU's diagnosis by one tick, the window's last.
+
+    A new cause must lead for ``switch_after_seconds`` to replace the current one, but only on the
+    same side of the utilization threshold: a page never outlives a window over the threshold, and
+    a window that falls under it is named at once. A held finding's figures are the window's own.
+    """
     if not window:
         return DiagnosisState()
     s = signals(window)
     if s.seconds < th.min_window_seconds:
         return state
+    figures = window_figures(window)
     now = window.ticks.last.sample.timestamp
     found = classify(s, th)
     current = state.finding
-    if current is None or found is None and current is None:
-        return DiagnosisState(finding=found)
     new_cause = found.cause if found is not None else None
-    if new_cause == current.cause:
-        return DiagnosisState(finding=found)  # same cause, fresh evidence
+    if current is None or new_cause == current.cause or th.switch_after_seconds <= 0:
+        return DiagnosisState(finding=found, window=figures)
+    was_under = _under(state.window.utilization, th) if state.window is not None else current.severity == "page"
+    if was_under != _under(s.utilization, th):
+        return DiagnosisState(finding=found, window=figures)
+    held = replace(current, evidence={**current.evidence, **_base_evidence(s)})
     # No finding is a challenger too: candidate None with a time is "healthy since".
     if state.candidate_since is None or state.candidate != new_cause:
-        return DiagnosisState(finding=current, candidate=new_cause, candidate_since=now)
+        return DiagnosisState(finding=held, candidate=new_cause, candidate_since=now, window=figures)
     if now - state.candidate_since >= th.switch_after_seconds:
-        return DiagnosisState(finding=found)
-    return replace(state, finding=current)
+        return DiagnosisState(finding=found, window=figures)
+    return replace(state, finding=held, window=figures)
+
+
+def window_figures(window: TickWindow) -> WindowFigures:
+    mean = window.ticks.mean
+    return WindowFigures(
+        seconds=window.ticks.weight, utilization=mean("utilization"), nvml_utilization=mean("nvml_utilization"),
+        sm_occupancy=mean("sm_occupancy"), tensor_active=mean("tensor_active"), dram_active=mean("dram_active"),
+        flops_utilization=mean("flops_utilization"), power_watts=mean("power_watts"),
+        memory_turnover_per_second=mean("memory_turnover_per_second"))
+
+
+def _under(utilization: float | None, th: Thresholds) -> bool:
+    return utilization is not None and utilization < th.utilization_threshold
 
 
 def waste_seconds(figures: GpuFigures, finding: Finding | None, th: Thresholds) -> tuple[str, float] | None:

@@ -181,6 +181,22 @@ class GpuFigures:
 
 
 @dataclass(frozen=True, slots=True)
+class WindowFigures:
+    """Means over the diagnosis window a finding was made from (or last checked against): what
+    a finding is shown beside, so the verdict and the figures agree."""
+
+    seconds: float
+    utilization: float | None
+    nvml_utilization: float | None
+    sm_occupancy: float | None
+    tensor_active: float | None
+    dram_active: float | None
+    flops_utilization: float | None
+    power_watts: float | None
+    memory_turnover_per_second: float | None
+
+
+@dataclass(frozen=True, slots=True)
 class Finding:
     """Why a GPU is under-used or inefficient: a cause from the taxonomy, with its evidence."""
 
@@ -243,6 +259,7 @@ class GpuState:
     wasted_seconds: Mapping[str, float]  # cumulative since start, by cause
     processes: tuple[ProcessView, ...] = ()
     tokens: TokenFigures | None = None
+    window: WindowFigures | None = None  # None until the GPU's window is long enough to diagnose
 
 
 @dataclass(slots=True)  # built every tick: not frozen (see above)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
-from .model import AgentState, TokenFigures
+from .model import AgentState, GpuState, TokenFigures
 
 
 def status_document(state: AgentState | None, hostname: str = "") -> dict[str, Any]:
@@ -13,7 +13,7 @@ def status_document(state: AgentState | None, hostname: str = "") -> dict[str, A
         return {"host": hostname, "timestamp": None, "gpus": []}
     gpus = []
     for g in state.gpus:
-        f = g.figures
+        f, w = g.figures, g.window
         info = g.sample.info
         gpus.append({
             "index": info.index,
@@ -21,18 +21,21 @@ def status_document(state: AgentState | None, hostname: str = "") -> dict[str, A
             "name": info.name,
             "source_quality": g.sample.source_quality,
             "error": g.sample.error,
-            "utilization": f.utilization if f else None,
-            "nvml_utilization": g.sample.nvml_utilization,
-            "sm_occupancy": f.sm_occupancy if f else None,
-            "tensor_active": f.tensor_active if f else None,
-            "dram_active": f.dram_active if f else None,
-            "flops_utilization": f.flops_utilization if f else None,
-            "memory_turnover_per_second": f.memory_turnover_per_second if f else None,
-            "power_watts": f.power_watts if f else None,
+            # The figures are the means over the window the finding was made from; the last tick's
+            # are under "last_tick". No window yet (the agent just started): null.
+            "window_seconds": w.seconds if w else None,
+            "utilization": w.utilization if w else None,
+            "nvml_utilization": w.nvml_utilization if w else None,
+            "sm_occupancy": w.sm_occupancy if w else None,
+            "tensor_active": w.tensor_active if w else None,
+            "dram_active": w.dram_active if w else None,
+            "flops_utilization": w.flops_utilization if w else None,
+            "memory_turnover_per_second": w.memory_turnover_per_second if w else None,
+            "power_watts": w.power_watts if w else None,
+            "last_tick": _last_tick(g) if f else None,
             "energy_joules": g.sample.energy_joules,
             "memory_used_bytes": f.memory_used_bytes if f else None,
             "memory_total_bytes": info.memory_total_bytes,
-            "below_threshold": g.below_threshold,
             "wasted_gpu_seconds": dict(g.wasted_seconds),
             "processes": [
                 {"pid": p.pid, "job": p.job, "user": p.user, "sm_ratio": p.sm_ratio,
@@ -46,6 +49,14 @@ def status_document(state: AgentState | None, hostname: str = "") -> dict[str, A
     return {"host": state.hostname, "timestamp": state.timestamp, "gpus": gpus,
             "unattributed_tokens": [{"source": s, "job": j, "kind": k, "tokens": v}
                                     for (s, j, k), v in sorted(state.unattributed_tokens.items())]}
+
+
+def _last_tick(g: GpuState) -> dict[str, Any]:
+    f = g.figures
+    return {"timestamp": f.timestamp, "utilization": f.utilization, "nvml_utilization": g.sample.nvml_utilization,
+            "tensor_active": f.tensor_active, "dram_active": f.dram_active, "flops_utilization": f.flops_utilization,
+            "memory_turnover_per_second": f.memory_turnover_per_second, "power_watts": f.power_watts,
+            "below_threshold": g.below_threshold}
 
 
 def _identity(identity: Any) -> dict[str, str] | None:

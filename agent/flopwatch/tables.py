@@ -38,10 +38,15 @@ def _per_token(tokens: dict | None) -> str:
 
 
 def status_table(doc: dict) -> str:
-    table = Table(title=f"flopwatch status — {doc.get('host', '')}")
-    for column in ("GPU", "name", "util", "NVML util", "tensor", "DRAM", "flops", "power", "memory", "processes",
-                   "J/token", "finding"):
+    seconds = [g["window_seconds"] for g in doc["gpus"] if g.get("window_seconds") is not None]
+    table = Table(title=f"flopwatch status — {doc.get('host', '')}", caption=(
+        f"util … power: means over the last {max(seconds):.0f} s, the window the finding was made from; "
+        "last tick: the latest reading" if seconds else "no window yet: the agent has just started"))
+    tokens = any(_per_token(g.get("tokens")) != "—" for g in doc["gpus"])
+    for column in ("GPU", "name", "util", "NVML", "tensor", "DRAM", "flops", "power", "last tick",
+                   "memory", "processes", *(["J/token"] if tokens else [])):
         table.add_column(column)
+    table.add_column("finding", min_width=24)
     notes = []
     for g in doc["gpus"]:
         finding = g.get("finding")
@@ -53,12 +58,14 @@ def status_table(doc: dict) -> str:
             notes.append(f"GPU {g['index']}: {finding['summary']}. {finding['advice']}")
         memory = "—" if g.get("memory_used_bytes") is None else \
             f"{g['memory_used_bytes'] / 2**30:.1f}/{g['memory_total_bytes'] / 2**30:.0f} GiB"
+        last = g.get("last_tick") or {}
         table.add_row(
             str(g["index"]), g["name"], _pct(g["utilization"]) + ("" if g["source_quality"] == "gpm" else " (coarse)"),
             _pct(g.get("nvml_utilization")), _pct(g.get("tensor_active")), _pct(g.get("dram_active")),
             _pct(g.get("flops_utilization")), "—" if g.get("power_watts") is None else f"{g['power_watts']:.0f} W",
+            _pct(last.get("utilization")),
             memory, ", ".join(f"{p['pid']} {p['job']}" + ("" if p.get("sm_ratio") is None else f" {p['sm_ratio']:.0%}")
                               for p in g["processes"][:3]) or "—",
-            _per_token(g.get("tokens")), cause,
+            *([_per_token(g.get("tokens"))] if tokens else []), cause,
         )
     return "\n".join([render(table), *notes])
