@@ -184,3 +184,16 @@ def test_the_gpu_and_host_readers_read_their_counters_on_the_same_ticks():
         last_gpu, last_host = gpu, sample
     # After the host's first two reads (a new process's rates need two), both change together.
     assert gpu_changed[2:] == host_changed[2:] and sum(gpu_changed[2:]) == 3
+
+
+def test_processes_have_no_sm_share_where_nvml_cannot_report_them():
+    # A call that fails says nothing: two jobs time-slicing must not read as two that ran nothing.
+    src, lib, clock = source("contention")
+    lib.fail(0, "nvmlDeviceGetProcessUtilization", code=pynvml.NVML_ERROR_NOT_SUPPORTED)
+    assert [p.sm_ratio for p in read(src, clock)[0].processes] == [None, None]
+
+
+def test_processes_with_no_sample_since_the_last_read_ran_nothing():
+    src, lib, clock = source("contention")
+    lib.fail(0, "nvmlDeviceGetProcessUtilization", code=pynvml.NVML_ERROR_NOT_FOUND)
+    assert [p.sm_ratio for p in read(src, clock)[0].processes] == [0.0, 0.0]

@@ -120,8 +120,9 @@ class NvmlGpu:
         self.open()
 
     # -- NVML access -------------------------------------------------------------------------
-    def _call(self, name: str, *args: Any) -> Any:
-        """Call NVML; ``None`` where the GPU or driver cannot say; GpuLost where the GPU is gone."""
+    def _call(self, name: str, *args: Any, not_found: Any = None) -> Any:
+        """Call NVML; ``None`` where the GPU or driver cannot say; GpuLost where the GPU is gone;
+        ``not_found`` where NVML has nothing to report (no sample since a timestamp)."""
         fn = getattr(self.lib, name, None)
         if fn is None:
             return None
@@ -129,6 +130,8 @@ class NvmlGpu:
             return fn(*args)
         except self.lib.NVMLError as e:
             code = getattr(e, "value", None)
+            if code == getattr(self.lib, "NVML_ERROR_NOT_FOUND", None):
+                return not_found
             if code in self._lost_codes:
                 raise GpuLost(f"{name}: {e}") from None
             if code not in self._unsupported_codes:
@@ -386,14 +389,15 @@ class NvmlGpu:
         return processes
 
     def _process_utilization(self, running: set[int]) -> dict[int, tuple[float | None, float | None]]:
-        samples = self._call("nvmlDeviceGetProcessUtilization", self.handle, self._last_process_timestamp)
+        samples = self._call("nvmlDeviceGetProcessUtilization", self.handle, self._last_process_timestamp, not_found=[])
         by_pid: dict[int, list[Any]] = {}
         for s in samples or []:
             by_pid.setdefault(s.pid, []).append(s)
         if samples:
             self._last_process_timestamp = max(self._last_process_timestamp, max(s.timeStamp for s in samples))
-        # No sample since the last read means the process ran nothing on the SMs.
-        idle = 0.0 if samples is not None or running else None
+        # No sample since the last read means the process ran nothing on the SMs; a call that failed
+        # (not supported, no permission) says nothing of any process.
+        idle = 0.0 if samples is not None else None
         out = {}
         for pid in running | by_pid.keys():
             seen = by_pid.get(pid)
