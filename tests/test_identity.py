@@ -10,7 +10,8 @@ import pytest
 
 from flopwatch.model import Identity
 from flopwatch.sources.host import HostSource
-from flopwatch.sources.identity import BadJobRule, check_rules, identify, job_name, parse_cgroup, parse_environ, read_identity
+from flopwatch.sources.identity import (JOB_RULES, BadJobRule, check_rules, identify, job_name, parse_cgroup, parse_environ,
+                                       read_identity)
 
 CONTAINER = "3f2a9c1d8e7b6a5f4e3d2c1b0a9f8e7d6c5b4a3f2e1d0c9b8a7f6e5d4c3b2a1f"
 POD_UID = "5d1c2b3a-4e5f-6789-abcd-ef0123456789"
@@ -89,8 +90,40 @@ def test_job_names_follow_the_rules_in_order():
     assert job_name(["slurm"], Identity(), "alice", "python") == "alice:python"
 
 
+# What torch.distributed.elastic's agent puts in each worker's environment (a few of its variables).
+TORCHRUN_WORKER = b"LOCAL_RANK=1\0RANK=1\0GROUP_RANK=0\0ROLE_NAME=default\0LOCAL_WORLD_SIZE=4\0" \
+                  b"MASTER_ADDR=127.0.0.1\0MASTER_PORT=29500\0TORCHELASTIC_RESTART_COUNT=0\0TORCHELASTIC_RUN_ID=none\0"
+
+
+def test_a_torchrun_worker_without_a_rendezvous_id_is_its_run_s_master_address_and_port():
+    found = identify("0::/user.slice/user-1000.slice/session-3.scope\n", parse_environ(TORCHRUN_WORKER))
+    assert job_name(JOB_RULES, found, "alice", "python") == "torchrun:127.0.0.1:29500"
+
+
+def test_two_torchrun_runs_of_one_user_are_two_jobs_and_the_ranks_of_one_are_one():
+    rank0 = parse_environ(TORCHRUN_WORKER.replace(b"RANK=1", b"RANK=0"))
+    other_run = parse_environ(TORCHRUN_WORKER.replace(b"29500", b"29501"))
+    names = {job_name(JOB_RULES, identify(LOGIN_SESSION, env), "alice", "python")
+             for env in (parse_environ(TORCHRUN_WORKER), rank0, other_run)}
+    assert names == {"torchrun:127.0.0.1:29500", "torchrun:127.0.0.1:29501"}
+
+
+def test_a_torchrun_rendezvous_id_names_the_run():
+    env = parse_environ(TORCHRUN_WORKER.replace(b"TORCHELASTIC_RUN_ID=none", b"TORCHELASTIC_RUN_ID=llama-sft-7"))
+    assert job_name(JOB_RULES, identify(LOGIN_SESSION, env), "alice", "python") == "torchrun:llama-sft-7"
+
+
+def test_a_master_address_without_torchrun_is_no_torchrun_job():
+    env = parse_environ(b"MASTER_ADDR=10.0.0.1\0MASTER_PORT=29500\0")
+    assert identify(LOGIN_SESSION, env).torchrun is None
+
+
+def test_a_torchrun_run_inside_a_slurm_job_is_the_slurm_job():
+    assert job_name(JOB_RULES, identify(SLURM_V2, parse_environ(TORCHRUN_WORKER)), "alice", "python") == "slurm:777"
+
+
 def test_an_unknown_rule_is_an_error_that_lists_the_valid_ones():
-    with pytest.raises(BadJobRule, match=r"kubernetes.*valid: slurm, pod, container, unit, user_command"):
+    with pytest.raises(BadJobRule, match=r"kubernetes.*valid: slurm, pod, torchrun, container, unit, user_command"):
         check_rules(["slurm", "kubernetes"])
 
 
@@ -107,6 +140,18 @@ def test_a_real_process_with_slurm_job_id_is_job_slurm_id():
     finally:
         child.kill()
         child.wait()
+
+
+def test_real_torchrun_workers_of_two_runs_are_two_jobs():
+    env = {"TORCHELASTIC_RUN_ID": "none", "MASTER_ADDR": "127.0.0.1", "LOCAL_RANK": "0"}
+    workers = [_sleeper({**env, "MASTER_PORT": port}) for port in ("29500", "29500", "29501")]
+    try:
+        seen = HostSource().read([w.pid for w in workers], time.time()).processes
+        assert [seen[w.pid].job for w in workers] == ["torchrun:127.0.0.1:29500"] * 2 + ["torchrun:127.0.0.1:29501"]
+    finally:
+        for w in workers:
+            w.kill()
+            w.wait()
 
 
 def test_a_real_process_without_identity_is_user_and_command():

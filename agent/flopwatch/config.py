@@ -20,6 +20,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
+from .sources.identity import JOB_RULES
 from .thresholds import Thresholds
 
 DEFAULT_PATH = Path("/etc/flopwatch/config.toml")
@@ -75,7 +76,7 @@ class AlertingConfig:
 class AttributionConfig:
     # First rule that yields a name wins: slurm job, Kubernetes pod, container, systemd unit,
     # user:command (sources/identity.py names the forms).
-    job_rules: list[str] = field(default_factory=lambda: ["slurm", "pod", "container", "unit", "user_command"])
+    job_rules: list[str] = field(default_factory=lambda: list(JOB_RULES))
     top_processes: int = 10
 
 

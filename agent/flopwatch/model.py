@@ -118,6 +118,9 @@ class Identity:
     namespace: str | None = None
     slurm_job: str | None = None
     unit: str | None = None  # systemd unit, when it is the process's own (not a login session)
+    # A torchrun (torch.distributed.elastic) worker's run: its rendezvous id, or where no id was given
+    # ("none"), the master's address and port, which no other run on the node shares while it runs.
+    torchrun: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,8 +6,13 @@ Only whitelisted variables are taken from /proc/PID/environ, so no secret leaves
 
 Job names, by rule (`[attribution].job_rules`, first that yields a name wins):
 ``slurm`` → ``slurm:<job id>``, ``pod`` → ``pod:<namespace>/<name>`` (``pod:<uid>`` when the name
-is unknown), ``container`` → ``container:<12 hex>``, ``unit`` → ``unit:<name.service>``,
-``user_command`` → ``<user>:<command>`` (always yields a name).
+is unknown), ``torchrun`` → ``torchrun:<rdzv id>`` or ``torchrun:<master addr>:<port>``,
+``container`` → ``container:<12 hex>``, ``unit`` → ``unit:<name.service>``, ``user_command`` →
+``<user>:<command>`` (always yields a name).
+
+torchrun's agent gives each worker TORCHELASTIC_RUN_ID: the ``--rdzv-id`` (a fresh UUID with
+``--standalone``), else "none"; and MASTER_ADDR/MASTER_PORT, the store every rank of the run joins.
+Ranks of one run share them; two runs of one user do not.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from typing import Iterable, Mapping
 
 from ..model import Identity
 
-JOB_RULES = ("slurm", "pod", "container", "unit", "user_command")
+JOB_RULES = ("slurm", "pod", "torchrun", "container", "unit", "user_command")
 
 # A pod's UID in its cgroup: dashes with the cgroupfs driver, underscores with the systemd one.
 _POD_UID = re.compile(r"kubepods.*?pod([0-9a-f]{8}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{12})")
@@ -31,7 +36,8 @@ _UNIT = re.compile(r"^[\w@:.\\-]+\.(?:service|scope)$")
 # container runtimes' scopes (named by the container id instead) and Slurm's step daemon.
 _NOT_A_JOB_UNIT = re.compile(r"^(?:session-.*\.scope|user@\d+\.service|init\.scope|slurmstepd\.scope|"
                              r"(?:docker|cri-containerd|crio|libpod|crio-conmon)-.*\.scope)$")
-_ENV_KEYS = (b"SLURM_JOB_ID", b"SLURM_JOBID", b"POD_NAME", b"POD_NAMESPACE", b"HOSTNAME")
+_ENV_KEYS = (b"SLURM_JOB_ID", b"SLURM_JOBID", b"POD_NAME", b"POD_NAMESPACE", b"HOSTNAME", b"TORCHELASTIC_RUN_ID",
+             b"MASTER_ADDR", b"MASTER_PORT")
 _SERVICE_ACCOUNT_NAMESPACE = "var/run/secrets/kubernetes.io/serviceaccount/namespace"
 
 
@@ -93,7 +99,19 @@ def identify(cgroup_text: str, env: Mapping[str, str], namespace_file: str | Non
         pod = env.get("POD_NAME") or env.get("HOSTNAME")
         namespace = env.get("POD_NAMESPACE") or namespace_file
     return Identity(container_id=found.container_id, pod_uid=found.pod_uid, pod=pod, namespace=namespace,
-                    slurm_job=slurm, unit=found.unit)
+                    slurm_job=slurm, unit=found.unit, torchrun=torchrun_run(env))
+
+
+def torchrun_run(env: Mapping[str, str]) -> str | None:
+    """The torchrun run a worker belongs to; None outside torchrun (MASTER_ADDR alone is set by
+    many launchers, TORCHELASTIC_RUN_ID only by torch.distributed.elastic's agent)."""
+    run_id = env.get("TORCHELASTIC_RUN_ID")
+    if run_id is None:
+        return None
+    if run_id != "none":
+        return run_id
+    addr, port = env.get("MASTER_ADDR"), env.get("MASTER_PORT")
+    return f"{addr}:{port}" if addr and port else None
 
 
 def read_identity(pid: int, proc_root: str = "/proc") -> Identity:
@@ -116,6 +134,8 @@ def job_name(rules: Iterable[str], identity: Identity | None, user: str | None, 
             return f"slurm:{ident.slurm_job}"
         if rule == "pod" and (ident.pod or ident.pod_uid):
             return f"pod:{ident.namespace}/{ident.pod}" if ident.pod and ident.namespace else f"pod:{ident.pod or ident.pod_uid}"
+        if rule == "torchrun" and ident.torchrun:
+            return f"torchrun:{ident.torchrun}"
         if rule == "container" and ident.container_id:
             return f"container:{ident.container_id}"
         if rule == "unit" and ident.unit:
