@@ -134,13 +134,23 @@ class HostProcess:
     state: str = ""  # psutil status: running, sleeping, disk-sleep, ...
     cpu_ratio: float | None = None  # cores busy, 1.0 = one full core
     busiest_thread_cpu_ratio: float | None = None  # a single-threaded stage shows here at ~1.0
+    # The thread that wanted a CPU most (schedstat): run + run-queue wait, in cores, and the part it
+    # spent runnable but waiting for a CPU. A thread that wants a whole core and gets half is CPU-bound.
+    thread_demand_ratio: float | None = None
+    thread_wait_ratio: float | None = None
     threads: int = 0
-    threads_in_disk_wait: int = 0
+    threads_in_disk_wait: int = 0  # as seen at the read: a snapshot
+    # Threads waiting for block I/O on average (delay accounting; None where the kernel does not account it).
+    blkio_delay_ratio: float | None = None
     children: int = 0
     children_cpu_ratio: float | None = None  # data-loader workers and other descendants
+    children_wait_ratio: float | None = None  # their main threads' run-queue wait, cores
+    ppid: int | None = None
     rss_bytes: int | None = None
     io_read_bytes_per_second: float | None = None
     io_write_bytes_per_second: float | None = None
+    # Read + written by the loader workers (a process's /proc/PID/io leaves out its live children's).
+    children_io_bytes_per_second: float | None = None
     job: str | None = None
     identity: Identity | None = None
 
@@ -152,6 +162,12 @@ class HostSample:
     cpu_busy_ratio: float | None  # whole host, 0..1
     iowait_ratio: float | None  # whole host, 0..1
     processes: Mapping[int, HostProcess] = field(default_factory=dict)
+    # PSI (/proc/pressure): share of the interval in which some task waited for a CPU, or for I/O
+    # (some: at least one task; full: all non-idle tasks at once). None where the kernel has no PSI.
+    cpu_pressure_ratio: float | None = None
+    io_pressure_ratio: float | None = None
+    io_full_pressure_ratio: float | None = None
+    load_per_core: float | None = None  # one-minute load average over the CPU count
 
 
 @dataclass(slots=True)  # built every tick: not frozen (see above)

@@ -12,8 +12,9 @@ import os
 import resource
 from typing import NamedTuple
 
-# /proc/PID/stat after the ")" that ends the command name: 0-based indexes of the fields used.
-STATE, UTIME, STIME, RSS_PAGES = 0, 11, 12, 21
+# /proc/PID/stat after the ")" that ends the command name: 0-based indexes of the fields used
+# (delayacct_blkio_ticks is the stat's field 42).
+STATE, PPID, UTIME, STIME, RSS_PAGES, BLKIO_TICKS = 0, 1, 11, 12, 21, 39
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 # psutil's names for the states, so HostProcess.state reads the same as before.
@@ -73,6 +74,58 @@ def stat_fields(data: bytes, needed: int = RSS_PAGES + 1) -> list[bytes]:
 
 def cpu_seconds(fields: list[bytes]) -> float:
     return (int(fields[UTIME]) + int(fields[STIME])) / CLOCK_TICKS
+
+
+def blkio_seconds(fields: list[bytes]) -> float | None:
+    """Time the task waited for block I/O, by delay accounting; None where the stat lacks it."""
+    return int(fields[BLKIO_TICKS]) / CLOCK_TICKS if len(fields) > BLKIO_TICKS else None
+
+
+class SchedStat(NamedTuple):
+    """/proc/PID/task/TID/schedstat: the scheduler's counters for one thread."""
+
+    run_seconds: float  # on a CPU
+    wait_seconds: float  # runnable, waiting on a run queue for a CPU
+    timeslices: int
+
+
+def schedstat(data: bytes | None) -> SchedStat | None:
+    """The three counters, or None where the kernel has no schedstat (CONFIG_SCHED_INFO off)."""
+    if not data:
+        return None
+    values = data.split()
+    if len(values) < 3:
+        return None
+    return SchedStat(int(values[0]) / 1e9, int(values[1]) / 1e9, int(values[2]))
+
+
+class Pressure(NamedTuple):
+    """PSI totals: seconds in which some (and all) non-idle tasks were stalled on the resource."""
+
+    some_seconds: float
+    full_seconds: float | None  # /proc/pressure/cpu's "full" is 0 before 5.13 and meaningless system-wide
+
+
+def pressure(data: bytes | None) -> Pressure | None:
+    """The ``total=`` counters (µs) of a /proc/pressure file; None where the kernel has no PSI."""
+    if not data:
+        return None
+    totals = {}
+    for line in data.splitlines():
+        kind, _, rest = line.partition(b" ")
+        for item in rest.split():
+            if item.startswith(b"total="):
+                totals[kind] = int(item[6:]) / 1e6
+    if b"some" not in totals:
+        return None
+    return Pressure(totals[b"some"], totals.get(b"full"))
+
+
+def load_average(data: bytes | None) -> float | None:
+    """The one-minute load average: runnable tasks (and those in disk wait), averaged."""
+    if not data:
+        return None
+    return float(data.split()[0])
 
 
 def io_bytes(data: bytes | None) -> tuple[int | None, int | None]:
