@@ -23,7 +23,7 @@ from .window import SlidingWindow
 CAUSES = (
     "idle", "held_idle", "input_starved", "io_bound", "host_transfer_bound", "launch_bound",
     "memory_bound", "no_tensor_cores", "power_capped", "thermal_throttled", "clocks_capped",
-    "contention", "communication_bound", "system", "unknown",
+    "contention", "communication_bound", "system", "low_demand", "unknown",
 )
 
 ADVICE = {
@@ -57,6 +57,9 @@ ADVICE = {
                            "buckets, FSDP prefetch), or check NCCL's topology and P2P settings.",
     "system": "The node itself holds the GPU back. Update the driver to >= 530 with CUDA >= 12.1 and "
               "check the PCIe link (reseat, BIOS), ECC and Xid errors; run `flopwatch doctor`.",
+    "low_demand": "The GPU has little work: short efficient bursts (requests to a lightly used server), "
+                  "then waiting. Consolidate replicas onto fewer GPUs, autoscale on queue depth (down to "
+                  "zero), share the GPU (MIG, MPS, time-slicing), or batch requests.",
     "unknown": "Utilization is low and no known signature matches. Profile one step (PyTorch profiler, "
                "Nsight Systems) to see where the time goes.",
 }
@@ -76,8 +79,16 @@ SUMMARY = {
     "contention": "Several processes time-slice the GPU",
     "communication_bound": "GPU waiting on inter-GPU communication",
     "system": "Node problem (driver, PCIe link) holds the GPU back",
+    "low_demand": "GPU has little work to do (low demand)",
     "unknown": "GPU under-used, cause not identified",
 }
+
+# input_starved where the feeding thread wants a core and waits for one: the fix is the host's cores.
+CPU_CONTENDED_ADVICE = ("The thread feeding the GPU is runnable but waits for a CPU: other processes hold the "
+                        "host's cores. Free the cores (move or stop the other work), reserve CPUs for the job "
+                        "(cgroup cpu.weight/cpuset, Slurm --cpus-per-task, a Kubernetes CPU request), or run it "
+                        "on a less loaded node. More loader workers would only queue for the same cores.")
+CPU_CONTENDED_SUMMARY = "GPU starved: its input thread waits for CPUs taken by other processes"
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +109,12 @@ class ProcessSums:
     children_cpu_ratio: float | None
     threads_in_disk_wait: float | None
     io_read_bytes_per_second: float | None
+    thread_demand_ratio: float | None = None
+    thread_wait_ratio: float | None = None  # of the most demanding thread
+    children_wait_ratio: float | None = None
+    io_write_bytes_per_second: float | None = None
+    children_io_bytes_per_second: float | None = None
+    blkio_delay_ratio: float | None = None
 
 
 @dataclass(slots=True)  # built every tick: not frozen, as the records of model.py
@@ -168,8 +185,9 @@ def job_peers(gpus: Sequence[GpuState], saturated_pids: frozenset[int]) -> dict[
 
 
 def process_sums(host: HostSample, pids: Sequence[int]) -> ProcessSums:
-    # One pass, no helpers: this runs for every tick that enters a window.
-    cpu = busiest = children = disk_wait = io_read = None
+    # One pass, no helpers: this runs for every tick that enters a window (on a new reading only).
+    cpu = busiest = children = disk_wait = io_read = io_write = None
+    demand = wait = children_wait = children_io = blkio = None
     for pid in pids:
         p = host.processes.get(pid)
         if p is None:
@@ -178,13 +196,26 @@ def process_sums(host: HostSample, pids: Sequence[int]) -> ProcessSums:
             cpu = (cpu or 0.0) + p.cpu_ratio
         if p.busiest_thread_cpu_ratio is not None:
             busiest = p.busiest_thread_cpu_ratio if busiest is None else max(busiest, p.busiest_thread_cpu_ratio)
+        if p.thread_demand_ratio is not None and (demand is None or p.thread_demand_ratio > demand):
+            demand, wait = p.thread_demand_ratio, p.thread_wait_ratio
         if p.children_cpu_ratio is not None:
             children = (children or 0.0) + p.children_cpu_ratio
+        if p.children_wait_ratio is not None:
+            children_wait = (children_wait or 0.0) + p.children_wait_ratio
         disk_wait = (disk_wait or 0.0) + p.threads_in_disk_wait
+        if p.blkio_delay_ratio is not None:
+            blkio = (blkio or 0.0) + p.blkio_delay_ratio
         if p.io_read_bytes_per_second is not None:
             io_read = (io_read or 0.0) + p.io_read_bytes_per_second
+        if p.io_write_bytes_per_second is not None:
+            io_write = (io_write or 0.0) + p.io_write_bytes_per_second
+        if p.children_io_bytes_per_second is not None:
+            children_io = (children_io or 0.0) + p.children_io_bytes_per_second
     return ProcessSums(cpu_ratio=cpu, busiest_thread_cpu_ratio=busiest, children_cpu_ratio=children,
-                       threads_in_disk_wait=disk_wait, io_read_bytes_per_second=io_read)
+                       threads_in_disk_wait=disk_wait, io_read_bytes_per_second=io_read,
+                       thread_demand_ratio=demand, thread_wait_ratio=wait, children_wait_ratio=children_wait,
+                       io_write_bytes_per_second=io_write, children_io_bytes_per_second=children_io,
+                       blkio_delay_ratio=blkio)
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,11 +268,26 @@ class Signals:
     job_gpus: int = 0  # other GPUs running this GPU's job (last tick)
     peers_below_ratio: float | None = None  # share of those under the threshold; None: no other GPU
     peer_starved_ratio: float | None = None  # share of the window some other GPU's loaders were saturated
+    # CPU scheduling (schedstat, PSI, load); None where the kernel does not say.
+    thread_demand_ratio: float | None = None  # the most demanding thread's run + run-queue wait, cores
+    thread_wait_ratio: float | None = None  # its run-queue wait, cores
+    children_wait_ratio: float | None = None  # the loader workers' run-queue wait, cores
+    cpu_pressure_ratio: float | None = None
+    load_per_core: float | None = None
+    # Storage I/O of the processes and their loader workers, and the host's I/O pressure.
+    io_write_bytes_per_second: float = 0.0
+    children_io_bytes_per_second: float = 0.0
+    blkio_delay_ratio: float | None = None  # threads waiting on block I/O, on average (delay accounting)
+    io_pressure_ratio: float | None = None
+    # Mean CPU (cores) of each process that is not a child of another of the GPU's processes: a job
+    # launching work of its own, where NVML's per-process SM shares are not known.
+    process_cpu: Mapping[int, float] = field(default_factory=dict)
+    unknown_shares: frozenset[int] = frozenset()  # processes whose SM share no tick of the window knew
 
 
 _PROCESS_SIGNALS = tuple(f.name for f in fields(ProcessSums))
 # Keys of the per-reason and per-process contributions, next to the plain names of TickWindow._parts.
-_THROTTLE, _SM, _SM_UNKNOWN = "throttle", "sm", "sm_unknown"
+_THROTTLE, _SM, _SM_UNKNOWN, _CPU = "throttle", "sm", "sm_unknown", "cpu"
 
 
 class TickWindow:
@@ -291,6 +337,9 @@ class TickWindow:
             ("nvlink_rx", sample.nvlink_rx_bytes_per_second),
             ("sm_clock_ratio", f.sm_clock_ratio),
             ("iowait_ratio", tick.host.iowait_ratio),
+            ("cpu_pressure_ratio", tick.host.cpu_pressure_ratio),
+            ("io_pressure_ratio", tick.host.io_pressure_ratio),
+            ("load_per_core", tick.host.load_per_core),
             ("peers_below_ratio", peers.below / peers.gpus if peers.gpus else None),
             ("peer_starved_ratio", float(peers.starved > 0) if peers.gpus else None),
         )
@@ -309,6 +358,12 @@ class TickWindow:
                 parts[(_SM_UNKNOWN, pid)] = 0.0
             else:
                 parts[(_SM, pid)] = ratio
+        if len(self._pids) > 1:
+            processes = tick.host.processes
+            for pid in self._pids:
+                p = processes.get(pid)
+                if p is not None and p.cpu_ratio is not None and p.ppid not in self._pids:
+                    parts[(_CPU, pid)] = p.cpu_ratio
         return parts
 
 
@@ -320,6 +375,8 @@ def signals(window: TickWindow) -> Signals:
     throttle: dict[str, float] = {}
     # A process's mean SM share is over the ticks that knew it; 0 if it never had one above 0.
     shares = dict.fromkeys(pids, 0.0)
+    process_cpu: dict[int, float] = {}
+    unknown_shares = set()
     for key in ticks.keys():
         if type(key) is tuple:
             family, name = key
@@ -327,6 +384,10 @@ def signals(window: TickWindow) -> Signals:
                 throttle[name] = mean(key) or 0.0
             elif family == _SM:
                 shares[name] = ticks.total(key) / (ticks.weight - ticks.weight_of((_SM_UNKNOWN, name)))
+            elif family == _CPU:
+                process_cpu[name] = mean(key) or 0.0
+            elif family == _SM_UNKNOWN and ticks.weight_of(key) >= ticks.weight:
+                unknown_shares.add(name)
     info = last.sample.info
     driver_major = int(info.driver_version.split(".")[0]) if info.driver_version[:1].isdigit() else None
     cuda = None
@@ -378,6 +439,17 @@ def signals(window: TickWindow) -> Signals:
         job_gpus=last.peers.gpus,
         peers_below_ratio=mean("peers_below_ratio"),
         peer_starved_ratio=mean("peer_starved_ratio"),
+        thread_demand_ratio=mean("thread_demand_ratio"),
+        thread_wait_ratio=mean("thread_wait_ratio"),
+        children_wait_ratio=mean("children_wait_ratio"),
+        cpu_pressure_ratio=mean("cpu_pressure_ratio"),
+        load_per_core=mean("load_per_core"),
+        io_write_bytes_per_second=mean("io_write_bytes_per_second") or 0.0,
+        children_io_bytes_per_second=mean("children_io_bytes_per_second") or 0.0,
+        blkio_delay_ratio=mean("blkio_delay_ratio"),
+        io_pressure_ratio=mean("io_pressure_ratio"),
+        process_cpu=process_cpu,
+        unknown_shares=frozenset(unknown_shares),
     )
 
 
@@ -409,53 +481,60 @@ def classify(s: Signals, th: Thresholds) -> Finding | None:
     if s.utilization is None:
         return None
     util = s.utilization
-    busy_shares = [v for v in s.process_shares.values() if v >= th.contention_min_sm_ratio * max(util, 1e-9)]
+    kernel_time = s.nvml_utilization or 0.0
+    busy_shares = _busy_shares(s, th)
     thermal = s.throttle.get("sw_thermal_slowdown", 0.0) + s.throttle.get("hw_thermal_slowdown", 0.0)
     clocks_low = s.sm_clock_ratio is not None and s.sm_clock_ratio < th.clock_ratio_low
 
     if util < th.utilization_threshold:
         if s.processes == 0:
             return _finding("idle", "ticket", 0.95, s, processes=0)
+        storage = s.io_read_bytes_per_second + s.io_write_bytes_per_second + s.children_io_bytes_per_second
+        disk_waiting = max(s.threads_in_disk_wait, s.blkio_delay_ratio or 0.0)
+        # A process moving data from storage, or waiting on it, is not idle, however little it asks
+        # of the GPU and CPU.
         if util < th.idle_sm_active and s.memory_held_bytes >= th.held_memory_bytes and \
-                s.cpu_ratio + s.children_cpu_ratio < th.cpu_busy_ratio and (s.nvml_utilization or 0) < th.launch_min_kernel_time:
+                s.cpu_ratio + s.children_cpu_ratio < th.cpu_busy_ratio and kernel_time < th.launch_min_kernel_time \
+                and storage < th.io_read_bytes_per_second and disk_waiting < th.disk_wait_threads:
             return _finding("held_idle", "page", 0.9, s, memory_held_bytes=s.memory_held_bytes,
                             process_cpu_cores=s.cpu_ratio, processes=s.processes)
-        if len(busy_shares) >= th.contention_processes and s.processes >= th.contention_processes:
-            return _finding("contention", "page", 0.8, s, processes=s.processes,
-                            sm_shares=", ".join(f"{pid} {s.process_jobs.get(pid, '?')} {v:.2f}"
-                                                for pid, v in sorted(s.process_shares.items())))
-        kernel_time = s.nvml_utilization or 0.0
+        kernels_run = s.source_quality == "gpm" and kernel_time >= th.launch_min_kernel_time
+        launching = _launching_without_share(s, th, busy_shares) if kernels_run else []
+        if len(busy_shares) + len(launching) >= th.contention_processes and s.processes >= th.contention_processes:
+            return _contention(s, "page", 0.8 if len(busy_shares) >= th.contention_processes else 0.6, launching)
         # Kernels run far longer than the SMs have work: tiny kernels, or NCCL's few spinning blocks.
         # Or a kernel runs nearly all the time and the SMs still wait: the kernels are too small to
         # fill them, and the GPU is not waiting for input (a thread spinning on the full launch
         # queue looks saturated, yet it is the GPU it waits for).
-        kernels_run = s.source_quality == "gpm" and kernel_time >= th.launch_min_kernel_time
         kernels_outrun_sms = kernels_run and (kernel_time >= th.launch_kernel_time_over_sm_active * max(util, 1e-3)
                                               or kernel_time >= th.launch_busy_kernel_time)
         peers_low = s.peers_below_ratio is not None and s.peers_below_ratio >= th.peers_below_ratio
         waiting_on_peers = peers_low and kernels_outrun_sms
+        # CPU-bound: what a thread (or each loader worker) runs, or runs and waits on the run queue
+        # for a core that other work holds: a thread that wants a core and gets half is CPU-bound too.
+        demand = max(s.busiest_thread_cpu_ratio, s.thread_demand_ratio or 0.0)
         per_child = s.children_cpu_ratio / s.children if s.children else 0.0
-        loaders_saturated = per_child >= th.cpu_saturated_ratio
-        thread_saturated = s.busiest_thread_cpu_ratio >= th.cpu_saturated_ratio
+        per_child_wait = (s.children_wait_ratio or 0.0) / s.children if s.children else 0.0
+        loaders_saturated = per_child + per_child_wait >= th.cpu_saturated_ratio
+        thread_saturated = demand >= th.cpu_saturated_ratio
+        waits_for_cpu = (thread_saturated and (s.thread_wait_ratio or 0.0) >= th.cpu_runqueue_wait_ratio) or \
+            (loaders_saturated and per_child_wait >= th.cpu_runqueue_wait_ratio)
+        io_bound = _io_bound(s, th, storage, disk_waiting, cpu_bound=thread_saturated or loaders_saturated)
         nvlink_busy = _nvlink_busy(s, th)
-        pcie_busy = s.pcie_bytes_per_second is not None and s.pcie_bytes_per_second >= th.pcie_busy_bytes_per_second
+        pcie = s.pcie_bytes_per_second or 0.0
+        pcie_busy = pcie >= th.pcie_busy_bytes_per_second
         if nvlink_busy is not None:
             return _communication(s, "nvlink", nvlink_busy + (0.1 if peers_low else 0.0))
         if pcie_busy and waiting_on_peers:
             # Collectives over PCIe (no NVLink, or P2P off): the job's GPUs wait together, NCCL spins.
-            return _communication(s, "pcie", _strength(s.pcie_bytes_per_second, th.pcie_busy_bytes_per_second))
+            return _communication(s, "pcie", _strength(pcie, th.pcie_busy_bytes_per_second))
+        if io_bound is not None and (not pcie_busy or storage >= th.io_share_of_pcie * pcie):
+            # The bytes on the bus are the disk's, passing through: it is the disk they wait for.
+            return _io_finding(s, io_bound, storage)
         if pcie_busy:
-            return _finding("host_transfer_bound", "page", _strength(s.pcie_bytes_per_second, th.pcie_busy_bytes_per_second),
+            return _finding("host_transfer_bound", "page", _strength(pcie, th.pcie_busy_bytes_per_second),
                             s, pcie_bytes_per_second=s.pcie_bytes_per_second,
                             busiest_thread_cpu_cores=s.busiest_thread_cpu_ratio)
-        # Host iowait alone could be another job's: it counts only while these processes read.
-        if s.threads_in_disk_wait >= th.disk_wait_threads or (
-                (s.iowait_ratio or 0) >= th.iowait_ratio and s.busiest_thread_cpu_ratio < th.cpu_saturated_ratio
-                and s.io_read_bytes_per_second >= th.io_read_bytes_per_second):
-            return _finding("io_bound", "page", _strength(max(s.threads_in_disk_wait, 0.01), th.disk_wait_threads), s,
-                            threads_in_disk_wait=s.threads_in_disk_wait, iowait_ratio=s.iowait_ratio,
-                            io_read_bytes_per_second=s.io_read_bytes_per_second,
-                            process_cpu_cores=s.cpu_ratio)
         if s.dram_active is not None and s.dram_active >= th.memory_bound_dram_active:
             return _finding("memory_bound", "page", _strength(s.dram_active, th.memory_bound_dram_active), s,
                             dram_active=s.dram_active, flops_utilization=s.flops_utilization)
@@ -471,21 +550,26 @@ def classify(s: Signals, th: Thresholds) -> Finding | None:
         if kernels_outrun_sms and not (peers_low and loaders_saturated):
             return _launch_bound(s, _strength(kernel_time / max(util, 1e-3), th.launch_kernel_time_over_sm_active))
         if thread_saturated or loaders_saturated:
-            return _finding("input_starved", "page",
-                            _strength(max(s.busiest_thread_cpu_ratio, per_child), th.cpu_saturated_ratio) - 0.1, s,
-                            busiest_thread_cpu_cores=s.busiest_thread_cpu_ratio, loader_workers=s.children,
-                            loader_cpu_cores=s.children_cpu_ratio, process_cpu_cores=s.cpu_ratio,
-                            nvlink_bytes_per_second=s.nvlink_bytes_per_second)
+            return _input_starved(s, th, max(demand, per_child + per_child_wait), waits_for_cpu)
         if kernels_run and s.cpu_ratio >= th.cpu_saturated_ratio and \
                 kernel_time >= th.launch_overhead_kernel_time_over_sm_active * max(util, 1e-3):
             # About a core of host work spread over threads (Python on the main thread, the autograd
             # engine's own) while kernels too small to fill the SMs leave gaps: framework overhead.
             return _launch_bound(s, 0.55)
+        if _low_demand(s, th, storage) and not peers_low:
+            return _finding("low_demand", "ticket", 0.6, s, nvml_utilization=s.nvml_utilization,
+                            tensor_active=s.tensor_active, process_cpu_cores=s.cpu_ratio,
+                            busiest_thread_cpu_cores=s.busiest_thread_cpu_ratio,
+                            thread_wait_cores=s.thread_wait_ratio, io_bytes_per_second=storage,
+                            pcie_bytes_per_second=s.pcie_bytes_per_second)
         problems = _system_problems(s)
         if problems:
             return _finding("system", "page", 0.7, s, problems="; ".join(problems))
         return _finding("unknown", "page", 0.3, s, nvml_utilization=s.nvml_utilization,
-                        process_cpu_cores=s.cpu_ratio, pcie_bytes_per_second=s.pcie_bytes_per_second)
+                        process_cpu_cores=s.cpu_ratio, pcie_bytes_per_second=s.pcie_bytes_per_second,
+                        thread_demand_cores=s.thread_demand_ratio, thread_wait_cores=s.thread_wait_ratio,
+                        io_bytes_per_second=storage, cpu_pressure=s.cpu_pressure_ratio,
+                        io_pressure=s.io_pressure_ratio)
 
     # Busy, but is the work efficient?
     if s.power_limit_ratio is not None and s.power_limit_ratio < 0.98 and clocks_low and \
@@ -513,9 +597,85 @@ def classify(s: Signals, th: Thresholds) -> Finding | None:
         return _finding("no_tensor_cores", "ticket", _strength(fp_busy, th.fp_pipe_busy), s,
                         fp32_active=s.fp32_active, fp64_active=s.fp64_active, tensor_active=s.tensor_active)
     if len(busy_shares) >= th.contention_processes:
-        return _finding("contention", "ticket", 0.7, s, processes=s.processes,
-                        sm_shares=", ".join(f"{pid}:{v:.2f}" for pid, v in sorted(s.process_shares.items())))
+        return _contention(s, "ticket", 0.7, [])
     return None
+
+
+def _busy_shares(s: Signals, th: Thresholds) -> list[int]:
+    """The processes with a real share of the GPU. NVML's per-process shares are kernel time, as
+    its utilization.gpu is, so the bar is a share of that (or of SM activity where higher)."""
+    bar = th.contention_min_sm_ratio * max(s.utilization or 0.0, s.nvml_utilization or 0.0, 1e-9)
+    return [pid for pid, v in s.process_shares.items() if v >= bar]
+
+
+def _launching_without_share(s: Signals, th: Thresholds, busy: list[int]) -> list[int]:
+    """Processes whose SM share no tick knew, each busy on the CPU (launching work of its own, not a
+    loader worker of another): with kernels running, they take turns on the GPU too."""
+    return [pid for pid in s.unknown_shares
+            if pid not in busy and s.process_cpu.get(pid, 0.0) >= th.cpu_busy_ratio]
+
+
+def _contention(s: Signals, severity: str, confidence: float, launching: list[int]) -> Finding:
+    return _finding("contention", severity, confidence, s, processes=s.processes,
+                    sm_shares=", ".join(f"{pid} {s.process_jobs.get(pid, '?')} {v:.2f}"
+                                        for pid, v in sorted(s.process_shares.items()) if pid not in s.unknown_shares),
+                    launching_without_share=", ".join(f"{pid} {s.process_jobs.get(pid, '?')} {s.process_cpu[pid]:.2f} cores"
+                                                      for pid in sorted(launching)) or None)
+
+
+def _io_bound(s: Signals, th: Thresholds, storage: float, waiting: float, cpu_bound: bool) -> float | None:
+    """How surely the processes wait on storage (a confidence), or None if they do not.
+
+    Threads seen in disk wait, or delay accounting's count of them; host-wide iowait or I/O pressure
+    only while these processes read (it could be another job's); or, counters only, bytes moved from
+    storage at a rate that leaves a thread no time for anything but waiting, with no thread CPU-bound."""
+    if waiting >= th.disk_wait_threads:
+        return _strength(waiting, th.disk_wait_threads)
+    if cpu_bound:
+        return None
+    reads = s.io_read_bytes_per_second + s.children_io_bytes_per_second >= th.io_read_bytes_per_second
+    if reads and ((s.iowait_ratio or 0.0) >= th.iowait_ratio or (s.io_pressure_ratio or 0.0) >= th.io_pressure_ratio):
+        return 0.7
+    if storage >= th.io_busy_bytes_per_second:
+        return _strength(storage, th.io_busy_bytes_per_second) - 0.1
+    return None
+
+
+def _io_finding(s: Signals, confidence: float, storage: float) -> Finding:
+    return _finding("io_bound", "page", confidence, s, threads_in_disk_wait=s.threads_in_disk_wait,
+                    blkio_delay_threads=s.blkio_delay_ratio, iowait_ratio=s.iowait_ratio,
+                    io_pressure=s.io_pressure_ratio, io_read_bytes_per_second=s.io_read_bytes_per_second,
+                    io_write_bytes_per_second=s.io_write_bytes_per_second,
+                    loader_io_bytes_per_second=s.children_io_bytes_per_second, storage_bytes_per_second=storage,
+                    process_cpu_cores=s.cpu_ratio, pcie_bytes_per_second=s.pcie_bytes_per_second)
+
+
+def _input_starved(s: Signals, th: Thresholds, demand: float, waits_for_cpu: bool) -> Finding:
+    evidence = dict(busiest_thread_cpu_cores=s.busiest_thread_cpu_ratio, loader_workers=s.children,
+                    loader_cpu_cores=s.children_cpu_ratio, process_cpu_cores=s.cpu_ratio,
+                    nvlink_bytes_per_second=s.nvlink_bytes_per_second)
+    if not waits_for_cpu:
+        return _finding("input_starved", "page", _strength(demand, th.cpu_saturated_ratio) - 0.1, s, **evidence)
+    # The scheduler's own counters prove the thread was runnable and had no CPU; PSI and the load say
+    # the host's other work held them.
+    found = _finding("input_starved", "page", _strength(demand, th.cpu_saturated_ratio), s, **evidence,
+                     thread_demand_cores=s.thread_demand_ratio,
+                     thread_run_cores=(s.thread_demand_ratio or 0.0) - (s.thread_wait_ratio or 0.0),
+                     thread_wait_cores=s.thread_wait_ratio, loader_wait_cores=s.children_wait_ratio,
+                     cpu_pressure=s.cpu_pressure_ratio, load_per_core=s.load_per_core)
+    return replace(found, advice=CPU_CONTENDED_ADVICE, summary=CPU_CONTENDED_SUMMARY)
+
+
+def _low_demand(s: Signals, th: Thresholds, storage: float) -> bool:
+    """Little work, done efficiently: the SMs are active now and then, and the kernels that run fill
+    them (kernel time close to SM activity); nothing on the host is busy, waits or moves data."""
+    return (s.utilization is not None and s.utilization >= th.idle_sm_active
+            and s.nvml_utilization is not None
+            and s.nvml_utilization <= th.low_demand_kernel_time_over_sm_active * s.utilization
+            and s.cpu_ratio + s.children_cpu_ratio < th.cpu_busy_ratio
+            and (s.thread_wait_ratio or 0.0) < th.cpu_runqueue_wait_ratio
+            and storage < th.io_read_bytes_per_second
+            and (s.pcie_bytes_per_second or 0.0) < th.low_demand_pcie_bytes_per_second)
 
 
 def _nvlink_busy(s: Signals, th: Thresholds) -> float | None:

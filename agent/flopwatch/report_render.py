@@ -187,7 +187,7 @@ CAUSE_COLORS = {
     "host_transfer_bound": "#e377c2", "launch_bound": "#bcbd22", "memory_bound": "#17becf",
     "no_tensor_cores": "#1f77b4", "power_capped": "#aec7e8", "thermal_throttled": "#ffbb78",
     "clocks_capped": "#98df8a", "contention": "#393b79", "communication_bound": "#c49c94",
-    "system": "#637939", "unknown": "#7f7f7f",
+    "system": "#637939", "low_demand": "#dbdb8d", "unknown": "#7f7f7f",
 }
 
 

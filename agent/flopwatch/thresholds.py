@@ -20,14 +20,24 @@ class Thresholds:
     # A process with this much GPU memory and SM active under idle_sm_active is holding, not working.
     idle_sm_active: float = 0.05
     held_memory_bytes: float = 256 * 2**20
-    # Host CPU: a thread (or the loader workers, each) at this share of a core is saturated.
+    # Host CPU: a thread (or the loader workers, each) that runs, or runs and waits on the run queue,
+    # this share of a core is CPU-bound: saturated when it gets its core, starved of one when it waits.
     cpu_saturated_ratio: float = 0.8
+    # ...and waits this share of a core for a CPU: the host's cores are taken by other work.
+    cpu_runqueue_wait_ratio: float = 0.2
     # The process is doing something on the CPU (not just sleeping while holding the GPU).
     cpu_busy_ratio: float = 0.3
-    # io_bound: threads in uninterruptible disk wait, or host iowait.
+    # io_bound: threads waiting on block I/O (disk-sleep, or delay accounting's count), or host iowait
+    # or I/O pressure (PSI some) while these processes read; or they move this many bytes a second
+    # from storage with no thread CPU-bound (the disk is what they wait for).
     disk_wait_threads: float = 0.5
     iowait_ratio: float = 0.2
+    io_pressure_ratio: float = 0.3
     io_read_bytes_per_second: float = 10e6
+    io_busy_bytes_per_second: float = 100e6
+    # io_bound before host_transfer_bound: the storage traffic is at least this share of PCIe's (the
+    # bytes on the bus are the disk's, passing through).
+    io_share_of_pcie: float = 0.5
     # host_transfer_bound: PCIe traffic while the SMs wait.
     pcie_busy_bytes_per_second: float = 1.0e9
     # launch_bound: kernels ran for this many times longer than the SMs had work (tiny kernels),
@@ -39,6 +49,11 @@ class Thresholds:
     # thread saturated (the main and autograd threads take turns), kernels this much longer than the
     # SMs had work.
     launch_overhead_kernel_time_over_sm_active: float = 1.2
+    # low_demand (ticket): SM activity at least idle_sm_active, kernel time within this many times of
+    # it (the kernels that run fill the SMs), the host quiet (under cpu_busy_ratio, no storage I/O,
+    # PCIe under this): there is little work, and it is done efficiently.
+    low_demand_kernel_time_over_sm_active: float = 1.5
+    low_demand_pcie_bytes_per_second: float = 100e6
     # Busy-but-inefficient tickets.
     memory_bound_dram_active: float = 0.6
     memory_bound_max_flops_utilization: float = 0.3

@@ -48,6 +48,8 @@ class SimProcess:
     children: int = 0
     children_cpu_ratio: float = 0.0
     io_read_bytes_per_second: float = 0.0
+    # The most demanding thread's run-queue wait (cores): it wants busiest + this of a CPU.
+    thread_wait_ratio: float = 0.0
     state: str = "running"
     user: str = "alice"
     cmdline: str = "python train.py"
@@ -85,6 +87,9 @@ class Scenario:
     burst_period_seconds: float = 0.0  # >0: the SMs alternate busy/idle (a starved loop)
     processes: tuple[SimProcess, ...] = ()
     host_iowait_ratio: float = 0.01
+    host_cpu_pressure_ratio: float = 0.02  # PSI cpu some
+    host_io_pressure_ratio: float = 0.01  # PSI io some
+    host_load_per_core: float = 0.3
 
 
 def _trainer(**overrides: Any) -> SimProcess:
@@ -133,6 +138,32 @@ SCENARIOS: dict[str, Scenario] = {
         dram_active=0.07, power_watts=230, burst_period_seconds=6.0, host_iowait_ratio=0.35,
         processes=(_trainer(cpu_ratio=0.25, busiest_thread_cpu_ratio=0.12, children=4, children_cpu_ratio=0.4,
                             threads_in_disk_wait=3, io_read_bytes_per_second=180e6, state="disk-sleep"),),
+    ),
+    # A loop reading each batch with O_DIRECT from a local disk: 1.5 GB/s off the disk and over
+    # PCIe, a tenth of a core, the GPU almost idle; host iowait, spread over 64 cores, stays low.
+    "disk_direct_read": Scenario(
+        sm_active=0.01, sm_occupancy=0.005, nvml_utilization=0.01, dram_active=0.01, fp32_active=0.0,
+        power_watts=120, pcie_tx_bytes_per_second=5e6, pcie_rx_bytes_per_second=1.5e9, host_iowait_ratio=0.015,
+        host_io_pressure_ratio=0.9,
+        processes=(SimProcess("python", 820 * 2**20, 1.0, 0.08, 0.07, threads=6, io_read_bytes_per_second=1.5e9,
+                              cmdline="python read_direct.py"),),
+    ),
+    # A training loop on a host whose cores other processes keep busy (load twice the cores): its
+    # feeding thread wants a whole core, runs half of one and waits for a CPU the rest of the time.
+    "cpu_contended": Scenario(
+        sm_active=0.01, sm_occupancy=0.005, nvml_utilization=0.01, tensor_active=0.005, dram_active=0.01,
+        power_watts=125, host_cpu_pressure_ratio=0.97, host_load_per_core=2.0,
+        processes=(_trainer(cpu_ratio=0.55, busiest_thread_cpu_ratio=0.5, thread_wait_ratio=0.48, children=0,
+                            children_cpu_ratio=0.0),),
+    ),
+    # A model server with little traffic (the bursts of an H200 with big bf16 GEMMs per request): the
+    # kernels fill the SMs while they run, then it waits in its event loop.
+    "low_demand": Scenario(
+        sm_active=0.11, sm_occupancy=0.06, nvml_utilization=0.155, tensor_active=0.11, hmma_active=0.11,
+        dram_active=0.03, fp32_active=0.0, power_watts=160, pcie_tx_bytes_per_second=1e6,
+        pcie_rx_bytes_per_second=2e6,
+        processes=(SimProcess("python", 6 * GIB, 1.0, 0.15, 0.15, threads=12, state="sleeping",
+                              cmdline="python serve.py --port 8000"),),
     ),
     # Pageable host→device copies: PCIe busy, SMs waiting, one CPU thread doing the staging memcpy.
     "host_transfer_bound": Scenario(
@@ -204,7 +235,7 @@ SCENARIOS: dict[str, Scenario] = {
     # Under the threshold with no signal that names a cause.
     "unknown": Scenario(
         sm_active=0.3, sm_occupancy=0.2, nvml_utilization=0.32, tensor_active=0.2, hmma_active=0.2,
-        dram_active=0.1, power_watts=250, processes=(_trainer(cpu_ratio=0.2, busiest_thread_cpu_ratio=0.1, children=2,
+        dram_active=0.1, power_watts=250, processes=(_trainer(cpu_ratio=0.5, busiest_thread_cpu_ratio=0.1, children=2,
                                                               children_cpu_ratio=0.1),),
     ),
 }
@@ -596,25 +627,31 @@ class SimulatedNvml:
     # -- the host side of the scenarios -------------------------------------------------------
     def host_sample(self, timestamp: float) -> HostSample:
         processes = {}
-        iowait = 0.0
+        iowait = cpu_pressure = io_pressure = load = 0.0
         t = self._t()
         for gpu in self._gpus:
             iowait = max(iowait, gpu.scenario.host_iowait_ratio)
+            cpu_pressure = max(cpu_pressure, gpu.scenario.host_cpu_pressure_ratio)
+            io_pressure = max(io_pressure, gpu.scenario.host_io_pressure_ratio)
+            load = max(load, gpu.scenario.host_load_per_core)
             processes.update(gpu.steady_host)
             for k, p in enumerate(gpu.processes):
                 if not p.steady:
                     jitter = 1.0 + 0.03 * self._noise(gpu, f"cpu{k}", t)
                     processes[gpu.pid_base + k] = _host_process(gpu, k, jitter)
-        return HostSample(timestamp=timestamp, cpu_count=64, cpu_busy_ratio=0.2, iowait_ratio=iowait,
-                          processes=processes)
+        return HostSample(timestamp=timestamp, cpu_count=64, cpu_busy_ratio=min(0.2 + load, 1.0), iowait_ratio=iowait,
+                          processes=processes, cpu_pressure_ratio=cpu_pressure, io_pressure_ratio=io_pressure,
+                          io_full_pressure_ratio=io_pressure / 2, load_per_core=load)
 
 
 def _host_process(gpu: _Gpu, k: int, jitter: float) -> HostProcess:
     p = gpu.processes[k]
+    busiest = min(p.busiest_thread_cpu_ratio * jitter, 1.0)
     return HostProcess(
         pid=gpu.pid_base + k, name=p.name, user=p.user, cmdline=p.cmdline, state=p.state,
-        cpu_ratio=p.cpu_ratio * jitter, busiest_thread_cpu_ratio=min(p.busiest_thread_cpu_ratio * jitter, 1.0),
-        threads=p.threads, threads_in_disk_wait=p.threads_in_disk_wait, children=p.children,
+        cpu_ratio=p.cpu_ratio * jitter, busiest_thread_cpu_ratio=busiest,
+        thread_demand_ratio=busiest + p.thread_wait_ratio, thread_wait_ratio=p.thread_wait_ratio,
+        children_wait_ratio=0.0 if p.children else None, ppid=1, threads=p.threads, threads_in_disk_wait=p.threads_in_disk_wait, children=p.children,
         children_cpu_ratio=p.children_cpu_ratio * jitter, rss_bytes=4 * GIB,
         io_read_bytes_per_second=p.io_read_bytes_per_second, io_write_bytes_per_second=0.0,
         job=f"{p.user}:{p.cmdline.split()[-1] if p.cmdline else p.name}",
