@@ -270,6 +270,7 @@ CPU_CONTENDED = replace(
     SMALL_STEPS, utilization=0.001, nvml_utilization=0.001, tensor_active=0.0, dram_active=0.0, flops_utilization=0.0,
     pcie_bytes_per_second=2e6, process_shares={1: 0.0}, cpu_ratio=0.55, busiest_thread_cpu_ratio=0.5,
     thread_demand_ratio=0.98, thread_wait_ratio=0.48, cpu_pressure_ratio=0.97, load_per_core=2.0,
+    host_cpu_busy_ratio=1.0, cpu_count=16,
 )
 
 
@@ -278,6 +279,7 @@ def test_a_thread_that_wants_a_core_and_waits_for_one_is_input_starved_with_the_
     assert (found.cause, found.severity) == ("input_starved", "page")
     assert (found.evidence["thread_run_cores"], found.evidence["thread_wait_cores"]) == (0.5, 0.48)
     assert (found.evidence["cpu_pressure"], found.evidence["load_per_core"]) == (0.97, 2.0)
+    assert found.evidence["other_processes_cpu_cores"] == 15.45
     assert "other processes" in found.summary and "cores" in found.advice
 
 

@@ -274,6 +274,8 @@ class Signals:
     children_wait_ratio: float | None = None  # the loader workers' run-queue wait, cores
     cpu_pressure_ratio: float | None = None
     load_per_core: float | None = None
+    host_cpu_busy_ratio: float | None = None  # all the host's cores, 0..1
+    cpu_count: int | None = None
     # Storage I/O of the processes and their loader workers, and the host's I/O pressure.
     io_write_bytes_per_second: float = 0.0
     children_io_bytes_per_second: float = 0.0
@@ -338,6 +340,7 @@ class TickWindow:
             ("sm_clock_ratio", f.sm_clock_ratio),
             ("iowait_ratio", tick.host.iowait_ratio),
             ("cpu_pressure_ratio", tick.host.cpu_pressure_ratio),
+            ("host_cpu_busy_ratio", tick.host.cpu_busy_ratio),
             ("io_pressure_ratio", tick.host.io_pressure_ratio),
             ("load_per_core", tick.host.load_per_core),
             ("peers_below_ratio", peers.below / peers.gpus if peers.gpus else None),
@@ -444,6 +447,8 @@ def signals(window: TickWindow) -> Signals:
         children_wait_ratio=mean("children_wait_ratio"),
         cpu_pressure_ratio=mean("cpu_pressure_ratio"),
         load_per_core=mean("load_per_core"),
+        host_cpu_busy_ratio=mean("host_cpu_busy_ratio"),
+        cpu_count=last.host.cpu_count,
         io_write_bytes_per_second=mean("io_write_bytes_per_second") or 0.0,
         children_io_bytes_per_second=mean("children_io_bytes_per_second") or 0.0,
         blkio_delay_ratio=mean("blkio_delay_ratio"),
@@ -656,13 +661,17 @@ def _input_starved(s: Signals, th: Thresholds, demand: float, waits_for_cpu: boo
                     nvlink_bytes_per_second=s.nvlink_bytes_per_second)
     if not waits_for_cpu:
         return _finding("input_starved", "page", _strength(demand, th.cpu_saturated_ratio) - 0.1, s, **evidence)
-    # The scheduler's own counters prove the thread was runnable and had no CPU; PSI and the load say
-    # the host's other work held them.
+    # The scheduler's own counters prove the thread was runnable and had no CPU; PSI, the load and
+    # the cores busy beyond this job's own say the host's other work held them.
+    others = None
+    if s.host_cpu_busy_ratio is not None and s.cpu_count:
+        others = max(s.host_cpu_busy_ratio * s.cpu_count - s.cpu_ratio - s.children_cpu_ratio, 0.0)
     found = _finding("input_starved", "page", _strength(demand, th.cpu_saturated_ratio), s, **evidence,
                      thread_demand_cores=s.thread_demand_ratio,
                      thread_run_cores=(s.thread_demand_ratio or 0.0) - (s.thread_wait_ratio or 0.0),
                      thread_wait_cores=s.thread_wait_ratio, loader_wait_cores=s.children_wait_ratio,
-                     cpu_pressure=s.cpu_pressure_ratio, load_per_core=s.load_per_core)
+                     cpu_pressure=s.cpu_pressure_ratio, load_per_core=s.load_per_core,
+                     other_processes_cpu_cores=others, cpu_count=s.cpu_count)
     return replace(found, advice=CPU_CONTENDED_ADVICE, summary=CPU_CONTENDED_SUMMARY)
 
 

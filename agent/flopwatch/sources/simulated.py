@@ -89,7 +89,7 @@ class Scenario:
     host_iowait_ratio: float = 0.01
     host_cpu_pressure_ratio: float = 0.02  # PSI cpu some
     host_io_pressure_ratio: float = 0.01  # PSI io some
-    host_load_per_core: float = 0.3
+    host_load_per_core: float = 0.2  # and the share of the cores busy, up to all of them
 
 
 def _trainer(**overrides: Any) -> SimProcess:
@@ -639,7 +639,7 @@ class SimulatedNvml:
                 if not p.steady:
                     jitter = 1.0 + 0.03 * self._noise(gpu, f"cpu{k}", t)
                     processes[gpu.pid_base + k] = _host_process(gpu, k, jitter)
-        return HostSample(timestamp=timestamp, cpu_count=64, cpu_busy_ratio=min(0.2 + load, 1.0), iowait_ratio=iowait,
+        return HostSample(timestamp=timestamp, cpu_count=64, cpu_busy_ratio=min(load, 1.0), iowait_ratio=iowait,
                           processes=processes, cpu_pressure_ratio=cpu_pressure, io_pressure_ratio=io_pressure,
                           io_full_pressure_ratio=io_pressure / 2, load_per_core=load)
 
