@@ -416,3 +416,9 @@ def test_a_loader_worker_holding_a_context_is_not_a_second_job_on_the_gpu():
     s = signals(_window(ticks))
     assert s.unknown_shares == {main_pid, main_pid + 1} and set(s.process_cpu) == {main_pid}
     assert classify(s, Thresholds()).cause == "launch_bound"
+
+
+def test_a_main_thread_seen_in_disk_wait_on_most_ticks_is_io_bound():
+    found = finding(DISK_DIRECT_READ, io_read_bytes_per_second=5e6, pcie_bytes_per_second=5e6,
+                    main_thread_disk_wait_ratio=0.8)
+    assert found.cause == "io_bound" and found.evidence["main_thread_disk_wait"] == 0.8

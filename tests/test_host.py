@@ -1,6 +1,7 @@
 """The host source over real processes started by the test."""
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -164,3 +165,19 @@ def test_without_schedstat_or_psi_the_figures_are_unknown(tmp_path):
     sample = host.read([pid], 10.0)
     assert (sample.processes[pid].thread_demand_ratio, sample.processes[pid].thread_wait_ratio) == (None, None)
     assert (sample.cpu_pressure_ratio, sample.io_pressure_ratio) == (None, None)
+
+
+def test_the_main_thread_s_disk_wait_is_a_share_of_the_ticks_between_counter_reads(tmp_path):
+    pid = os.getpid()
+    _proc_at(tmp_path, pid, cpu_ticks=0, run_s=0.0, wait_s=0.0, blkio_ticks=0, psi_cpu_us=0, psi_io_us=0, read_bytes=0)
+    now = [0.0]
+    host = HostSource(clock=lambda: now[0], proc_root=str(tmp_path), counter_interval_seconds=10.0)
+    host.read([pid], 0.0)
+    host.read([pid], 1.0)  # a process seen first is read again on its second tick
+    for t in range(2, 11):
+        now[0] = float(t)
+        state = "S" if t in (4, 8) else "D"
+        _write(tmp_path, f"{pid}/stat", re.sub(r"\) [SD] ", f") {state} ", (tmp_path / f"{pid}/stat").read_text()))
+        sample = host.read([pid], float(t))
+    # Ticks 2 to 10: nine states, two of them sleeping.
+    assert sample.processes[pid].main_thread_disk_wait_ratio == pytest.approx(7 / 9)

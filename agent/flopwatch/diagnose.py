@@ -115,6 +115,7 @@ class ProcessSums:
     io_write_bytes_per_second: float | None = None
     children_io_bytes_per_second: float | None = None
     blkio_delay_ratio: float | None = None
+    main_thread_disk_wait_ratio: float | None = None
 
 
 @dataclass(slots=True)  # built every tick: not frozen, as the records of model.py
@@ -187,7 +188,7 @@ def job_peers(gpus: Sequence[GpuState], saturated_pids: frozenset[int]) -> dict[
 def process_sums(host: HostSample, pids: Sequence[int]) -> ProcessSums:
     # One pass, no helpers: this runs for every tick that enters a window (on a new reading only).
     cpu = busiest = children = disk_wait = io_read = io_write = None
-    demand = wait = children_wait = children_io = blkio = None
+    demand = wait = children_wait = children_io = blkio = main_disk_wait = None
     for pid in pids:
         p = host.processes.get(pid)
         if p is None:
@@ -205,6 +206,8 @@ def process_sums(host: HostSample, pids: Sequence[int]) -> ProcessSums:
         disk_wait = (disk_wait or 0.0) + p.threads_in_disk_wait
         if p.blkio_delay_ratio is not None:
             blkio = (blkio or 0.0) + p.blkio_delay_ratio
+        if p.main_thread_disk_wait_ratio is not None:
+            main_disk_wait = (main_disk_wait or 0.0) + p.main_thread_disk_wait_ratio
         if p.io_read_bytes_per_second is not None:
             io_read = (io_read or 0.0) + p.io_read_bytes_per_second
         if p.io_write_bytes_per_second is not None:
@@ -215,7 +218,7 @@ def process_sums(host: HostSample, pids: Sequence[int]) -> ProcessSums:
                        threads_in_disk_wait=disk_wait, io_read_bytes_per_second=io_read,
                        thread_demand_ratio=demand, thread_wait_ratio=wait, children_wait_ratio=children_wait,
                        io_write_bytes_per_second=io_write, children_io_bytes_per_second=children_io,
-                       blkio_delay_ratio=blkio)
+                       blkio_delay_ratio=blkio, main_thread_disk_wait_ratio=main_disk_wait)
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,6 +283,7 @@ class Signals:
     io_write_bytes_per_second: float = 0.0
     children_io_bytes_per_second: float = 0.0
     blkio_delay_ratio: float | None = None  # threads waiting on block I/O, on average (delay accounting)
+    main_thread_disk_wait_ratio: float | None = None  # main threads in disk wait, on average (a state read each tick)
     io_pressure_ratio: float | None = None
     # Mean CPU (cores) of each process that is not a child of another of the GPU's processes: a job
     # launching work of its own, where NVML's per-process SM shares are not known.
@@ -452,6 +456,7 @@ def signals(window: TickWindow) -> Signals:
         io_write_bytes_per_second=mean("io_write_bytes_per_second") or 0.0,
         children_io_bytes_per_second=mean("children_io_bytes_per_second") or 0.0,
         blkio_delay_ratio=mean("blkio_delay_ratio"),
+        main_thread_disk_wait_ratio=mean("main_thread_disk_wait_ratio"),
         io_pressure_ratio=mean("io_pressure_ratio"),
         process_cpu=process_cpu,
         unknown_shares=frozenset(unknown_shares),
@@ -495,7 +500,7 @@ def classify(s: Signals, th: Thresholds) -> Finding | None:
         if s.processes == 0:
             return _finding("idle", "ticket", 0.95, s, processes=0)
         storage = s.io_read_bytes_per_second + s.io_write_bytes_per_second + s.children_io_bytes_per_second
-        disk_waiting = max(s.threads_in_disk_wait, s.blkio_delay_ratio or 0.0)
+        disk_waiting = max(s.threads_in_disk_wait, s.blkio_delay_ratio or 0.0, s.main_thread_disk_wait_ratio or 0.0)
         # A process moving data from storage, or waiting on it, is not idle, however little it asks
         # of the GPU and CPU.
         if util < th.idle_sm_active and s.memory_held_bytes >= th.held_memory_bytes and \
@@ -648,7 +653,8 @@ def _io_bound(s: Signals, th: Thresholds, storage: float, waiting: float, cpu_bo
 
 def _io_finding(s: Signals, confidence: float, storage: float) -> Finding:
     return _finding("io_bound", "page", confidence, s, threads_in_disk_wait=s.threads_in_disk_wait,
-                    blkio_delay_threads=s.blkio_delay_ratio, iowait_ratio=s.iowait_ratio,
+                    blkio_delay_threads=s.blkio_delay_ratio, main_thread_disk_wait=s.main_thread_disk_wait_ratio,
+                    iowait_ratio=s.iowait_ratio,
                     io_pressure=s.io_pressure_ratio, io_read_bytes_per_second=s.io_read_bytes_per_second,
                     io_write_bytes_per_second=s.io_write_bytes_per_second,
                     loader_io_bytes_per_second=s.children_io_bytes_per_second, storage_bytes_per_second=storage,

@@ -142,6 +142,8 @@ class HostProcess:
     threads_in_disk_wait: int = 0  # as seen at the read: a snapshot
     # Threads waiting for block I/O on average (delay accounting; None where the kernel does not account it).
     blkio_delay_ratio: float | None = None
+    # Share of the ticks since the last read that the main thread was in disk wait (None: too few ticks).
+    main_thread_disk_wait_ratio: float | None = None
     children: int = 0
     children_cpu_ratio: float | None = None  # data-loader workers and other descendants
     children_wait_ratio: float | None = None  # their main threads' run-queue wait, cores

@@ -28,6 +28,8 @@ from .procfs import (BLKIO_TICKS, PAGE_SIZE, PPID, RSS_PAGES, STATE, STATES, STI
 # Listing descendants scans all of /proc; loader workers live for the whole job, so a fresh list
 # every few seconds is enough (their CPU is still read every tick).
 CHILDREN_REFRESH_SECONDS = 10.0
+# A share of ticks in disk wait needs a few ticks: one snapshot is not a share.
+MIN_STATE_TICKS = 3
 
 
 @dataclass(frozen=True)
@@ -108,9 +110,23 @@ class HostSource:
         self._pressure: dict[str, tuple[float, Pressure | None]] = {
             kind: (clock(), self._read_pressure(kind)) for kind in ("cpu", "io")}
         self._cadence = Cadence(self._read_now, counter_interval_seconds, clock)
+        self._states: dict[int, list[int]] = {}  # pid → [ticks seen, ticks in disk wait] since its last read
 
     def read(self, pids: Iterable[int], timestamp: float) -> HostSample:
+        pids = set(pids)
+        self._tally_states(pids)
         return self._cadence.read(pids, timestamp)
+
+    def _tally_states(self, pids: set[int]) -> None:
+        """Each tick, whether each process's main thread is in disk wait: one kept file read a
+        process, so a wait that lasts most of a period shows, where the period's one snapshot of
+        every thread would see it at best once."""
+        for pid in pids:
+            stat = self._files.read(f"{self.proc_root}/{pid}/stat")
+            if stat is not None:
+                tally = self._states.setdefault(pid, [0, 0])
+                tally[0] += 1
+                tally[1] += stat_fields(stat, 1)[STATE] == b"D"
 
     def _read_now(self, pids: set[int], timestamp: float) -> HostSample:
         now = self.clock()
@@ -124,6 +140,8 @@ class HostSource:
                 alive.add(pid)
         for pid in set(self._seen) - alive:
             del self._seen[pid]
+        for pid in set(self._states) - alive:
+            del self._states[pid]
         cpu_some, _ = self._pressure_ratios("cpu", now)
         io_some, io_full = self._pressure_ratios("io", now)
         load = load_average(self._files.read(f"{self.proc_root}/loadavg"))
@@ -229,6 +247,7 @@ class HostSource:
         except psutil.AccessDenied:
             return HostProcess(pid=pid, name="?", state="unknown")
         cpu = cpu_seconds(fields)
+        ticks, in_disk_wait = self._states.pop(pid, (0, 0))
         io_read, io_write = io_bytes(self._files.read(f"{self.proc_root}/{pid}/io"))
         thread_cpu, thread_sched, disk_wait, blkio = self._threads(pid)
         if seen is not None and now - seen.children_listed_at < CHILDREN_REFRESH_SECONDS:
@@ -270,7 +289,8 @@ class HostSource:
             pid=pid, name=who.name, user=who.user, cmdline=who.cmdline, state=STATES.get(state, state),
             cpu_ratio=cpu_ratio, busiest_thread_cpu_ratio=busiest, thread_demand_ratio=demand,
             thread_wait_ratio=wait, threads=len(thread_cpu), threads_in_disk_wait=disk_wait,
-            blkio_delay_ratio=blkio_ratio, children=len(children), children_cpu_ratio=children_ratio,
+            blkio_delay_ratio=blkio_ratio,
+            main_thread_disk_wait_ratio=in_disk_wait / ticks if ticks >= MIN_STATE_TICKS else None, children=len(children), children_cpu_ratio=children_ratio,
             children_wait_ratio=children_wait_ratio, ppid=int(fields[PPID]),
             rss_bytes=int(fields[RSS_PAGES]) * PAGE_SIZE, io_read_bytes_per_second=read_rate,
             io_write_bytes_per_second=write_rate, children_io_bytes_per_second=children_io_rate, job=who.job,
