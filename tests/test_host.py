@@ -123,12 +123,21 @@ def _proc_at(root, pid: int, cpu_ticks: int, run_s: float, wait_s: float, blkio_
     _write(root, "pressure/io", f"some avg10=0 avg60=0 avg300=0 total={psi_io_us}\nfull avg10=0 avg60=0 avg300=0 total={psi_io_us // 2}\n")
 
 
+def _host_over(root, pid: int, without: tuple[str, ...] = ()) -> tuple[HostSource, list[float]]:
+    """A host source over a /proc whose counters all start at zero (less the files ``without``),
+    read once, and the clock it reads."""
+    _proc_at(root, pid, cpu_ticks=0, run_s=0.0, wait_s=0.0, blkio_ticks=0, psi_cpu_us=0, psi_io_us=0, read_bytes=0)
+    for path in without:
+        (root / path).unlink()
+    now = [0.0]
+    host = HostSource(clock=lambda: now[0], proc_root=str(root), counter_interval_seconds=10.0)
+    host.read([pid], 0.0)
+    return host, now
+
+
 def test_scheduling_pressure_and_block_io_are_rates_over_the_counter_interval(tmp_path):
     pid = os.getpid()  # psutil names the process; the figures come from the files
-    _proc_at(tmp_path, pid, cpu_ticks=0, run_s=0.0, wait_s=0.0, blkio_ticks=0, psi_cpu_us=0, psi_io_us=0, read_bytes=0)
-    now = [0.0]
-    host = HostSource(clock=lambda: now[0], proc_root=str(tmp_path), counter_interval_seconds=10.0)
-    host.read([pid], 0.0)
+    host, now = _host_over(tmp_path, pid)
     now[0] = 10.0
     ticks = int(5.0 * CLOCK_TICKS)
     _proc_at(tmp_path, pid, cpu_ticks=ticks, run_s=5.0, wait_s=4.5, blkio_ticks=2 * CLOCK_TICKS, psi_cpu_us=9_000_000,
@@ -145,22 +154,14 @@ def test_scheduling_pressure_and_block_io_are_rates_over_the_counter_interval(tm
 def test_block_io_delay_counters_at_zero_are_unknown_not_no_wait(tmp_path):
     # Delay accounting is off unless kernel.task_delayacct is set: the counters then stay at zero.
     pid = os.getpid()
-    _proc_at(tmp_path, pid, cpu_ticks=0, run_s=0.0, wait_s=0.0, blkio_ticks=0, psi_cpu_us=0, psi_io_us=0, read_bytes=0)
-    now = [0.0]
-    host = HostSource(clock=lambda: now[0], proc_root=str(tmp_path), counter_interval_seconds=10.0)
-    host.read([pid], 0.0)
+    host, now = _host_over(tmp_path, pid)
     now[0] = 10.0
     assert host.read([pid], 10.0).processes[pid].blkio_delay_ratio is None
 
 
 def test_without_schedstat_or_psi_the_figures_are_unknown(tmp_path):
     pid = os.getpid()
-    _proc_at(tmp_path, pid, cpu_ticks=0, run_s=0.0, wait_s=0.0, blkio_ticks=0, psi_cpu_us=0, psi_io_us=0, read_bytes=0)
-    for path in (f"{pid}/task/{pid}/schedstat", "pressure/cpu", "pressure/io"):
-        (tmp_path / path).unlink()
-    now = [0.0]
-    host = HostSource(clock=lambda: now[0], proc_root=str(tmp_path), counter_interval_seconds=10.0)
-    host.read([pid], 0.0)
+    host, now = _host_over(tmp_path, pid, without=(f"{pid}/task/{pid}/schedstat", "pressure/cpu", "pressure/io"))
     now[0] = 10.0
     sample = host.read([pid], 10.0)
     assert (sample.processes[pid].thread_demand_ratio, sample.processes[pid].thread_wait_ratio) == (None, None)
@@ -169,10 +170,7 @@ def test_without_schedstat_or_psi_the_figures_are_unknown(tmp_path):
 
 def test_the_main_thread_s_disk_wait_is_a_share_of_the_ticks_between_counter_reads(tmp_path):
     pid = os.getpid()
-    _proc_at(tmp_path, pid, cpu_ticks=0, run_s=0.0, wait_s=0.0, blkio_ticks=0, psi_cpu_us=0, psi_io_us=0, read_bytes=0)
-    now = [0.0]
-    host = HostSource(clock=lambda: now[0], proc_root=str(tmp_path), counter_interval_seconds=10.0)
-    host.read([pid], 0.0)
+    host, now = _host_over(tmp_path, pid)
     host.read([pid], 1.0)  # a process seen first is read again on its second tick
     for t in range(2, 11):
         now[0] = float(t)
