@@ -202,3 +202,15 @@ def test_cpu_ranges():
 def test_worst_status():
     assert worst([Check("a", "pass", ""), Check("b", "warn", "")]) == "warn"
     assert worst([]) == "pass"
+
+
+def test_a_kernel_that_says_what_gpu_processes_wait_for_passes_the_host_evidence_check():
+    [check] = [c for c in run_checks(node(schedstat=True, pressure_stall=True, task_delayacct=False, gpus=(GOOD_GPU,)))
+               if c.name == "host_evidence"]
+    assert check.status == "pass" and "kernel.task_delayacct=1" in check.value
+
+
+def test_a_kernel_without_psi_warns_with_the_boot_option_that_turns_it_on():
+    [check] = [c for c in run_checks(node(schedstat=True, pressure_stall=False, task_delayacct=True, gpus=(GOOD_GPU,)))
+               if c.name == "host_evidence"]
+    assert (check.status, check.fix) == ("warn", "boot with psi=1 (kernels built with CONFIG_PSI_DEFAULT_DISABLED)")

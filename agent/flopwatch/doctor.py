@@ -86,6 +86,10 @@ class NodeFacts:
     numa_nodes: int | None = None
     kernel_log_readable: bool | None = None  # None: not consulted (simulated GPUs)
     seconds_since_boot: float | None = None
+    # What the kernel tells of the GPU processes' host side (None: not consulted).
+    pressure_stall: bool | None = None  # /proc/pressure (PSI)
+    schedstat: bool | None = None  # per-thread run-queue wait
+    task_delayacct: bool | None = None  # block-I/O delay per thread (kernel.task_delayacct)
     gpus: tuple[GpuFacts, ...] = ()
 
 
@@ -111,6 +115,8 @@ def run_checks(facts: NodeFacts) -> list[Check]:
     if facts.nvml_error is not None:
         return checks
     checks.append(check_gpu_count(facts))
+    if facts.schedstat is not None:
+        checks.append(check_host_evidence(facts))
     if facts.kernel_log_readable is False:
         checks.append(Check("xid_events", "warn", "kernel log not readable",
                             "run doctor as root (or with CAP_SYSLOG) to look for Xid errors"))
@@ -150,6 +156,28 @@ def check_cuda(facts: NodeFacts) -> Check:
     return Check("cuda", "fail", value,
                  f"upgrade the driver to one that supports CUDA {MIN_CUDA[0]}.{MIN_CUDA[1]} or newer "
                  f"(driver >= {MIN_DRIVER_MAJOR})")
+
+
+def check_host_evidence(facts: NodeFacts) -> Check:
+    """Whether the kernel says what a GPU process waits for on the host: a thread waiting for a
+    CPU (schedstat), the host's CPU and I/O pressure (PSI), a thread's block-I/O wait (delay
+    accounting). Without them diagnosis has less evidence, never invented figures."""
+    missing, fixes = [], []
+    if not facts.schedstat:
+        missing.append("no schedstat (run-queue wait unknown)")
+        fixes.append("a kernel built with CONFIG_SCHED_INFO")
+    if not facts.pressure_stall:
+        missing.append("no PSI (CPU and I/O pressure unknown)")
+        fixes.append("boot with psi=1 (kernels built with CONFIG_PSI_DEFAULT_DISABLED)")
+    if facts.task_delayacct is None:
+        delayacct = "delay accounting as the kernel was built (no switch before Linux 5.14)"
+    elif facts.task_delayacct:
+        delayacct = "delay accounting on"
+    else:
+        delayacct = "delay accounting off (optional: sysctl kernel.task_delayacct=1 gives each thread's block-I/O wait)"
+    if missing:
+        return Check("host_evidence", "warn", "; ".join(missing + [delayacct]), "; ".join(fixes))
+    return Check("host_evidence", "pass", f"schedstat, PSI; {delayacct}")
 
 
 def check_gpu_count(facts: NodeFacts) -> Check:

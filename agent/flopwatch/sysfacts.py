@@ -23,7 +23,7 @@ def read_facts(lib: Any, kernel_log: Sequence[str] = (), *, kernel_log_readable:
     """Everything doctor checks. ``kernel_log`` holds /dev/kmsg records (see read_kernel_log);
     ``kernel_log_readable`` None means the log was not consulted (simulated GPUs)."""
     base = dict(os_name=platform.system(), os_release=platform.release(), numa_nodes=_numa_nodes(),
-                kernel_log_readable=kernel_log_readable,
+                kernel_log_readable=kernel_log_readable, **_host_evidence(),
                 # kmsg stamps records on the monotonic clock (time since boot, as Python's on Linux).
                 seconds_since_boot=time.monotonic())
     if init:
@@ -43,6 +43,21 @@ def read_facts(lib: Any, kernel_log: Sequence[str] = (), *, kernel_log_readable:
     finally:
         if init:
             _query(lib, "nvmlShutdown")
+
+
+def _host_evidence() -> dict[str, bool | None]:
+    delayacct = _read_text("/proc/sys/kernel/task_delayacct")  # absent before Linux 5.14: on where built in
+    return dict(pressure_stall=_read_text("/proc/pressure/cpu") is not None,
+                schedstat=_read_text(f"/proc/{os.getpid()}/schedstat") is not None,
+                task_delayacct=delayacct.strip() == "1" if delayacct is not None else None)
+
+
+def _read_text(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return None
 
 
 def read_kernel_log(path: str = "/dev/kmsg") -> list[str] | None:
