@@ -128,7 +128,11 @@ def test_an_unknown_rule_is_an_error_that_lists_the_valid_ones():
 
 
 def _sleeper(env: dict[str, str]) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], env={**os.environ, **env})
+    """A process with ``env``, once it runs: a process caught mid-exec has no environment to read yet."""
+    child = subprocess.Popen([sys.executable, "-c", "import time; print(flush=True); time.sleep(60)"],
+                             env={**os.environ, **env}, stdout=subprocess.PIPE)
+    child.stdout.readline()
+    return child
 
 
 def test_a_real_process_with_slurm_job_id_is_job_slurm_id():
