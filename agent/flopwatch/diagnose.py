@@ -57,6 +57,8 @@ ADVICE = {
                            "buckets, FSDP prefetch), or check NCCL's topology and P2P settings.",
     "system": "The node itself holds the GPU back. Update the driver to >= 530 with CUDA >= 12.1 and "
               "check the PCIe link (reseat, BIOS), ECC and Xid errors; run `flopwatch doctor`.",
+    "low_demand": "A server waits for requests and the GPU works only when one comes. Consolidate "
+                  "models or replicas onto fewer GPUs, scale the deployment down, or route more traffic here.",
     "unknown": "Utilization is low and no known signature matches. Profile one step (PyTorch profiler, "
                "Nsight Systems) to see where the time goes.",
 }
@@ -76,6 +78,7 @@ SUMMARY = {
     "contention": "Several processes time-slice the GPU",
     "communication_bound": "GPU waiting on inter-GPU communication",
     "system": "Node problem (driver, PCIe link) holds the GPU back",
+    "low_demand": "Server idle in its event loop: little demand",
     "unknown": "GPU under-used, cause not identified",
 }
 
