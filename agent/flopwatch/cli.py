@@ -304,6 +304,11 @@ def _sample(config: Config, window: float) -> Any:
         while time.monotonic() < deadline:
             time.sleep(interval)
             state = agent.tick()
+        if agent.stacks is not None and agent.stacks.busy:
+            # Stacks asked for late in the window are the strongest evidence status can show:
+            # worth the seconds of one more sample.
+            agent.stacks.wait(config.stacks.timeout_seconds)
+            state = agent.tick()
     agent.close()
     return state
 

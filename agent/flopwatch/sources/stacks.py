@@ -185,6 +185,11 @@ class StackSampler:
         """The last profile taken under ``key``, or None."""
         return self._latest.get(key)
 
+    @property
+    def busy(self) -> bool:
+        """Whether a sample asked for is still being taken."""
+        return bool(self._pending)
+
     def wait(self, timeout: float) -> bool:
         """Wait until the samples asked for are taken (or ``timeout`` passes); whether they were."""
         with self._lock:
