@@ -77,6 +77,8 @@ class _PerGpu:
         # By cause; replaced, never changed, when it grows: the states handed out keep theirs.
         self.wasted: dict[str, float] = {}
         self.stacks_asked: tuple[str, tuple[int, ...]] | None = None  # (cause, pids) a sample was asked for
+        # The processes the culprits were picked from, and them: the same until NVML's next read.
+        self.culprits: tuple[tuple, tuple[int, ...]] = ((), ())
         # The diagnosis's finding and the stacks it was corroborated with, and the result.
         self.corroborated: tuple[Finding | None, StackProfile | None, Finding | None] = (None, None, None)
 
@@ -222,7 +224,9 @@ class Agent:
         asked for once per cause and set of processes, taken off this thread, attached when done."""
         if self.stacks is None or finding is None or finding.cause not in HOST_SIDE:
             return finding
-        pids = _culprits(sample)
+        if per.culprits[0] is not sample.processes:
+            per.culprits = (sample.processes, _culprits(sample))
+        pids = per.culprits[1]
         if per.stacks_asked != (finding.cause, pids):
             per.stacks_asked = (finding.cause, pids)
             self.stacks.request(sample.info.index, pids)
