@@ -18,7 +18,7 @@ from flopwatch.alerting import STACKS_ANNOTATION_CHARS, annotations
 from flopwatch.cli import VirtualClock, build_agent
 from flopwatch.config import Config, StacksConfig
 from flopwatch.model import Finding, StackProfile, StackShare
-from flopwatch.sources.stacks import StackSampler, find_py_spy, ptrace_denied
+from flopwatch.sources.stacks import StackSampler, find_py_spy, ptrace_denied, read_source_line
 from flopwatch.status import evidence_document, status_document
 from flopwatch.tables import status_table
 from tests.store_ticks import tick
@@ -256,3 +256,15 @@ def test_the_agent_publishes_the_cause_the_culprits_stacks_support(tmp_path):
     assert (gpu.finding.cause, gpu.finding.evidence["stacks_corrected_from"]) == ("launch_bound", "input_starved")
     assert gpu.finding.stacks.stacks[0].frames[0] == "forward (torch/nn/modules/linear.py:125)"
     assert "launch_bound" in gpu.wasted_seconds
+
+
+def test_a_source_line_is_read_through_the_process_root_or_its_working_directory(tmp_path):
+    (tmp_path / "prep.py").write_text("import os\nchunk = os.read(fd, 1 << 20)\n")
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"], cwd=tmp_path)
+    try:
+        assert read_source_line(child.pid, str(tmp_path / "prep.py"), 2) == "chunk = os.read(fd, 1 << 20)"
+        assert read_source_line(child.pid, "prep.py", 2) == "chunk = os.read(fd, 1 << 20)"
+        assert read_source_line(child.pid, "<string>", 2) == ""
+    finally:
+        child.kill()
+        child.wait()

@@ -113,11 +113,12 @@ def parse_raw(text: str, pids: Iterable[int], settings: StacksConfig = StacksCon
 
 
 def read_source_line(pid: int, path: str, line: int, limit: int = 200) -> str:
-    """One line of a process's source file, read through its root (its container's files)."""
-    if not path.startswith("/") or line < 1:
-        return ""
+    """One line of a process's source file, read through its root (its container's files), or
+    its working directory where the path is relative."""
+    if not path or path.startswith("<") or line < 1:
+        return ""  # <string>, <frozen ...>: no file
     try:
-        with open(f"/proc/{pid}/root{path}", "rb") as f:
+        with open(f"/proc/{pid}/root{path}" if path.startswith("/") else f"/proc/{pid}/cwd/{path}", "rb") as f:
             for number, text in enumerate(f, 1):
                 if number == line:
                     return text[:limit].decode("utf-8", "replace").strip()
