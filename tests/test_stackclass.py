@@ -85,8 +85,9 @@ def test_a_main_thread_in_encode_is_tokenizing():
     assert read_stacks(recorded("tokenize_spin")).main["tokenizing"] == pytest.approx(0.872)
 
 
-def test_a_main_thread_in_an_epoll_select_is_a_server_waiting():
-    assert read_stacks(recorded("select_server")).main == {"server_wait": 1.0}
+@pytest.mark.parametrize("server", ["select_server", "asyncio_server", "http_server"])
+def test_a_main_thread_in_a_servers_event_loop_is_a_server_waiting(server):
+    assert read_stacks(recorded(server)).main == {"server_wait": 1.0}
 
 
 def test_a_frame_whose_line_calls_os_read_is_a_file_read():
