@@ -13,6 +13,7 @@ import json
 import re
 import shutil
 import subprocess
+from dataclasses import replace
 
 import pytest
 from click.testing import CliRunner
@@ -21,7 +22,9 @@ from flopwatch.cli import VirtualClock, build_agent, main
 from flopwatch.config import Config
 from flopwatch.diagnose import ADVICE
 from flopwatch.report import Prices, Query, build_report, read_history
+from flopwatch.model import StackProfile, StackShare
 from flopwatch.store import HistoryStore
+from tests.store_ticks import starved, tick
 
 T0 = 1_767_225_600.0  # 2026-01-01T00:00:00Z
 SECONDS = 360
@@ -277,3 +280,16 @@ def test_postgresql_and_sqlite_give_the_same_report(postgres_url, tmp_path):
         assert on_postgres.total.wasted_by_cause == pytest.approx(on_sqlite.total.wasted_by_cause)
         assert on_postgres.total.energy_kwh == pytest.approx(on_sqlite.total.energy_kwh)
         assert len(on_postgres.series) == len(on_sqlite.series)
+
+
+def test_a_cause_shows_the_stack_its_culprit_was_last_found_in(tmp_path):
+    stacked = f"sqlite:///{tmp_path / 'history.db'}"
+    store = HistoryStore(stacked, "node1")
+    profile = StackProfile(pids=(1000,), samples=40, stacks=(
+        StackShare(share=0.62, frames=("encode (prep.py:88)", "collate (train.py:41)"), thread="MainThread", pid=1000),))
+    for n in range(5):
+        store.record(tick(T0 + n, utilization=0.3, finding=replace(starved(), stacks=profile if n >= 2 else None)))
+    store.flush()
+    [cause] = report(stacked).causes
+    assert (cause.cause, cause.top_stack) == ("input_starved", "62 % in encode (prep.py:88) ← collate (train.py:41)")
+    assert "  Stack: 62 % in encode (prep.py:88)" in cli("--history", stacked, *WINDOW, "--format", "text").stdout

@@ -20,6 +20,7 @@ from sqlalchemy import text
 from flopwatch import store_schema
 from flopwatch.config import ConfigError, HistoryConfig
 from flopwatch.history_cli import history, parse_time
+from flopwatch.model import StackProfile, StackShare
 from flopwatch.store import HistoryStore, Retention, choose_level, open_engine, query_history
 from tests.agent_process import agent_env
 from tests.store_ticks import process_samples_by_pid, starved, tick
@@ -199,6 +200,23 @@ def test_findings_are_kept_from_start_to_end_with_evidence_and_advice(tmp_path):
     assert (cause, severity, start - T0, end - T0) == ("input_starved", "page", 3, 7)
     assert json.loads(evidence) == {"busiest_thread_cpu_ratio": 0.98, "utilization": 0.31}
     assert advice == "Raise DataLoader num_workers."
+
+
+def test_stacks_sampled_after_a_finding_opened_are_written_into_its_evidence(tmp_path):
+    store = HistoryStore(sqlite_url(tmp_path), "node1")
+    profile = StackProfile(pids=(1000,), samples=40, stacks=(
+        StackShare(share=0.62, frames=("encode (prep.py:88)", "collate (train.py:41)"), thread="MainThread", pid=1000),))
+    for n in range(6):
+        store.record(tick(T0 + n, finding=replace(starved(), stacks=profile) if n >= 3 else starved()))
+    store.flush()
+    [(start, evidence)] = _rows(store, "SELECT start_ts, evidence FROM findings")
+    assert start == T0
+    assert json.loads(evidence)["stack_summary"] == "62 % in encode (prep.py:88) ← collate (train.py:41)"
+
+
+def _rows(store: HistoryStore, sql: str) -> list[tuple]:
+    with store.engine.connect() as connection:
+        return [tuple(row) for row in connection.execute(text(sql))]
 
 
 def test_a_finding_left_open_by_a_crashed_run_ends_at_its_last_tick(tmp_path):

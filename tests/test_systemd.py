@@ -105,3 +105,25 @@ def test_the_agent_runs_without_writable_executable_memory():
                                    "--window", "2", "--json")
     assert result.returncode == 0, result.stderr
     assert len(json.loads(result.stdout)["gpus"]) == 2
+
+
+def documented_ptrace_grant() -> list[str]:
+    """The drop-in lines the unit's comment gives for reading Python stacks."""
+    return [line.lstrip("# ").strip() for line in UNIT.read_text().splitlines()
+            if re.match(r"#\s+(CapabilityBoundingSet|AmbientCapabilities)=CAP_SYS_PTRACE$", line)]
+
+
+@needs_systemd_analyze
+def test_the_documented_ptrace_grant_is_valid_and_keeps_exposure_low(tmp_path):
+    grant = documented_ptrace_grant()
+    assert grant == ["CapabilityBoundingSet=CAP_SYS_PTRACE", "AmbientCapabilities=CAP_SYS_PTRACE"]
+    # The unit with the drop-in applied: the later settings replace the empty ones.
+    text = UNIT.read_text().replace("CapabilityBoundingSet=\n", grant[0] + "\n").replace(
+        "AmbientCapabilities=\n", grant[1] + "\n")
+    unit = tmp_path / UNIT.name
+    unit.write_text(text)
+    result = subprocess.run(["systemd-analyze", "security", "--offline=true", "--no-pager", str(unit)],
+                            capture_output=True, text=True, check=True)
+    exposure = float(re.search(r"Overall exposure level for \S+: ([\d.]+)", result.stdout)[1])
+    assert "CapabilityBoundingSet=~CAP_SYS_PTRACE" in result.stdout
+    assert exposure <= 2.0, result.stdout

@@ -31,6 +31,7 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Iterable, Iterator, Protocol
 
 from .model import Finding, GpuFigures, ProcessView
+from .stackclass import stack_summary
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,8 @@ VALIDITY_INTERVALS = 4
 MAX_RETRY_SECONDS = 30.0
 # Alertmanager answers 400 to a batch it will never accept; keeping it would block the URL forever.
 REJECTED_STATUS = (400, 422)
+# Annotations are read in a page or a chat line: a stack longer than this is cut.
+STACKS_ANNOTATION_CHARS = 240
 
 
 @dataclass
@@ -137,7 +140,17 @@ def annotations(gpu: GpuView, generator_url: str) -> dict[str, str]:
         "advice": finding.advice if finding else "",
         "jobs": ", ".join(sorted({p.job for p in gpu.processes})),
         "link": generator_url,
+        **_stacks(finding),
     }
+
+
+def _stacks(finding: Finding | None) -> dict[str, str]:
+    """The culprit's top stack in one short line, or why none was taken; nothing before a sample."""
+    profile = finding.stacks if finding is not None else None
+    if profile is None:
+        return {}
+    text = f"unavailable: {profile.unavailable}" if profile.unavailable else stack_summary(profile) or ""
+    return {"stacks": text if len(text) <= STACKS_ANNOTATION_CHARS else text[:STACKS_ANNOTATION_CHARS - 1] + "…"}
 
 
 def _plain(value: Any) -> str:

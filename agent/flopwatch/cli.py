@@ -103,7 +103,15 @@ def build_agent(config: Config, *, clock: Callable[[], float] = time.monotonic,
             f"NVML is not available ({e}). To run on simulated GPUs instead: "
             "flopwatch run --simulate healthy,input_starved"
         ) from None
-    agent = Agent(config, source, host, sinks or [], tokens=tokens, clock=clock, wall_clock=wall_clock)
+    stacks = None
+    if config.stacks.enabled:
+        from .sources.stacks import StackSampler
+
+        # Simulated GPUs' processes do not exist: their findings say so rather than sample a stranger.
+        stacks = StackSampler(config.stacks, unavailable="simulated" if a.simulate else None, clock=clock,
+                              wall_clock=wall_clock)
+    agent = Agent(config, source, host, sinks or [], tokens=tokens, stacks=stacks, clock=clock,
+                  wall_clock=wall_clock)
     exporter = Exporter(lambda: agent.state, extra=[tokens, *(s for s in agent.sinks if hasattr(s, "collect"))],
                         top_processes=config.attribution.top_processes, currency=config.tokens.currency)
     return Built(agent, exporter, source.lib)
@@ -295,6 +303,11 @@ def _sample(config: Config, window: float) -> Any:
         state = agent.tick()
         while time.monotonic() < deadline:
             time.sleep(interval)
+            state = agent.tick()
+        if agent.stacks is not None and agent.stacks.busy:
+            # Stacks asked for late in the window are the strongest evidence status can show:
+            # worth the seconds of one more sample.
+            agent.stacks.wait(config.stacks.timeout_seconds)
             state = agent.tick()
     agent.close()
     return state

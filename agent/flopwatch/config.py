@@ -93,6 +93,19 @@ class TokensConfig:
 
 
 @dataclass
+class StacksConfig:
+    """Python stacks of a GPU's processes, sampled with py-spy when a host-side cause leads."""
+
+    enabled: bool = True
+    duration_seconds: float = 2.0
+    rate_hz: int = 20
+    min_interval_seconds: float = 600.0  # a process is sampled again only after this long
+    timeout_seconds: float = 15.0  # py-spy is stopped after this long (attaching can hang)
+    top_stacks: int = 8
+    min_share: float = 0.05  # stacks below this share of their thread's samples are left out
+
+
+@dataclass
 class Config:
     agent: AgentConfig = field(default_factory=AgentConfig)
     diagnosis: Thresholds = field(default_factory=Thresholds)
@@ -100,6 +113,7 @@ class Config:
     alerting: AlertingConfig = field(default_factory=AlertingConfig)
     attribution: AttributionConfig = field(default_factory=AttributionConfig)
     tokens: TokensConfig = field(default_factory=TokensConfig)
+    stacks: StacksConfig = field(default_factory=StacksConfig)
 
 
 def load(path: str | os.PathLike | None = None, env: Mapping[str, str] | None = None) -> Config:

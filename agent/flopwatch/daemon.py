@@ -20,12 +20,17 @@ from .config import Config
 from .derive import derive
 from .diagnose import (DiagnosisState, Peers, Tick, TickWindow, diagnose, job_peers, loader_saturated_pids,
                        waste_seconds)
-from .model import AgentState, GpuFigures, GpuSample, GpuState, HostSample, ProcessView, TokenCount
+from .model import (AgentState, Finding, GpuFigures, GpuSample, GpuState, HostSample, ProcessView, StackProfile,
+                    TokenCount)
+from .stackclass import corroborate
 from .tokencost import Prices, TokenAccount
 
 log = logging.getLogger(__name__)
 
 _ALONE = Peers()  # a GPU sharing no job with another
+# Causes on the host's side of the GPU: the culprit's Python stacks can say what it does instead.
+HOST_SIDE = frozenset({"input_starved", "launch_bound", "io_bound", "host_transfer_bound", "held_idle",
+                       "low_demand", "unknown"})
 
 
 class GpuSource(Protocol):
@@ -44,6 +49,12 @@ class TokenReader(Protocol):
     name: str
 
     def snapshot(self) -> tuple[TokenCount, ...]: ...
+
+
+class StackReader(Protocol):
+    def request(self, key: int, pids: Iterable[int]) -> None: ...
+
+    def latest(self, key: int) -> StackProfile | None: ...
 
 
 class Sink(Protocol):
@@ -65,6 +76,11 @@ class _PerGpu:
         self.diagnosis = DiagnosisState()
         # By cause; replaced, never changed, when it grows: the states handed out keep theirs.
         self.wasted: dict[str, float] = {}
+        self.stacks_asked: tuple[str, tuple[int, ...]] | None = None  # (cause, pids) a sample was asked for
+        # The processes the culprits were picked from, and them: the same until NVML's next read.
+        self.culprits: tuple[tuple, tuple[int, ...]] = ((), ())
+        # The diagnosis's finding and the stacks it was corroborated with, and the result.
+        self.corroborated: tuple[Finding | None, StackProfile | None, Finding | None] = (None, None, None)
 
 
 class Agent:
@@ -76,6 +92,7 @@ class Agent:
         sinks: Iterable[Sink] = (),
         *,
         tokens: TokenReader | None = None,
+        stacks: StackReader | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
     ):
@@ -84,6 +101,7 @@ class Agent:
         self.host_source = host_source
         self.sinks = list(sinks)
         self.tokens = tokens
+        self.stacks = stacks
         t = config.tokens
         self.token_account = TokenAccount(t.window_seconds, Prices(t.price_per_gpu_hour, t.price_per_kwh))
         self.clock = clock
@@ -191,7 +209,7 @@ class Agent:
                 per.window.append(last, th.window_seconds)
             per.pending.clear()
             per.diagnosis = diagnose(per.window, th, per.diagnosis)
-        finding = per.diagnosis.finding
+        finding = self._with_stacks(per, sample, per.diagnosis.finding)
         waste = waste_seconds(figures, finding, th)
         if waste is not None:
             cause, wasted = waste
@@ -200,6 +218,27 @@ class Agent:
             sample=sample, figures=figures, finding=finding, below_threshold=waste is not None,
             wasted_seconds=per.wasted, processes=self._views(per, sample, host), window=per.diagnosis.window,
         )
+
+    def _with_stacks(self, per: _PerGpu, sample: GpuSample, finding: Finding | None) -> Finding | None:
+        """The finding, corroborated by its processes' stacks where a host-side cause is current:
+        asked for once per cause and set of processes, taken off this thread, attached when done."""
+        if self.stacks is None or finding is None or finding.cause not in HOST_SIDE:
+            return finding
+        if per.culprits[0] is not sample.processes:
+            per.culprits = (sample.processes, _culprits(sample))
+        pids = per.culprits[1]
+        if per.stacks_asked != (finding.cause, pids):
+            per.stacks_asked = (finding.cause, pids)
+            self.stacks.request(sample.info.index, pids)
+        profile = self.stacks.latest(sample.info.index)
+        if profile is not None and (not set(profile.pids) <= set(pids) or
+                                    sample.timestamp - profile.timestamp > self.config.stacks.min_interval_seconds):
+            profile = None  # another job's, or too old to speak for this one
+        seen, seen_profile, result = per.corroborated
+        if seen is not finding or seen_profile is not profile:
+            result = corroborate(finding, profile)
+            per.corroborated = (finding, profile, result)
+        return result
 
     @staticmethod
     def _views(per: _PerGpu, sample: GpuSample, host: HostSample) -> tuple[ProcessView, ...]:
@@ -224,10 +263,17 @@ class Agent:
                     close()
                 except Exception:
                     log.exception("closing %s failed", sink.name)
-        for source in (self.tokens, self.gpu_source, self.host_source):
+        for source in (self.tokens, self.gpu_source, self.host_source, self.stacks):
             closer = getattr(source, "close", None)
             if closer is not None:
                 closer()
+
+
+def _culprits(sample: GpuSample) -> tuple[int, ...]:
+    """The GPU's two processes most likely to explain it: the busiest on the SMs, then the
+    largest holders of memory."""
+    ranked = sorted(sample.processes, key=lambda p: (-(p.sm_ratio or 0.0), -(p.used_memory_bytes or 0), p.pid))
+    return tuple(p.pid for p in ranked[:2])
 
 
 def _process_views(sample: GpuSample, host: HostSample) -> tuple[ProcessView, ...]:

@@ -218,6 +218,29 @@ class WindowFigures:
 
 
 @dataclass(frozen=True, slots=True)
+class StackShare:
+    """One Python stack of one thread, and the share of that thread's samples spent in it."""
+
+    share: float
+    frames: tuple[str, ...]  # "fn (file:line)", innermost first
+    thread: str
+    pid: int
+    paths: tuple[str, ...] = ()  # each frame's full file path, as the process sees it
+    code: str = ""  # the innermost frame's source line, where it could be read; never shown
+
+
+@dataclass(frozen=True, slots=True)
+class StackProfile:
+    """Stacks sampled from a GPU's processes and their children, or why none could be."""
+
+    pids: tuple[int, ...]  # the GPU processes sampled; the stacks' other pids are their children
+    samples: int  # stacks read, over all threads
+    stacks: tuple[StackShare, ...] = ()  # the GPU processes' main threads first, then by share
+    unavailable: str | None = None  # why no stacks were taken: no permission, py-spy missing, ...
+    timestamp: float = 0.0  # wall clock, when the sample ended
+
+
+@dataclass(frozen=True, slots=True)
 class Finding:
     """Why a GPU is under-used or inefficient: a cause from the taxonomy, with its evidence."""
 
@@ -227,6 +250,7 @@ class Finding:
     evidence: Mapping[str, float | int | str | None]
     advice: str
     summary: str = ""
+    stacks: StackProfile | None = None  # the culprit's Python stacks, for a host-side cause
 
 
 @dataclass(frozen=True, slots=True)

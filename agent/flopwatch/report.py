@@ -13,6 +13,7 @@ hour bucket all its waste goes to the bucket's dominant cause.
 
 from __future__ import annotations
 
+import json
 import math
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -109,6 +110,7 @@ class CauseWaste:
     wasted_cost: float
     summary: str
     advice: str
+    top_stack: str | None = None  # the culprit's stack when this cause was last found with one
 
 
 @dataclass(frozen=True)
@@ -175,6 +177,7 @@ class Read:
     step: float
     cells: dict[CellKey, Cell]
     users: dict[str, str]
+    stacks: dict[str, str] = field(default_factory=dict)  # cause → its latest finding's stack summary
 
 
 def choose_level(since: float, until: float) -> str:
@@ -205,6 +208,7 @@ def read_history(url: str, query: Query, progress: Callable[[int, int], None] | 
             if read.cells:
                 break
         read.users = _users(connection, {k.job for k in read.cells if k.job})
+        read.stacks = _stacks(connection, query, {(k.host, k.gpu) for k in read.cells})
         return read
 
 
@@ -341,6 +345,32 @@ def _users(connection: Connection, jobs: set[str]) -> dict[str, str]:
     return {job: min(c.items(), key=lambda kv: (-kv[1], kv[0]))[0] for job, c in counts.items()}
 
 
+# Findings read for their stacks, newest first: enough to find one per cause in a busy range.
+STACK_FINDINGS = 500
+
+
+def _stacks(connection: Connection, query: Query, gpus: set[tuple[str, int]]) -> dict[str, str]:
+    """For each cause, the stack summary of its newest finding on the report's GPUs in the range
+    (with a job: while the job ran there) that has one."""
+    if not gpus:
+        return {}
+    f, spans = schema.findings, schema.job_spans
+    where = [f.c.start_ts < query.until, or_(f.c.end_ts.is_(None), f.c.end_ts >= query.since),
+             f.c.evidence.like('%"stack_summary"%'),
+             or_(*(and_(f.c.host == host, f.c.gpu == gpu) for host, gpu in sorted(gpus)))]
+    if query.job is not None:
+        where.append(select(spans.c.id).where(
+            spans.c.host == f.c.host, spans.c.gpu == f.c.gpu, spans.c.job == query.job,
+            spans.c.start_ts <= f.c.start_ts, or_(spans.c.end_ts.is_(None), spans.c.end_ts >= f.c.start_ts)).exists())
+    found: dict[str, str] = {}
+    for row in connection.execute(select(f.c.cause, f.c.evidence).where(*where)
+                                  .order_by(f.c.start_ts.desc()).limit(STACK_FINDINGS)):
+        summary = json.loads(row.evidence).get("stack_summary")
+        if summary and row.cause not in found:
+            found[row.cause] = summary
+    return found
+
+
 # -- summing ---------------------------------------------------------------------------------
 
 
@@ -374,7 +404,7 @@ def build_report(read: Read, query: Query, *, interval_seconds: float, utilizati
     top_jobs = sorted((u for u in jobs if u.wasted_gpu_hours > 0 and u.name != NO_JOB),
                       key=lambda u: (-u.wasted_gpu_hours, u.name))[:TOP_JOBS]
     causes = [CauseWaste(cause, hours, hours / total.wasted_gpu_hours, hours * prices.per_gpu_hour,
-                         SUMMARY.get(cause, cause), ADVICE.get(cause, ""))
+                         SUMMARY.get(cause, cause), ADVICE.get(cause, ""), read.stacks.get(cause))
               for cause, hours in total.wasted_by_cause.items()]
     return Report(
         since=query.since, until=query.until, level=read.level, interval_seconds=interval_seconds,
@@ -469,7 +499,8 @@ def as_dict(report: Report) -> dict[str, Any]:
                    "currency": report.prices.currency},
         "total": usage(report.total),
         "causes": [{"cause": c.cause, "wasted_gpu_hours": c.wasted_gpu_hours, "share": c.share,
-                    "wasted_cost": c.wasted_cost, "summary": c.summary, "advice": c.advice}
+                    "wasted_cost": c.wasted_cost, "summary": c.summary, "advice": c.advice,
+                    "top_stack": c.top_stack}
                    for c in report.causes],
         "group_by": report.group_by, "groups": [usage(u) for u in report.groups],
         "top_jobs": [usage(u) for u in report.top_jobs],

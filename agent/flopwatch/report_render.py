@@ -92,6 +92,8 @@ def render_text(report: Report) -> str:
         for c in report.causes:
             lines.append(f"- {c.cause}: {c.wasted_gpu_hours:,.2f} GPU-hours ({c.share:.0%}), {c.summary}.")
             lines.append(f"  {c.advice}")
+            if c.top_stack:
+                lines.append(f"  Stack: {c.top_stack}")
     return "\n".join(lines) + "\n"
 
 
@@ -160,7 +162,8 @@ def render_table(report: Report) -> str:
     for column in ("cause", "GPU-h", "share", "advice"):
         causes.add_column(column, overflow="fold")
     for c in report.causes:
-        causes.add_row(c.cause, f"{c.wasted_gpu_hours:,.2f}", f"{c.share:.0%}", c.advice)
+        causes.add_row(c.cause, f"{c.wasted_gpu_hours:,.2f}", f"{c.share:.0%}",
+                       c.advice + (f"\nStack: {c.top_stack}" if c.top_stack else ""))
     parts = [title(report), *_headline(report), "", render(causes) if report.causes else "No GPU time wasted."]
     groups = Table(title=f"By {report.group_by}")
     for column in _usage_headings(report, report.group_by):
@@ -330,7 +333,8 @@ def render_html(report: Report) -> str:
         parts.append("<h2>Waste by cause, and the fix</h2>")
         parts.append(_table(["cause", "wasted GPU-h", "share", "what it is", "advice"], (
             [f'<span class="swatch" style="background:{_color(c.cause)}"></span>{e(c.cause)}',
-             f"{c.wasted_gpu_hours:,.2f}", f"{c.share:.0%}", e(c.summary), e(c.advice)]
+             f"{c.wasted_gpu_hours:,.2f}", f"{c.share:.0%}", e(c.summary),
+             e(c.advice) + (f"<br><code>{e(c.top_stack)}</code>" if c.top_stack else "")]
             for c in report.causes), {1, 2}))
         numeric = set(range(1, 6)) | set(range(7, 12))
         parts.append(f"<h2>By {e(report.group_by)}</h2>")

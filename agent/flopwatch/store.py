@@ -34,6 +34,7 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 from . import store_schema as schema
 from .config import ConfigError, HistoryConfig
 from .model import AgentState, Finding
+from .status import evidence_document
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ BATCH_ROWS = 20_000
 DAY = 86_400.0
 
 # Kinds of buffered rows.
-_GPU, _RAW, _PROC, _OPEN, _CLOSE = range(5)
+_GPU, _RAW, _PROC, _OPEN, _CLOSE, _AMEND = range(6)
 
 _MEAN = ("utilization", "sm_occupancy", "tensor_active", "dram_active", "flops_utilization",
          "memory_turnover_per_second", "power_watts")
@@ -164,17 +165,23 @@ def _upgrade(connection: Connection) -> None:
 
 
 class _SpanTracker:
-    """Turns a per-tick value per GPU (a cause, a job) into open/close events when it changes."""
+    """Turns a per-tick value per GPU (a cause, a job) into open/close events when it changes, and
+    an amend of the open span when only its ``detail`` does (stacks sampled after it opened)."""
 
     def __init__(self, table: Any) -> None:
         self.table = table
         self._current: dict[int, Any] = {}
+        self._detail: dict[int, Any] = {}
 
-    def update(self, gpu: int, ts: float, key: Any, row: Callable[[], dict]) -> list[tuple]:
+    def update(self, gpu: int, ts: float, key: Any, row: Callable[[], dict], detail: Any = None) -> list[tuple]:
         first = gpu not in self._current
         if not first and self._current[gpu] == key:
-            return []
+            if key is None or self._detail.get(gpu) is detail:
+                return []
+            self._detail[gpu] = detail
+            return [(_AMEND, (self.table, gpu, row()))]
         self._current[gpu] = key
+        self._detail[gpu] = detail
         # On first sight, a span left open by a previous run is closed where its data ends.
         events: list[tuple] = [(_CLOSE, (self.table, gpu, ts, first))]
         if key is not None:
@@ -345,7 +352,7 @@ class HistoryStore:
             }))
             rows += self._findings.update(
                 gpu, timestamp, (finding.cause, finding.severity) if finding else None,
-                lambda: _finding_row(finding))
+                lambda: _finding_row(finding), finding.stacks if finding else None)
             rows += self._jobs.update(gpu, timestamp, job, lambda: {"job": job})
         with self._lock:
             self._buffer.extend(rows)
@@ -389,7 +396,7 @@ class HistoryStore:
         by_kind: dict[int, list] = {_GPU: [], _RAW: [], _PROC: []}
         spans = []
         for kind, row in batch:
-            (spans if kind in (_OPEN, _CLOSE) else by_kind[kind]).append((kind, row))
+            (spans if kind in (_OPEN, _CLOSE, _AMEND) else by_kind[kind]).append((kind, row))
         _insert_ignore(connection, schema.gpus, [row for _, row in by_kind[_GPU]])
         raw = [row for _, row in by_kind[_RAW]]
         _insert_ignore(connection, schema.gpu_raw, raw)
@@ -405,6 +412,10 @@ class HistoryStore:
             if kind == _OPEN:
                 table, row = event_row
                 connection.execute(table.insert().values(host=self.host, **row))
+            elif kind == _AMEND:
+                table, gpu, row = event_row
+                connection.execute(update(table).where(
+                    table.c.host == self.host, table.c.gpu == gpu, table.c.end_ts.is_(None)).values(**row))
             else:
                 self._close_span(connection, *event_row)
         return new_ids, min((row["ts"] for row in raw), default=None)
@@ -547,7 +558,7 @@ class HistoryStore:
 
 def _finding_row(finding: Finding) -> dict:
     return {"cause": finding.cause, "severity": finding.severity, "confidence": finding.confidence,
-            "evidence": json.dumps(dict(finding.evidence), default=str, sort_keys=True),
+            "evidence": json.dumps(evidence_document(finding), default=str, sort_keys=True),
             "advice": finding.advice, "summary": finding.summary}
 
 

@@ -56,6 +56,11 @@ def status_table(doc: dict) -> str:
         elif finding:
             cause = f"{finding['cause']} ({finding['severity']}, {finding['confidence']:.0%})"
             notes.append(f"GPU {g['index']}: {finding['summary']}. {finding['advice']}")
+            evidence = finding.get("evidence") or {}
+            if evidence.get("stack_summary"):
+                notes.append(f"  stacks: {evidence['stack_summary']}")
+            elif evidence.get("stacks_unavailable"):
+                notes.append(f"  stacks unavailable: {evidence['stacks_unavailable']}")
         memory = "—" if g.get("memory_used_bytes") is None else \
             f"{g['memory_used_bytes'] / 2**30:.1f}/{g['memory_total_bytes'] / 2**30:.0f} GiB"
         last = g.get("last_tick") or {}

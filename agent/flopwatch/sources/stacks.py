@@ -1,0 +1,259 @@
+"""Python stacks of a GPU's processes, sampled with py-spy without stopping them.
+
+py-spy reads the target's memory (process_vm_readv), which needs the right to ptrace it: root,
+or CAP_SYS_PTRACE where ``kernel.yama.ptrace_scope`` is 1 or 2; never where it is 3. Sampling
+runs on one background thread, a few dozen samples over ~2 s, at most once per process in
+``min_interval_seconds``: the tick only asks, and reads what the last sample left.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import re
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Callable, Iterable
+
+from ..config import StacksConfig
+from ..model import StackProfile, StackShare
+
+log = logging.getLogger(__name__)
+
+CAP_SYS_PTRACE = 19
+GRANT = "run as root or grant CAP_SYS_PTRACE (systemd: AmbientCapabilities=CAP_SYS_PTRACE)"
+
+# process 8322:"python3 train.py";thread (8322): MainThread;<module> (/x/train.py:10);step (/x/train.py:7) 39
+# A child's line names its parents first: the pid that counts is the last one. A command line
+# may hold newlines and quotes, so a record runs until the next line that starts one.
+_RECORD_START = re.compile(r'\n(?=process \d+:")')
+_LINE = re.compile(r'^(?:process (?P<pid>\d+):".*?";(?=thread \(|process ))*'
+                   r'(?:thread \((?P<tid>[0-9a-fx]+)\)(?:: (?P<thread>[^;\n]*))?;)?'
+                   r'(?P<frames>[^\n]*) (?P<count>\d+)$', re.S)
+_FRAME = re.compile(r'^(?P<fn>.*) \((?P<path>[^()]*):(?P<line>\d+)\)$')
+_SHORTEN = re.compile(r'^.*/(?:site-packages|dist-packages|lib/python3\.\d+)/')
+
+
+def find_py_spy() -> str | None:
+    """The py-spy binary: the one installed beside this Python first (the wheel's script), then PATH."""
+    for folder in (Path(sys.executable).parent, Path(sysconfig.get_path("scripts"))):
+        candidate = folder / "py-spy"
+        if os.access(candidate, os.X_OK):
+            return str(candidate)
+    return shutil.which("py-spy")
+
+
+def ptrace_denied(status_path: str = "/proc/self/status",
+                  scope_path: str = "/proc/sys/kernel/yama/ptrace_scope") -> str | None:
+    """Why this process may not read other processes' memory, or None if it may."""
+    try:
+        scope = int(Path(scope_path).read_text())
+    except (OSError, ValueError):
+        scope = 0  # no Yama: the classic rule, same user or CAP_SYS_PTRACE
+    if scope >= 3:
+        return "kernel.yama.ptrace_scope is 3: no process may be sampled until reboot"
+    capable = False
+    try:
+        for line in Path(status_path).read_text().splitlines():
+            if line.startswith("CapEff:"):
+                capable = bool(int(line.split()[1], 16) >> CAP_SYS_PTRACE & 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    if capable or scope == 0:
+        return None  # scope 0: a process of the same user can still be read; py-spy says if not
+    return f"no CAP_SYS_PTRACE and kernel.yama.ptrace_scope is {scope}: {GRANT}"
+
+
+def _display(fn: str, path: str, line: str) -> str:
+    short = _SHORTEN.sub("", path)
+    return f"{fn} ({short if short != path else os.path.basename(path)}:{line})"
+
+
+def parse_raw(text: str, pids: Iterable[int], settings: StacksConfig = StacksConfig(),
+              source_line: Callable[[int, str, int], str] = lambda pid, path, line: "") -> StackProfile:
+    """A StackProfile from py-spy's ``--format raw`` output (collapsed stacks, outermost frame
+    first, a count last). ``source_line(pid, path, line)`` reads an innermost frame's code."""
+    pids = tuple(pids)
+    default_pid = pids[0] if pids else 0
+    counts: Counter[tuple[int, str, tuple[str, ...]]] = Counter()
+    per_thread: Counter[tuple[int, str]] = Counter()
+    for record in _RECORD_START.split(text):
+        m = _LINE.match(record.strip())
+        if m is None:
+            continue
+        pid = int(m["pid"]) if m["pid"] else default_pid
+        # Threads are named by the threading module, which a script need not import.
+        thread = (m["thread"] or ("MainThread" if m["tid"] == str(pid) else m["tid"]) or "").strip()
+        frames = tuple(reversed([f for f in m["frames"].split(";") if f]))
+        count = int(m["count"])
+        counts[(pid, thread, frames)] += count
+        per_thread[(pid, thread)] += count
+    stacks = []
+    for (pid, thread, frames), count in counts.items():
+        share = count / per_thread[(pid, thread)]
+        if share < settings.min_share:
+            continue
+        parsed = [_FRAME.match(f) for f in frames]
+        shown = tuple(_display(m["fn"], m["path"], m["line"]) if m else f for m, f in zip(parsed, frames))
+        paths = tuple(m["path"] if m else "" for m in parsed)
+        code = source_line(pid, parsed[0]["path"], int(parsed[0]["line"])) if parsed and parsed[0] else ""
+        stacks.append(StackShare(share=round(share, 3), frames=shown, thread=thread, pid=pid, paths=paths,
+                                 code=code))
+    # The GPU processes' main threads lead: they are the ones that feed the GPU.
+    stacks.sort(key=lambda s: (not (s.pid in pids and s.thread == "MainThread"), -s.share))
+    return StackProfile(pids=pids, samples=sum(per_thread.values()), stacks=tuple(stacks[:settings.top_stacks]))
+
+
+def read_source_line(pid: int, path: str, line: int, limit: int = 200) -> str:
+    """One line of a process's source file, read through its root (its container's files), or
+    its working directory where the path is relative."""
+    if not path or path.startswith("<") or line < 1:
+        return ""  # <string>, <frozen ...>: no file
+    try:
+        with open(f"/proc/{pid}/root{path}" if path.startswith("/") else f"/proc/{pid}/cwd/{path}", "rb") as f:
+            for number, text in enumerate(f, 1):
+                if number == line:
+                    return text[:limit].decode("utf-8", "replace").strip()
+    except OSError:
+        pass
+    return ""
+
+
+def _why(pid: int, stderr: str, returncode: int) -> str:
+    """py-spy's complaint in the agent's words (its first ``Error:`` line otherwise)."""
+    text = stderr.lower()
+    if "permission denied" in text or "operation not permitted" in text:
+        return f"py-spy may not read the process: {GRANT}"
+    if "check that the process is running" in text or "no such process" in text:
+        return "the process has exited"
+    if "failed to find python version" in text or "no python processes found" in text:
+        return "not a Python process" if os.path.exists(f"/proc/{pid}") else "the process has exited"
+    error = next((line for line in stderr.splitlines() if line.startswith("Error:")), None)
+    return f"py-spy failed: {(error or f'exit status {returncode}')[:120]}"
+
+
+class StackSampler:
+    """Samples processes' stacks on one background thread; ``request`` never waits."""
+
+    def __init__(self, settings: StacksConfig = StacksConfig(), *, binary: str | None = None,
+                 unavailable: str | None = None, clock: Callable[[], float] = time.monotonic,
+                 wall_clock: Callable[[], float] = time.time, ptrace_check: Callable[[], str | None] = ptrace_denied):
+        self.settings = settings
+        self.binary = binary or find_py_spy()
+        self.clock = clock
+        self.wall_clock = wall_clock
+        # A reason that holds for every process is found once, and logged once.
+        self.unavailable = unavailable or (None if self.binary else "py-spy is not installed") or ptrace_check()
+        self._logged: set[str] = set()
+        self._sampled_at: dict[int, float] = {}
+        self._latest: dict[int, StackProfile] = {}
+        self._queue: queue.Queue[tuple[int, tuple[int, ...]] | None] = queue.Queue()
+        self._pending: set[int] = set()
+        self._lock = threading.Condition()  # notified when a sample is taken
+        self._thread: threading.Thread | None = None
+        if self.unavailable and unavailable is None:
+            self._log_once(self.unavailable)
+
+    def request(self, key: int, pids: Iterable[int]) -> None:
+        """Ask for a sample of ``pids`` (up to two: the GPU's busiest) under ``key`` (a GPU index)."""
+        pids = tuple(pids)[:2]
+        now = self.clock()
+        with self._lock:
+            if self.unavailable:
+                self._latest[key] = StackProfile(pids=pids, samples=0, unavailable=self.unavailable,
+                                                 timestamp=self.wall_clock())
+                return
+            due = tuple(p for p in pids if now - self._sampled_at.get(p, -float("inf")) >= self.settings.min_interval_seconds)
+            if not due or key in self._pending:
+                return
+            for pid in due:
+                self._sampled_at[pid] = now
+            self._pending.add(key)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._work, name="flopwatch-stacks", daemon=True)
+                self._thread.start()
+        self._queue.put((key, due))
+
+    def latest(self, key: int) -> StackProfile | None:
+        """The last profile taken under ``key``, or None."""
+        return self._latest.get(key)
+
+    @property
+    def busy(self) -> bool:
+        """Whether a sample asked for is still being taken."""
+        return bool(self._pending)
+
+    def wait(self, timeout: float) -> bool:
+        """Wait until the samples asked for are taken (or ``timeout`` passes); whether they were."""
+        with self._lock:
+            return self._lock.wait_for(lambda: not self._pending, timeout)
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self._queue.put(None)
+
+    def _work(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            key, pids = item
+            try:
+                profile = self.sample(pids)
+            except Exception as e:  # a sampler that fails must not take the agent's thread with it
+                log.exception("stack sample failed")
+                profile = StackProfile(pids=pids, samples=0, unavailable=f"stack sample failed: {e}")
+            with self._lock:
+                self._latest[key] = profile
+                self._pending.discard(key)
+                self._lock.notify_all()
+
+    def sample(self, pids: tuple[int, ...]) -> StackProfile:
+        """Record each of ``pids`` (and its children) for ``duration_seconds``; blocks that long."""
+        texts, reasons = [], []
+        for pid in pids:
+            text, reason = self._record(pid)
+            if reason:
+                reasons.append(reason)
+                if reason != "the process has exited":
+                    self._log_once(reason)
+            else:
+                texts.append(text)
+        if not texts:
+            return StackProfile(pids=pids, samples=0, unavailable=reasons[0] if reasons else "nothing sampled",
+                                timestamp=self.wall_clock())
+        profile = parse_raw("\n".join(texts), pids, self.settings, read_source_line)
+        return StackProfile(pids=profile.pids, samples=profile.samples, stacks=profile.stacks,
+                            timestamp=self.wall_clock())
+
+    def _record(self, pid: int) -> tuple[str, str | None]:
+        s = self.settings
+        with tempfile.TemporaryDirectory(prefix="flopwatch-stacks-") as folder:
+            out = os.path.join(folder, "raw")
+            args = [self.binary, "record", "--pid", str(pid), "--duration", str(max(int(round(s.duration_seconds)), 1)),
+                    "--rate", str(s.rate_hz), "--nonblocking", "--idle", "--threads", "--subprocesses",
+                    "--full-filenames", "--format", "raw", "--output", out]
+            try:
+                done = subprocess.run(args, capture_output=True, text=True, timeout=s.timeout_seconds,
+                                      stdin=subprocess.DEVNULL)
+            except subprocess.TimeoutExpired:
+                return "", f"py-spy did not finish within {s.timeout_seconds:g} s"
+            except OSError as e:
+                return "", f"py-spy could not run: {e.strerror or e}"
+            if done.returncode != 0 or not os.path.exists(out):
+                return "", _why(pid, done.stderr, done.returncode)
+            with open(out, encoding="utf-8", errors="replace") as f:
+                return f.read(), None
+
+    def _log_once(self, message: str) -> None:
+        if message and message not in self._logged:
+            self._logged.add(message)
+            log.warning("python stacks unavailable: %s", message)

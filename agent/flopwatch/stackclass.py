@@ -1,0 +1,247 @@
+"""What a process's Python stacks say it is doing, and whether that confirms the counters' cause.
+
+Pure: from a StackProfile to the share of each thread's time per activity, and from a Finding and
+that reading to a Finding. Counters tell that a thread is busy or the GPU waits; the stack tells on
+what: a main thread that spends most samples in the model's forward is launching kernels, not
+preparing input, whatever its CPU share says.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Mapping
+
+from .diagnose import ADVICE, SUMMARY
+from .model import Finding, StackProfile, StackShare
+
+ACTIVITIES = {
+    "data_loading": "data loading",
+    "tokenizing": "tokenizing",
+    "loader_wait": "waiting on the data loader",
+    "file_read": "file reads",
+    "gpu_sync": "waiting on the GPU (sync)",
+    "model": "model code launching kernels",
+    "server_wait": "a server's event loop, waiting for requests",
+    "notebook_wait": "a notebook kernel, waiting for input",
+    "waiting": "waiting",
+    "other": "other code",
+}
+FEEDING = ("data_loading", "tokenizing", "loader_wait")
+STRONG = 0.5  # a thread spending at least this share of its samples in one activity
+
+_WAIT, _EVENT_LOOP = "wait", "event_loop"  # a blocking frame: its callers say what it waits for
+_STDLIB_MARKERS = ("/site-packages/", "/dist-packages/", "/lib/python3")
+
+# (substring of the path, activity), tried in order on each frame's path.
+_PATHS = (
+    ("/ipykernel/", "notebook_wait"),
+    ("tokenizers/", "tokenizing"),
+    ("/tokenization_", "tokenizing"),
+    ("torch/utils/data/dataloader.py", "loader_wait"),
+    ("multiprocessing/connection.py", "loader_wait"),
+    ("multiprocessing/queues.py", "loader_wait"),
+    ("torch/utils/data/", "data_loading"),
+    ("/PIL/", "data_loading"),
+    ("/cv2/", "data_loading"),
+    ("torchvision/transforms/", "data_loading"),
+    ("torchvision/io/", "data_loading"),
+    ("/albumentations/", "data_loading"),
+    ("torch/cuda/__init__.py", "gpu_sync"),  # synchronize, and little else a loop would sit in
+    ("torch/nn/", "model"),
+    ("torch/_ops.py", "model"),
+    ("torch/autograd/", "model"),
+    ("torch/_tensor.py", "model"),
+    ("torch/optim/", "model"),
+    ("torch/_dynamo/", "model"),
+    ("torch/_inductor/", "model"),
+    ("torch/cuda/graphs.py", "model"),
+    ("transformers/models/", "model"),
+    ("transformers/generation/", "model"),
+    ("/selectors.py", _EVENT_LOOP),
+    ("asyncio/base_events.py", _EVENT_LOOP),
+    ("/socketserver.py", _EVENT_LOOP),
+    ("/uvicorn/", _EVENT_LOOP),
+    ("/tornado/", _EVENT_LOOP),
+    ("/zmq/", _EVENT_LOOP),
+    ("/threading.py", _WAIT),
+    ("/queue.py", _WAIT),
+)
+# By the function's own name (the part after the last dot), wherever it is.
+_FUNCTIONS = {
+    "_next_data": "loader_wait", "_get_data": "loader_wait", "_try_get_data": "loader_wait",
+    "encode": "tokenizing", "encode_batch": "tokenizing", "batch_encode_plus": "tokenizing",
+    "tokenize": "tokenizing", "_tokenize": "tokenizing",
+    "collate": "data_loading", "default_collate": "data_loading", "collate_fn": "data_loading",
+    "__getitem__": "data_loading", "__getitems__": "data_loading",
+    "forward": "model", "backward": "model", "step": "model",
+    "synchronize": "gpu_sync",
+    "accept": _EVENT_LOOP, "serve_forever": _EVENT_LOOP, "run_forever": _EVENT_LOOP, "_run_once": _EVENT_LOOP,
+}
+# What the innermost frame's line calls, when it calls into C (py-spy shows the calling line).
+_CALLS = (
+    (("synchronize(", ".item()", ".cpu()", ".tolist()", ".numpy()"), "gpu_sync"),
+    (("readinto(", "pread(", "preadv(", "fromfile(", ".read(", "os.read(", "readline("), "file_read"),
+    (("select(", ".poll(", "accept(", "epoll"), _EVENT_LOOP),
+)
+
+
+def frame_activity(frame: str, path: str, code: str = "") -> str | None:
+    """One frame's activity, ``_WAIT``/``_EVENT_LOOP`` for a blocking frame, or None."""
+    for marker, activity in _PATHS:
+        if marker in path:
+            return activity
+    name = frame.split(" (", 1)[0].rsplit(".", 1)[-1]
+    if name in _FUNCTIONS:
+        return _FUNCTIONS[name]
+    for calls, activity in _CALLS:
+        if code and any(c in code for c in calls):
+            return activity
+    return None
+
+
+def stack_activity(stack: StackShare) -> str:
+    """What a stack's thread is doing: its innermost frame that says, a blocking frame being
+    named for what its callers wait on (the data loader, a server loop, a notebook kernel)."""
+    blocked: str | None = None
+    paths = stack.paths or ("",) * len(stack.frames)
+    for depth, (frame, path) in enumerate(zip(stack.frames, paths)):
+        activity = frame_activity(frame, path, stack.code if depth == 0 else "")
+        if activity is None:
+            continue
+        if activity in (_WAIT, _EVENT_LOOP):
+            # An event loop outranks a plain wait beneath it (queue.get inside a server loop).
+            blocked = _EVENT_LOOP if _EVENT_LOOP in (activity, blocked) else _WAIT
+            continue
+        if blocked is not None and activity not in ("loader_wait", "notebook_wait"):
+            break  # a wait inside model or data code: the caller waits, so it is a wait
+        return activity
+    if blocked == _EVENT_LOOP:
+        return "server_wait"
+    return "waiting" if blocked else "other"
+
+
+@dataclass(frozen=True, slots=True)
+class StackReading:
+    """Shares of samples by activity: the GPU processes' main threads (averaged), their other
+    threads (the busiest in each activity), and their children's main threads, the loader
+    workers (averaged)."""
+
+    main: Mapping[str, float]
+    threads: Mapping[str, float]
+    workers: Mapping[str, float]
+
+    def strongest(self, part: str) -> tuple[str, float]:
+        shares = getattr(self, part)
+        return max(shares.items(), key=lambda kv: kv[1], default=("other", 0.0))
+
+    def share(self, part: str, *activities: str) -> float:
+        shares = getattr(self, part)
+        return sum(shares.get(a, 0.0) for a in activities)
+
+
+def read_stacks(profile: StackProfile) -> StackReading:
+    per_thread: dict[tuple[int, str], dict[str, float]] = {}
+    for stack in profile.stacks:
+        shares = per_thread.setdefault((stack.pid, stack.thread), {})
+        activity = stack_activity(stack)
+        shares[activity] = shares.get(activity, 0.0) + stack.share
+    main, threads, workers = [], [], []
+    for (pid, thread), shares in per_thread.items():
+        if pid in profile.pids:
+            (main if thread == "MainThread" else threads).append(shares)
+        elif thread == "MainThread":  # a worker's other threads only ferry its results back
+            workers.append(shares)
+    return StackReading(main=_mean(main), threads=_max(threads), workers=_mean(workers))
+
+
+def _mean(parts: list[dict[str, float]]) -> dict[str, float]:
+    keys = {k for p in parts for k in p}
+    return {k: round(sum(p.get(k, 0.0) for p in parts) / len(parts), 3) for k in keys}
+
+
+def _max(parts: list[dict[str, float]]) -> dict[str, float]:
+    keys = {k for p in parts for k in p}
+    return {k: max(p.get(k, 0.0) for p in parts) for k in keys}
+
+
+def _said(part: str, activity: str, share: float) -> str:
+    who = {"main": "main thread", "threads": "a thread", "workers": "loader workers"}[part]
+    return f"{who} {share:.0%} in {ACTIVITIES[activity]}"
+
+
+def _verdict(cause: str, r: StackReading) -> tuple[str, str] | None:
+    """(the cause the stacks support, what they show) for a host-side cause, or None if they say
+    nothing strong about it. Each line reads what the frames mean for where the time goes."""
+    main, share = r.strongest("main")
+    feeding_main = r.share("main", *FEEDING)
+    feeding_elsewhere = max(r.share("threads", "data_loading", "tokenizing"),
+                            r.share("workers", "data_loading", "tokenizing", "file_read"))
+    if main == "file_read" and share >= STRONG:
+        # The main thread sits in read(): whatever the CPU or memory figures, the GPU waits on storage.
+        return "io_bound", _said("main", main, share)
+    if main == "server_wait" and share >= STRONG and cause in ("unknown", "held_idle", "low_demand"):
+        # A server waiting in accept/epoll holds its model by design: demand is low, it is not stale.
+        return "low_demand", _said("main", main, share)
+    if main == "notebook_wait" and share >= STRONG and cause == "held_idle":
+        return "held_idle", _said("main", main, share)
+    if feeding_main >= STRONG and cause in ("input_starved", "launch_bound", "unknown"):
+        # Preparing input on the thread that should launch the model, or waiting for loaders to.
+        return "input_starved", f"main thread {feeding_main:.0%} in data loading, tokenizing or its queue"
+    if feeding_elsewhere >= STRONG and cause in ("input_starved", "unknown") and r.share("main", "model") < STRONG:
+        part = "threads" if r.share("threads", "data_loading", "tokenizing") >= STRONG else "workers"
+        activity, value = r.strongest(part)
+        return "input_starved", _said(part, activity, value)
+    if r.share("main", "model", "gpu_sync") >= STRONG and cause in ("input_starved", "launch_bound", "unknown") \
+            and feeding_elsewhere < STRONG:
+        # The busy thread is the model's own loop: launches (or syncs) too small to fill the GPU.
+        return "launch_bound", f"main thread {r.share('main', 'model', 'gpu_sync'):.0%} in model code or GPU syncs"
+    if cause == "io_bound" and r.share("workers", "file_read") >= STRONG:
+        return "io_bound", _said("workers", "file_read", r.share("workers", "file_read"))
+    return None
+
+
+def corroborate(finding: Finding | None, profile: StackProfile | None,
+                reading: StackReading | None = None) -> Finding | None:
+    """The finding with its stacks attached, its cause confirmed (higher confidence) or corrected
+    where the stacks speak strongly; ``reading`` is read_stacks(profile), if already made."""
+    if finding is None or profile is None:
+        return finding
+    if profile.unavailable or not profile.stacks:
+        return replace(finding, stacks=profile)
+    verdict = _verdict(finding.cause, reading or read_stacks(profile))
+    if verdict is None:
+        return replace(finding, stacks=profile)
+    cause, said = verdict
+    if cause == finding.cause:
+        return replace(finding, stacks=profile, confidence=round(min(finding.confidence + 0.15, 0.95), 2),
+                       evidence={**finding.evidence, "stacks_agree": said})
+    return Finding(cause=cause, severity="ticket" if cause == "low_demand" else "page", confidence=0.75,
+                   evidence={**finding.evidence, "stacks_corrected_from": finding.cause, "stacks_say": said},
+                   advice=ADVICE[cause], summary=SUMMARY[cause], stacks=profile)
+
+
+def _user_code(path: str) -> bool:
+    return bool(path) and not any(m in path for m in _STDLIB_MARKERS)
+
+
+def _line(stack: StackShare) -> str:
+    frames = list(stack.frames)
+    paths = list(stack.paths) or [""] * len(frames)
+    shown = frames[:1]
+    caller = next((f for f, p in zip(frames[1:], paths[1:]) if _user_code(p)), frames[1] if len(frames) > 1 else None)
+    if caller is not None:
+        shown.append(caller)
+    return f"{stack.share * 100:.0f} % in " + " ← ".join(shown)
+
+
+def stack_summary(profile: StackProfile | None) -> str | None:
+    """One line for people: the main thread's top stack, and a worker's where the main thread
+    waits on them (``62 % in encode (prep.py:88) ← collate (train.py:41)``)."""
+    if profile is None or not profile.stacks:
+        return None
+    first = profile.stacks[0]
+    text = _line(first)
+    worker = next((s for s in profile.stacks if s.pid not in profile.pids and s.thread == "MainThread"), None)
+    if worker is not None and first.pid in profile.pids and stack_activity(first) == "loader_wait":
+        text += f"; loader worker {_line(worker)}"
+    return text

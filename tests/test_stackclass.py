@@ -1,0 +1,172 @@
+"""Reading Python stacks: what each activity looks like in py-spy's raw output, and how stacks
+confirm or correct a cause from the counters.
+
+tests/stacks/*.raw were recorded by py-spy 0.4.3 (`record --nonblocking --idle --threads
+--subprocesses --full-filenames --format raw`, 2 s at 20 Hz) from the scripts beside them, with
+the interpreter's prefix rewritten to /usr. The PyTorch stacks below are written the same way.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from flopwatch.model import Finding, StackProfile
+from flopwatch.sources.stacks import parse_raw
+from flopwatch.stackclass import corroborate, read_stacks, stack_summary
+
+HERE = Path(__file__).parent / "stacks"
+PY = "/usr/lib/python3.11"
+SITE = "/usr/lib/python3.11/site-packages"
+
+
+def recorded(name: str, code: str = "") -> StackProfile:
+    text = (HERE / f"{name}.raw").read_text()
+    pid = int(text.split(":", 1)[0].split()[1])
+    return parse_raw(text, (pid,), source_line=lambda pid, path, line: code)
+
+
+def raw(*stacks: tuple[str, int], pid: int = 4242, code: str = "") -> StackProfile:
+    """A profile of ``pid``'s main thread from ("frame;frame;…" outermost first, count) pairs."""
+    text = "\n".join(f'process {pid}:"python3 train.py";thread ({pid}): MainThread;{frames} {count}'
+                     for frames, count in stacks)
+    return parse_raw(text, (pid,), source_line=lambda pid, path, line: code)
+
+
+def finding(cause: str, confidence: float = 0.6) -> Finding:
+    return Finding(cause=cause, severity="page", confidence=confidence, evidence={"utilization": 0.2},
+                   advice="", summary="")
+
+
+TRAIN_LOOP = f"<module> (/home/ada/train.py:60);train (/home/ada/train.py:44)"
+FORWARD = (f"{TRAIN_LOOP};_wrapped_call_impl ({SITE}/torch/nn/modules/module.py:1736);"
+           f"_call_impl ({SITE}/torch/nn/modules/module.py:1747);forward (/home/ada/model.py:31);"
+           f"_wrapped_call_impl ({SITE}/torch/nn/modules/module.py:1736);_call_impl ({SITE}/torch/nn/modules/module.py:1747);"
+           f"forward ({SITE}/torch/nn/modules/linear.py:125)")
+BACKWARD = (f"{TRAIN_LOOP};backward ({SITE}/torch/_tensor.py:581);backward ({SITE}/torch/autograd/__init__.py:347);"
+            f"_engine_run_backward ({SITE}/torch/autograd/graph.py:825)")
+COLLATE = (f"{TRAIN_LOOP};__next__ ({SITE}/torch/utils/data/dataloader.py:708);"
+           f"_next_data ({SITE}/torch/utils/data/dataloader.py:764);fetch ({SITE}/torch/utils/data/_utils/fetch.py:55);"
+           f"collate (/home/ada/prep.py:41);encode (/home/ada/prep.py:88)")
+LOADER_QUEUE = (f"{TRAIN_LOOP};__next__ ({SITE}/torch/utils/data/dataloader.py:708);"
+                f"_next_data ({SITE}/torch/utils/data/dataloader.py:1458);_get_data ({SITE}/torch/utils/data/dataloader.py:1420);"
+                f"_try_get_data ({SITE}/torch/utils/data/dataloader.py:1251);get ({PY}/multiprocessing/queues.py:113);"
+                f"poll ({PY}/multiprocessing/connection.py:257);_poll ({PY}/multiprocessing/connection.py:440);"
+                f"wait ({PY}/multiprocessing/connection.py:1136);select ({PY}/selectors.py:415)")
+EVAL_SYNC = f"{TRAIN_LOOP};evaluate (/home/ada/train.py:52)"
+IPYKERNEL = (f"<module> ({SITE}/ipykernel_launcher.py:18);launch_instance ({SITE}/traitlets/config/application.py:1075);"
+             f"start ({SITE}/ipykernel/kernelapp.py:739);start ({SITE}/tornado/platform/asyncio.py:205);"
+             f"run_forever ({PY}/asyncio/base_events.py:608);_run_once ({PY}/asyncio/base_events.py:1898);"
+             f"select ({PY}/selectors.py:468)")
+
+
+# -- what the recorded programs were doing ----------------------------------------------------
+
+def test_raw_output_gives_each_threads_share_innermost_frame_first():
+    profile = recorded("tokenize_spin")
+    assert profile.samples == 39
+    top = profile.stacks[0]
+    assert (top.thread, top.share) == ("MainThread", 0.769)
+    assert top.frames[:2] == ("encode (tokenize_spin.py:4)", "collate.<locals>.<listcomp> (tokenize_spin.py:7)")
+
+
+def test_a_loader_workers_stacks_keep_the_workers_own_pid():
+    profile = recorded("loader")
+    worker_pids = {s.pid for s in profile.stacks} - set(profile.pids)
+    assert worker_pids == {15920}
+
+
+def test_a_main_thread_in_queue_get_under_next_data_waits_on_the_loader():
+    assert read_stacks(recorded("queue_wait")).main == {"loader_wait": 1.0}
+
+
+def test_a_main_thread_in_encode_is_tokenizing():
+    assert read_stacks(recorded("tokenize_spin")).main["tokenizing"] == pytest.approx(0.872)
+
+
+@pytest.mark.parametrize("server", ["select_server", "asyncio_server", "http_server"])
+def test_a_main_thread_in_a_servers_event_loop_is_a_server_waiting(server):
+    assert read_stacks(recorded(server)).main == {"server_wait": 1.0}
+
+
+def test_a_frame_whose_line_calls_os_read_is_a_file_read():
+    assert read_stacks(recorded("file_read", code="return os.read(fd, 1 << 20)")).main == {"file_read": 1.0}
+
+
+def test_loader_workers_are_read_by_their_main_thread_not_their_queue_feeder():
+    reading = read_stacks(recorded("loader"))
+    assert reading.strongest("workers") == ("data_loading", 0.897)  # the rest is its Queue.put
+    assert reading.main["loader_wait"] == pytest.approx(0.615)
+
+
+def test_the_summary_names_the_share_the_frame_and_the_users_caller():
+    assert stack_summary(recorded("tokenize_spin")) == \
+        "77 % in encode (tokenize_spin.py:4) ← collate.<locals>.<listcomp> (tokenize_spin.py:7)"
+
+
+def test_a_main_thread_waiting_on_its_loader_is_summarised_with_the_workers_stack():
+    assert stack_summary(recorded("loader")).endswith(
+        "; loader worker 64 % in worker.<locals>.collate (loader.py:7) ← worker (loader.py:10)")
+
+
+# -- corroboration: each rule, from what the frames mean ----------------------------------------
+
+def test_input_starved_whose_busy_thread_is_the_models_forward_is_launch_bound():
+    result = corroborate(finding("input_starved"), raw((FORWARD, 30), (BACKWARD, 8), (TRAIN_LOOP, 2)))
+    assert result.cause == "launch_bound"
+    assert result.evidence["stacks_corrected_from"] == "input_starved"
+
+
+def test_input_starved_with_the_main_thread_tokenizing_is_confirmed():
+    result = corroborate(finding("input_starved", 0.6), raw((COLLATE, 34), (FORWARD, 6)))
+    assert (result.cause, result.confidence) == ("input_starved", 0.75)
+    assert result.evidence["stacks_agree"] == "main thread 85% in data loading, tokenizing or its queue"
+
+
+def test_launch_bound_with_the_main_thread_waiting_on_the_loader_queue_is_input_starved():
+    result = corroborate(finding("launch_bound"), raw((LOADER_QUEUE, 28), (FORWARD, 12)))
+    assert result.cause == "input_starved"
+
+
+def test_held_idle_with_the_main_thread_in_a_file_read_is_io_bound():
+    result = corroborate(finding("held_idle"), raw((f"{TRAIN_LOOP};read_batch (/home/ada/train.py:20)", 40),
+                                                   code="n = os.readv(fd, [buf])  # f.read(size)"))
+    assert result.cause == "io_bound"
+    assert result.advice.startswith("The input pipeline waits on storage")
+
+
+def test_unknown_with_the_main_thread_in_an_event_loop_is_low_demand_ticket():
+    result = corroborate(finding("unknown"), recorded("select_server"))
+    assert (result.cause, result.severity) == ("low_demand", "ticket")
+
+
+def test_held_idle_in_a_notebook_kernels_event_loop_stays_held_idle():
+    result = corroborate(finding("held_idle"), raw((IPYKERNEL, 40)))
+    assert result.cause == "held_idle"
+    assert "stacks_agree" in result.evidence
+
+
+def test_unknown_with_the_main_thread_syncing_on_item_every_step_is_launch_bound():
+    result = corroborate(finding("unknown"), raw((EVAL_SYNC, 30), (FORWARD, 10), code="total += loss.item()"))
+    assert result.cause == "launch_bound"
+
+
+def test_unknown_with_the_loader_workers_busy_decoding_is_input_starved():
+    worker = (f'process 4242:"python3 train.py";process 4250:"python3 train.py";thread (4250): MainThread;'
+              f"_worker_loop ({SITE}/torch/utils/data/_utils/worker.py:351);"
+              f"__getitem__ (/home/ada/data.py:30);open ({SITE}/PIL/Image.py:3469) 38")
+    main = f'process 4242:"python3 train.py";thread (4242): MainThread;{LOADER_QUEUE} 40'
+    result = corroborate(finding("unknown"), parse_raw(f"{main}\n{worker}", (4242,)))
+    assert result.cause == "input_starved"
+
+
+def test_weak_stack_evidence_leaves_the_cause_and_attaches_the_stacks():
+    profile = raw((FORWARD, 15), (COLLATE, 15), (TRAIN_LOOP, 10))
+    result = corroborate(finding("input_starved"), profile)
+    assert (result.cause, result.confidence, result.stacks) == ("input_starved", 0.6, profile)
+
+
+def test_stacks_that_could_not_be_taken_are_attached_with_the_reason():
+    result = corroborate(finding("unknown"), StackProfile(pids=(1,), samples=0, unavailable="simulated"))
+    assert result.stacks.unavailable == "simulated"

@@ -1,0 +1,270 @@
+"""The stack sampler: py-spy run off the tick, at most once per process per period, stopped when it
+hangs, and a plain reason where stacks cannot be had; and the agent attaching what it found."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+import textwrap
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from flopwatch.alerting import STACKS_ANNOTATION_CHARS, annotations
+from flopwatch.cli import VirtualClock, build_agent
+from flopwatch.config import Config, StacksConfig
+from flopwatch.model import Finding, StackProfile, StackShare
+from flopwatch.sources.stacks import StackSampler, find_py_spy, ptrace_denied, read_source_line
+from flopwatch.status import evidence_document, status_document
+from flopwatch.tables import status_table
+from tests.store_ticks import tick
+
+needs_py_spy = pytest.mark.skipif(find_py_spy() is None, reason="needs py-spy (pip install py-spy)")
+FAST = StacksConfig(duration_seconds=1.0, rate_hz=50, timeout_seconds=20.0)
+
+
+def stand_in(tmp_path: Path, body: str) -> str:
+    """An executable in py-spy's place: ``body`` is Python with ``args`` (its argv) and ``out``."""
+    script = tmp_path / "py-spy"
+    script.write_text(f"#!{sys.executable}\nimport sys, time\nargs = sys.argv\n"
+                      f"out = args[args.index('--output') + 1]\n{textwrap.dedent(body)}")
+    script.chmod(0o755)
+    return str(script)
+
+
+def counting(tmp_path: Path) -> tuple[str, Path]:
+    """A stand-in that records each pid it is asked for and writes one stack of it."""
+    calls = tmp_path / "calls"
+    binary = stand_in(tmp_path, f"""
+        pid = args[args.index('--pid') + 1]
+        open({str(calls)!r}, 'a').write(pid + '\\n')
+        open(out, 'w').write(f'process {{pid}}:"python3 x.py";thread ({{pid}}): MainThread;<module> (/x.py:1) 20\\n')
+    """)
+    return binary, calls
+
+
+def test_a_process_is_sampled_again_only_after_the_minimum_interval(tmp_path):
+    binary, calls = counting(tmp_path)
+    clock = VirtualClock(0.0)
+    sampler = StackSampler(StacksConfig(min_interval_seconds=600.0), binary=binary, clock=clock,
+                           ptrace_check=lambda: None)
+    for now in (0.0, 599.0, 600.0):
+        clock.now = now
+        sampler.request(0, [4242])
+        assert sampler.wait(30)
+    assert calls.read_text().split() == ["4242", "4242"]
+
+
+def test_a_new_process_on_the_gpu_is_sampled_while_the_old_one_waits_its_turn(tmp_path):
+    binary, calls = counting(tmp_path)
+    clock = VirtualClock(0.0)
+    sampler = StackSampler(binary=binary, clock=clock, ptrace_check=lambda: None)
+    sampler.request(0, [4242])
+    assert sampler.wait(30)
+    clock.now = 5.0
+    sampler.request(0, [4242, 5151])
+    assert sampler.wait(30)
+    assert calls.read_text().split() == ["4242", "5151"]
+    assert sampler.latest(0).pids == (5151,)
+
+
+def test_py_spy_that_hangs_is_stopped_at_the_timeout_and_says_so(tmp_path):
+    binary = stand_in(tmp_path, "time.sleep(60)")
+    sampler = StackSampler(StacksConfig(timeout_seconds=0.5), binary=binary, ptrace_check=lambda: None)
+    assert sampler.sample((4242,)).unavailable == "py-spy did not finish within 0.5 s"
+
+
+def test_a_missing_py_spy_is_logged_once_and_every_profile_says_why(tmp_path, caplog):
+    sampler = StackSampler(binary=str(tmp_path / "absent"), ptrace_check=lambda: None)
+    with caplog.at_level(logging.WARNING, logger="flopwatch.sources.stacks"):
+        first, second = sampler.sample((4242,)), sampler.sample((5151,))
+    assert first.unavailable == second.unavailable == "py-spy could not run: No such file or directory"
+    assert len(caplog.records) == 1
+
+
+def test_without_cap_sys_ptrace_under_yama_scope_1_the_reason_names_the_grant(tmp_path):
+    status, scope = tmp_path / "status", tmp_path / "scope"
+    status.write_text("Name:\tflopwatch\nCapEff:\t0000000000000000\n")
+    scope.write_text("1\n")
+    assert "AmbientCapabilities=CAP_SYS_PTRACE" in ptrace_denied(str(status), str(scope))
+
+
+def test_cap_sys_ptrace_is_enough_under_yama_scope_2(tmp_path):
+    status, scope = tmp_path / "status", tmp_path / "scope"
+    status.write_text("CapEff:\t0000000000080000\n")  # bit 19
+    scope.write_text("2\n")
+    assert ptrace_denied(str(status), str(scope)) is None
+
+
+def test_yama_scope_3_forbids_sampling_whatever_the_capabilities(tmp_path):
+    status, scope = tmp_path / "status", tmp_path / "scope"
+    status.write_text("CapEff:\t000001ffffffffff\n")
+    scope.write_text("3\n")
+    assert ptrace_denied(str(status), str(scope)).startswith("kernel.yama.ptrace_scope is 3")
+
+
+def test_an_unavailable_sampler_answers_at_once_without_running_anything():
+    sampler = StackSampler(unavailable="simulated", wall_clock=lambda: 1.8e9)
+    sampler.request(3, [100000])
+    assert (sampler.latest(3).unavailable, sampler.latest(3).timestamp) == ("simulated", 1.8e9)
+
+
+# -- the real py-spy on real processes -----------------------------------------------------------
+
+BUSY = """
+def spin_in_a_known_function():
+    total = 0
+    while True:
+        for i in range(1000):
+            total += i * i
+
+print("ready", flush=True)
+spin_in_a_known_function()
+"""
+
+
+@pytest.fixture
+def busy_child():
+    child = subprocess.Popen([sys.executable, "-c", BUSY], stdout=subprocess.PIPE, text=True)
+    child.stdout.readline()
+    yield child
+    child.kill()
+    child.wait()
+
+
+@needs_py_spy
+@pytest.mark.slow
+def test_py_spy_finds_the_function_a_real_process_is_busy_in(busy_child):
+    profile = StackSampler(FAST).sample((busy_child.pid,))
+    assert profile.unavailable is None
+    top = profile.stacks[0]
+    assert (top.pid, top.thread) == (busy_child.pid, "MainThread")
+    # One stack per line of the loop: together they hold nearly every sample.
+    assert sum(s.share for s in profile.stacks if s.frames[0].startswith("spin_in_a_known_function (<string>:")) >= 0.9
+    assert profile.samples >= 20
+
+
+@needs_py_spy
+def test_a_pid_that_does_not_exist_says_the_process_has_exited():
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    assert StackSampler(FAST).sample((child.pid,)).unavailable == "the process has exited"
+
+
+@needs_py_spy
+def test_a_process_that_is_not_python_says_so():
+    child = subprocess.Popen(["sleep", "30"])
+    try:
+        time.sleep(0.2)  # until sleep has replaced the forked interpreter
+        assert StackSampler(FAST).sample((child.pid,)).unavailable == "not a Python process"
+    finally:
+        child.kill()
+        child.wait()
+
+
+# -- the agent ----------------------------------------------------------------------------------
+
+def simulated(scenario: str, seconds: int = 12, stacks=None):
+    """An agent over one simulated GPU, ticked ``seconds`` virtual seconds, and a way to tick on."""
+    config = Config()
+    config.agent.simulate = [scenario]
+    clock, wall = VirtualClock(0.0), VirtualClock(1.8e9)
+    built = build_agent(config, clock=clock, wall_clock=wall)
+    if stacks is not None:
+        built.agent.stacks = stacks(clock, wall)
+
+    def run(n: int):
+        for _ in range(n):
+            clock.now += 1.0
+            wall.now += 1.0
+            built.agent.tick()
+        return built.agent.state
+
+    run(seconds)
+    return built.agent, run
+
+
+def test_simulated_gpus_say_their_stacks_are_simulated():
+    agent, run = simulated("input_starved")
+    assert agent.state.gpus[0].finding.stacks.unavailable == "simulated"
+
+
+def test_a_healthy_gpu_asks_for_no_stacks():
+    agent, run = simulated("healthy")
+    assert agent.state.gpus[0].finding is None and agent.stacks.latest(0) is None
+
+
+def test_the_agent_goes_on_and_its_finding_says_why_when_py_spy_cannot_run(tmp_path):
+    agent, run = simulated("held_idle", stacks=lambda clock, wall: StackSampler(
+        binary=str(tmp_path / "absent"), clock=clock, wall_clock=wall, ptrace_check=lambda: None))
+    assert agent.stacks.wait(30)
+    state = run(1)
+    assert state.gpus[0].finding.cause == "held_idle"
+    assert state.gpus[0].finding.stacks.unavailable == "py-spy could not run: No such file or directory"
+
+
+# -- where stacks show ---------------------------------------------------------------------------
+
+PROFILE = StackProfile(pids=(4242,), samples=40, stacks=(
+    StackShare(share=0.62, frames=("encode (prep.py:88)", "collate (train.py:41)"), thread="MainThread", pid=4242,
+               paths=("/home/ada/prep.py", "/home/ada/train.py"), code='key = "s3cr3t"; encode(text)'),))
+STARVED = Finding(cause="input_starved", severity="page", confidence=0.75, evidence={"utilization": 0.2},
+                  advice="More workers.", summary="GPU starved", stacks=PROFILE)
+
+
+def test_status_json_carries_the_top_frames_and_a_summary_but_no_source_code():
+    doc = evidence_document(STARVED)
+    assert doc["stacks"] == [{"share": 0.62, "frames": ["encode (prep.py:88)", "collate (train.py:41)"],
+                              "thread": "MainThread", "pid": 4242}]
+    assert doc["stack_summary"] == "62 % in encode (prep.py:88) ← collate (train.py:41)"
+    assert "s3cr3t" not in json.dumps(doc) and "/home/ada" not in json.dumps(doc)
+
+
+def test_the_status_table_shows_the_stack_under_the_finding():
+    agent, run = simulated("input_starved")
+    table = status_table(status_document(agent.state))
+    assert "  stacks unavailable: simulated" in table.splitlines()
+
+
+def test_the_alerts_stacks_annotation_is_one_short_line():
+    long = replace(PROFILE, stacks=(replace(PROFILE.stacks[0], frames=("f" * 400 + " (x.py:1)",)),))
+    text = annotations(tick(0.0, finding=replace(STARVED, stacks=long)).gpus[0], "http://node1:9765/")["stacks"]
+    assert len(text) == STACKS_ANNOTATION_CHARS and text.startswith("62 % in fff") and "\n" not in text
+
+
+def test_the_alert_says_why_stacks_are_missing():
+    finding = replace(STARVED, stacks=StackProfile(pids=(1,), samples=0, unavailable="simulated"))
+    assert annotations(tick(0.0, finding=finding).gpus[0], "")["stacks"] == "unavailable: simulated"
+
+
+def test_the_agent_publishes_the_cause_the_culprits_stacks_support(tmp_path):
+    # py-spy's stand-in answers for the simulated process: its main thread runs the model's forward.
+    forward = ("<module> (/home/ada/train.py:60);_call_impl (/usr/lib/python3.11/site-packages/torch/nn/modules/module.py:1747);"
+               "forward (/usr/lib/python3.11/site-packages/torch/nn/modules/linear.py:125)")
+    binary = stand_in(tmp_path, f"""
+        pid = args[args.index('--pid') + 1]
+        open(out, 'w').write(f'process {{pid}}:"python3 train.py";thread ({{pid}}): MainThread;{forward} 40\\n')
+    """)
+    agent, run = simulated("input_starved", stacks=lambda clock, wall: StackSampler(
+        binary=binary, clock=clock, wall_clock=wall, ptrace_check=lambda: None))
+    assert agent.stacks.wait(30)
+    gpu = run(5).gpus[0]  # the scenario's GPU is busy in bursts: some of these seconds are under the threshold
+    assert (gpu.finding.cause, gpu.finding.evidence["stacks_corrected_from"]) == ("launch_bound", "input_starved")
+    assert gpu.finding.stacks.stacks[0].frames[0] == "forward (torch/nn/modules/linear.py:125)"
+    assert "launch_bound" in gpu.wasted_seconds
+
+
+def test_a_source_line_is_read_through_the_process_root_or_its_working_directory(tmp_path):
+    (tmp_path / "prep.py").write_text("import os\nchunk = os.read(fd, 1 << 20)\n")
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"], cwd=tmp_path)
+    try:
+        assert read_source_line(child.pid, str(tmp_path / "prep.py"), 2) == "chunk = os.read(fd, 1 << 20)"
+        assert read_source_line(child.pid, "prep.py", 2) == "chunk = os.read(fd, 1 << 20)"
+        assert read_source_line(child.pid, "<string>", 2) == ""
+    finally:
+        child.kill()
+        child.wait()
