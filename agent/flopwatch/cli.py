@@ -103,10 +103,22 @@ def build_agent(config: Config, *, clock: Callable[[], float] = time.monotonic,
             f"NVML is not available ({e}). To run on simulated GPUs instead: "
             "flopwatch run --simulate healthy,input_starved"
         ) from None
-    agent = Agent(config, source, host, sinks or [], tokens=tokens, clock=clock, wall_clock=wall_clock)
+    pods = _pod_reader(config)
+    agent = Agent(config, source, host, sinks or [], tokens=tokens, pods=pods, clock=clock, wall_clock=wall_clock)
     exporter = Exporter(lambda: agent.state, extra=[tokens, *(s for s in agent.sinks if hasattr(s, "collect"))],
-                        top_processes=config.attribution.top_processes, currency=config.tokens.currency)
+                        top_processes=config.attribution.top_processes, currency=config.tokens.currency,
+                        pod_labels=pods is not None and config.kubernetes.pod_labels)
     return Built(agent, exporter, source.lib)
+
+
+def _pod_reader(config: Config) -> Any:
+    """The kubelet pod-resources reader when on, with its first answer read: the first tick has it."""
+    from .sources.pod_resources import PodResourcesReader
+
+    pods = PodResourcesReader.from_config(config.kubernetes)
+    if pods is not None:
+        pods.refresh()
+    return pods
 
 
 def run_sinks(config: Config) -> list:

@@ -92,6 +92,16 @@ class TokensConfig:
 
 
 @dataclass
+class KubernetesConfig:
+    # "auto": the kubelet's default socket if it exists when the agent starts; a path: that socket,
+    # and a warning while it cannot be read; "" or "off": never.
+    pod_resources_socket: str = "auto"
+    pod_labels: bool = True  # namespace, pod and container labels on per-GPU series
+    refresh_interval_seconds: float = 10.0
+    timeout_seconds: float = 2.0
+
+
+@dataclass
 class Config:
     agent: AgentConfig = field(default_factory=AgentConfig)
     diagnosis: Thresholds = field(default_factory=Thresholds)
@@ -99,6 +109,7 @@ class Config:
     alerting: AlertingConfig = field(default_factory=AlertingConfig)
     attribution: AttributionConfig = field(default_factory=AttributionConfig)
     tokens: TokensConfig = field(default_factory=TokensConfig)
+    kubernetes: KubernetesConfig = field(default_factory=KubernetesConfig)
 
 
 def load(path: str | os.PathLike | None = None, env: Mapping[str, str] | None = None) -> Config:
