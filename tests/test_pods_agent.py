@@ -13,8 +13,8 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from flopwatch.alerting import UnderutilizationAlerts, annotations
-from flopwatch.cli import VirtualClock, build_agent
 from flopwatch.config import Config
+from flopwatch.metrics_doc import with_findings
 from flopwatch.status import status_document
 from flopwatch.store import HistoryStore, query_history
 from tests.agent_process import flopwatch, get, running_agent, wait_for
@@ -39,14 +39,7 @@ def agent_over(kubelet, scenarios=("healthy", "idle", "healthy"), pod_labels: bo
     config.agent.simulate = list(scenarios)
     config.kubernetes.pod_resources_socket = str(kubelet.socket_path)
     config.kubernetes.pod_labels = pod_labels
-    clock, wall = VirtualClock(0.0), VirtualClock(1.8e9)
-    built = build_agent(config, clock=clock, wall_clock=wall)
-    th = config.diagnosis
-    for _ in range(int(th.min_window_seconds + th.evaluation_interval_seconds) + 1):
-        clock.now += 1.0
-        wall.now += 1.0
-        built.agent.tick()
-    return built
+    return with_findings(config)
 
 
 def exposition(built) -> str:
