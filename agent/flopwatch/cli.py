@@ -254,11 +254,12 @@ def _reload(config_path: str | None, overrides: dict, agent: Any, server: Any) -
     else:
         old = agent.config
         live = {"web_config_file": "", "log_level": ""}
-        if (dataclasses.replace(new.agent, **live), new.history) != (dataclasses.replace(old.agent, **live), old.history):
-            log.warning("reload: [agent] and [history] changes other than web_config_file and log_level "
-                        "take effect at the next restart")
+        if (dataclasses.replace(new.agent, **live), new.history, new.kubernetes) != \
+                (dataclasses.replace(old.agent, **live), old.history, old.kubernetes):
+            log.warning("reload: [agent], [history] and [kubernetes] changes other than web_config_file and "
+                        "log_level take effect at the next restart")
         logging.getLogger().setLevel(new.agent.log_level.upper())
-        agent.config = dataclasses.replace(new, agent=old.agent, history=old.history)
+        agent.config = dataclasses.replace(new, agent=old.agent, history=old.history, kubernetes=old.kubernetes)
         log.info("configuration reloaded")
     sdnotify.ready()
 
