@@ -16,6 +16,7 @@ from flopwatch.alerting import UnderutilizationAlerts, annotations
 from flopwatch.config import Config
 from flopwatch.metrics_doc import with_findings
 from flopwatch.status import status_document
+from flopwatch.tables import status_table
 from flopwatch.store import HistoryStore, query_history
 from tests.agent_process import flopwatch, get, running_agent, wait_for
 from tests.kubelet import PodResourcesServer, pod
@@ -71,6 +72,11 @@ def test_status_shows_each_gpus_pod(kubelet):
     doc = status_document(agent_over(kubelet).agent.state)
     assert [(g["namespace"], g["pod"], g["container"]) for g in doc["gpus"]] == [
         ("ml", "trainer-0", "train"), ("team-a", "notebook", "jupyter"), (None, None, None)]
+
+
+def test_the_status_table_names_the_pod_holding_each_gpu(kubelet):
+    table = status_table(status_document(agent_over(kubelet).agent.state))
+    assert "team-a/notebook" in table and "ml/trainer-0" in table
 
 
 def test_a_kubelet_gone_is_collector_success_0_and_the_gpus_keep_their_pods(kubelet):
