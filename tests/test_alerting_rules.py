@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from flopwatch.alerting import MemoryOutbox, UnderutilizationAlerts, parse_target
-from flopwatch.model import Finding, GpuFigures, ProcessView
+from flopwatch.model import Finding, GpuFigures, PodContainer, ProcessView
 
 
 @dataclass
@@ -15,6 +15,7 @@ class Gpu:
     figures: GpuFigures | None
     finding: Finding | None
     processes: tuple[ProcessView, ...] = ()
+    pods: tuple[PodContainer, ...] = ()
 
 
 def gpu(utilization: float | None, cause: str | None = None, index: int = 0, severity: str = "page") -> Gpu:

@@ -30,8 +30,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterable, Iterator, Protocol
 
-from .model import Finding, GpuFigures, ProcessView
 from .stackclass import stack_summary
+from .model import Finding, GpuFigures, PodContainer, ProcessView
+from .sources.pod_resources import LABELS as POD_LABELS, holder_labels
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,7 @@ class GpuView(Protocol):
     figures: GpuFigures | None
     finding: Finding | None
     processes: tuple[ProcessView, ...]
+    pods: tuple[PodContainer, ...]
 
 
 @dataclass
@@ -76,9 +78,10 @@ class UnderutilizationAlerts:
     """Which GPUs page, and for what cause, from one tick to the next. Pure: no clock, no I/O."""
 
     def __init__(self, alert_after_seconds: float, static_labels: dict[str, str],
-                 annotate: Callable[[GpuView], dict[str, str]]):
+                 annotate: Callable[[GpuView], dict[str, str]], pod_labels: bool = False):
         self.alert_after_seconds = alert_after_seconds
         self.static_labels = static_labels
+        self.pod_labels = pod_labels  # as /metrics has them, so the rules' alert is this one
         self.annotate = annotate
         self._gpus: dict[str, _GpuState] = {}
 
@@ -117,6 +120,8 @@ class UnderutilizationAlerts:
             "gpu": str(gpu.figures.index),
             "uuid": gpu.figures.uuid,
             **self.static_labels,
+            # Prometheus drops an empty label, and so does the rules' alert.
+            **({k: v for k, v in zip(POD_LABELS, holder_labels(gpu.pods)) if v} if self.pod_labels else {}),
         }
 
     @staticmethod
@@ -138,7 +143,7 @@ def annotations(gpu: GpuView, generator_url: str) -> dict[str, str]:
                     else f"GPU {gpu.figures.index} under-utilized"),
         "evidence": ", ".join(f"{k}={_plain(v)}" for k, v in evidence.items()),
         "advice": finding.advice if finding else "",
-        "jobs": ", ".join(sorted({p.job for p in gpu.processes})),
+        "jobs": ", ".join(sorted({p.job for p in gpu.processes} | {p.job for p in gpu.pods})),
         "link": generator_url,
         **_stacks(finding),
     }
@@ -297,6 +302,7 @@ class AlertmanagerSink:
             config.diagnosis.alert_after_seconds,
             {"host": host, "job": alerting.job},
             lambda gpu: annotations(gpu, self.generator_url),
+            pod_labels=config.kubernetes.pod_labels,
         )
         self._changes: deque[tuple[str, dict]] = deque()
         self._firing: list[FiringAlert] = []

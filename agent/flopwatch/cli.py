@@ -110,11 +110,23 @@ def build_agent(config: Config, *, clock: Callable[[], float] = time.monotonic,
         # Simulated GPUs' processes do not exist: their findings say so rather than sample a stranger.
         stacks = StackSampler(config.stacks, unavailable="simulated" if a.simulate else None, clock=clock,
                               wall_clock=wall_clock)
-    agent = Agent(config, source, host, sinks or [], tokens=tokens, stacks=stacks, clock=clock,
+    pods = _pod_reader(config)
+    agent = Agent(config, source, host, sinks or [], tokens=tokens, stacks=stacks, pods=pods, clock=clock,
                   wall_clock=wall_clock)
     exporter = Exporter(lambda: agent.state, extra=[tokens, *(s for s in agent.sinks if hasattr(s, "collect"))],
-                        top_processes=config.attribution.top_processes, currency=config.tokens.currency)
+                        top_processes=config.attribution.top_processes, currency=config.tokens.currency,
+                        pod_labels=pods is not None and config.kubernetes.pod_labels)
     return Built(agent, exporter, source.lib)
+
+
+def _pod_reader(config: Config) -> Any:
+    """The kubelet pod-resources reader when on, with its first answer read: the first tick has it."""
+    from .sources.pod_resources import PodResourcesReader
+
+    pods = PodResourcesReader.from_config(config.kubernetes)
+    if pods is not None:
+        pods.refresh()
+    return pods
 
 
 def run_sinks(config: Config) -> list:
@@ -250,11 +262,12 @@ def _reload(config_path: str | None, overrides: dict, agent: Any, server: Any) -
     else:
         old = agent.config
         live = {"web_config_file": "", "log_level": ""}
-        if (dataclasses.replace(new.agent, **live), new.history) != (dataclasses.replace(old.agent, **live), old.history):
-            log.warning("reload: [agent] and [history] changes other than web_config_file and log_level "
-                        "take effect at the next restart")
+        if (dataclasses.replace(new.agent, **live), new.history, new.kubernetes) != \
+                (dataclasses.replace(old.agent, **live), old.history, old.kubernetes):
+            log.warning("reload: [agent], [history] and [kubernetes] changes other than web_config_file and "
+                        "log_level take effect at the next restart")
         logging.getLogger().setLevel(new.agent.log_level.upper())
-        agent.config = dataclasses.replace(new, agent=old.agent, history=old.history)
+        agent.config = dataclasses.replace(new, agent=old.agent, history=old.history, kubernetes=old.kubernetes)
         log.info("configuration reloaded")
     sdnotify.ready()
 

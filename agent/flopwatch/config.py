@@ -106,6 +106,16 @@ class StacksConfig:
 
 
 @dataclass
+class KubernetesConfig:
+    # "auto": the kubelet's default socket if it exists when the agent starts; a path: that socket,
+    # and a warning while it cannot be read; "" or "off": never.
+    pod_resources_socket: str = "auto"
+    pod_labels: bool = True  # namespace, pod and container labels on per-GPU series
+    refresh_interval_seconds: float = 10.0
+    timeout_seconds: float = 2.0
+
+
+@dataclass
 class Config:
     agent: AgentConfig = field(default_factory=AgentConfig)
     diagnosis: Thresholds = field(default_factory=Thresholds)
@@ -114,6 +124,7 @@ class Config:
     attribution: AttributionConfig = field(default_factory=AttributionConfig)
     tokens: TokensConfig = field(default_factory=TokensConfig)
     stacks: StacksConfig = field(default_factory=StacksConfig)
+    kubernetes: KubernetesConfig = field(default_factory=KubernetesConfig)
 
 
 def load(path: str | os.PathLike | None = None, env: Mapping[str, str] | None = None) -> Config:

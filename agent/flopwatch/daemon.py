@@ -20,8 +20,8 @@ from .config import Config
 from .derive import derive
 from .diagnose import (DiagnosisState, Peers, Tick, TickWindow, diagnose, job_peers, loader_saturated_pids,
                        waste_seconds)
-from .model import (AgentState, Finding, GpuFigures, GpuSample, GpuState, HostSample, ProcessView, StackProfile,
-                    TokenCount)
+from .model import (AgentState, Finding, GpuFigures, GpuSample, GpuState, HostSample, PodContainer, ProcessView,
+                    StackProfile, TokenCount)
 from .stackclass import corroborate
 from .tokencost import Prices, TokenAccount
 
@@ -55,6 +55,11 @@ class StackReader(Protocol):
     def request(self, key: int, pids: Iterable[int]) -> None: ...
 
     def latest(self, key: int) -> StackProfile | None: ...
+
+
+class PodReader(Protocol):
+    name: str
+    answer: Any  # sources.pod_resources.PodAnswer: holders by device id, ok, seconds
 
 
 class Sink(Protocol):
@@ -93,6 +98,7 @@ class Agent:
         *,
         tokens: TokenReader | None = None,
         stacks: StackReader | None = None,
+        pods: PodReader | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
     ):
@@ -102,6 +108,7 @@ class Agent:
         self.sinks = list(sinks)
         self.tokens = tokens
         self.stacks = stacks
+        self.pods = pods
         t = config.tokens
         self.token_account = TokenAccount(t.window_seconds, Prices(t.price_per_gpu_hour, t.price_per_kwh))
         self.clock = clock
@@ -157,8 +164,12 @@ class Agent:
         evaluate = now - self._evaluated_at >= self.config.diagnosis.evaluation_interval_seconds
         if evaluate:
             self._evaluated_at = now
-        gpus = tuple(self._advance(sample, host, peers.get(sample.info.index, _ALONE), evaluate)
-                     for sample in samples)
+        holders: Mapping[str, tuple[PodContainer, ...]] = {}
+        if self.pods is not None:  # read on its own job: a tick only takes the last answer
+            answer = self.pods.answer
+            holders, success[self.pods.name], seconds[self.pods.name] = answer.holders, answer.ok, answer.seconds
+        gpus = tuple(self._advance(sample, host, peers.get(sample.info.index, _ALONE), evaluate,
+                                   holders.get(sample.info.uuid, ())) for sample in samples)
         if self.tokens is not None:
             counts = self._timed(self.tokens.name, success, seconds, self.tokens.snapshot) or ()
             figures = self.token_account.advance(counts, gpus, timestamp)
@@ -167,7 +178,7 @@ class Agent:
                 gpus = tuple(GpuState(sample=g.sample, figures=g.figures, finding=g.finding,
                                       below_threshold=g.below_threshold, wasted_seconds=g.wasted_seconds,
                                       processes=g.processes, tokens=figures.get(g.sample.info.index),
-                                      window=g.window) for g in gpus)
+                                      window=g.window, pods=g.pods) for g in gpus)
         self._ticks += 1
         self.state = AgentState(
             hostname=self.hostname, timestamp=timestamp, ticks=self._ticks, gpus=gpus, host=host,
@@ -185,7 +196,8 @@ class Agent:
             self._saturated = (host.processes, loader_saturated_pids(host, self.config.diagnosis.cpu_saturated_ratio))
         return self._saturated[1]
 
-    def _advance(self, sample: GpuSample, host: HostSample, peers: Peers, evaluate: bool) -> GpuState:
+    def _advance(self, sample: GpuSample, host: HostSample, peers: Peers, evaluate: bool,
+                 pods: tuple[PodContainer, ...]) -> GpuState:
         th = self.config.diagnosis
         per = self._gpus.get(sample.info.index)
         if per is None:
@@ -196,7 +208,7 @@ class Agent:
             per.pending.clear()
             per.diagnosis = DiagnosisState()
             return GpuState(sample=sample, figures=None, finding=None, below_threshold=False,
-                            wasted_seconds=per.wasted)
+                            wasted_seconds=per.wasted, pods=pods)
         figures = derive(sample, per.previous)
         per.previous = sample
         per.pending.append((sample, figures, host, peers))
@@ -217,6 +229,7 @@ class Agent:
         return GpuState(
             sample=sample, figures=figures, finding=finding, below_threshold=waste is not None,
             wasted_seconds=per.wasted, processes=self._views(per, sample, host), window=per.diagnosis.window,
+            pods=pods,
         )
 
     def _with_stacks(self, per: _PerGpu, sample: GpuSample, finding: Finding | None) -> Finding | None:
@@ -303,8 +316,9 @@ def schedule(agent: Agent, interval_seconds: float) -> Any:
     # most one blocked tick per GPU, and one running.
     ticks = len(agent.state.gpus) + 1 if agent.state is not None else 2
     jobs = [(agent.tick, interval_seconds, ticks)]
-    # Sinks' own work and the token scraper run on their own jobs: a slow one never delays a tick.
-    for part in (*agent.sinks, agent.tokens):
+    # Sinks' own work, the token scraper and the pod-resources reader run on their own jobs: a slow
+    # one never delays a tick.
+    for part in (*agent.sinks, agent.tokens, agent.pods):
         jobs += [(fn, seconds, 1) for fn, seconds in getattr(part, "jobs", list)()]
     scheduler = BackgroundScheduler(daemon=True, executors={
         "default": ThreadPoolExecutor(sum(instances for _, _, instances in jobs))})

@@ -9,6 +9,7 @@ from prometheus_client.registry import CollectorRegistry
 
 from . import __version__
 from .model import AgentState, GpuState, Identity
+from .sources.pod_resources import LABELS as POD_LABELS, holder_labels
 
 GPU_LABELS = ["gpu", "uuid"]
 IDENTITY_LABELS = ["container_id", "pod", "namespace", "slurm_job", "unit"]
@@ -46,8 +47,9 @@ class Exporter:
     """A prometheus-client custom collector over the agent's last state and its sinks' metrics."""
 
     def __init__(self, state: Callable[[], AgentState | None], extra: Iterable[object] = (), top_processes: int = 10,
-                 currency: str = "USD"):
+                 currency: str = "USD", pod_labels: bool = False):
         self.state = state
+        self.pod_labels = pod_labels
         self.extra = list(extra)  # sinks and sources with a collect() of their own
         self.top_processes = top_processes
         self.currency = currency
@@ -61,7 +63,7 @@ class Exporter:
         state = self.state()
         yield from self._agent(state)
         if state is not None:
-            yield from self._gpus(state)
+            yield from (_with_pod_labels(self._gpus(state), state) if self.pod_labels else self._gpus(state))
         for source in self.extra:
             yield from source.collect()
 
@@ -231,6 +233,18 @@ class Exporter:
         for family, _ in per_token:
             yield family
         yield cost
+
+
+def _with_pod_labels(families: Iterable[Metric], state: AgentState) -> Iterator[Metric]:
+    """The families with namespace, pod and container on every per-GPU series, as dcgm-exporter
+    labels them, so its dashboards and alert routes work; series of a process keep its own pod."""
+    by_uuid = {g.sample.info.uuid: dict(zip(POD_LABELS, holder_labels(g.pods))) for g in state.gpus}
+    for family in families:
+        for sample in family.samples:
+            labels = sample.labels
+            if "uuid" in labels and "pod" not in labels:
+                labels.update(by_uuid[labels["uuid"]])
+        yield family
 
 
 def _top_jobs(totals: Mapping[tuple[str, str, str], float], n: int) -> dict[tuple[str, str, str], float]:

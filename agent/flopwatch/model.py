@@ -253,6 +253,19 @@ class Finding:
     stacks: StackProfile | None = None  # the culprit's Python stacks, for a host-side cause
 
 
+@dataclass(frozen=True, slots=True, order=True)
+class PodContainer:
+    """A container the kubelet gave a GPU to (its pod-resources API)."""
+
+    namespace: str
+    pod: str
+    container: str
+
+    @property
+    def job(self) -> str:
+        return f"pod:{self.namespace}/{self.pod}"  # the job name sources/identity.py gives a pod
+
+
 @dataclass(frozen=True, slots=True)
 class ProcessView:
     """A GPU process as the sinks show it: NVML's share joined with the host's identity."""
@@ -305,6 +318,7 @@ class GpuState:
     processes: tuple[ProcessView, ...] = ()
     tokens: TokenFigures | None = None
     window: WindowFigures | None = None  # None until the GPU's window is long enough to diagnose
+    pods: tuple[PodContainer, ...] = ()  # who holds the GPU, by the kubelet; several when time-sliced
 
 
 @dataclass(slots=True)  # built every tick: not frozen (see above)

@@ -7,6 +7,7 @@ from typing import Any
 
 from .model import AgentState, Finding, GpuState, TokenFigures
 from .stackclass import stack_summary
+from .sources.pod_resources import LABELS as POD_LABELS, holder_labels
 
 
 def status_document(state: AgentState | None, hostname: str = "") -> dict[str, Any]:
@@ -37,6 +38,8 @@ def status_document(state: AgentState | None, hostname: str = "") -> dict[str, A
             "energy_joules": g.sample.energy_joules,
             "memory_used_bytes": f.memory_used_bytes if f else None,
             "memory_total_bytes": info.memory_total_bytes,
+            # Who holds the GPU by the kubelet (null without Kubernetes), as /metrics labels it.
+            **dict(zip(POD_LABELS, holder_labels(g.pods) if g.pods else (None, None, None))),
             "wasted_gpu_seconds": dict(g.wasted_seconds),
             "processes": [
                 {"pid": p.pid, "job": p.job, "user": p.user, "sm_ratio": p.sm_ratio,

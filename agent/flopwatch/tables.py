@@ -43,12 +43,15 @@ def status_table(doc: dict) -> str:
         f"util … power: means over the last {max(seconds):.0f} s, the window the finding was made from; "
         "last tick: the latest reading" if seconds else "no window yet: the agent has just started"))
     tokens = any(_per_token(g.get("tokens")) != "—" for g in doc["gpus"])
+    pods = [f"{g['namespace']}/{g['pod']}" if g.get("pod") else "—" for g in doc["gpus"]]  # the kubelet's
+    on_kubernetes = any(p != "—" for p in pods)
     for column in ("GPU", "name", "util", "NVML", "tensor", "DRAM", "flops", "power", "last tick",
-                   "memory", "processes", *(["J/token"] if tokens else [])):
-        table.add_column(column)
+                   "memory", "processes", *(["pod"] if on_kubernetes else []), *(["J/token"] if tokens else [])):
+        # A pod's name whole: the other columns give way.
+        table.add_column(column, min_width=min(max(map(len, pods), default=0), 40) if column == "pod" else None)
     table.add_column("finding", min_width=24)
     notes = []
-    for g in doc["gpus"]:
+    for i, g in enumerate(doc["gpus"]):
         finding = g.get("finding")
         cause = "—"
         if g.get("error"):
@@ -71,6 +74,7 @@ def status_table(doc: dict) -> str:
             _pct(last.get("utilization")),
             memory, ", ".join(f"{p['pid']} {p['job']}" + ("" if p.get("sm_ratio") is None else f" {p['sm_ratio']:.0%}")
                               for p in g["processes"][:3]) or "—",
+            *([pods[i]] if on_kubernetes else []),
             *([_per_token(g.get("tokens"))] if tokens else []), cause,
         )
     return "\n".join([render(table), *notes])
