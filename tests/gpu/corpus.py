@@ -192,6 +192,15 @@ def summary(records: list[dict], windows: int) -> list[str]:
     return lines
 
 
+def labels_table() -> list[str]:
+    """The labels as a Markdown table, for docs/accuracy.md."""
+    lines = ["| workload | expected cause | responsible function (stack) | why |", "|---|---|---|---|"]
+    for key, label in LABELS.items():
+        names = ", ".join(f"`{n}`" for n in label.responsible) if label.cause in HOST_SIDE else "—"
+        lines.append(f"| `{key}` | {label.cause or 'none (healthy)'} | {names} | {label.why} |")
+    return lines
+
+
 def write_doc(doc: Path, lines: list[str], sources: list[str]) -> None:
     """Replace the corpus block of ``doc`` with the merged table."""
     text = doc.read_text()
@@ -211,9 +220,13 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=555.0,
                         help="seconds: a workload that would end past this is skipped")
     parser.add_argument("--plan", action="store_true", help="print the batches and their estimated seconds")
+    parser.add_argument("--labels", action="store_true", help="print the labels as a Markdown table")
     parser.add_argument("--merge", nargs="+", metavar="JSONL", help="combine batches' windows into one report")
     parser.add_argument("--doc", type=Path, help="with --merge: write the report into this file's corpus block")
     args = parser.parse_args()
+    if args.labels:
+        print("\n".join(labels_table()))
+        return
     if args.merge:
         records = [json.loads(line) for path in args.merge for line in Path(path).read_text().splitlines() if line]
         lines = summary(records, args.windows)
