@@ -1,7 +1,7 @@
 """The labelled corpus on a real GPU: each workload started alone, then read the way
 `flopwatch status --window 8 --json` reads it, window after window, and scored against its label.
 
-    PYTHONPATH=agent python3 -m tests.gpu.corpus --batch 1/2 --out DIR     # half the corpus, < 9.5 min
+    PYTHONPATH=agent python3 -m tests.gpu.corpus --batch 1/3 --out DIR     # a third of the corpus, < 9.5 min
     PYTHONPATH=agent python3 -m tests.gpu.corpus --only NAME [NAME ...] --out DIR
     PYTHONPATH=agent python3 -m tests.gpu.corpus --merge DIR/corpus-*.jsonl [--doc docs/accuracy.md]
 
@@ -20,11 +20,12 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from flopwatch.thresholds import Thresholds
 from tests.gpu.labels import HOST_SIDE, LABELS, Label
 
 REPO = Path(__file__).resolve().parents[2]
 GPU = 0
-THRESHOLD = 0.6  # Thresholds.utilization_threshold's default, which the windows are read with
+THRESHOLD = Thresholds().utilization_threshold  # what the windows are read with
 DOC_BEGIN, DOC_END = "<!-- corpus:begin -->", "<!-- corpus:end -->"
 
 
@@ -71,32 +72,22 @@ def stop(procs: list[subprocess.Popen]) -> None:
         p.wait()
 
 
-def read_window(seconds: float) -> tuple[dict, list[float]]:
-    """One `status --window SECONDS --json` reading, in-process: its GPU document and the window's
-    per-tick utilization."""
-    from flopwatch.cli import build_agent, load_config
-    from flopwatch.status import status_document
-
-    config = load_config(None, {})
-    config.diagnosis.min_window_seconds = min(config.diagnosis.min_window_seconds, seconds)
-    config.diagnosis.evaluation_interval_seconds = 0.0
-    agent = build_agent(config).agent
+def read_window(seconds: float) -> dict:
+    """One `flopwatch status --window SECONDS --json`, the command itself: its GPU's document, whose
+    figures are the window's means. On failure, {"error": …}."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO / "agent"), os.environ.get("PYTHONPATH")])))
     try:
-        deadline = time.monotonic() + seconds
-        state = agent.tick()
-        utilization = []
-        while time.monotonic() < deadline:
-            time.sleep(config.agent.interval_seconds)
-            state = agent.tick()
-            figures = state.gpus[GPU].figures
-            if figures is not None and figures.utilization is not None:
-                utilization.append(figures.utilization)
-    finally:
-        agent.close()
-    return status_document(state)["gpus"][GPU], utilization
+        done = subprocess.run([sys.executable, "-m", "flopwatch", "status", "--window", str(seconds), "--json"],
+                              cwd=REPO, env=env, capture_output=True, text=True, timeout=seconds + 60)
+    except subprocess.TimeoutExpired:
+        return {"error": f"status did not answer within {seconds + 60:.0f} s"}
+    try:
+        return json.loads(done.stdout)["gpus"][GPU]
+    except (ValueError, LookupError):
+        return {"error": f"status exited {done.returncode}: {done.stderr[-600:]}"}
 
 
-def window_record(key: str, label: Label, index: int, gpu: dict, utilization: list[float]) -> dict:
+def window_record(key: str, label: Label, index: int, gpu: dict) -> dict:
     finding = gpu.get("finding") or {}
     evidence = finding.get("evidence") or {}
     stacks = evidence.get("stacks") or []
@@ -106,9 +97,10 @@ def window_record(key: str, label: Label, index: int, gpu: dict, utilization: li
         "workload": key, "expected": label.cause, "window": index, "cause": cause,
         "severity": finding.get("severity"), "confidence": finding.get("confidence"),
         "right": cause == label.cause,
-        "utilization_mean": sum(utilization) / len(utilization) if utilization else None,
-        "ticks": len(utilization),
+        "utilization_mean": gpu.get("utilization"),
         "readings": {k: v for k, v in gpu.items() if isinstance(v, (int, float)) and not isinstance(v, bool)},
+        "last_tick": gpu.get("last_tick"),
+        "error": gpu.get("error"),
         "processes": [{k: p.get(k) for k in ("pid", "sm_ratio", "memory_bytes", "cpu_ratio")}
                       for p in gpu.get("processes", [])],
         "evidence": evidence,
@@ -128,14 +120,14 @@ def measure(key: str, out: Path, windows: int, window_seconds: float, warmup: fl
         if failure:
             return [{"workload": key, "expected": label.cause, "window": None, "failed": failure, "right": False}]
         time.sleep(warmup)
-        return [window_record(key, label, i, *read_window(window_seconds)) for i in range(windows)]
+        return [window_record(key, label, i, read_window(window_seconds)) for i in range(windows)]
     finally:
         stop(procs)
         time.sleep(2.0)  # let the contexts go before the next workload
 
 
 def estimate(key: str, windows: int, window_seconds: float, warmup: float) -> float:
-    return LABELS[key].start_seconds + warmup + windows * (window_seconds + 1.0) + 3.0
+    return LABELS[key].start_seconds + warmup + windows * (window_seconds + 2.0) + 3.0
 
 
 def plan(batches: int, windows: int, window_seconds: float, warmup: float) -> list[list[str]]:
