@@ -26,7 +26,6 @@ from tests.gpu.labels import HOST_SIDE, LABELS, Label
 REPO = Path(__file__).resolve().parents[2]
 GPU = 0
 THRESHOLD = Thresholds().utilization_threshold  # what the windows are read with
-DOC_BEGIN, DOC_END = "<!-- corpus:begin -->", "<!-- corpus:end -->"
 
 
 def launch(key: str, logs: Path) -> list[subprocess.Popen]:
@@ -193,12 +192,12 @@ def labels_table() -> list[str]:
     return lines
 
 
-def write_doc(doc: Path, lines: list[str], sources: list[str]) -> None:
-    """Replace the corpus block of ``doc`` with the merged table."""
-    text = doc.read_text()
-    start, end = text.index(DOC_BEGIN) + len(DOC_BEGIN), text.index(DOC_END)
-    block = "\n" + f"From {', '.join(sources)}:\n\n```\n" + "\n".join(lines) + "\n```\n"
-    doc.write_text(text[:start] + block + text[end:])
+def write_block(doc: Path, name: str, text: str) -> None:
+    """Replace what lies between ``<!-- NAME:begin -->`` and ``<!-- NAME:end -->`` in ``doc``."""
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    content = doc.read_text()
+    start, stop = content.index(begin) + len(begin), content.index(end)
+    doc.write_text(content[:start] + "\n" + text + "\n" + content[stop:])
 
 
 def main() -> None:
@@ -212,19 +211,22 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=555.0,
                         help="seconds: a workload that would end past this is skipped")
     parser.add_argument("--plan", action="store_true", help="print the batches and their estimated seconds")
-    parser.add_argument("--labels", action="store_true", help="print the labels as a Markdown table")
+    parser.add_argument("--labels", action="store_true", help="print the labels as a Markdown table (--doc: into it)")
     parser.add_argument("--merge", nargs="+", metavar="JSONL", help="combine batches' windows into one report")
-    parser.add_argument("--doc", type=Path, help="with --merge: write the report into this file's corpus block")
+    parser.add_argument("--doc", type=Path, help="with --merge or --labels: write into this file's block")
     args = parser.parse_args()
     if args.labels:
         print("\n".join(labels_table()))
+        if args.doc:
+            write_block(args.doc, "labels", "\n".join(labels_table()))
         return
     if args.merge:
         records = [json.loads(line) for path in args.merge for line in Path(path).read_text().splitlines() if line]
         lines = summary(records, args.windows)
         print("\n".join(lines))
         if args.doc:
-            write_doc(args.doc, lines, [Path(p).name for p in args.merge])
+            sources = ", ".join(Path(p).name for p in args.merge)
+            write_block(args.doc, "corpus", f"From {sources}:\n\n```\n" + "\n".join(lines) + "\n```")
         return
     index, _, count = args.batch.partition("/")
     batches = plan(int(count), args.windows, args.window, args.warmup)

@@ -90,9 +90,9 @@ LABELS: dict[str, Label] = {
     "http_light_server": Label(
         "low_demand", ("serve_forever", "select", "accept", "do_POST"),
         "one 32-token request every 0.7 s: the GPU busy ~1 % of the time, the server waiting in select", 10.0),
-    "notebook_model_loaded": Label(
-        "held_idle", ("wait_for_next_cell", "select"),
-        "2.8 GB of bf16 weights loaded, one answer generated, then blocked on the kernel's socket", 20.0),
+    "interactive_model_loaded": Label(
+        "held_idle", ("interact", "raw_input"),
+        "2.8 GB of bf16 weights loaded, one answer generated, then the session waits at its prompt", 20.0),
     "llama_train_bf16+sdpa_prefill_inference": Label(
         "contention", (), "a training job and an inference job of two users time-slice one GPU", 20.0),
 }

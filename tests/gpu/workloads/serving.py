@@ -1,11 +1,12 @@
-"""Serving and interactive use: a model server with light traffic, and a notebook that loaded a
-model, answered once and now waits for its next cell."""
+"""Serving and interactive use: a model server with light traffic, and an interactive session that
+loaded a model, answered once and now waits at its prompt."""
 
 from __future__ import annotations
 
+import code
 import json
-import select
-import socket
+import os
+import sys
 import threading
 import time
 import urllib.request
@@ -64,22 +65,20 @@ def http_light_server() -> None:
     server.serve_forever()
 
 
-def wait_for_next_cell(kernel_socket: socket.socket) -> None:
-    """The notebook kernel's idle state: blocked on its socket until the user runs a cell."""
-    while True:
-        select.select([kernel_socket], [], [], 3600)
-
-
-def notebook_model_loaded() -> None:
-    """A notebook that built a 1.4B-parameter Llama in bf16, generated one answer, and went idle."""
+def interactive_model_loaded() -> None:
+    """An interactive Python session that built a 1.4B-parameter Llama in bf16, generated one
+    answer, and now waits at its prompt for the user to type (who went to lunch)."""
     from .language import llama
 
     model = llama(layers=24).to(torch.bfloat16).eval()
     prompt = torch.randint(3, 32000, (1, 16), device=DEV)
     model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=16, do_sample=False, pad_token_id=0)
     ready()
-    kernel_socket, _user = socket.socketpair()
-    wait_for_next_cell(kernel_socket)
+    # The terminal: a pipe nobody writes to stands in for the user's keyboard.
+    keyboard, _user = os.pipe()
+    os.dup2(keyboard, 0)
+    sys.stdin = open(0, closefd=False)
+    code.InteractiveConsole({"model": model}).interact(banner="", exitmsg="")
 
 
-WORKLOADS = (http_light_server, notebook_model_loaded)
+WORKLOADS = (http_light_server, interactive_model_loaded)
