@@ -18,7 +18,7 @@ class Label:
     cause: str | None
     responsible: tuple[str, ...]  # a stack frame ("fn (file:line)") containing one of these names the culprit
     why: str
-    start_seconds: float = 10.0  # from launch to its first step, for planning batches
+    start_seconds: float = 8.0  # from launch to its first step, for planning batches
 
     def names_culprit(self, frames: list[str]) -> bool:
         return any(name in frame for frame in frames for name in self.responsible)
