@@ -83,7 +83,8 @@ LABELS: dict[str, Label] = {
         "copies (~0.4 s) for ~30 ms of GEMMs", 12.0),
     "odirect_file_loader": Label(
         "io_bound", ("read_batch",),
-        "64 MiB O_DIRECT reads from disk (~1–3 GB/s) per step on the training thread, the GPU's part tiny", 20.0),
+        "64 MiB O_DIRECT reads from disk (~1–3 GB/s) into pinned memory per step on the training thread; "
+        "the copy to the GPU takes a few ms of the read's tens, the GPU's part is tiny", 20.0),
     "host_oversubscribed": Label(
         "input_starved", ("augment_batches", "get", "wait"),
         "2 busy processes per core: the feeder thread is runnable but gets ~half a core, the GPU waits", 15.0),
