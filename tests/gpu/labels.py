@@ -67,8 +67,8 @@ LABELS: dict[str, Label] = {
         "batch-1 decode: per token ~300 kernels of µs each (GEMVs over 1.4 GB of weights), the Python "
         "of transformers launching them is slower than the GPU runs them", 20.0),
     "bert_slow_tokenizer": Label(
-        "input_starved", ("tokeniz", "_run_split_on_punc", "_is_punctuation", "_clean_text", "wordpiece",
-                          "_batch_encode_plus", "_encode_plus", "__call__"),
+        "input_starved", ("tokeniz", "Tokenizer", "_run_split_on_punc", "_is_punctuation", "_clean_text",
+                          "_encode_plus"),
         "pure-Python WordPiece over 128 sentences of ~80 words per step takes longer than BERT-large's step",
         20.0),
     "bert_fast_tokenizer": Label(None, (), "Rust encode_batch of the same text takes ~ms; BERT-large's step ~100 ms",
@@ -86,7 +86,7 @@ LABELS: dict[str, Label] = {
         "64 MiB O_DIRECT reads from disk (~1–3 GB/s) into pinned memory per step on the training thread; "
         "the copy to the GPU takes a few ms of the read's tens, the GPU's part is tiny", 20.0),
     "host_oversubscribed": Label(
-        "input_starved", ("augment_batches", "get", "wait"),
+        "input_starved", ("augment_batches", "Queue.get"),
         "2 busy processes per core: the feeder thread is runnable but gets ~half a core, the GPU waits", 15.0),
     "http_light_server": Label(
         "low_demand", ("serve_forever", "select", "accept", "do_POST"),
