@@ -11,7 +11,7 @@ def record(workload, expected, cause, severity=None, utilization=0.1, stacks=Non
 
 
 def test_the_batches_hold_every_workload_once_and_each_fits_a_command():
-    batches = plan(3, windows=3, window_seconds=8.0, warmup=3.0)
+    batches = plan(4, windows=3, window_seconds=8.0, warmup=3.0)
     assert sorted(k for b in batches for k in b) == sorted(LABELS)
     assert all(sum(estimate(k, 3, 8.0, 3.0) for k in b) <= 540 for b in batches)
 

@@ -1,7 +1,7 @@
 """The labelled corpus on a real GPU: each workload started alone, then read the way
 `flopwatch status --window 8 --json` reads it, window after window, and scored against its label.
 
-    PYTHONPATH=agent python3 -m tests.gpu.corpus --batch 1/3 --out DIR     # a third of the corpus, < 9.5 min
+    PYTHONPATH=agent python3 -m tests.gpu.corpus --batch 1/4 --out DIR     # a quarter of the corpus, ~7 min
     PYTHONPATH=agent python3 -m tests.gpu.corpus --only NAME [NAME ...] --out DIR
     PYTHONPATH=agent python3 -m tests.gpu.corpus --merge DIR/corpus-*.jsonl [--doc docs/accuracy.md]
 
@@ -127,7 +127,11 @@ def measure(key: str, out: Path, windows: int, window_seconds: float, warmup: fl
 
 
 def estimate(key: str, windows: int, window_seconds: float, warmup: float) -> float:
-    return LABELS[key].start_seconds + warmup + windows * (window_seconds + 1.5) + 3.0
+    """Seconds from launch to the next workload: start, warm-up, windows (each with status's start,
+    and for a host-side cause its ~2 s stack sample and one more tick), the kill and its pause."""
+    label = LABELS[key]
+    stacks = 2.5 if label.cause in HOST_SIDE else 0.0
+    return label.start_seconds + warmup + windows * (window_seconds + 1.5 + stacks) + 3.0
 
 
 def plan(batches: int, windows: int, window_seconds: float, warmup: float) -> list[list[str]]:
