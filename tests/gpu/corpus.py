@@ -160,7 +160,7 @@ def summary(records: list[dict], windows: int) -> list[str]:
         causes = ", ".join(f"{r['cause'] or 'none'}" + (f" ({r['severity']})" if r.get("severity") else "")
                            for r in measured) or f"FAILED: {rs[0].get('failed', '')[:80]}"
         util = f"{sum(utils) / len(utils):5.2f}" if utils else "  n/a"
-        lines.append(f"{key:40} {rs[0]['expected'] or 'none':20} {right}/{max(len(measured), windows)}  {util}  {causes}")
+        lines.append(f"{key:40} {rs[0]['expected'] or 'none':20} {right}/{len(measured) or windows}  {util}  {causes}")
     measured = [r for r in records if r.get("window") is not None]
     expected = sorted({r["expected"] or "none" for r in records})
     named = sorted({r["cause"] or "none" for r in measured} | set(expected))
