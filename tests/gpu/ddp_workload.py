@@ -9,7 +9,7 @@ A large-batch step is ~320 ms of GEMMs, and hides the all-reduce behind the back
 buckets).
 
 "starved" feeds the small batch from a DataLoader with two workers a rank doing CPU-heavy decoding
-(workloads.py's): the ranks wait on their loaders, and still all-reduce every step over NVLink.
+(workloads/basic.py's): the ranks wait on their loaders, and still all-reduce every step over NVLink.
 
 FLOPWATCH_DDP_PARAMS=fp32 keeps fp32 parameters and runs the layers under bf16 autocast (PyTorch's
 usual mixed precision): the gradients, and so the all-reduce, are fp32, twice the bytes.
@@ -28,7 +28,7 @@ from collections.abc import Iterator
 
 import torch
 import torch.distributed as dist
-from workloads import _DecodeDataset
+from workloads.basic import _DecodeDataset
 
 WIDTH = 8192
 LAYERS = 16

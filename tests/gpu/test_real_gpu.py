@@ -7,8 +7,6 @@ Every workload runs once (module fixture); the tests below read the recorded win
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -16,7 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.gpu.corpus import launch, stop, wait_ready
 from tests.gpu.gpus import mean, needs_gpus, report
+from tests.gpu.labels import LABELS
 
 pytestmark = needs_gpus(1, torch=True)
 pynvml = pytest.importorskip("pynvml")
@@ -26,24 +26,14 @@ from flopwatch.daemon import Agent  # noqa: E402
 from flopwatch.sources.host import HostSource  # noqa: E402
 from flopwatch.sources.nvml import NvmlSource  # noqa: E402
 
-HERE = Path(__file__).parent
 WARMUP_SECONDS = float(os.environ.get("FLOPWATCH_GPU_WARMUP", "3"))  # after the first step ran
 MEASURE_SECONDS = float(os.environ.get("FLOPWATCH_GPU_MEASURE", "20"))
 
-# workload(s) → the cause a correct diagnosis names (None: healthy, no finding).
-EXPECTED = {
-    "healthy": None,
-    "starved_dataloader": "input_starved",
-    "tokenizer_in_loop": "input_starved",
-    "held_idle": "held_idle",
-    "fp32_no_tf32": "no_tensor_cores",
-    "tiny_kernels": "launch_bound",
-    "pageable_copies": "host_transfer_bound",
-    "elementwise_bandwidth": "memory_bound",
-    "shared_matmul x2": "contention",
-    "eager_small_inference": "launch_bound",
-    "numpy_augment_in_loop": "input_starved",
-}
+# workload(s) → the cause a correct diagnosis names (None: healthy, no finding), from the corpus's
+# labels; the whole corpus, window by window as `status` reads it, is tests/gpu/corpus.py.
+EXPECTED = {key: LABELS[key].cause for key in (
+    "healthy", "starved_dataloader", "tokenizer_in_loop", "held_idle", "fp32_no_tf32", "tiny_kernels",
+    "pageable_copies", "elementwise_bandwidth", "shared_matmul x2", "eager_small_inference", "numpy_augment_in_loop")}
 
 
 @dataclass
@@ -69,14 +59,12 @@ class Run:
 
 
 def _measure(name: str, copies: int) -> Run:
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    procs = [subprocess.Popen([sys.executable, str(HERE / "workloads.py"), name], env=env, stdout=subprocess.PIPE,
-                              text=True) for _ in range(copies)]
+    key = name if copies == 1 else f"{name} x{copies}"
+    logs = Path(os.environ.get("OUT", "/tmp/flopwatch-gpu"), "logs")
+    procs = launch(key, logs)
     try:
-        for p in procs:
-            for line in p.stdout:
-                if line.strip() == "ready":
-                    break
+        failure = wait_ready(procs, logs, key, timeout=120)
+        assert failure is None, f"{key}: {failure}"
         time.sleep(WARMUP_SECONDS)
         config = Config()
         config.diagnosis.window_seconds = 10.0
@@ -122,10 +110,7 @@ def _measure(name: str, copies: int) -> Run:
         agent.close()
         return run
     finally:
-        for p in procs:
-            p.kill()
-        for p in procs:
-            p.wait()
+        stop(procs)
         time.sleep(2.0)  # let the context go before the next workload
 
 

@@ -1,28 +1,12 @@
-"""Real PyTorch workloads, one per bottleneck a single GPU can show. Run: python workloads.py NAME.
-
-Each runs until killed. They are written for the physics of the bottleneck, not for flopwatch's
-rules: a starved loader is a real DataLoader with too few workers, and so on.
-"""
+"""The first workloads: one per bottleneck a single GPU can show, each in a few lines."""
 
 from __future__ import annotations
 
-import os
-import sys
 import time
 
 import torch
 
-DEV = "cuda"
-_announced = False
-
-
-def ready() -> None:
-    """Say once that the first step ran, so measuring starts after start-up, not during it."""
-    global _announced
-    if not _announced:
-        torch.cuda.synchronize()
-        print("ready", flush=True)
-        _announced = True
+from . import DEV, ready
 
 
 def healthy() -> None:
@@ -210,12 +194,6 @@ def numpy_augment_in_loop() -> None:
         ready()
 
 
-WORKLOADS = {f.__name__: f for f in (healthy, starved_dataloader, tokenizer_in_loop, held_idle, fp32_no_tf32,
-                                     tiny_kernels, pageable_copies, elementwise_bandwidth, shared_matmul,
-                                     small_batch_training, eager_small_inference, light_traffic_server,
-                                     numpy_augment_in_loop)}
-
-if __name__ == "__main__":
-    name = sys.argv[1]
-    print(f"workload {name} pid {os.getpid()}", flush=True)
-    WORKLOADS[name]()
+WORKLOADS = (healthy, starved_dataloader, tokenizer_in_loop, held_idle, fp32_no_tf32, tiny_kernels, pageable_copies,
+             elementwise_bandwidth, shared_matmul, small_batch_training, eager_small_inference, light_traffic_server,
+             numpy_augment_in_loop)

@@ -1,0 +1,273 @@
+"""The labelled corpus on a real GPU: each workload started alone, then read the way
+`flopwatch status --window 8 --json` reads it, window after window, and scored against its label.
+
+    PYTHONPATH=agent python3 -m tests.gpu.corpus --batch 1/4 --out DIR     # a quarter of the corpus, ~7 min
+    PYTHONPATH=agent python3 -m tests.gpu.corpus --only NAME [NAME ...] --out DIR
+    PYTHONPATH=agent python3 -m tests.gpu.corpus --merge DIR/corpus-*.jsonl [--doc docs/accuracy.md]
+
+Each window is one JSON line in DIR/corpus-<batch>.jsonl; the workloads' output goes to DIR/logs/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+from flopwatch.thresholds import Thresholds
+from tests.gpu.labels import HOST_SIDE, LABELS, Label
+
+REPO = Path(__file__).resolve().parents[2]
+GPU = 0
+THRESHOLD = Thresholds().utilization_threshold  # what the windows are read with
+
+
+def launch(key: str, logs: Path) -> list[subprocess.Popen]:
+    """Start the workload(s) of ``key``, each in its own process group with its log file."""
+    name, _, copies = key.partition(" x")
+    names = key.split("+") if "+" in key else [name] * int(copies or 1)
+    logs.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    procs = []
+    for i, n in enumerate(names):
+        log = open(logs / f"{key.replace(' ', '_')}.{i}.log", "w")
+        procs.append(subprocess.Popen([sys.executable, "-m", "tests.gpu.workloads", n], cwd=REPO, env=env,
+                                      stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+        log.close()
+    return procs
+
+
+def wait_ready(procs: list[subprocess.Popen], logs: Path, key: str, timeout: float) -> str | None:
+    """None once every process printed ``ready``; else why not."""
+    deadline = time.monotonic() + timeout
+    pending = set(range(len(procs)))
+    while pending:
+        for i in list(pending):
+            text = (logs / f"{key.replace(' ', '_')}.{i}.log").read_text(errors="replace")
+            if "\nready\n" in "\n" + text:
+                pending.discard(i)
+            elif procs[i].poll() is not None:
+                return f"exited {procs[i].returncode}: {text[-600:]}"
+        if pending and time.monotonic() > deadline:
+            return f"not ready after {timeout:.0f} s"
+        time.sleep(0.2)
+    return None
+
+
+def stop(procs: list[subprocess.Popen]) -> None:
+    """Kill each workload's whole process group (loader workers, busy processes, compile workers)."""
+    for p in procs:
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    for p in procs:
+        p.wait()
+
+
+def read_window(seconds: float) -> dict:
+    """One `flopwatch status --window SECONDS --json`, the command itself: its GPU's document, whose
+    figures are the window's means. On failure, {"error": …}."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO / "agent"), os.environ.get("PYTHONPATH")])))
+    try:
+        done = subprocess.run([sys.executable, "-m", "flopwatch", "status", "--window", str(seconds), "--json"],
+                              cwd=REPO, env=env, capture_output=True, text=True, timeout=seconds + 60)
+    except subprocess.TimeoutExpired:
+        return {"error": f"status did not answer within {seconds + 60:.0f} s"}
+    try:
+        return json.loads(done.stdout)["gpus"][GPU]
+    except (ValueError, LookupError):
+        return {"error": f"status exited {done.returncode}: {done.stderr[-600:]}"}
+
+
+def window_record(key: str, label: Label, index: int, gpu: dict) -> dict:
+    finding = gpu.get("finding") or {}
+    evidence = finding.get("evidence") or {}
+    stacks = evidence.get("stacks") or []
+    frames = [frame for stack in stacks for frame in stack.get("frames", [])]
+    cause = finding.get("cause")
+    return {
+        "workload": key, "expected": label.cause, "window": index, "cause": cause,
+        "severity": finding.get("severity"), "confidence": finding.get("confidence"),
+        "right": cause == label.cause,
+        "utilization_mean": gpu.get("utilization"),
+        "readings": {k: v for k, v in gpu.items() if isinstance(v, (int, float)) and not isinstance(v, bool)},
+        "last_tick": gpu.get("last_tick"),
+        "error": gpu.get("error"),
+        "processes": [{k: p.get(k) for k in ("pid", "sm_ratio", "memory_bytes", "cpu_ratio")}
+                      for p in gpu.get("processes", [])],
+        "evidence": evidence,
+        "stacks": stacks or None,
+        "stack_summary": evidence.get("stack_summary"),
+        "stacks_unavailable": evidence.get("stacks_unavailable"),
+        "culprit_named": label.names_culprit(frames) if label.cause in HOST_SIDE else None,
+        "advice": finding.get("advice"),
+    }
+
+
+def measure(key: str, out: Path, windows: int, window_seconds: float, warmup: float) -> list[dict]:
+    label = LABELS[key]
+    logs = out / "logs"
+    procs = launch(key, logs)
+    try:
+        failure = wait_ready(procs, logs, key, timeout=2 * label.start_seconds + 30)
+        if failure:
+            return [{"workload": key, "expected": label.cause, "window": None, "failed": failure, "right": False}]
+        time.sleep(warmup)
+        return [window_record(key, label, i, read_window(window_seconds)) for i in range(windows)]
+    finally:
+        stop(procs)
+        time.sleep(2.0)  # let the contexts go before the next workload
+
+
+def estimate(key: str, windows: int, window_seconds: float, warmup: float) -> float:
+    """Seconds from launch to the next workload: start, warm-up, windows (each with status's start,
+    and for a host-side cause its ~2 s stack sample and one more tick), the kill and its pause."""
+    label = LABELS[key]
+    stacks = 2.5 if label.cause in HOST_SIDE else 0.0
+    return label.start_seconds + warmup + windows * (window_seconds + 1.5 + stacks) + 3.0
+
+
+def plan(batches: int, windows: int, window_seconds: float, warmup: float) -> list[list[str]]:
+    """The corpus split into batches of about equal time, longest first to the lightest batch. A
+    batch runs its slowest starters first: one that overruns its estimate then leaves the budget
+    to skip a short one at the end, instead of running past the command's limit."""
+    load = [0.0] * batches
+    chosen: list[list[str]] = [[] for _ in range(batches)]
+    for key in sorted(LABELS, key=lambda k: -estimate(k, windows, window_seconds, warmup)):
+        i = load.index(min(load))
+        load[i] += estimate(key, windows, window_seconds, warmup)
+        chosen[i].append(key)
+    return chosen
+
+
+def summary(records: list[dict], windows: int) -> list[str]:
+    """Per-workload table, confusion matrix and totals, as text lines."""
+    by_key: dict[str, list[dict]] = {}
+    for r in records:
+        by_key.setdefault(r["workload"], []).append(r)
+    lines = [f"{'workload':40} {'expected':20} {'right':>5}  {'util':>5}  causes per window (severity)"]
+    for key, rs in by_key.items():
+        measured = [r for r in rs if r.get("window") is not None]
+        right = sum(r["right"] for r in measured)
+        utils = [r["utilization_mean"] for r in measured if r.get("utilization_mean") is not None]
+        causes = ", ".join(f"{r['cause'] or 'none'}" + (f" ({r['severity']})" if r.get("severity") else "")
+                           for r in measured) or f"FAILED: {rs[0].get('failed', '')[:80]}"
+        util = f"{sum(utils) / len(utils):5.2f}" if utils else "  n/a"
+        lines.append(f"{key:40} {rs[0]['expected'] or 'none':20} {right}/{len(measured) or windows}  {util}  {causes}")
+    measured = [r for r in records if r.get("window") is not None]
+    expected = sorted({r["expected"] or "none" for r in records})
+    named = sorted({r["cause"] or "none" for r in measured} | set(expected))
+    lines += ["", "confusion matrix (rows: expected; columns: named; cells: windows)",
+              f"{'expected':20} " + " ".join(f"{c[:11]:>11}" for c in named)]
+    for e in expected:
+        counts = Counter(r["cause"] or "none" for r in measured if (r["expected"] or "none") == e)
+        lines.append(f"{e:20} " + " ".join(f"{counts.get(c, 0):>11}" for c in named))
+    failed = sum(1 for r in records if r.get("window") is None)
+    total = len(measured) + failed * windows
+    right = sum(r["right"] for r in measured)
+    healthy_pages = sum(1 for r in measured if r["expected"] is None and r.get("severity") == "page")
+    high_pages = sum(1 for r in measured if r.get("severity") == "page"
+                     and (r.get("utilization_mean") or 0.0) >= THRESHOLD)
+    host = [r for r in measured if r["expected"] in HOST_SIDE]
+    named_culprit = sum(1 for r in host if r.get("culprit_named"))
+    with_stacks = sum(1 for r in host if r.get("stacks"))
+    lines += ["",
+              f"windows right: {right}/{total} = {right / max(total, 1):.1%}"
+              + (f" ({failed} workload(s) failed to start, counted wrong)" if failed else ""),
+              f"pages on healthy work: {healthy_pages}",
+              f"pages whose own window's utilization is ≥ {THRESHOLD}: {high_pages}",
+              f"host-side windows whose stacks name the responsible function: {named_culprit}/{len(host)} = "
+              f"{named_culprit / max(len(host), 1):.1%} ({with_stacks} had stacks)"]
+    why_not = Counter(r["stacks_unavailable"] for r in host if r.get("stacks_unavailable"))
+    lines += [f"  no stacks, {reason}: {n} window(s)" for reason, n in why_not.most_common()]
+    return lines
+
+
+def labels_table() -> list[str]:
+    """The labels as a Markdown table, for docs/accuracy.md."""
+    lines = ["| workload | expected cause | responsible function (stack) | why |", "|---|---|---|---|"]
+    for key, label in LABELS.items():
+        names = ", ".join(f"`{n}`" for n in label.responsible) if label.cause in HOST_SIDE else "—"
+        lines.append(f"| `{key}` | {label.cause or 'none (healthy)'} | {names} | {label.why} |")
+    return lines
+
+
+def write_block(doc: Path, name: str, text: str) -> None:
+    """Replace what lies between ``<!-- NAME:begin -->`` and ``<!-- NAME:end -->`` in ``doc``."""
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    content = doc.read_text()
+    start, stop = content.index(begin) + len(begin), content.index(end)
+    doc.write_text(content[:start] + "\n" + text + "\n" + content[stop:])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", default="1/1", help="I/N: the I-th of N batches of about equal time")
+    parser.add_argument("--only", nargs="+", help="these workloads (labels' keys) instead of a batch")
+    parser.add_argument("--out", default=os.environ.get("OUT", "/tmp/flopwatch-corpus"))
+    parser.add_argument("--windows", type=int, default=3)
+    parser.add_argument("--window", type=float, default=8.0, help="seconds per window")
+    parser.add_argument("--warmup", type=float, default=3.0, help="seconds after the first step")
+    parser.add_argument("--budget", type=float, default=540.0,
+                        help="seconds: a workload that would end past this is skipped")
+    parser.add_argument("--plan", action="store_true", help="print the batches and their estimated seconds")
+    parser.add_argument("--labels", action="store_true", help="print the labels as a Markdown table (--doc: into it)")
+    parser.add_argument("--merge", nargs="+", metavar="JSONL", help="combine batches' windows into one report")
+    parser.add_argument("--doc", type=Path, help="with --merge or --labels: write into this file's block")
+    args = parser.parse_args()
+    if args.labels:
+        print("\n".join(labels_table()))
+        if args.doc:
+            write_block(args.doc, "labels", "\n".join(labels_table()))
+        return
+    if args.merge:
+        records = [json.loads(line) for path in args.merge for line in Path(path).read_text().splitlines() if line]
+        lines = summary(records, args.windows)
+        print("\n".join(lines))
+        if args.doc:
+            sources = ", ".join(Path(p).name for p in args.merge)
+            write_block(args.doc, "corpus", f"From {sources}:\n\n```\n" + "\n".join(lines) + "\n```")
+        return
+    index, _, count = args.batch.partition("/")
+    batches = plan(int(count), args.windows, args.window, args.warmup)
+    if args.plan:
+        for i, keys in enumerate(batches, 1):
+            seconds = sum(estimate(k, args.windows, args.window, args.warmup) for k in keys)
+            print(f"batch {i}/{count}: ~{seconds:.0f} s: {' '.join(keys)}")
+        return
+    keys = args.only or batches[int(index) - 1]
+    unknown = [k for k in keys if k not in LABELS]
+    if unknown:
+        parser.error(f"no label for {', '.join(unknown)} (see tests/gpu/labels.py)")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    tag = "only" if args.only else f"batch-{index}of{count}"
+    started = time.monotonic()
+    records: list[dict] = []
+    with open(out / f"corpus-{tag}.jsonl", "w") as jsonl:
+        for key in keys:
+            elapsed = time.monotonic() - started
+            if elapsed + estimate(key, args.windows, args.window, args.warmup) > args.budget:
+                print(f"skipped {key}: would pass the {args.budget:.0f} s budget at {elapsed:.0f} s", flush=True)
+                continue
+            for r in measure(key, out, args.windows, args.window, args.warmup):
+                records.append(r)
+                jsonl.write(json.dumps(r, default=str) + "\n")
+                jsonl.flush()
+                print(f"{time.monotonic() - started:5.0f}s {key:40} window {r.get('window')} → "
+                      f"{r.get('cause') or r.get('failed') or 'none'} ({r.get('severity')}) "
+                      f"util {r.get('utilization_mean')} culprit {r.get('culprit_named')}", flush=True)
+    lines = summary(records, args.windows)
+    print("\n".join(lines))
+    (out / f"corpus-{tag}.txt").write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,54 @@
+"""Real PyTorch workloads, each a pattern from users' code, one bottleneck (or none) each.
+
+Run from the repository root: ``python -m tests.gpu.workloads NAME``. Each runs until killed and
+prints ``ready`` after its first step. They are written for the physics of the bottleneck, not for
+flopwatch's rules: a starved loader is a real DataLoader with too few workers, and so on. What each
+is expected to read is written down beforehand in tests/gpu/labels.py. Nothing is downloaded:
+models are built from configs, data is made at start.
+
+FLOPWATCH_WORKLOAD_DEVICE (default cuda) and FLOPWATCH_WORKLOAD_SIZE (default 1, a factor on the
+new families' widths and batches) let a workload's set-up be tried on a CPU at a small size.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+DEV = os.environ.get("FLOPWATCH_WORKLOAD_DEVICE", "cuda")
+SIZE = float(os.environ.get("FLOPWATCH_WORKLOAD_SIZE", "1"))
+_announced = False
+
+
+def ready() -> None:
+    """Say once that the first step ran, so measuring starts after start-up, not during it."""
+    global _announced
+    if not _announced:
+        if DEV == "cuda":
+            torch.cuda.synchronize()
+        print("ready", flush=True)
+        _announced = True
+
+
+def dim(n: int) -> int:
+    """A width or batch scaled by SIZE, kept a multiple of 8 (tensor-core friendly)."""
+    return max(8, int(n * SIZE) // 8 * 8)
+
+
+def scratch_dir() -> Path:
+    """Where a workload writes its data: on a disk, not tmpfs, so O_DIRECT reads really wait on it."""
+    path = Path(os.environ.get("FLOPWATCH_WORKLOAD_SCRATCH", "/var/tmp"))
+    if not path.is_dir():
+        path = Path.cwd()
+    path = path / "flopwatch-corpus"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def workloads() -> dict:
+    """Every workload by name (the families are imported here, not at start-up of each other)."""
+    from . import basic, host, language, serving, speed, vision
+
+    return {f.__name__: f for module in (basic, vision, language, speed, host, serving) for f in module.WORKLOADS}
