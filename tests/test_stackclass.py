@@ -170,3 +170,12 @@ def test_weak_stack_evidence_leaves_the_cause_and_attaches_the_stacks():
 def test_stacks_that_could_not_be_taken_are_attached_with_the_reason():
     result = corroborate(finding("unknown"), StackProfile(pids=(1,), samples=0, unavailable="simulated"))
     assert result.stacks.unavailable == "simulated"
+
+
+def test_a_main_thread_tokenizing_longer_than_it_launches_the_model_is_input_starved():
+    # A serial loop on an H200 (a BERT step fed by a pure-Python tokenizer): the tokenizer's time is
+    # spread over many short stacks, none of which alone is a twentieth of the samples.
+    tokenizing = [(f"{TRAIN_LOOP};__call__ ({SITE}/transformers/tokenization_utils_base.py:2512);"
+                   f"_tokenize ({SITE}/transformers/models/bert/tokenization_bert.py:{100 + i})", 3) for i in range(10)]
+    result = corroborate(finding("launch_bound"), raw(*tokenizing, (FORWARD, 12), (BACKWARD, 10), (TRAIN_LOOP, 20)))
+    assert result.cause == "input_starved"

@@ -17,14 +17,15 @@ def peak_memory_bytes_per_second(sample: GpuSample, peaks: Peaks | None) -> floa
 
 
 def achieved_flops(sample: GpuSample, peaks: Peaks | None) -> float | None:
-    """Pipe activity × each pipe's peak at the current SM clock, summed."""
+    """Pipe activity × each pipe's peak at the current SM clock (the tensor pipe's scaled by what an
+    active cycle delivers), summed."""
     if peaks is None or sample.source_quality != "gpm" or sample.sm_clock_mhz is None:
         return None
     tensor = sample.hmma_active if sample.hmma_active is not None else sample.tensor_active
     fp32, fp64, fp16 = sample.fp32_active, sample.fp64_active, sample.fp16_active
     if tensor is None and fp32 is None and fp64 is None and fp16 is None:
         return None
-    flops = ((tensor or 0.0) * peaks.tensor_flops + (fp32 or 0.0) * peaks.fp32_flops
+    flops = ((tensor or 0.0) * peaks.tensor_flops * peaks.tensor_active_efficiency + (fp32 or 0.0) * peaks.fp32_flops
              + (fp64 or 0.0) * peaks.fp64_flops + (fp16 or 0.0) * peaks.fp16_flops)
     return flops * sample.sm_clock_mhz / peaks.spec_sm_clock_mhz
 

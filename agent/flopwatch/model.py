@@ -235,7 +235,10 @@ class StackProfile:
 
     pids: tuple[int, ...]  # the GPU processes sampled; the stacks' other pids are their children
     samples: int  # stacks read, over all threads
-    stacks: tuple[StackShare, ...] = ()  # the GPU processes' main threads first, then by share
+    stacks: tuple[StackShare, ...] = ()  # shown: the GPU processes' main threads first, then by share
+    # Every stack sampled, however small its share: an activity spread over many short stacks (a
+    # tokenizer's) is read from these, where the shown ones would leave most of it out.
+    sampled: tuple[StackShare, ...] = ()
     unavailable: str | None = None  # why no stacks were taken: no permission, py-spy missing, ...
     timestamp: float = 0.0  # wall clock, when the sample ended
 

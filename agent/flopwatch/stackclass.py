@@ -28,6 +28,9 @@ ACTIVITIES = {
 }
 FEEDING = ("data_loading", "tokenizing", "loader_wait")
 STRONG = 0.5  # a thread spending at least this share of its samples in one activity
+# The thread that launches the model prepares its input for at least this share of its samples:
+# for that long no new kernel is enqueued and the GPU drains.
+FEEDING_SHARE = 0.25
 
 _WAIT, _EVENT_LOOP = "wait", "event_loop"  # a blocking frame: its callers say what it waits for
 _STDLIB_MARKERS = ("/site-packages/", "/dist-packages/", "/lib/python3")
@@ -141,7 +144,7 @@ class StackReading:
 
 def read_stacks(profile: StackProfile) -> StackReading:
     per_thread: dict[tuple[int, str], dict[str, float]] = {}
-    for stack in profile.stacks:
+    for stack in profile.sampled or profile.stacks:
         shares = per_thread.setdefault((stack.pid, stack.thread), {})
         activity = stack_activity(stack)
         shares[activity] = shares.get(activity, 0.0) + stack.share
@@ -187,6 +190,11 @@ def _verdict(cause: str, r: StackReading) -> tuple[str, str] | None:
     if feeding_main >= STRONG and cause in ("input_starved", "launch_bound", "unknown"):
         # Preparing input on the thread that should launch the model, or waiting for loaders to.
         return "input_starved", f"main thread {feeding_main:.0%} in data loading, tokenizing or its queue"
+    model_main = r.share("main", "model", "gpu_sync")
+    if feeding_main >= FEEDING_SHARE and feeding_main > model_main and cause in ("input_starved", "launch_bound", "unknown"):
+        # A serial loop (tokenize, then step): neither half saturates, but input comes first.
+        return "input_starved", (f"main thread {feeding_main:.0%} in data loading or tokenizing, "
+                                 f"{model_main:.0%} launching the model")
     if feeding_elsewhere >= STRONG and cause in ("input_starved", "unknown") and r.share("main", "model") < STRONG:
         part = "threads" if r.share("threads", "data_loading", "tokenizing") >= STRONG else "workers"
         activity, value = r.strongest(part)

@@ -99,8 +99,6 @@ def parse_raw(text: str, pids: Iterable[int], settings: StacksConfig = StacksCon
     stacks = []
     for (pid, thread, frames), count in counts.items():
         share = count / per_thread[(pid, thread)]
-        if share < settings.min_share:
-            continue
         parsed = [_FRAME.match(f) for f in frames]
         shown = tuple(_display(m["fn"], m["path"], m["line"]) if m else f for m, f in zip(parsed, frames))
         paths = tuple(m["path"] if m else "" for m in parsed)
@@ -109,7 +107,8 @@ def parse_raw(text: str, pids: Iterable[int], settings: StacksConfig = StacksCon
                                  code=code))
     # The GPU processes' main threads lead: they are the ones that feed the GPU.
     stacks.sort(key=lambda s: (not (s.pid in pids and s.thread == "MainThread"), -s.share))
-    return StackProfile(pids=pids, samples=sum(per_thread.values()), stacks=tuple(stacks[:settings.top_stacks]))
+    shown = [s for s in stacks if s.share >= settings.min_share][:settings.top_stacks]
+    return StackProfile(pids=pids, samples=sum(per_thread.values()), stacks=tuple(shown), sampled=tuple(stacks))
 
 
 def read_source_line(pid: int, path: str, line: int, limit: int = 200) -> str:
