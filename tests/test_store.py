@@ -112,9 +112,21 @@ def test_an_upgrade_migrates_a_revision_0001_file_and_keeps_its_rows(tmp_path):
 
     new = HistoryStore(url, "node1", clock=lambda: T0)
     assert new.up
-    assert scalar(new, f"SELECT version_num FROM {store_schema.VERSION_TABLE}") == "0002"
+    assert scalar(new, f"SELECT version_num FROM {store_schema.VERSION_TABLE}") == store_schema.SCHEMA_REVISION
     assert scalar(new, "SELECT count(*) FROM gpu_raw") == 3
     assert new.outbox_enqueue({"alertname": "GPUUnderutilized"}) == 1
+
+
+def test_an_agent_older_than_the_databases_schema_writes_on(tmp_path):
+    url = sqlite_url(tmp_path)
+    newer = HistoryStore(url, "node1")
+    with newer.engine.begin() as connection:  # a newer agent of the fleet migrated it
+        connection.execute(text(f"UPDATE {store_schema.VERSION_TABLE} SET version_num = '9999'"))
+    newer.engine.dispose()
+    older = HistoryStore(url, "node2")
+    record_seconds(older, T0, 3)
+    assert older.flush() and older.up
+    assert scalar(older, "SELECT count(*) FROM gpu_raw WHERE host = 'node2'") == 3
 
 
 # -- writing -------------------------------------------------------------------------------
@@ -275,13 +287,79 @@ def test_past_its_size_the_buffer_drops_the_oldest_rows_and_counts_them(tmp_path
     assert scalar(store, "SELECT min(ts) FROM gpu_raw") == T0 + 1  # the oldest went
 
 
+def store_samples(store: HistoryStore) -> dict[str, float]:
+    return {s.name: s.value for family in store.collect() for s in family.samples if "_bucket" not in s.name}
+
+
 def test_the_metrics_tell_whether_the_store_is_up_and_what_it_dropped(tmp_path):
     url, _ = blocked_url(tmp_path)
     store = HistoryStore(url, "node1", buffer_rows=5)
     record_seconds(store, T0, 5, processes=0)
-    samples = {s.name: s.value for family in store.collect() for s in family.samples}
-    assert samples == {"flopwatch_store_up": 0, "flopwatch_store_dropped_rows_total": 3,
-                       "flopwatch_store_pending_rows": 5}
+    samples = store_samples(store)
+    assert {name: samples[name] for name in ("flopwatch_store_up", "flopwatch_store_dropped_rows_total",
+                                             "flopwatch_store_pending_rows")} == {
+        "flopwatch_store_up": 0, "flopwatch_store_dropped_rows_total": 3, "flopwatch_store_pending_rows": 5}
+
+
+def test_the_buffers_high_water_mark_stays_after_it_drains(tmp_path):
+    url, blocker = blocked_url(tmp_path)
+    store = HistoryStore(url, "node1")
+    record_seconds(store, T0, 10, processes=0)
+    blocker.unlink()
+    assert store.flush()
+    samples = store_samples(store)
+    assert samples["flopwatch_store_pending_rows"] == 0
+    assert samples["flopwatch_store_pending_rows_max"] == 10 + 3  # a row a tick; at first, the GPU and a span
+
+
+def test_each_flush_is_timed_in_a_histogram(tmp_path):
+    store = HistoryStore(sqlite_url(tmp_path), "node1")
+    record_seconds(store, T0, 3)
+    store.flush()
+    store.flush()
+    samples = store_samples(store)
+    assert samples["flopwatch_store_flush_seconds_count"] == 2
+    assert samples["flopwatch_store_flush_seconds_sum"] > 0
+
+
+def test_while_the_database_is_down_scheduled_flushes_back_off_doubling_to_twelve_intervals(tmp_path):
+    url, _ = blocked_url(tmp_path)
+    now = [T0]
+    store = HistoryStore(url, "node1", flush_interval_seconds=5.0, clock=lambda: now[0], jitter=lambda: 1.0)
+    delays = []
+    for _ in range(7):
+        now[0] = store.retry_at
+        assert not store.flush_when_due()
+        delays.append(store.retry_at - now[0])
+    assert delays == [10.0, 20.0, 40.0, 60.0, 60.0, 60.0, 60.0]  # the first failure, at start, waited 5 s
+
+
+def test_a_backed_off_flush_does_not_touch_the_database(tmp_path):
+    url, _ = blocked_url(tmp_path)
+    now = [T0]
+    store = HistoryStore(url, "node1", clock=lambda: now[0], jitter=lambda: 1.0)
+    tried = store_samples(store)["flopwatch_store_connect_attempts_total"]
+    now[0] = store.retry_at - 0.1
+    assert not store.flush_when_due()
+    assert store_samples(store)["flopwatch_store_connect_attempts_total"] == tried
+
+
+def test_the_backoff_is_jittered_between_half_and_all_of_the_delay(tmp_path):
+    url, _ = blocked_url(tmp_path)
+    earliest = HistoryStore(url, "a", flush_interval_seconds=5.0, clock=lambda: T0, jitter=lambda: 0.0)
+    latest = HistoryStore(url, "b", flush_interval_seconds=5.0, clock=lambda: T0, jitter=lambda: 0.999)
+    assert earliest.retry_at == T0 + 2.5
+    assert T0 + 4.99 < latest.retry_at < T0 + 5.0
+
+
+def test_once_the_database_is_back_flushes_are_due_every_interval_again(tmp_path):
+    url, blocker = blocked_url(tmp_path)
+    now = [T0]
+    store = HistoryStore(url, "node1", clock=lambda: now[0], jitter=lambda: 1.0)
+    blocker.unlink()
+    now[0] = store.retry_at
+    assert store.flush_when_due()
+    assert store.flush_when_due()  # no waiting once it worked
 
 
 def test_a_read_only_database_file_leaves_the_agent_running_and_says_so(tmp_path):

@@ -9,7 +9,9 @@ them to a bounded in-memory buffer; it never touches the database. The daemon's 
 ``flush`` every ``flush_interval_seconds`` (one transaction per batch), ``rollup`` every minute
 and ``retain`` every hour. While the database is down, full or read-only, rows wait in the buffer
 (oldest dropped and counted past ``buffer_rows``) and ``up`` is False; the next flush that works
-writes them. ``close`` flushes what is left (SIGTERM).
+writes them. The scheduler then retries after a jittered, doubling delay (one flush interval, up to
+``BACKOFF_INTERVALS`` of them), so a restarted database shared by a fleet is not met by every
+agent at once, every interval. ``close`` flushes what is left (SIGTERM).
 
 Each agent rolls up and retains only its own host's rows, so many nodes can share one database.
 """
@@ -20,6 +22,7 @@ import json
 import logging
 import math
 import os
+import random
 import threading
 import time
 from collections import Counter, deque
@@ -43,6 +46,11 @@ URL_SETTING = "--history / [history].url"
 # series of bounded transactions rather than one huge one.
 BATCH_ROWS = 20_000
 DAY = 86_400.0
+# While the database is down the scheduler's retries back off up to this many flush intervals
+# (a minute at the default 5 s): a buffer of 200,000 rows lasts hours, so nothing is lost by waiting.
+BACKOFF_INTERVALS = 12
+# Bounds of the write-latency histogram, seconds.
+FLUSH_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 # Kinds of buffered rows.
 _GPU, _RAW, _PROC, _OPEN, _CLOSE, _AMEND = range(6)
@@ -142,6 +150,12 @@ def migrate(connection: Connection) -> None:
         revision = connection.execute(text(f"SELECT version_num FROM {schema.VERSION_TABLE}")).scalar()
         if revision == schema.SCHEMA_REVISION:
             return
+        if revision > schema.SCHEMA_REVISION:
+            # A newer agent of the fleet migrated first. Migrations only add (tables, nullable
+            # columns, indexes), so this one writes on; Alembic would refuse an unknown revision.
+            log.info("history schema %s is newer than this agent's %s; writing on", revision,
+                     schema.SCHEMA_REVISION)
+            return
         _upgrade(connection)
     elif inspector.has_table(schema.gpu_raw.name):
         raise RuntimeError("the database has flopwatch tables but no schema version; refusing to guess")
@@ -203,6 +217,7 @@ class HistoryStore:
         *,
         retention: Retention = Retention(),
         clock: Callable[[], float] = time.time,
+        jitter: Callable[[], float] = random.random,
     ) -> None:
         self.engine = open_engine(url)
         self.url = self.engine.url.render_as_string(hide_password=True)
@@ -211,10 +226,17 @@ class HistoryStore:
         self.flush_interval_seconds = flush_interval_seconds
         self.retention = retention
         self._clock = clock
+        self._jitter = jitter
         self._buffer: deque[tuple] = deque()
         self._lock = threading.Lock()  # guards the buffer, the counters and the dirty mark
         self._write_lock = threading.Lock()  # one writer at a time: flush, rollup, retain
         self._dropped = 0
+        self._pending_max = 0
+        self._failures = 0  # in a row; the backoff's exponent
+        self._retry_at = -math.inf
+        self._attempts = 0
+        self._flush_seconds = [0] * (len(FLUSH_BUCKETS) + 1)  # by bucket, not cumulative
+        self._flush_seconds_sum = 0.0
         self._up = False
         self._last_error: str | None = None
         self._schema_ready = False
@@ -242,7 +264,7 @@ class HistoryStore:
 
     def jobs(self) -> list[tuple[Callable[[], Any], float]]:
         """What the scheduler runs for this sink, and how often (seconds)."""
-        return [(self.flush, self.flush_interval_seconds), (self.rollup, 60.0), (self.retain, 3600.0)]
+        return [(self.flush_when_due, self.flush_interval_seconds), (self.rollup, 60.0), (self.retain, 3600.0)]
 
     # -- state -------------------------------------------------------------------------------
 
@@ -263,9 +285,14 @@ class HistoryStore:
     def last_error(self) -> str | None:
         return self._last_error
 
+    @property
+    def retry_at(self) -> float:
+        """When the scheduler's next flush will try the database (the clock's time; -inf: now)."""
+        return self._retry_at
+
     def collect(self) -> Iterator[Any]:
         """Prometheus families for the exporter to chain with its own."""
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
         yield GaugeMetricFamily("flopwatch_store_up",
                                 "1 if the last write to the history database worked", value=int(self._up))
@@ -274,13 +301,31 @@ class HistoryStore:
                                   value=self._dropped)
         yield GaugeMetricFamily("flopwatch_store_pending_rows",
                                 "History rows waiting in memory to be written", value=len(self._buffer))
+        yield GaugeMetricFamily("flopwatch_store_pending_rows_max",
+                                "The most history rows that have waited in memory at once since start",
+                                value=self._pending_max)
+        yield CounterMetricFamily("flopwatch_store_connect_attempts",
+                                  "Flushes that tried the history database (with the backoff, "
+                                  "fewer than flush intervals while it is down)", value=self._attempts)
+        counts, total = [], 0
+        for bound, count in zip((*FLUSH_BUCKETS, math.inf), self._flush_seconds):
+            total += count
+            counts.append((str(bound) if bound != math.inf else "+Inf", total))
+        yield HistogramMetricFamily("flopwatch_store_flush_seconds",
+                                    "Time one flush took to write its rows, committed or not",
+                                    buckets=counts, sum_value=self._flush_seconds_sum)
 
     def _mark(self, error: BaseException | None) -> None:
         if error is None:
             if not self._up and self._last_error is not None:
                 log.info("history store %s is back; %d rows pending", self.url, len(self._buffer))
             self._up, self._last_error = True, None
+            self._failures, self._retry_at = 0, -math.inf
             return
+        self._failures += 1
+        delay = self.flush_interval_seconds * min(2 ** (self._failures - 1), BACKOFF_INTERVALS)
+        # Half to all of the delay: agents that lost the database together come back spread out.
+        self._retry_at = self._clock() + delay * (0.5 + 0.5 * self._jitter())
         # A failed connection can be stuck where only a new one gets out (SQLite opens a file it
         # may not write read-only and stays so after the permissions are fixed): start afresh.
         self.engine.dispose()
@@ -361,6 +406,7 @@ class HistoryStore:
             self._trim()
 
     def _trim(self) -> None:
+        self._pending_max = max(self._pending_max, len(self._buffer))
         over = len(self._buffer) - self.buffer_rows
         for _ in range(over):
             self._buffer.popleft()
@@ -369,30 +415,49 @@ class HistoryStore:
 
     # -- the scheduler side ------------------------------------------------------------------
 
+    def flush_when_due(self) -> bool:
+        """The scheduler's flush: while the database is down, only once its backoff has passed."""
+        if self._clock() < self._retry_at:
+            return False
+        return self.flush()
+
     def flush(self) -> bool:
         """Write what is buffered, one transaction per batch. False if the database is down."""
         with self._write_lock:
-            if not self._connect():
-                return False
-            while True:
+            self._attempts += 1
+            started = time.perf_counter()
+            try:
+                return self._flush()
+            finally:
+                self._time_flush(time.perf_counter() - started)
+
+    def _time_flush(self, seconds: float) -> None:
+        self._flush_seconds_sum += seconds
+        self._flush_seconds[next((i for i, bound in enumerate(FLUSH_BUCKETS) if seconds <= bound),
+                                 len(FLUSH_BUCKETS))] += 1
+
+    def _flush(self) -> bool:
+        if not self._connect():
+            return False
+        while True:
+            with self._lock:
+                batch = [self._buffer.popleft() for _ in range(min(BATCH_ROWS, len(self._buffer)))]
+            if not batch:
+                self._mark(None)
+                return True
+            try:
+                with self.engine.begin() as connection:
+                    new_ids, oldest = self._write(connection, batch)
+            except Exception as e:  # the rows go back to wait for the next flush
                 with self._lock:
-                    batch = [self._buffer.popleft() for _ in range(min(BATCH_ROWS, len(self._buffer)))]
-                if not batch:
-                    self._mark(None)
-                    return True
-                try:
-                    with self.engine.begin() as connection:
-                        new_ids, oldest = self._write(connection, batch)
-                except Exception as e:  # the rows go back to wait for the next flush
-                    with self._lock:
-                        self._buffer.extendleft(reversed(batch))
-                        self._trim()
-                    self._mark(e)
-                    return False
-                self._process_ids.update(new_ids)
-                if oldest is not None:
-                    with self._lock:
-                        self._dirty_since = min(oldest, self._dirty_since or oldest)
+                    self._buffer.extendleft(reversed(batch))
+                    self._trim()
+                self._mark(e)
+                return False
+            self._process_ids.update(new_ids)
+            if oldest is not None:
+                with self._lock:
+                    self._dirty_since = min(oldest, self._dirty_since or oldest)
 
     def _write(self, connection: Connection, batch: list[tuple]) -> tuple[dict, float | None]:
         by_kind: dict[int, list] = {_GPU: [], _RAW: [], _PROC: []}

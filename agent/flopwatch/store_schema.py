@@ -8,7 +8,9 @@ which job ran on which GPU when in ``job_spans`` (the index behind ``--job``), a
 from its start to its end in ``findings``.
 
 Times are Unix seconds (float). A change here needs a new migration; ``SCHEMA_REVISION`` names
-the newest one.
+the newest one. Revisions are numbered in order ("0001", "0002", …) and only add (tables, nullable
+columns, indexes): during a rolling upgrade, agents one version behind keep writing to a database
+the newer ones migrated.
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ class Fixed(TypeDecorator):
 RATIO = Fixed(10_000)  # 0.01 % steps
 HUNDREDTHS = Fixed(100)  # watts, joules per tick
 
-SCHEMA_REVISION = "0002"
+SCHEMA_REVISION = "0003"
 VERSION_TABLE = "flopwatch_schema_version"
 # Alembic's version table, laid out as Alembic makes it, so that a new database can be marked
 # current without loading Alembic (which would stay in the agent's memory, ~11 MB, for good).
@@ -136,6 +138,8 @@ def _rollup_table(name: str) -> Table:
         Column("cause", String(32)),  # the cause of most samples in the bucket
         Column("cause_samples", Integer, nullable=False),
         Column("job", String(255)),
+        # A fleet's report reads all hosts' buckets of a range (migration 0003).
+        Index(f"ix_{name}_ts", "ts"),
         **_CLUSTERED,
     )
 
