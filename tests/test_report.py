@@ -21,8 +21,8 @@ from click.testing import CliRunner
 from flopwatch.cli import VirtualClock, build_agent, main
 from flopwatch.config import Config
 from flopwatch.diagnose import ADVICE
-from flopwatch.report import Prices, Query, build_report, read_history
 from flopwatch.model import StackProfile, StackShare
+from flopwatch.report import Prices, Query, build_report, choose_level, read_history
 from flopwatch.store import HistoryStore
 from tests.store_ticks import starved, tick
 
@@ -83,7 +83,7 @@ def test_gpu_hours_are_every_gpu_for_every_tick(url):
     assert report(url).total.gpu_hours == pytest.approx(len(SCENARIOS) * SECONDS / 3600)
 
 
-@pytest.mark.parametrize("group_by", ["job", "user", "gpu"])
+@pytest.mark.parametrize("group_by", ["job", "user", "host", "gpu"])
 def test_groups_add_up_to_the_total(url, group_by):
     r = report(url, group_by)
     assert sum(g.gpu_hours for g in r.groups) == pytest.approx(r.total.gpu_hours)
@@ -154,6 +154,39 @@ def test_the_plotted_series_holds_all_the_energy_and_waste(url):
     assert sum(p.energy_kwh for p in r.series) == pytest.approx(r.total.energy_kwh)
     wasted = sum(share * p.gpus * r.step_seconds for p in r.series for share in p.wasted_share_by_cause.values())
     assert wasted / 3600 == pytest.approx(r.total.wasted_gpu_hours, rel=0.02)  # the edge buckets are cut
+
+
+@pytest.fixture(scope="module")
+def fleet_url(tmp_path_factory) -> str:
+    """The same jobs on two hosts, as a data-parallel job spanning nodes writes them."""
+    url = f"sqlite:///{tmp_path_factory.mktemp('fleet') / 'history.db'}"
+    write_history([HistoryStore(url, "node1"), HistoryStore(url, "node2")])
+    return url
+
+
+def test_a_job_spanning_two_hosts_is_one_job(url, fleet_url):
+    one = {g.name: g.gpu_hours for g in report(url).groups}
+    both = {g.name: g.gpu_hours for g in report(fleet_url).groups}
+    assert both == pytest.approx({job: 2 * hours for job, hours in one.items()})
+
+
+def test_grouped_by_host_each_host_has_its_own_gpu_hours(url, fleet_url):
+    by_host = {g.name: g.gpu_hours for g in report(fleet_url, "host").groups}
+    assert by_host == pytest.approx({"node1": report(url).total.gpu_hours, "node2": report(url).total.gpu_hours})
+
+
+def test_a_host_filter_reads_only_that_host(url, fleet_url):
+    assert report(fleet_url, host="node2").total.gpu_hours == pytest.approx(report(url).total.gpu_hours)
+
+
+@pytest.mark.parametrize("days, gpus, level", [
+    (1, 8, "raw"),  # a node's day: 691,200 raw ticks
+    (1, 512, "minute"),  # a fleet's day: 44 M raw ticks, 737,280 minutes
+    (30, 8, "minute"),
+    (30, 512, "hour"),  # 22 M minutes, 368,640 hours
+])
+def test_the_more_gpus_a_report_covers_the_coarser_the_level_it_reads(days, gpus, level):
+    assert choose_level(T0, T0 + days * 86_400, gpus) == level
 
 
 def test_a_long_range_is_read_in_slices_with_progress(url):

@@ -30,10 +30,14 @@ HOUR = 3600.0
 KWH = 3.6e6  # joules
 NO_JOB = "(no job)"
 NO_USER = "(no user)"
-GROUPINGS = ("job", "user", "gpu")
+GROUPINGS = ("job", "user", "host", "gpu")
 # The finest level a report reads for a range of this length at most: raw ticks keep causes
 # exact, rollups keep months cheap.
 _LEVEL_MAX_SECONDS = {"raw": DAY, "minute": 62 * DAY}
+# ... and for this many rows at most (GPUs × range ÷ the level's width): a node's day of raw ticks
+# (8 × 86,400), a fleet's day of minutes (512 × 1,440), its month of hours (bench/fleet_report.py).
+_LEVEL_MAX_ROWS = 1_000_000
+_LEVEL_WIDTH = {"raw": 1.0, "minute": 60.0}
 PLOT_BUCKETS = 150  # points on the time axis, whatever the range: enough to see a shift change, few enough to read
 SLICES = 50  # queries a long range is read in (the progress bar's steps)
 TOP_JOBS = 10
@@ -180,9 +184,10 @@ class Read:
     stacks: dict[str, str] = field(default_factory=dict)  # cause → its latest finding's stack summary
 
 
-def choose_level(since: float, until: float) -> str:
+def choose_level(since: float, until: float, gpus: int = 1) -> str:
     span = until - since
-    return next((level for level, limit in _LEVEL_MAX_SECONDS.items() if span <= limit), "hour")
+    return next((level for level, limit in _LEVEL_MAX_SECONDS.items()
+                 if span <= limit and gpus * span / _LEVEL_WIDTH[level] <= _LEVEL_MAX_ROWS), "hour")
 
 
 def job_range(url: str, job: str, now: float) -> tuple[float, float] | None:
@@ -200,8 +205,8 @@ def job_range(url: str, job: str, now: float) -> tuple[float, float] | None:
 def read_history(url: str, query: Query, progress: Callable[[int, int], None] | None = None) -> Read:
     """Sum the rows of the query's range in the database; ``progress(done, total)`` after each slice."""
     with _connected(url) as connection:
-        first = LEVELS.index(query.level or choose_level(query.since, query.until))
         keys = _gpu_keys(connection, query)
+        first = LEVELS.index(query.level or choose_level(query.since, query.until, _gpu_count(connection, keys)))
         # Retention may have removed the finer level's rows for the range: fall back to coarser.
         for level in (query.level,) if query.level else LEVELS[first:]:
             read = _read_level(connection, level, query, keys, progress)
@@ -255,6 +260,13 @@ def _gpu_keys(connection: Connection, query: Query) -> list[tuple[str, int | Non
         select(gpus.c.host, gpus.c.gpu).where(gpus.c.uuid == query.gpu)) if row.host in hosts]
 
 
+def _gpu_count(connection: Connection, keys: list[tuple[str, int | None]]) -> int:
+    gpus = schema.gpus
+    known = {(row.host, row.gpu) for row in connection.execute(select(gpus.c.host, gpus.c.gpu).distinct())}
+    hosts = {h for h, g in keys if g is None}
+    return sum(1 for h, g in known if h in hosts or (h, g) in keys)
+
+
 def _read_level(connection: Connection, level: str, query: Query, keys: list[tuple[str, int | None]],
                 progress: Callable[[int, int], None] | None) -> Read:
     table, width = (schema.gpu_raw, 1.0) if level == "raw" else schema.ROLLUP_LEVELS[level]
@@ -269,8 +281,11 @@ def _read_level(connection: Connection, level: str, query: Query, keys: list[tup
         end = min(start + per_slice * step, query.until)
         low = max(start, math.floor(query.since / width) * width)
         if keys:
+            # Every host's every GPU in a rollup: the range alone selects (their time index);
+            # raw ticks are keyed by host first.
+            chosen = None if query.host is None and query.gpu is None and level != "raw" else keys
             for row in connection.execute(_slice_query(connection, table, level, origin, step, low, end,
-                                                       keys, query.job)):
+                                                       chosen, query.job)):
                 cells[CellKey(row.host, row.gpu, row.job, row.cause, int(row.bucket))] = _cell(row)
         if progress is not None:
             progress(n + 1, slices)
@@ -278,7 +293,7 @@ def _read_level(connection: Connection, level: str, query: Query, keys: list[tup
 
 
 def _slice_query(connection: Connection, table: Any, level: str, origin: float, step: float,
-                 low: float, high: float, keys: list[tuple[str, int | None]], job: str | None) -> Any:
+                 low: float, high: float, keys: list[tuple[str, int | None]] | None, job: str | None) -> Any:
     raw = level == "raw"
 
     def value(name: str) -> Any:
@@ -302,7 +317,9 @@ def _slice_query(connection: Connection, table: Any, level: str, origin: float, 
     flops, flops_samples = weighted("flops_utilization")
     energy, tokens = value("energy_joules"), table.c.tokens
     where = [table.c.ts >= low, table.c.ts < high]
-    chosen = [table.c.host == h if g is None else and_(table.c.host == h, table.c.gpu == g) for h, g in keys]
+    if keys is not None:
+        where.append(or_(*(table.c.host == h if g is None else and_(table.c.host == h, table.c.gpu == g)
+                           for h, g in keys)))
     if job is not None:
         where.append(table.c.job == job)
     group = (table.c.host, table.c.gpu, table.c.job, table.c.cause, bucket.label("bucket"))
@@ -315,7 +332,7 @@ def _slice_query(connection: Connection, table: Any, level: str, origin: float, 
         func.sum(type_coerce(table.c.wasted_seconds, Float)).label("wasted_seconds"),
         func.sum(tokens).label("tokens"),
         func.sum(case((tokens.is_(None), 0.0), else_=energy)).label("token_energy_joules"),
-    ).where(*where, or_(*chosen)).group_by(*group)
+    ).where(*where).group_by(*group)
 
 
 def _cell(row: Any) -> Cell:
@@ -388,6 +405,8 @@ def build_report(read: Read, query: Query, *, interval_seconds: float, utilizati
     def name_of(key: CellKey, grouping: str) -> str:
         if grouping == "gpu":
             return f"{key.host}:{key.gpu}"
+        if grouping == "host":
+            return key.host
         if grouping == "user":
             return read.users.get(key.job or "", NO_USER)
         return key.job or NO_JOB

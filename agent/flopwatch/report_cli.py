@@ -33,7 +33,7 @@ class _Exit(Exception):
 @click.option("--job", help="Only this job (while it ran).")
 @click.option("--gpu", help="GPU index or UUID.")
 @click.option("--host", help="Only this host (a database shared by many nodes).")
-@click.option("--group-by", type=click.Choice(["job", "user", "gpu"]), default="job", show_default=True)
+@click.option("--group-by", type=click.Choice(["job", "user", "host", "gpu"]), default="job", show_default=True)
 @click.option("--format", "fmt", type=click.Choice(["table", "text", "json", "csv", "html"]), default="table",
               show_default=True, help="text: a short summary for a job's epilog to mail.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True),
