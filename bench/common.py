@@ -11,7 +11,7 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
 AGENT_DIR = ROOT / "agent"
@@ -33,11 +33,12 @@ def agent_env() -> dict[str, str]:
     return env
 
 
-def start_agent(args: Sequence[str], port: int) -> subprocess.Popen:
-    """``flopwatch run`` on loopback with no history store, ready to be scraped."""
+def start_agent(args: Sequence[str], port: int, env: Mapping[str, str] | None = None) -> subprocess.Popen:
+    """``flopwatch run`` on loopback with no history store (unless ``args`` name one), ready to be
+    scraped; ``env`` adds to the environment."""
     command = [sys.executable, "-m", "flopwatch", "run", "--listen", f"127.0.0.1:{port}", "--history", "none",
                "--log-level", "warning", *args]
-    env = agent_env()
+    env = {**agent_env(), **(env or {})}
     # The token push endpoint has a fixed default port: another agent on this machine holds it.
     env.setdefault("FLOPWATCH_TOKENS_PUSH_LISTEN", f"127.0.0.1:{free_port()}")
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -129,6 +130,38 @@ def measure(process: subprocess.Popen, seconds: float) -> dict:
     cpu = cpu_seconds(process.pid) - cpu_start
     wall = time.monotonic() - wall_start
     return {"cpu_seconds": cpu, "wall_seconds": wall, "core_percent": 100.0 * cpu / wall, "peak_rss_mb": peak / MB}
+
+
+class CpuMeter:
+    """CPU seconds of a changing set of processes (backends come and go, a server restarts), summed
+    from per-pid deltas sampled every second."""
+
+    def __init__(self, pids: Callable[[], Iterable[int]]):
+        import psutil
+
+        self._psutil = psutil
+        self._pids = pids
+        self._last: dict[int, float] | None = None  # None until the first sample, the baseline
+        self.seconds = 0.0
+
+    def sample(self) -> float:
+        seen = {}
+        for pid in self._pids():
+            try:
+                t = self._psutil.Process(pid).cpu_times()
+            except self._psutil.Error:
+                continue
+            seen[pid] = t.user + t.system
+        if self._last is not None:
+            # A pid new since the last sample started since: all its CPU is in the window.
+            self.seconds += sum(now - self._last.get(pid, 0.0) for pid, now in seen.items())
+        self._last = {**(self._last or {}), **seen}
+        return self.seconds
+
+
+def process_tree(pid: int | None) -> list[int]:
+    """A process's pid and its descendants'."""
+    return [p.pid for p in tree(pid)] if pid is not None else []
 
 
 class Timed:

@@ -35,8 +35,11 @@ class PostgresServer:
 
     user = "flopwatch"
 
-    def __init__(self, bindir: Path, root: Path) -> None:
+    def __init__(self, bindir: Path, root: Path, durable: bool = False) -> None:
         self.bindir = bindir
+        # Tests trade durability for speed; a benchmark measures the settings a server runs with.
+        self.settings = ("" if durable else
+                         " -c fsync=off -c full_page_writes=off -c synchronous_commit=off")
         self.root = root
         self.data = root / "data"
         self.port = _free_port()
@@ -54,8 +57,7 @@ class PostgresServer:
                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=self.root)
 
     def start(self) -> None:
-        options = (f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off "
-                   "-c full_page_writes=off -c synchronous_commit=off")
+        options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1{self.settings}"
         self._run("pg_ctl", "-D", str(self.data), "-l", str(self.root / "server.log"), "-w",
                   "-t", "60", "-o", options, "start")
 

@@ -1,9 +1,10 @@
 """What a period or a job cost and wasted, and why: history rows summed into a ``Report``.
 
-The database does the summing: one ``GROUP BY`` per slice of the range returns, for each host,
-GPU, job, cause and plot bucket, the sums the figures need (samples, utilization × samples,
-joules, wasted seconds, tokens). A month of an 8-GPU node is then a few thousand cells, whatever
-the level read, and the rest is arithmetic on plain values (``build_report``).
+The database does the summing: for each slice of the range, one ``GROUP BY`` returns for each
+host, GPU, job and cause the sums the figures need (samples, utilization × samples, joules, wasted
+seconds, tokens), another the same sums for each plot bucket and cause over all GPUs. A month of
+a 64-node fleet is then a few thousand cells, whatever the level read, and the rest is arithmetic
+on plain values (``build_report``).
 
 GPU-hours count samples × the agents' tick (``[agent].interval_seconds``); waste is what the
 agents recorded: each tick under the utilization threshold, charged to the cause diagnosed then
@@ -52,7 +53,7 @@ class Prices:
 
 @dataclass
 class Cell:
-    """Sums over the rows of one host, GPU, job, cause and plot bucket."""
+    """Sums over the rows of one host, GPU, job and cause, or of one plot bucket and cause."""
 
     samples: float = 0.0
     utilization_sum: float = 0.0  # utilization × samples, over samples that had one
@@ -65,9 +66,14 @@ class Cell:
     token_energy_joules: float = 0.0  # energy of the samples that counted tokens
 
     def add(self, other: Cell) -> None:
-        for name in ("samples", "utilization_sum", "utilization_samples", "flops_sum", "flops_samples",
-                     "wasted_seconds", "token_energy_joules"):
-            setattr(self, name, getattr(self, name) + getattr(other, name))
+        # Spelled out: a fleet's report adds a few hundred thousand cells.
+        self.samples += other.samples
+        self.utilization_sum += other.utilization_sum
+        self.utilization_samples += other.utilization_samples
+        self.flops_sum += other.flops_sum
+        self.flops_samples += other.flops_samples
+        self.wasted_seconds += other.wasted_seconds
+        self.token_energy_joules += other.token_energy_joules
         self.energy_joules = _add(self.energy_joules, other.energy_joules)
         self.tokens = _add(self.tokens, other.tokens)
 
@@ -78,7 +84,6 @@ class CellKey:
     gpu: int
     job: str | None
     cause: str | None
-    bucket: int
 
 
 @dataclass(frozen=True)
@@ -179,7 +184,9 @@ class Read:
     level: str
     origin: float
     step: float
-    cells: dict[CellKey, Cell]
+    cells: dict[CellKey, Cell]  # the whole range's
+    points: dict[tuple[int, str | None], Cell]  # by plot bucket and cause, over every GPU read
+    gpus_by_bucket: dict[int, int]  # GPUs with rows in each plot bucket
     users: dict[str, str]
     stacks: dict[str, str] = field(default_factory=dict)  # cause → its latest finding's stack summary
 
@@ -275,25 +282,47 @@ def _read_level(connection: Connection, level: str, query: Query, keys: list[tup
     buckets = max(1, math.ceil((query.until - origin) / step))
     per_slice = math.ceil(buckets / SLICES)
     slices = math.ceil(buckets / per_slice)
-    cells: dict[CellKey, Cell] = {}
+    read = Read(level, origin, step, {}, {}, {}, {})
+    # Every host's every GPU in a rollup: the range alone selects (their time index); raw ticks
+    # are keyed by host first.
+    chosen = None if query.host is None and query.gpu is None and level != "raw" else keys
     for n in range(slices):
         start = origin + n * per_slice * step
         end = min(start + per_slice * step, query.until)
         low = max(start, math.floor(query.since / width) * width)
         if keys:
-            # Every host's every GPU in a rollup: the range alone selects (their time index);
-            # raw ticks are keyed by host first.
-            chosen = None if query.host is None and query.gpu is None and level != "raw" else keys
-            for row in connection.execute(_slice_query(connection, table, level, origin, step, low, end,
-                                                       chosen, query.job)):
-                cells[CellKey(row.host, row.gpu, row.job, row.cause, int(row.bucket))] = _cell(row)
+            _read_slice(connection, read, table, level, low, end, chosen, query.job)
         if progress is not None:
             progress(n + 1, slices)
-    return Read(level, origin, step, cells, {})
+    return read
 
 
-def _slice_query(connection: Connection, table: Any, level: str, origin: float, step: float,
-                 low: float, high: float, keys: list[tuple[str, int | None]] | None, job: str | None) -> Any:
+def _read_slice(connection: Connection, read: Read, table: Any, level: str, low: float, high: float,
+                keys: list[tuple[str, int | None]] | None, job: str | None) -> None:
+    """Add one slice's sums to ``read``: by host, GPU, job and cause for the figures, by plot bucket
+    and cause for the plot. Two small answers, not one by GPU and bucket: a fleet's day would be
+    512 GPUs × 150 buckets of rows for Python to add up."""
+    sums, where = _sums(table, level), [table.c.ts >= low, table.c.ts < high]
+    if keys is not None:
+        where.append(or_(*(table.c.host == h if g is None else and_(table.c.host == h, table.c.gpu == g)
+                           for h, g in keys)))
+    if job is not None:
+        where.append(table.c.job == job)
+    position = (table.c.ts - read.origin) / read.step
+    # Bucket numbers are never negative, so truncation is the floor; PostgreSQL's cast rounds.
+    bucket = (func.floor(position) if connection.dialect.name == "postgresql" else cast(position, Integer)).label("bucket")
+    by_gpu = (table.c.host, table.c.gpu, table.c.job, table.c.cause)
+    for row in connection.execute(select(*by_gpu, *sums).where(*where).group_by(*by_gpu)):
+        read.cells.setdefault(CellKey(row.host, row.gpu, row.job, row.cause), Cell()).add(_cell(row))
+    for row in connection.execute(select(bucket, table.c.cause, *sums).where(*where).group_by(bucket, table.c.cause)):
+        read.points[(int(row.bucket), row.cause)] = _cell(row)
+    present = select(bucket, table.c.host, table.c.gpu).where(*where).distinct().subquery()
+    for row in connection.execute(select(present.c.bucket, func.count()).group_by(present.c.bucket)):
+        read.gpus_by_bucket[int(row[0])] = row[1]
+
+
+def _sums(table: Any, level: str) -> list[Any]:
+    """The sums a Cell holds, as columns over ``table``'s rows."""
     raw = level == "raw"
 
     def value(name: str) -> Any:
@@ -305,9 +334,6 @@ def _slice_query(connection: Connection, table: Any, level: str, origin: float, 
         return type_coerce(column, Float)
 
     samples = literal(1) if raw else table.c.samples
-    position = (table.c.ts - origin) / step
-    # Bucket numbers are never negative, so truncation is the floor; PostgreSQL's cast rounds.
-    bucket = func.floor(position) if connection.dialect.name == "postgresql" else cast(position, Integer)
 
     def weighted(name: str) -> tuple[Any, Any]:
         v = value(name)
@@ -316,15 +342,7 @@ def _slice_query(connection: Connection, table: Any, level: str, origin: float, 
     utilization, utilization_samples = weighted("utilization")
     flops, flops_samples = weighted("flops_utilization")
     energy, tokens = value("energy_joules"), table.c.tokens
-    where = [table.c.ts >= low, table.c.ts < high]
-    if keys is not None:
-        where.append(or_(*(table.c.host == h if g is None else and_(table.c.host == h, table.c.gpu == g)
-                           for h, g in keys)))
-    if job is not None:
-        where.append(table.c.job == job)
-    group = (table.c.host, table.c.gpu, table.c.job, table.c.cause, bucket.label("bucket"))
-    return select(
-        *group,
+    return [
         func.sum(samples).label("samples"),
         utilization.label("utilization_sum"), utilization_samples.label("utilization_samples"),
         flops.label("flops_sum"), flops_samples.label("flops_samples"),
@@ -332,7 +350,7 @@ def _slice_query(connection: Connection, table: Any, level: str, origin: float, 
         func.sum(type_coerce(table.c.wasted_seconds, Float)).label("wasted_seconds"),
         func.sum(tokens).label("tokens"),
         func.sum(case((tokens.is_(None), 0.0), else_=energy)).label("token_energy_joules"),
-    ).where(*where).group_by(*group)
+    ]
 
 
 def _cell(row: Any) -> Cell:
@@ -459,18 +477,18 @@ def _usage(name: str, cells: list[tuple[CellKey, Cell]], interval_seconds: float
 
 
 def _series(read: Read, interval_seconds: float) -> list[Point]:
-    by_bucket: dict[int, list[tuple[CellKey, Cell]]] = defaultdict(list)
-    for key, cell in sorted(read.cells.items(), key=lambda kv: _order(kv[0])):
-        by_bucket[key.bucket].append((key, cell))
+    by_bucket: dict[int, list[tuple[str | None, Cell]]] = defaultdict(list)
+    for (bucket, cause), cell in sorted(read.points.items(), key=lambda kv: (kv[0][0], kv[0][1] or "")):
+        by_bucket[bucket].append((cause, cell))
     points = []
     for bucket in sorted(by_bucket):
         sums, wasted = Cell(), defaultdict(float)
-        for key, cell in by_bucket[bucket]:
+        for cause, cell in by_bucket[bucket]:
             sums.add(cell)
-            wasted[_cause(key.cause)] += cell.wasted_seconds
+            wasted[_cause(cause)] += cell.wasted_seconds
         seconds = sums.samples * interval_seconds
         energy = sums.energy_joules
-        gpus = len({(k.host, k.gpu) for k, _ in by_bucket[bucket]})
+        gpus = read.gpus_by_bucket.get(bucket, 0)
         points.append(Point(
             ts=read.origin + bucket * read.step, gpus=gpus,
             utilization=_ratio(sums.utilization_sum, sums.utilization_samples),
@@ -484,7 +502,7 @@ def _series(read: Read, interval_seconds: float) -> list[Point]:
 
 
 def _order(key: CellKey) -> tuple:
-    return key.host, key.gpu, key.job or "", key.cause or "", key.bucket
+    return key.host, key.gpu, key.job or "", key.cause or ""
 
 
 def _cause(cause: str | None) -> str:
