@@ -133,29 +133,33 @@ def measure(process: subprocess.Popen, seconds: float) -> dict:
 
 
 class CpuMeter:
-    """CPU seconds of a changing set of processes (backends come and go, a server restarts), summed
-    from per-pid deltas sampled every second."""
+    """CPU seconds of a changing set of processes (backends come and go, a server restarts), from
+    samples of each one's own and reaped children's CPU: a backend that lived between two samples
+    is counted in its parent's children time."""
 
     def __init__(self, pids: Callable[[], Iterable[int]]):
         import psutil
 
         self._psutil = psutil
         self._pids = pids
-        self._last: dict[int, float] | None = None  # None until the first sample, the baseline
+        self._last: dict[int, tuple[float, int]] | None = None  # pid → (CPU, parent); None: no baseline yet
         self.seconds = 0.0
 
     def sample(self) -> float:
-        seen = {}
+        seen: dict[int, tuple[float, int]] = {}
         for pid in self._pids():
             try:
-                t = self._psutil.Process(pid).cpu_times()
+                process = self._psutil.Process(pid)
+                t = process.cpu_times()
+                seen[pid] = (t.user + t.system + t.children_user + t.children_system, process.ppid())
             except self._psutil.Error:
                 continue
-            seen[pid] = t.user + t.system
         if self._last is not None:
             # A pid new since the last sample started since: all its CPU is in the window.
-            self.seconds += sum(now - self._last.get(pid, 0.0) for pid, now in seen.items())
-        self._last = {**(self._last or {}), **seen}
+            self.seconds += sum(cpu - self._last.get(pid, (0.0, 0))[0] for pid, (cpu, _) in seen.items())
+            # One that ended with its parent still here: the parent's children time now holds it.
+            self.seconds -= sum(cpu for pid, (cpu, parent) in self._last.items() if pid not in seen and parent in seen)
+        self._last = seen
         return self.seconds
 
 

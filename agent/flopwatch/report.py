@@ -186,7 +186,6 @@ class Read:
     step: float
     cells: dict[CellKey, Cell]  # the whole range's
     points: dict[tuple[int, str | None], Cell]  # by plot bucket and cause, over every GPU read
-    gpus_by_bucket: dict[int, int]  # GPUs with rows in each plot bucket
     users: dict[str, str]
     stacks: dict[str, str] = field(default_factory=dict)  # cause → its latest finding's stack summary
 
@@ -282,7 +281,7 @@ def _read_level(connection: Connection, level: str, query: Query, keys: list[tup
     buckets = max(1, math.ceil((query.until - origin) / step))
     per_slice = math.ceil(buckets / SLICES)
     slices = math.ceil(buckets / per_slice)
-    read = Read(level, origin, step, {}, {}, {}, {})
+    read = Read(level, origin, step, {}, {}, {})
     # Every host's every GPU in a rollup: the range alone selects (their time index); raw ticks
     # are keyed by host first.
     chosen = None if query.host is None and query.gpu is None and level != "raw" else keys
@@ -316,9 +315,6 @@ def _read_slice(connection: Connection, read: Read, table: Any, level: str, low:
         read.cells.setdefault(CellKey(row.host, row.gpu, row.job, row.cause), Cell()).add(_cell(row))
     for row in connection.execute(select(bucket, table.c.cause, *sums).where(*where).group_by(bucket, table.c.cause)):
         read.points[(int(row.bucket), row.cause)] = _cell(row)
-    present = select(bucket, table.c.host, table.c.gpu).where(*where).distinct().subquery()
-    for row in connection.execute(select(present.c.bucket, func.count()).group_by(present.c.bucket)):
-        read.gpus_by_bucket[int(row[0])] = row[1]
 
 
 def _sums(table: Any, level: str) -> list[Any]:
@@ -448,7 +444,7 @@ def build_report(read: Read, query: Query, *, interval_seconds: float, utilizati
         utilization_threshold=utilization_threshold, prices=prices, group_by=group_by, job=query.job,
         gpu=query.gpu, host=query.host, hosts=sorted({k.host for k in cells}),
         gpus=len({(k.host, k.gpu) for k in cells}), total=total, groups=groups, causes=causes,
-        top_jobs=top_jobs, series=_series(read, interval_seconds), step_seconds=read.step,
+        top_jobs=top_jobs, series=_series(read, query, interval_seconds), step_seconds=read.step,
         users={job: user for job, user in sorted(read.users.items())},
     )
 
@@ -476,7 +472,7 @@ def _usage(name: str, cells: list[tuple[CellKey, Cell]], interval_seconds: float
     )
 
 
-def _series(read: Read, interval_seconds: float) -> list[Point]:
+def _series(read: Read, query: Query, interval_seconds: float) -> list[Point]:
     by_bucket: dict[int, list[tuple[str | None, Cell]]] = defaultdict(list)
     for (bucket, cause), cell in sorted(read.points.items(), key=lambda kv: (kv[0][0], kv[0][1] or "")):
         by_bucket[bucket].append((cause, cell))
@@ -488,9 +484,12 @@ def _series(read: Read, interval_seconds: float) -> list[Point]:
             wasted[_cause(cause)] += cell.wasted_seconds
         seconds = sums.samples * interval_seconds
         energy = sums.energy_joules
-        gpus = read.gpus_by_bucket.get(bucket, 0)
+        start = read.origin + bucket * read.step
+        # GPU-seconds over the seconds of the bucket in the range: the GPUs it saw, on average.
+        covered = min(start + read.step, query.until) - max(start, query.since)
+        gpus = round(seconds / covered) if covered > 0 else 0
         points.append(Point(
-            ts=read.origin + bucket * read.step, gpus=gpus,
+            ts=start, gpus=gpus,
             utilization=_ratio(sums.utilization_sum, sums.utilization_samples),
             flops_utilization=_ratio(sums.flops_sum, sums.flops_samples),
             # Per GPU-second, so a bucket the range cuts short does not look like a power drop.
