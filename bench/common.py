@@ -3,7 +3,9 @@ outside, and the output format (a short table, then one ``name: value unit (targ
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -11,7 +13,7 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
 AGENT_DIR = ROOT / "agent"
@@ -130,6 +132,37 @@ def measure(process: subprocess.Popen, seconds: float) -> dict:
     cpu = cpu_seconds(process.pid) - cpu_start
     wall = time.monotonic() - wall_start
     return {"cpu_seconds": cpu, "wall_seconds": wall, "core_percent": 100.0 * cpu / wall, "peak_rss_mb": peak / MB}
+
+
+@contextlib.contextmanager
+def postgres_server(prefix: str, durable: bool = False) -> Iterator:
+    """The test suite's PostgreSQL (tests/fixtures_postgres.py), started in a new temporary folder."""
+    sys.path.insert(0, str(ROOT))
+    from tests.fixtures_postgres import PostgresServer, _bindir
+
+    bindir = _bindir()
+    if bindir is None:
+        raise SystemExit("PostgreSQL server binaries not found under /usr/lib/postgresql")
+    root = Path(tempfile.mkdtemp(prefix=prefix))
+    server = PostgresServer(bindir, root, durable=durable)
+    server.start()
+    try:
+        yield server
+    finally:
+        try:
+            server.stop()
+        except subprocess.CalledProcessError:
+            pass  # stopped already
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def sql(url: str, query: str, params: Sequence | None = None) -> list[tuple]:
+    """One statement's rows, on a connection of its own (autocommit) to a SQLAlchemy PostgreSQL URL."""
+    import psycopg
+
+    with psycopg.connect(url.replace("postgresql+psycopg", "postgresql"), autocommit=True) as connection:
+        cursor = connection.execute(query, params)
+        return cursor.fetchall() if cursor.description else []
 
 
 class CpuMeter:

@@ -13,16 +13,17 @@ by job, user and host. Faults, if asked: PostgreSQL restarted (--pg-restart-at),
 down (--vm-down-at, --vm-down-seconds). Prints a table, then one line per target.
 
     python3 bench/fleet.py [--nodes 64] [--gpus 8] [--processes 4] [--seconds 600] [--interval 1]
-        [--pg-restart-at 120] [--vm-down-at 240 --vm-down-seconds 300]
+        [--pg-restart-at 60] [--vm-down-at 200 --vm-down-seconds 300] [--backfill-hours 24]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
+import random
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -32,12 +33,12 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Any, Iterable
 
-from common import ROOT, CpuMeter, final, free_port, metric_value, process_tree, scrape, start_agent, stop, table
+from common import (ROOT, CpuMeter, final, metric_value, postgres_server, process_tree, scrape, sql, start_agent,
+                    stop, table)
 
 sys.path.insert(0, str(ROOT))
-from tests.fixtures_postgres import PostgresServer, _bindir  # noqa: E402
 from tests.fixtures_prometheus import Prometheus, Server  # noqa: E402
 from fleet_report import run_report  # noqa: E402
 
@@ -75,6 +76,23 @@ class RemoteWritingPrometheus(Prometheus):
         self.config_path.write_text(json.dumps(config, indent=2))
 
 
+def listen_ports(count: int) -> list[int]:
+    """Free ports below the kernel's ephemeral range: a port picked long before it is bound could
+    meanwhile be taken by one of the many connections the fleet opens."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    found: list[int] = []
+    port = random.randrange(10_000, low - 4 * count)
+    while len(found) < count:
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+                found.append(port)
+            except OSError:
+                pass
+        port += 1
+    return found
+
+
 def machine_busy() -> tuple[float, float]:
     """(busy, total) jiffies of the whole machine, from /proc/stat."""
     values = [float(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
@@ -96,18 +114,13 @@ class Figures:
 
 
 class Fleet:
-    def __init__(self, args: argparse.Namespace, work: Path):
+    def __init__(self, args: argparse.Namespace, work: Path, pg: Any):
         self.args = args
         self.work = work
-        bindir = _bindir()
-        if bindir is None:
-            raise SystemExit("PostgreSQL server binaries not found under /usr/lib/postgresql")
-        work.chmod(0o711)  # the server runs as postgres when we are root
-        (work / "pg").mkdir()
-        self.pg = PostgresServer(bindir, work / "pg", durable=True)
+        self.pg = pg
         self.vm = VictoriaMetrics(work / "vm")
-        self.ports = [free_port() for _ in range(args.nodes)]
-        self.push_ports = [free_port() for _ in range(args.nodes)]
+        ports = listen_ports(2 * args.nodes)
+        self.ports, self.push_ports = ports[:args.nodes], ports[args.nodes:]
         rules = [ROOT / "alerts" / "flopwatch.rules.yml", *sorted((ROOT / "alerts").glob("*.recording.yml"))]
         self.prom = RemoteWritingPrometheus(work / "prom", [f"127.0.0.1:{p}" for p in self.ports],
                                             f"{self.vm.url}/api/v1/write", f"{args.scrape_interval:g}s", rules)
@@ -118,7 +131,6 @@ class Fleet:
 
     def start(self) -> None:
         self.started_unix = time.time()
-        self.pg.start()
         self.url = self.pg.url()
         self.vm.start()
         self.prom.start()
@@ -143,10 +155,6 @@ class Fleet:
         self.stop_agents()
         for server in (self.prom, self.vm):
             server.stop()
-        try:
-            self.pg.stop()
-        except subprocess.CalledProcessError:
-            pass
 
     def push_tokens(self, done: threading.Event) -> None:
         """The healthy nodes serve a model: every GPU's rank pushes its tokens, as TokenClient does."""
@@ -170,10 +178,7 @@ class Fleet:
             return []
 
     def sql(self, query: str) -> list[tuple]:
-        import psycopg
-
-        with psycopg.connect(self.url.replace("postgresql+psycopg", "postgresql"), autocommit=True) as c:
-            return c.execute(query).fetchall()
+        return sql(self.url, query)
 
     # -- readings ---------------------------------------------------------------------------
 
@@ -332,11 +337,17 @@ def main() -> None:
     parser.add_argument("--vm-down-seconds", type=float, default=300.0)
     parser.add_argument("--backfill-hours", type=float, default=24.0,
                         help="then give the dashboard's series this much history and time its queries again")
+    parser.add_argument("--backfill-step", type=float, default=60.0, help="seconds between backfilled points")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (its path is printed)")
     args = parser.parse_args()
 
+    with postgres_server("flopwatch-fleet-pg-", durable=True) as pg:
+        run(args, pg)
+
+
+def run(args: argparse.Namespace, pg: Any) -> None:
     work = Path(tempfile.mkdtemp(prefix="flopwatch-fleet-"))
-    fleet = Fleet(args, work)
+    fleet = Fleet(args, work, pg)
     figures = Figures()
     gpus = args.nodes * args.gpus
     print(f"fleet: {args.nodes} nodes × {args.gpus} GPUs × {args.processes} processes, tick {args.interval:g} s, "
@@ -374,7 +385,7 @@ def measure(fleet: Fleet, figures: Figures, args: argparse.Namespace, gpus: int)
     agents_before = fleet.agent_metrics()
     churn_before = fleet.own_metric("prometheus_tsdb_head_series_created_total")
     busy0, total0 = machine_busy()
-    wall0, unix0 = time.monotonic(), time.time()
+    wall0 = time.monotonic()
     events: dict[str, float] = {}
     outage_attempts: list[float] = []
     pg_restart = args.pg_restart_at
@@ -520,7 +531,7 @@ def measure(fleet: Fleet, figures: Figures, args: argparse.Namespace, gpus: int)
                 "a short run carries its index, a long one compresses further")
     slowest, empty = time_panels(fleet, figures, int(wall), unix1, "the run")
     if args.backfill_hours:
-        backfill(fleet, fleet.started_unix, args.backfill_hours, args.scrape_interval)
+        backfill(fleet, fleet.started_unix, args.backfill_hours, args.backfill_step)
         day_slowest, day_empty = time_panels(fleet, figures, int(args.backfill_hours * 3600), unix1,
                                              f"{args.backfill_hours:g} h")
         slowest, empty = max(slowest, day_slowest), empty + day_empty

@@ -17,18 +17,14 @@ import argparse
 import json
 import os
 import resource
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from datetime import datetime, timezone
-from pathlib import Path
+from typing import Any
 
-from common import ROOT, CpuMeter, final, process_tree, table
-
-sys.path.insert(0, str(ROOT))
-from tests.fixtures_postgres import PostgresServer, _bindir  # noqa: E402
+import common
+from common import ROOT, CpuMeter, final, postgres_server, process_tree, table
 
 from flopwatch.store import HistoryStore  # noqa: E402
 
@@ -95,26 +91,16 @@ def main() -> None:
     parser.add_argument("--job-hours", type=float, default=6.0)
     args = parser.parse_args()
 
-    bindir = _bindir()
-    if bindir is None:
-        raise SystemExit("PostgreSQL server binaries not found under /usr/lib/postgresql")
-    root = Path(tempfile.mkdtemp(prefix="flopwatch-fleet-report-"))
-    server = PostgresServer(bindir, root)
-    server.start()
-    try:
+    with postgres_server("flopwatch-fleet-report-") as server:
         run(server, args)
-    finally:
-        server.stop()
-        shutil.rmtree(root, ignore_errors=True)
 
 
-def run(server: PostgresServer, args: argparse.Namespace) -> None:
-    import psycopg
-
+def run(server: Any, args: argparse.Namespace) -> None:
     url = server.url()
     HistoryStore(url, "schema").engine.dispose()  # the schema, as an agent makes it
-    connection = psycopg.connect(url.replace("postgresql+psycopg", "postgresql"), autocommit=True)
-    sql = connection.execute
+
+    def sql(query: str, params: tuple | None = None) -> list[tuple]:
+        return common.sql(url, query, params)
     gpus = args.nodes * args.gpus
     started = time.perf_counter()
     synthesize(sql, "gpu_hour", 3600, END - args.days * 86_400, args.nodes, args.gpus, args.hosts_per_job,
@@ -131,9 +117,9 @@ def run(server: PostgresServer, args: argparse.Namespace) -> None:
     made = time.perf_counter() - started
     sizes = {}
     for name, width in (("gpu_minute", 60), ("gpu_hour", 3600)):
-        size, rows = sql(f"SELECT pg_total_relation_size('{name}'), count(*) FROM {name}").fetchone()
+        (size, rows), = sql(f"SELECT pg_total_relation_size('{name}'), count(*) FROM {name}")
         sizes[name] = (rows, size, size / rows * 86_400 / width)
-    (jobs,), = sql("SELECT count(DISTINCT job) FROM gpu_hour").fetchall()
+    (jobs,), = sql("SELECT count(DISTINCT job) FROM gpu_hour")
     print(f"{gpus} GPUs on {args.nodes} nodes: {args.days} days of hours, {args.minute_days} of minutes, "
           f"{jobs} jobs of {args.hosts_per_job} nodes × {args.job_hours:g} h; made in {made:.0f} s")
     print(table(["level", "rows", "MB", "bytes per GPU-day"],
@@ -155,7 +141,6 @@ def run(server: PostgresServer, args: argparse.Namespace) -> None:
                 if indexed:
                     worst[days] = max(worst.get(days, 0.0), took)
                 print(f"  {rows[-1]}", flush=True)
-    connection.close()
     print(table(["time index", "range", "group by", "level", "hosts", "GPUs", "groups", "GPU-hours", "seconds",
                  "CPU s"], rows))
     final("fleet_report_1d", f"{worst[1]:.1f} s", "≤ 5 s")

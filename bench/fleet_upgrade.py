@@ -14,16 +14,10 @@ after each step: old agents must keep writing while the newer ones migrate.
 from __future__ import annotations
 
 import argparse
-import shutil
-import sys
-import tempfile
 import time
 from pathlib import Path
 
-from common import AGENT_DIR, ROOT, free_port, metric_value, scrape, start_agent, stop, table
-
-sys.path.insert(0, str(ROOT))
-from tests.fixtures_postgres import PostgresServer, _bindir  # noqa: E402
+from common import AGENT_DIR, free_port, metric_value, postgres_server, scrape, sql, start_agent, stop, table
 
 
 def main() -> None:
@@ -32,64 +26,54 @@ def main() -> None:
     parser.add_argument("--nodes", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=20.0, help="between steps")
     args = parser.parse_args()
-    bindir = _bindir()
-    if bindir is None:
-        raise SystemExit("PostgreSQL server binaries not found under /usr/lib/postgresql")
-    root = Path(tempfile.mkdtemp(prefix="flopwatch-upgrade-"))
-    server = PostgresServer(bindir, root)
-    server.start()
     agents: dict[int, tuple[str, int, object]] = {}
-    try:
-        url = server.url()
-        import psycopg
+    with postgres_server("flopwatch-upgrade-") as server:
+        try:
+            rolling_upgrade(server.url(), args, agents)
+        finally:
+            for _, _, process in agents.values():
+                stop(process)
 
-        def sql(query: str) -> list[tuple]:
-            with psycopg.connect(url.replace("postgresql+psycopg", "postgresql"), autocommit=True) as c:
-                return c.execute(query).fetchall()
 
-        def launch(i: int, version: str) -> None:
-            port = free_port()
-            code = args.old / "agent" if version == "old" else AGENT_DIR
-            env = {"PYTHONPATH": str(code), "FLOPWATCH_AGENT_HOSTNAME": f"node{i:03d}",
-                   "FLOPWATCH_TOKENS_PUSH_LISTEN": f"127.0.0.1:{free_port()}"}
-            agents[i] = (version, port, start_agent(["--simulate", "healthy", "--history", url], port, env))
+def rolling_upgrade(url: str, args: argparse.Namespace, agents: dict) -> None:
+    def launch(i: int, version: str) -> None:
+        port = free_port()
+        code = args.old / "agent" if version == "old" else AGENT_DIR
+        env = {"PYTHONPATH": str(code), "FLOPWATCH_AGENT_HOSTNAME": f"node{i:03d}",
+               "FLOPWATCH_TOKENS_PUSH_LISTEN": f"127.0.0.1:{free_port()}"}
+        agents[i] = (version, port, start_agent(["--simulate", "healthy", "--history", url], port, env))
 
-        def step(name: str) -> list:
-            time.sleep(args.seconds)
-            written = dict(sql("SELECT host, max(ts) FROM gpu_raw GROUP BY host"))
-            revision = sql("SELECT version_num FROM flopwatch_schema_version")[0][0]
-            up, fresh = [], []
-            for i, (version, port, _) in sorted(agents.items()):
-                up.append(metric_value(scrape(f"http://127.0.0.1:{port}/metrics"), "flopwatch_store_up"))
-                fresh.append(time.time() - (written.get(f"node{i:03d}") or 0) < 15)
-            versions = "".join("o" if v == "old" else "N" for v, _, _ in (agents[i] for i in sorted(agents)))
-            return [name, revision, versions, "".join(str(int(u or 0)) for u in up),
-                    "".join("y" if f else "-" for f in fresh)]
+    def step(name: str) -> list:
+        time.sleep(args.seconds)
+        written = dict(sql(url, "SELECT host, max(ts) FROM gpu_raw GROUP BY host"))
+        revision = sql(url, "SELECT version_num FROM flopwatch_schema_version")[0][0]
+        up, fresh = [], []
+        for i, (version, port, _) in sorted(agents.items()):
+            up.append(metric_value(scrape(f"http://127.0.0.1:{port}/metrics"), "flopwatch_store_up"))
+            fresh.append(time.time() - (written.get(f"node{i:03d}") or 0) < 15)
+        versions = "".join("o" if agents[i][0] == "old" else "N" for i in sorted(agents))
+        return [name, revision, versions, "".join(str(int(u or 0)) for u in up),
+                "".join("y" if f else "-" for f in fresh)]
 
-        rows = []
-        for i in range(args.nodes):
-            launch(i, "old")
-        rows.append(step("all old"))
-        for i in range(args.nodes // 2):
-            stop(agents[i][2])
-            launch(i, "new")
-        rows.append(step("half upgraded"))
-        last = args.nodes - 1
-        stop(agents[last][2])
-        launch(last, "old")
-        rows.append(step("an old agent restarted"))
-        print(table(["step", "schema", "agents (o old, N new)", "store up", "rows in the last 15 s"], rows))
-        held = all(set(r[4]) == {"y"} for r in rows[:2])
-        print(f"{'PASS' if held else 'FAIL'} fleet_upgrade_running_agents_write_on: "
-              f"{'every' if held else 'not every'} agent wrote through the migration (target every)")
-        restarted = rows[2][3][last] == "1"
-        print(f"{'PASS' if restarted else 'FAIL'} fleet_upgrade_old_agent_restarted: store up "
-              f"{rows[2][3][last]} (target 1)")
-    finally:
-        for _, _, process in agents.values():
-            stop(process)
-        server.stop()
-        shutil.rmtree(root, ignore_errors=True)
+    rows = []
+    for i in range(args.nodes):
+        launch(i, "old")
+    rows.append(step("all old"))
+    for i in range(args.nodes // 2):
+        stop(agents[i][2])
+        launch(i, "new")
+    rows.append(step("half upgraded"))
+    last = args.nodes - 1
+    stop(agents[last][2])
+    launch(last, "old")
+    rows.append(step("an old agent restarted"))
+    print(table(["step", "schema", "agents (o old, N new)", "store up", "rows in the last 15 s"], rows))
+    held = all(set(r[4]) == {"y"} for r in rows[:2])
+    print(f"{'PASS' if held else 'FAIL'} fleet_upgrade_running_agents_write_on: "
+          f"{'every' if held else 'not every'} agent wrote through the migration (target every)")
+    restarted = rows[2][3][last] == "1"
+    print(f"{'PASS' if restarted else 'FAIL'} fleet_upgrade_old_agent_restarted: store up "
+          f"{rows[2][3][last]} (target 1)")
 
 
 if __name__ == "__main__":
