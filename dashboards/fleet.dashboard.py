@@ -131,21 +131,18 @@ waste = [
         "Worst jobs",
         "Jobs by their processes' mean share of SM time over the range, lowest first, with the GPU memory they hold.",
         [
+            # Recorded per node and job by alerts/flopwatch.rules.yml: a series per job, not per process.
             fw.target(
-                f"avg by (instance, {JOB}) (avg_over_time(flopwatch_process_sm_ratio{{{JOBS}}}{RANGE}))",
+                f"avg_over_time(instance_{JOB}:flopwatch_process_sm_ratio:avg{{{JOBS}}}{RANGE})",
                 ref="A",
                 instant=True,
             ),
             fw.target(
-                f"sum by (instance, {JOB}) (avg_over_time(flopwatch_process_memory_bytes{{{JOBS}}}{RANGE}))",
+                f"avg_over_time(instance_{JOB}:flopwatch_process_memory_bytes:sum{{{JOBS}}}{RANGE})",
                 ref="B",
                 instant=True,
             ),
-            fw.target(
-                f"count by (instance, {JOB}) (count by (instance, {JOB}, gpu) (flopwatch_process_sm_ratio{{{JOBS}}}))",
-                ref="C",
-                instant=True,
-            ),
+            fw.target(f"instance_{JOB}:flopwatch_process_gpus:count{{{JOBS}}}", ref="C", instant=True),
         ],
         {
             JOB: ("Job", "none"),

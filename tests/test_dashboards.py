@@ -152,7 +152,8 @@ class Agent(Server):
 
 @pytest.fixture(scope="module")
 def prometheus(tmp_path_factory):
-    """A real Prometheus that has scraped two simulated agents every second for a full rate window."""
+    """A real Prometheus that has scraped two simulated agents every second for a full rate window,
+    with the shipped rules (the fleet dashboard reads recorded series)."""
     workdir = tmp_path_factory.mktemp("dashboards")
     with contextlib.ExitStack() as running:
         agents = [
@@ -160,7 +161,8 @@ def prometheus(tmp_path_factory):
             for n, scenarios in enumerate([SCENARIOS, ("healthy", "input_starved")])
         ]
         running.enter_context(pushing_tokens(agents))
-        prom = running.enter_context(start_prometheus(workdir, [agent.address for agent in agents]))
+        prom = running.enter_context(start_prometheus(workdir, [agent.address for agent in agents],
+                                                      rule_files=[DASHBOARDS.parent / "alerts" / "flopwatch.rules.yml"]))
         eventually(
             lambda: len(prom.query(f"count_over_time(up[{RATE_WINDOW_SECONDS}s]) >= {RATE_WINDOW_SECONDS}"))
             == len(agents),
