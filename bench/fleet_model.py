@@ -5,7 +5,7 @@ Arithmetic only: rows a second, bytes a day, connections, series and samples, fo
 design (every agent writes raw ticks to one PostgreSQL) and for the one that takes over (raw ticks
 kept on the node, minute rollups shipped).
 
-    python3 bench/fleet_model.py [--rows-per-node-second 11.5] [--wal-per-gpu-day-mb 43.8] ...
+    python3 bench/fleet_model.py [--rows-per-node-second 11.6] [--wal-per-gpu-day-mb 43.9] ...
 """
 
 from __future__ import annotations
@@ -20,16 +20,16 @@ DAY = 86_400
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--gpus-per-node", type=int, default=8)
-    parser.add_argument("--rows-per-node-second", type=float, default=11.5, help="PostgreSQL rows inserted")
-    parser.add_argument("--wal-per-gpu-day-mb", type=float, default=43.8)
-    parser.add_argument("--raw-per-gpu-day-mb", type=float, default=22.5, help="gpu_raw + process_samples")
+    parser.add_argument("--rows-per-node-second", type=float, default=11.6, help="PostgreSQL rows inserted")
+    parser.add_argument("--wal-per-gpu-day-mb", type=float, default=43.9)
+    parser.add_argument("--raw-per-gpu-day-mb", type=float, default=22.7, help="gpu_raw + process_samples")
     parser.add_argument("--minute-per-gpu-day-kb", type=float, default=432.0)
     parser.add_argument("--hour-per-gpu-day-kb", type=float, default=7.2)
-    parser.add_argument("--pg-core-per-krows", type=float, default=0.082,
+    parser.add_argument("--pg-core-per-krows", type=float, default=0.086,
                         help="PostgreSQL cores busy per 1,000 rows/s inserted")
     parser.add_argument("--series-per-node", type=float, default=716.0)
     parser.add_argument("--scrape-interval", type=float, default=15.0)
-    parser.add_argument("--vm-bytes-per-sample", type=float, default=7.5,
+    parser.add_argument("--vm-bytes-per-sample", type=float, default=7.2,
                         help="long-term store, on disk (a 10-minute run's, index included: an upper bound)")
     parser.add_argument("--flush-seconds", type=float, default=5.0)
     args = parser.parse_args()
