@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -138,22 +137,13 @@ def measure(process: subprocess.Popen, seconds: float) -> dict:
 def postgres_server(prefix: str, durable: bool = False) -> Iterator:
     """The test suite's PostgreSQL (tests/fixtures_postgres.py), started in a new temporary folder."""
     sys.path.insert(0, str(ROOT))
-    from tests.fixtures_postgres import PostgresServer, _bindir
+    from tests.fixtures_postgres import _bindir, started
 
     bindir = _bindir()
     if bindir is None:
         raise SystemExit("PostgreSQL server binaries not found under /usr/lib/postgresql")
-    root = Path(tempfile.mkdtemp(prefix=prefix))
-    server = PostgresServer(bindir, root, durable=durable)
-    server.start()
-    try:
+    with started(bindir, prefix, durable) as server:
         yield server
-    finally:
-        try:
-            server.stop()
-        except subprocess.CalledProcessError:
-            pass  # stopped already
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def sql(url: str, query: str, params: Sequence | None = None) -> list[tuple]:

@@ -6,6 +6,7 @@ refuses to run as root, so as root the server runs as the ``postgres`` user the 
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import pwd
@@ -14,6 +15,7 @@ import socket
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -75,14 +77,11 @@ class PostgresServer:
         return f"postgresql+psycopg://{self.user}@127.0.0.1:{self.port}/{name}"
 
 
-@pytest.fixture(scope="session")
-def postgres_server():
-    bindir = _bindir()
-    if bindir is None:
-        pytest.skip("PostgreSQL server binaries not found under /usr/lib/postgresql "
-                    "(scripts/test installs Debian's postgresql)")
-    root = Path(tempfile.mkdtemp(prefix="flopwatch-pg-"))
-    server = PostgresServer(bindir, root)
+@contextlib.contextmanager
+def started(bindir: Path, prefix: str = "flopwatch-pg-", durable: bool = False) -> Iterator[PostgresServer]:
+    """A server in a new temporary folder, stopped and removed at the end."""
+    root = Path(tempfile.mkdtemp(prefix=prefix))
+    server = PostgresServer(bindir, root, durable=durable)
     server.start()
     try:
         yield server
@@ -92,6 +91,16 @@ def postgres_server():
         except subprocess.CalledProcessError:
             pass  # already stopped by a test that failed mid-outage
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    bindir = _bindir()
+    if bindir is None:
+        pytest.skip("PostgreSQL server binaries not found under /usr/lib/postgresql "
+                    "(scripts/test installs Debian's postgresql)")
+    with started(bindir) as server:
+        yield server
 
 
 @pytest.fixture
