@@ -11,6 +11,7 @@ from flopwatch.diagnose import CAUSES, DiagnosisState, Signals, Tick, TickWindow
 from flopwatch.model import Finding
 from flopwatch.sources.simulated import SCENARIOS
 from flopwatch.thresholds import Thresholds
+from tests.approx import approx_numbers
 
 
 def status(scenario: str) -> dict:
@@ -242,7 +243,7 @@ def test_the_running_means_equal_means_computed_over_the_whole_window_anew():
         window.append(tick, 12.0)
         now = tick.sample.timestamp
         kept = [t for t in kept if now - t.sample.timestamp <= 12.0] + [tick]
-        assert _reported(signals(window)) == pytest.approx(_signals_from_scratch(kept), rel=1e-9), i
+        assert _reported(signals(window)) == approx_numbers(_signals_from_scratch(kept), rel=1e-9), i
 
 
 def test_a_tick_made_of_the_last_ticks_process_readings_takes_its_sums():

@@ -4,6 +4,7 @@ import pytest
 
 from flopwatch.model import GpuFigures, GpuInfo, GpuSample, GpuState, ProcessView, TokenCount
 from flopwatch.tokencost import CostWindow, Prices, TokenAccount, WindowEntry, token_figures
+from tests.approx import approx_numbers
 
 
 def _gpu(index: int, processes: dict[int, str], t: float, joules: float = 300.0, flops: float | None = 5e14) -> GpuState:
@@ -118,7 +119,7 @@ def test_the_running_totals_equal_sums_over_the_whole_window_anew():
         kept = [e for e in kept if entry.timestamp - e.timestamp < 60.0] + [entry]
         expected = {key: None if any(getattr(e, key) is None for e in kept) else sum(getattr(e, key) for e in kept)
                     for key in ("seconds", "tokens", "joules", "flop")}
-        assert {key: window.total(key) for key in expected} == pytest.approx(expected, rel=1e-9)
+        assert {key: window.total(key) for key in expected} == approx_numbers(expected, rel=1e-9)
 
 
 def test_no_figures_until_a_token_source_has_counted_something_then_the_window_starts():
