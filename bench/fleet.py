@@ -186,8 +186,12 @@ class Fleet:
     def pg_counters(self) -> dict[str, float]:
         """Cumulative: rows inserted (in all and by table), updated, deleted; WAL bytes; commits."""
         found = {"inserted": 0.0, "updated": 0.0, "deleted": 0.0}
+        # A day partition's rows count under its table.
         for name, inserted, updated, deleted in self.sql(
-                "SELECT relname, n_tup_ins, n_tup_upd, n_tup_del FROM pg_stat_user_tables"):
+                "SELECT coalesce(p.relname, s.relname), sum(n_tup_ins)::float8, sum(n_tup_upd)::float8,"
+                " sum(n_tup_del)::float8"
+                " FROM pg_stat_user_tables s LEFT JOIN pg_inherits i ON i.inhrelid = s.relid"
+                " LEFT JOIN pg_class p ON p.oid = i.inhparent GROUP BY 1"):
             found[name] = float(inserted)
             found["inserted"] += inserted
             found["updated"] += updated
@@ -441,7 +445,9 @@ def measure(fleet: Fleet, figures: Figures, args: argparse.Namespace, gpus: int)
     wal_per_day = d["wal"] / wall * DAY
     figures.add("WAL", f"{d['wal'] / wall / 1e3:.0f} kB/s", f"{wal_per_day / 1e9:.1f} GB/day, "
                 f"{d['wal'] / gpu_days / 1e6:.1f} MB per GPU-day")
-    sizes = {t: fleet.sql(f"SELECT pg_total_relation_size('{t}'), (SELECT count(*) FROM {t})")[0] for t in TABLES}
+    # A partitioned table's bytes are its partitions'.
+    sizes = {t: fleet.sql(f"SELECT coalesce(sum(pg_total_relation_size(relid)), pg_total_relation_size('{t}'))"
+                          f"::float8, (SELECT count(*) FROM {t}) FROM pg_partition_tree('{t}')")[0] for t in TABLES}
     per_gpu_day = {}
     for t, (size, count) in sizes.items():
         # Bytes a row (indexes included) × rows a GPU-day: a level's buckets by their width, the

@@ -14,10 +14,13 @@ writes them. The scheduler then retries after a jittered, doubling delay (one fl
 agent at once, every interval. ``close`` flushes what is left (SIGTERM).
 
 Each agent rolls up and retains only its own host's rows, so many nodes can share one database.
+On PostgreSQL the raw tables are partitioned by day instead: one agent at a time (an advisory
+lock) makes the next days' partitions and drops the days past the raw retention, for all hosts.
 """
 
 from __future__ import annotations
 
+import calendar
 import json
 import logging
 import math
@@ -32,7 +35,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from sqlalchemy import create_engine, delete, event, exists, func, inspect, select, text, update
 from sqlalchemy.engine import URL, Connection, Engine, make_url
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 
 from . import store_schema as schema
 from .config import ConfigError, HistoryConfig
@@ -49,6 +52,10 @@ DAY = 86_400.0
 # While the database is down the scheduler's retries back off up to this many flush intervals
 # (a minute at the default 5 s): a buffer of 200,000 rows lasts hours, so nothing is lost by waiting.
 BACKOFF_INTERVALS = 12
+# PostgreSQL advisory lock of schema work: migrations, and the partitions of the raw tables.
+SCHEMA_LOCK = 0x666C6F70  # "flop"
+# Day partitions made ahead of the writers: today's and this many more.
+DAYS_AHEAD = 2
 # Bounds of the write-latency histogram, seconds.
 FLUSH_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
@@ -145,6 +152,9 @@ def _create_sqlite_file(path: Path) -> None:
 
 def migrate(connection: Connection) -> None:
     """Bring the schema to ``SCHEMA_REVISION``: create it in an empty database, upgrade an old one."""
+    if connection.dialect.name == "postgresql":
+        # One agent of a fleet migrates at a time; the others then find the schema current.
+        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK})
     inspector = inspect(connection)
     if inspector.has_table(schema.VERSION_TABLE):
         revision = connection.execute(text(f"SELECT version_num FROM {schema.VERSION_TABLE}")).scalar()
@@ -176,6 +186,60 @@ def _upgrade(connection: Connection) -> None:
     config.set_main_option("script_location", "flopwatch:migrations")
     config.attributes["connection"] = connection
     command.upgrade(config, "head")
+
+
+# -- PostgreSQL's day partitions ---------------------------------------------------------------
+
+
+def maintain_partitions(connection: Connection, now: float, raw_cutoff: float | None = None) -> bool:
+    """Make the raw tables' DEFAULT partition and the days' from today's on, and drop the days
+    wholly before ``raw_cutoff`` (with the DEFAULT partition's rows before it). Only one agent of
+    a fleet needs to: False, doing nothing, while another holds the lock."""
+    if not connection.execute(text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK}).scalar():
+        return False
+    # A partition's DDL locks its parent against every writer: wait briefly, else try next time.
+    connection.exec_driver_sql("SET LOCAL lock_timeout = '5s'")
+    today = math.floor(now / DAY) * DAY
+    make_partitions(connection, [today + n * DAY for n in range(DAYS_AHEAD + 1)])
+    if raw_cutoff is None:
+        return True
+    for table in schema.PARTITIONED:
+        for name in connection.execute(text(
+                "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+                " WHERE i.inhparent = CAST(:table AS regclass)"), {"table": table}).scalars():
+            day = _partition_day(table, name)
+            if day is not None and day + DAY <= raw_cutoff:
+                connection.exec_driver_sql(f"DROP TABLE {name}")
+        connection.execute(text(f"DELETE FROM {table}_default WHERE ts < :cutoff"), {"cutoff": raw_cutoff})
+    return True
+
+
+def make_partitions(connection: Connection, days: Iterable[float]) -> None:
+    """Create, where missing, each raw table's DEFAULT partition and one partition for each UTC
+    day starting at ``days``. A day that fails (its rows already in DEFAULT, a lock not had) is
+    logged and left: its rows go to DEFAULT, which retention empties row by row."""
+    for table in schema.PARTITIONED:
+        statements = [f"CREATE TABLE IF NOT EXISTS {table}_default PARTITION OF {table} DEFAULT"]
+        statements += [f"CREATE TABLE IF NOT EXISTS {table}_{_day_suffix(day)} PARTITION OF {table}"
+                       f" FOR VALUES FROM ({day:.0f}) TO ({day + DAY:.0f})" for day in days]
+        for statement in statements:
+            try:
+                with connection.begin_nested():
+                    connection.exec_driver_sql(statement)
+            except DBAPIError as e:
+                log.warning("history partition not made (%s): %s", statement, _describe(e))
+
+
+def _day_suffix(day: float) -> str:
+    return time.strftime("%Y%m%d", time.gmtime(day))
+
+
+def _partition_day(table: str, name: str) -> float | None:
+    """The UTC day a partition made by ``make_partitions`` holds; None for any other table."""
+    suffix = name[len(table) + 1:]
+    if not (name.startswith(f"{table}_") and len(suffix) == 8 and suffix.isdigit()):
+        return None
+    return float(calendar.timegm(time.strptime(suffix, "%Y%m%d")))
 
 
 class _SpanTracker:
@@ -345,6 +409,8 @@ class HistoryStore:
                     _create_sqlite_file(path)
                 with self.engine.begin() as connection:
                     migrate(connection)
+                    if connection.dialect.name == "postgresql":
+                        maintain_partitions(connection, self._clock())
                 self._schema_ready = True
                 self._mark(None)
         except Exception as e:  # any failure leaves the store down, never the agent
@@ -555,36 +621,52 @@ class HistoryStore:
         _insert_ignore(connection, target, buckets)
 
     def retain(self, now: float | None = None) -> bool:
-        """Delete this host's rows older than each level's retention."""
+        """Delete this host's rows older than each level's retention; on PostgreSQL, drop the
+        raw tables' days past it instead (see ``maintain_partitions``)."""
         now = self._clock() if now is None else now
         raw_cutoff = now - self.retention.raw_days * DAY
         span_cutoff = now - self.retention.hour_days * DAY
         s = schema
+        partitioned = self.engine.dialect.name == "postgresql"
         try:
-            with self._write_lock, self.engine.begin() as connection:
-                for table, days in ((s.gpu_raw, self.retention.raw_days),
-                                    (s.gpu_minute, self.retention.minute_days),
-                                    (s.gpu_hour, self.retention.hour_days)):
-                    connection.execute(delete(table).where(
-                        table.c.host == self.host, table.c.ts < now - days * DAY))
-                mine = select(s.processes.c.id).where(s.processes.c.host == self.host)
-                connection.execute(delete(s.process_samples).where(
-                    s.process_samples.c.process_id.in_(mine), s.process_samples.c.ts < raw_cutoff))
-                gone = set(connection.execute(select(s.processes.c.id).where(
-                    s.processes.c.host == self.host, s.processes.c.first_ts < raw_cutoff,
-                    ~exists().where(s.process_samples.c.process_id == s.processes.c.id))).scalars())
-                if gone:
-                    connection.execute(delete(s.processes).where(s.processes.c.id.in_(gone)))
-                for table in (s.findings, s.job_spans):
-                    connection.execute(delete(table).where(
-                        table.c.host == self.host, table.c.end_ts < span_cutoff))
-                connection.execute(delete(s.alerts_outbox).where(
-                    s.alerts_outbox.c.host == self.host, s.alerts_outbox.c.sent_ts < raw_cutoff))
+            with self._write_lock:
+                if partitioned:
+                    self._maintain_partitions(now, raw_cutoff)
+                with self.engine.begin() as connection:
+                    self._delete_old(connection, now, raw_cutoff, span_cutoff, partitioned)
+                    gone = set(connection.execute(select(s.processes.c.id).where(
+                        s.processes.c.host == self.host, s.processes.c.first_ts < raw_cutoff,
+                        ~exists().where(s.process_samples.c.process_id == s.processes.c.id))).scalars())
+                    if gone:
+                        connection.execute(delete(s.processes).where(s.processes.c.id.in_(gone)))
         except Exception as e:
             self._mark(e)
             return False
         self._process_ids = {k: v for k, v in self._process_ids.items() if v not in gone}
         return True
+
+    def _maintain_partitions(self, now: float, raw_cutoff: float) -> None:
+        # Its own short transaction: dropping a day locks the raw tables against every writer.
+        try:
+            with self.engine.begin() as connection:
+                maintain_partitions(connection, now, raw_cutoff)
+        except DBAPIError as e:  # a lock not had in time: the next hour's retention tries again
+            log.warning("history partitions not maintained this time: %s", _describe(e))
+
+    def _delete_old(self, connection: Connection, now: float, raw_cutoff: float, span_cutoff: float,
+                    partitioned: bool) -> None:
+        s = schema
+        levels = [(s.gpu_minute, self.retention.minute_days), (s.gpu_hour, self.retention.hour_days)]
+        for table, days in levels if partitioned else [(s.gpu_raw, self.retention.raw_days), *levels]:
+            connection.execute(delete(table).where(table.c.host == self.host, table.c.ts < now - days * DAY))
+        if not partitioned:
+            mine = select(s.processes.c.id).where(s.processes.c.host == self.host)
+            connection.execute(delete(s.process_samples).where(
+                s.process_samples.c.process_id.in_(mine), s.process_samples.c.ts < raw_cutoff))
+        for table in (s.findings, s.job_spans):
+            connection.execute(delete(table).where(table.c.host == self.host, table.c.end_ts < span_cutoff))
+        connection.execute(delete(s.alerts_outbox).where(
+            s.alerts_outbox.c.host == self.host, s.alerts_outbox.c.sent_ts < raw_cutoff))
 
     def close(self) -> bool:
         """Flush what is buffered and release the connections. On SIGTERM, call it from the main

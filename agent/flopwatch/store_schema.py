@@ -10,7 +10,8 @@ from its start to its end in ``findings``.
 Times are Unix seconds (float). A change here needs a new migration; ``SCHEMA_REVISION`` names
 the newest one. Revisions are numbered in order ("0001", "0002", …) and only add (tables, nullable
 columns, indexes): during a rolling upgrade, agents one version behind keep writing to a database
-the newer ones migrated.
+the newer ones migrated. On PostgreSQL, 0004 rebuilt the raw tables partitioned by day under the
+same names and columns, so older agents write on there too.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ class Fixed(TypeDecorator):
 RATIO = Fixed(10_000)  # 0.01 % steps
 HUNDREDTHS = Fixed(100)  # watts, joules per tick
 
-SCHEMA_REVISION = "0003"
+SCHEMA_REVISION = "0004"
 VERSION_TABLE = "flopwatch_schema_version"
 # Alembic's version table, laid out as Alembic makes it, so that a new database can be marked
 # current without loading Alembic (which would stay in the agent's memory, ~11 MB, for good).
@@ -71,6 +72,10 @@ metadata = MetaData()
 # SQLite stores these without a hidden rowid: the primary key is the table, so a row costs only
 # its values (PostgreSQL ignores the option).
 _CLUSTERED = {"sqlite_with_rowid": False}
+# On PostgreSQL the per-second tables are partitioned by day (store.py makes the partitions), so
+# retention drops a day at once instead of deleting rows; their keys hold ``ts``, as it must.
+_BY_DAY = {**_CLUSTERED, "postgresql_partition_by": "RANGE (ts)"}
+PARTITIONED = ("gpu_raw", "process_samples")
 
 
 def _gpu_tick_key() -> list[Column]:
@@ -110,7 +115,7 @@ gpu_raw = Table(
     Column("wasted_seconds", Float, nullable=False),
     Column("tokens", Float),
     Column("job", String(255)),
-    **_CLUSTERED,
+    **_BY_DAY,
 )
 
 
@@ -171,7 +176,7 @@ process_samples = Table(
     Column("gpu", SmallInteger, primary_key=True),
     Column("sm_ratio", RATIO),
     Column("memory_bytes", BigInteger),
-    **_CLUSTERED,
+    **_BY_DAY,
 )
 
 
