@@ -1,5 +1,6 @@
 """The real-GPU corpus's scoring and batching, with plain records (no GPU needed)."""
 
+from flopwatch.diagnose import CAUSES
 from tests.gpu.corpus import estimate, plan, summary
 from tests.gpu.labels import LABELS, Label
 
@@ -37,3 +38,7 @@ def test_a_stack_names_the_culprit_by_a_frame_holding_a_responsible_function():
     label = Label("io_bound", ("read_batch",), "")
     assert label.names_culprit(["read_batch (host.py:48)", "odirect_file_loader (host.py:71)"])
     assert not label.names_culprit(["select (selectors.py:415)"])
+
+
+def test_every_label_names_a_cause_of_the_taxonomy():
+    assert {label.cause for label in LABELS.values()} - {None} <= set(CAUSES)
