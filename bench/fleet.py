@@ -43,7 +43,7 @@ from tests.fixtures_prometheus import Prometheus, Server  # noqa: E402
 from fleet_report import run_report  # noqa: E402
 
 from flopwatch.config import HistoryConfig  # noqa: E402
-from flopwatch.store import BACKOFF_INTERVALS  # noqa: E402
+from flopwatch.history.store import BACKOFF_INTERVALS  # noqa: E402
 
 # One scenario per node (its 8 GPUs run one job): half healthy or data-parallel, the rest each cause.
 MIX = ["healthy", "communication_bound", "healthy", "input_starved", "healthy", "held_idle", "memory_bound",

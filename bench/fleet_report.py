@@ -26,7 +26,7 @@ from typing import Any
 import common
 from common import ROOT, CpuMeter, final, postgres_server, process_tree, table
 
-from flopwatch.store import HistoryStore  # noqa: E402
+from flopwatch.history.store import HistoryStore  # noqa: E402
 
 END = 1_767_225_600.0  # 2026-01-01T00:00:00Z, the end of the synthesized month
 CAUSES = ["input_starved", "held_idle", "idle", "memory_bound", "launch_bound", "communication_bound"]

@@ -171,7 +171,7 @@ def counter_pairs_by_order(name: str, pairs: list[tuple[str, float, float]]) -> 
 
 def floor_vs_agent(seconds: float, fast_seconds: float, profile: bool) -> tuple[list, list, float]:
     import pynvml
-    from flopwatch.cli import build_agent, run_sinks
+    from flopwatch.commands.build import build_agent, run_sinks
     from flopwatch.config import Config
     from prometheus_client import generate_latest
 

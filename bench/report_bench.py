@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "agent"), str(ROOT)]
 
 from flopwatch import store_schema as schema  # noqa: E402
-from flopwatch.store import HistoryStore, aggregate  # noqa: E402
+from flopwatch.history.store import HistoryStore, aggregate  # noqa: E402
 from tests.fixtures_postgres import PostgresServer, _bindir  # noqa: E402
 
 DAY = 86_400

@@ -34,7 +34,7 @@ EVICT_BYTES = 64 * 2**20  # more than the last-level cache of the machines this 
 def simulated_agent(gpus: int, processes: int) -> tuple:
     """An agent over ``SimulatedNvml`` on its own virtual clock, its window full: (built, its timed
     GPU and host sources, a function that ticks it)."""
-    from flopwatch.cli import VirtualClock, build_agent
+    from flopwatch.commands.build import VirtualClock, build_agent
     from flopwatch.config import Config
 
     config = Config()

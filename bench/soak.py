@@ -1,21 +1,28 @@
 """Soak: the agent on simulated GPUs for a long run with a fault every few seconds, to show that
-memory and file descriptors stay flat and ticks keep their cadence.
+memory, file descriptors, threads and CPU stay flat and ticks keep their cadence.
 
     python3 bench/soak.py [--minutes 30] [--gpus 8] [--processes 128] [--interval 1] [--fault-every 20]
+                          [--flap-every 60] [--alertmanager]
 
 Runs the agent in this process (the product path of ``flopwatch run`` minus the process boundary:
-build_agent, the scheduler, the HTTP server, a SQLite history store) and scrapes /metrics and
+build_agent, the scheduler, the HTTP server, a SQLite history store, and with --alertmanager the
+Alertmanager sink posting to a real Alertmanager on loopback) and scrapes /metrics and
 /api/v1/status every interval. Faults take turns, one at a time, on a rotating GPU: GPU lost,
 power NotSupported, an NVML call blocking for the fault's length, malformed HTTP requests, slow
-clients holding connections open. Prints RSS, open file descriptors and threads each minute, the
-first and last values (the first after a warm-up), and a final line.
+clients holding connections open. With --flap-every, half the GPUs swap between a healthy job and
+one under the threshold each period, so findings and alerts start and end all run long. Prints
+RSS, open file descriptors, threads and the CPU share of the last minute each minute, the first
+and last values (the first after a warm-up), RSS growth over the second half of the run, and a
+final line.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import itertools
+import os
 import socket
 import sys
 import tempfile
@@ -30,9 +37,11 @@ sys.path[:0] = [str(ROOT / "agent"), str(ROOT)]
 
 import pynvml  # noqa: E402
 
+from flopwatch.history.store import HistoryStore  # noqa: E402
+from flopwatch.outputs.alerting import AlertmanagerSink, StoreOutbox  # noqa: E402
 from flopwatch.sources.simulated import SCENARIOS  # noqa: E402
-from flopwatch.store import HistoryStore  # noqa: E402
 from tests.faults import live  # noqa: E402
+from tests.fixtures_prometheus import Alertmanager, start_alertmanager  # noqa: E402
 
 MIB = 2**20
 
@@ -45,6 +54,7 @@ class Reading:
     threads: int
     python_blocks: int  # objects Python holds: flat here and RSS growing would point at C memory
     ticks: int
+    cpu_seconds: float  # this process's user + system time so far
 
 
 @dataclass
@@ -57,6 +67,20 @@ class SoakResult:
     faults: int
     ticks_with_two_gpus_down: int
     dropped_rows: int
+    readings: list[Reading]
+    flaps: int = 0
+    alerts_received: int = 0
+
+    def rss_growth_mib_per_hour(self) -> float:
+        """Least-squares slope of RSS over the readings of the run's second half."""
+        half = [r for r in self.readings if r.seconds >= self.last.seconds / 2]
+        if len(half) < 2:
+            return 0.0
+        mean_t = sum(r.seconds for r in half) / len(half)
+        mean_rss = sum(r.rss_bytes for r in half) / len(half)
+        num = sum((r.seconds - mean_t) * (r.rss_bytes - mean_rss) for r in half)
+        den = sum((r.seconds - mean_t) ** 2 for r in half)
+        return num / den * 3600 / MIB if den else 0.0
 
 
 class Faults:
@@ -118,33 +142,67 @@ class Faults:
         return close
 
 
+class Flaps:
+    """Half the GPUs (the odd ones) swap between a healthy job and one under the threshold, in turn
+    through the causes, so findings, pages and their ends keep coming."""
+
+    under = ("input_starved", "memory_bound", "held_idle", "launch_bound", "io_bound", "contention")
+
+    def __init__(self, agent: live.LiveAgent, gpus: int) -> None:
+        self.agent = agent
+        self.gpus = [g for g in range(gpus) if g % 2]
+        self.baseline = {g: agent.lib.scenario_of(g) for g in self.gpus}
+        self._causes = itertools.cycle(self.under)
+        self.healthy = False
+        self.count = 0
+
+    def flip(self) -> None:
+        self.healthy = not self.healthy
+        for g in self.gpus:
+            self.agent.lib.set_scenario(g, "healthy" if self.healthy else next(self._causes))
+        self.count += 1
+
+
 def reading(started: float, agent: live.LiveAgent) -> Reading:
     return Reading(time.monotonic() - started, live.rss_bytes(), live.open_fds(), threading.active_count(),
-                   sys.getallocatedblocks(), agent.ticks.last)
+                   sys.getallocatedblocks(), agent.ticks.last, sum(os.times()[:2]))
 
 
 def soak(seconds: float, *, gpus: int = 8, processes: int = 128, interval: float = 1.0,
-         fault_every: float = 20.0, history: bool = True, report: Callable[[str], None] = print) -> SoakResult:
+         fault_every: float = 20.0, flap_every: float = 0.0, alertmanager: bool = False, history: bool = True,
+         report: Callable[[str], None] = print) -> SoakResult:
     # Whatever ran before in this process (a test suite) may still hold descriptors its garbage
     # would close mid-run: collect it first, so the counts are the agent's alone.
     gc.collect()
     scenarios = list(itertools.islice(itertools.cycle(SCENARIOS), gpus))
     config = live.simulated_config(scenarios, processes=processes, interval=interval)
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         config.history.url = f"sqlite:///{tmp}/history.db"
         store = HistoryStore.from_config(config.history, "soak")
-        agent = live.start(config, sinks=[store] if history else [])
+        sinks: list = [store] if history else []
+        am = None
+        if alertmanager:
+            am = stack.enter_context(start_alertmanager(Path(tmp)))
+            config.alerting.alertmanager_urls = [am.url]
+            config.diagnosis.alert_after_seconds = 30.0
+            sinks.append(AlertmanagerSink(config, outbox=StoreOutbox(store) if history else None).start())
+        agent = live.start(config, sinks=sinks)
         try:
-            return _run(agent, store, seconds, gpus, interval, fault_every, report)
+            return _run(agent, store, seconds, gpus, interval, fault_every, flap_every, am, report)
         finally:
             agent.stop()
 
 
 def _run(agent: live.LiveAgent, store: HistoryStore, seconds: float, gpus: int, interval: float,
-         fault_every: float, report: Callable[[str], None]) -> SoakResult:
+         fault_every: float, flap_every: float, am: Alertmanager | None, report: Callable[[str], None]) -> SoakResult:
     started = time.monotonic()
     first_tick = agent.ticks.last
     faults = Faults(agent, gpus, hold_seconds=min(fault_every / 2, 10.0))
+    flaps = Flaps(agent, gpus)
+    next_flap = started + flap_every if flap_every > 0 else float("inf")
+    readings: list[Reading] = []
+    alerts_seen: set[tuple] = set()
+    previous = reading(started, agent)
     # The first reading waits until the store has flushed and every kind of fault has run once.
     warm_up = min(max(seconds / 10, 2 * store.flush_interval_seconds), seconds / 2)
     first: Reading | None = None
@@ -159,12 +217,20 @@ def _run(agent: live.LiveAgent, store: HistoryStore, seconds: float, gpus: int, 
                 faults.start()
                 next_fault += fault_every / 2
             fault_active = not fault_active
+        if now >= next_flap:
+            flaps.flip()
+            next_flap += flap_every
         if first is None and now - started >= warm_up and not fault_active:
             first = reading(started, agent)
             report(_line("first", first))
         if now >= next_report:
-            report(_line("at", reading(started, agent)))
+            r = reading(started, agent)
+            readings.append(r)
+            report(_line("at", r, previous))
+            previous = r
             next_report += 60.0
+            if am is not None:
+                alerts_seen |= {(a["labels"].get("gpu"), a["labels"].get("cause"), a["startsAt"]) for a in am.alerts()}
         # Scraped after the readings, so no scrape's connection is open while they are taken.
         agent.get("/metrics")
         agent.get("/api/v1/status")
@@ -173,7 +239,8 @@ def _run(agent: live.LiveAgent, store: HistoryStore, seconds: float, gpus: int, 
     live.wait_for(lambda: not any(t.name.startswith("nvml-gpu") for t in threading.enumerate()), timeout=30)
     store.flush()
     last = reading(started, agent)
-    report(_line("last", last))
+    readings.append(last)
+    report(_line("last", last, previous))
     stamps = [at for n, at, _ in agent.ticks.ticks if n > first_tick]
     return SoakResult(
         first=first or last, last=last, ticks=agent.ticks.last - first_tick,
@@ -182,13 +249,17 @@ def _run(agent: live.LiveAgent, store: HistoryStore, seconds: float, gpus: int, 
         faults=faults.count,
         ticks_with_two_gpus_down=sum(1 for _, _, errors in agent.ticks.ticks
                                      if sum(e is not None for e in errors.values()) > 1),
-        dropped_rows=store.dropped_rows_total,
+        dropped_rows=store.dropped_rows_total, readings=readings, flaps=flaps.count,
+        alerts_received=len(alerts_seen),
     )
 
 
-def _line(label: str, r: Reading) -> str:
+def _line(label: str, r: Reading, before: Reading | None = None) -> str:
+    cpu = ""
+    if before is not None and r.seconds > before.seconds:
+        cpu = f"  cpu {100 * (r.cpu_seconds - before.cpu_seconds) / (r.seconds - before.seconds):5.1f} %"
     return (f"{label:>5} t={r.seconds:7.1f}s  rss {r.rss_bytes / MIB:6.1f} MiB  fds {r.fds:3d}  "
-            f"threads {r.threads:3d}  python blocks {r.python_blocks}  ticks {r.ticks}")
+            f"threads {r.threads:3d}  python blocks {r.python_blocks}  ticks {r.ticks}{cpu}")
 
 
 def main() -> None:
@@ -198,19 +269,25 @@ def main() -> None:
     parser.add_argument("--processes", type=int, default=128, help="processes per GPU")
     parser.add_argument("--interval", type=float, default=1.0, help="seconds between ticks")
     parser.add_argument("--fault-every", type=float, default=20.0, help="seconds from one fault to the next")
+    parser.add_argument("--flap-every", type=float, default=0.0,
+                        help="seconds between swaps of the odd GPUs' jobs (healthy / under the threshold); 0: off")
+    parser.add_argument("--alertmanager", action="store_true", help="post alerts to a real Alertmanager on loopback")
     parser.add_argument("--no-history", action="store_true", help="without the SQLite history store")
     args = parser.parse_args()
     print(f"soak: {args.gpus} GPUs x {args.processes} processes, interval {args.interval:g} s, "
           f"{'no history, ' if args.no_history else ''}"
           f"{args.minutes:g} min, a fault every {args.fault_every:g} s (held half of that)", flush=True)
     r = soak(args.minutes * 60, gpus=args.gpus, processes=args.processes, interval=args.interval,
-             fault_every=args.fault_every, history=not args.no_history,
+             fault_every=args.fault_every, flap_every=args.flap_every, alertmanager=args.alertmanager,
+             history=not args.no_history,
              report=lambda line: print(line, flush=True))
     print(f"soak done: {r.ticks} ticks (expected {r.expected_ticks}), max tick gap {r.max_tick_gap_seconds:.2f} s, "
           f"{r.faults} faults, ticks with two GPUs down {r.ticks_with_two_gpus_down}, "
           f"history rows dropped {r.dropped_rows}, "
           f"rss {r.first.rss_bytes / MIB:.1f} -> {r.last.rss_bytes / MIB:.1f} MiB, fds {r.first.fds} -> {r.last.fds}, "
-          f"python blocks {r.first.python_blocks} -> {r.last.python_blocks}",
+          f"python blocks {r.first.python_blocks} -> {r.last.python_blocks}, "
+          f"threads {r.first.threads} -> {r.last.threads}, {r.flaps} flaps, {r.alerts_received} alerts received, "
+          f"rss growth over the second half {r.rss_growth_mib_per_hour():+.2f} MiB/hour",
           flush=True)
 
 

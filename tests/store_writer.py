@@ -15,7 +15,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "agent"), str(ROOT)]
 
-from flopwatch.store import HistoryStore  # noqa: E402
+from flopwatch.history.store import HistoryStore  # noqa: E402
 from tests.store_ticks import tick  # noqa: E402
 
 GPUS = 8

@@ -19,8 +19,8 @@ from typing import Iterator
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from flopwatch.alerting import AlertmanagerSink
-from flopwatch.cli import VirtualClock, build_agent
+from flopwatch.outputs.alerting import AlertmanagerSink
+from flopwatch.commands.build import VirtualClock, build_agent
 from flopwatch.config import Config
 from tests.fixtures_prometheus import (
     WebhookReceiver,
@@ -197,5 +197,5 @@ def test_unreachable_or_malformed_alertmanager_urls_never_stop_sampling(tmp_path
         eventually(lambda: running.metric("flopwatch_ticks_total") > ticks + 2, what="ticks going on")
         assert running.metric("flopwatch_alertmanager_up", url="not a url") == 0.0
     log = running.log.read_text()
-    assert f"WARNING flopwatch.alerting: cannot send 1 alert(s) to Alertmanager {unreachable}" in log
+    assert f"WARNING flopwatch.outputs.alerting: cannot send 1 alert(s) to Alertmanager {unreachable}" in log
     assert "Traceback" not in log

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from flopwatch.alerting import MemoryOutbox, UnderutilizationAlerts, parse_target
+from flopwatch.outputs.alerting import MemoryOutbox, UnderutilizationAlerts, parse_target
 from flopwatch.model import Finding, GpuFigures, PodContainer, ProcessView
 
 

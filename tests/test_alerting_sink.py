@@ -7,7 +7,7 @@ import socket
 
 from prometheus_client.core import Metric
 
-from flopwatch.alerting import AlertmanagerSink
+from flopwatch.outputs.alerting import AlertmanagerSink
 from flopwatch.config import Config
 from tests.fixtures_prometheus import eventually, free_port, start_alertmanager
 from tests.test_alerting_rules import gpu
@@ -91,7 +91,7 @@ def test_alerts_wait_while_alertmanager_is_down_and_page_once_when_it_returns(al
 
 def test_an_unreachable_or_malformed_alertmanager_url_is_a_warning_and_a_metric(caplog):
     unreachable = f"http://127.0.0.1:{free_port()}"
-    with caplog.at_level(logging.WARNING, logger="flopwatch.alerting"):
+    with caplog.at_level(logging.WARNING, logger="flopwatch.outputs.alerting"):
         sink = sink_for(unreachable, "not a url")
         try:
             for _ in range(3):
@@ -123,8 +123,8 @@ def test_record_returns_while_a_post_hangs():
 
 
 def test_store_outbox_keeps_unsent_alerts_across_a_restart(tmp_path):
-    from flopwatch.alerting import StoreOutbox
-    from flopwatch.store import HistoryStore
+    from flopwatch.outputs.alerting import StoreOutbox
+    from flopwatch.history.store import HistoryStore
 
     url = f"sqlite:///{tmp_path}/h.db"
     first = StoreOutbox(HistoryStore(url, "node1"))
@@ -136,8 +136,8 @@ def test_store_outbox_keeps_unsent_alerts_across_a_restart(tmp_path):
 
 
 def test_store_outbox_keeps_only_the_newest_message_per_alert(tmp_path):
-    from flopwatch.alerting import StoreOutbox
-    from flopwatch.store import HistoryStore
+    from flopwatch.outputs.alerting import StoreOutbox
+    from flopwatch.history.store import HistoryStore
 
     url = f"sqlite:///{tmp_path}/h.db"
     box = StoreOutbox(HistoryStore(url, "node1"))

@@ -1,6 +1,6 @@
 """The real-GPU corpus's scoring and batching, with plain records (no GPU needed)."""
 
-from flopwatch.diagnose import CAUSES
+from flopwatch.judge.diagnose import CAUSES
 from tests.gpu.corpus import estimate, plan, summary
 from tests.gpu.labels import LABELS, Label
 

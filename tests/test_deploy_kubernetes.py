@@ -175,7 +175,7 @@ def test_the_image_is_built_in_its_own_stage_and_runs_the_cli_as_no_root_user():
     assert user.strip() not in ("0", "root")
     assert json.loads(dict(steps)["ENTRYPOINT"]) == ["flopwatch"]
     assert json.loads(dict(steps)["CMD"]) == ["run"]
-    assert pyproject()["project"]["scripts"]["flopwatch"] == "flopwatch.cli:main"
+    assert pyproject()["project"]["scripts"]["flopwatch"] == "flopwatch.commands.cli:main"
 
 
 def test_what_the_build_stage_copies_builds_the_wheel_with_the_cli_and_the_kubelet_client(tmp_path):
@@ -192,7 +192,7 @@ def test_what_the_build_stage_copies_builds_the_wheel_with_the_cli_and_the_kubel
     names = zipfile.ZipFile(wheel).namelist()
     assert "flopwatch/sources/podresources_v1/api_pb2_grpc.py" in names
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
-    assert "flopwatch = flopwatch.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+    assert "flopwatch = flopwatch.commands.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
 
 
 def _mebibytes(quantity: str) -> float:

@@ -2,7 +2,7 @@
 
 import pytest
 
-from flopwatch.derive import derive
+from flopwatch.judge.derive import derive
 from flopwatch.model import GpuInfo, GpuSample
 
 H100 = GpuInfo(index=0, uuid="GPU-0", name="NVIDIA H100 80GB HBM3", pci_bus_id="0", memory_total_bytes=80 * 2**30,

@@ -6,8 +6,8 @@ from dataclasses import replace
 import pytest
 from click.testing import CliRunner
 
-from flopwatch.cli import main
-from flopwatch.diagnose import CAUSES, DiagnosisState, Signals, Tick, TickWindow, classify, diagnose
+from flopwatch.commands.cli import main
+from flopwatch.judge.diagnose import CAUSES, DiagnosisState, Signals, Tick, TickWindow, classify, diagnose
 from flopwatch.model import Finding
 from flopwatch.sources.simulated import SCENARIOS
 from flopwatch.thresholds import Thresholds
@@ -46,7 +46,7 @@ def test_under_the_threshold_is_a_page_and_busy_but_inefficient_a_ticket():
 
 def _ticks(scenario: str, seconds: int, start: float = 0.0):
     """Real ticks of a simulated GPU (through the NVML reader and derive), one a second."""
-    from flopwatch.derive import derive
+    from flopwatch.judge.derive import derive
     from flopwatch.sources.nvml import NvmlSource
     from flopwatch.sources.simulated import SimulatedNvml
 
@@ -171,7 +171,7 @@ def _mixed_run() -> list:
     """Ticks of several scenarios in turn, one a second: processes come and go (idle has none,
     contention two), PCIe and SM activity drop from busy to exactly 0, and some ticks do not know
     some values, a throttle reason or an extra process's share."""
-    from flopwatch.diagnose import Peers
+    from flopwatch.judge.diagnose import Peers
     from flopwatch.model import GpuProcess
 
     scenarios = ["healthy", "contention", "idle", "thermal_throttled", "held_idle", "input_starved", "contention"]
@@ -233,7 +233,7 @@ def _reported(s) -> dict:
 
 
 def test_the_running_means_equal_means_computed_over_the_whole_window_anew():
-    from flopwatch.diagnose import signals
+    from flopwatch.judge.diagnose import signals
 
     window, kept = TickWindow(), []
     for i, tick in enumerate(_mixed_run()):
@@ -403,7 +403,7 @@ def test_one_process_launching_beside_a_quiet_one_stays_launch_bound():
 
 
 def test_a_loader_worker_holding_a_context_is_not_a_second_job_on_the_gpu():
-    from flopwatch.diagnose import signals
+    from flopwatch.judge.diagnose import signals
     from flopwatch.model import GpuProcess
 
     ticks = []

@@ -2,11 +2,11 @@ import dataclasses
 
 import pytest
 
-from flopwatch.doctor import (
-    Check, GpuFacts, NodeFacts, XidEvent, check_clock_events, check_cuda, check_driver, check_ecc,
-    check_gpm, check_mig, check_numa, check_pcie_link, check_persistence_mode, check_power_limit,
-    check_remapped_rows, check_xid, cpu_ranges, parse_xid_events, run_checks, same_pci_device, worst,
+from flopwatch.judge.checks import (
+    Check, check_clock_events, check_cuda, check_driver, check_ecc, check_gpm, check_mig, check_numa, check_pcie_link,
+    check_persistence_mode, check_power_limit, check_remapped_rows, check_xid, cpu_ranges, run_checks, worst,
 )
+from flopwatch.sources.sysfacts import GpuFacts, NodeFacts, XidEvent, parse_xid_events, same_pci_device
 
 NODE = NodeFacts(os_name="Linux", os_release="6.1.0", driver_version="580.95.05", cuda_driver_version=13000,
                  numa_nodes=2, kernel_log_readable=True, seconds_since_boot=10_000.0)

@@ -4,8 +4,8 @@ import pynvml
 import pytest
 from click.testing import CliRunner
 
-from flopwatch import sysfacts
-from flopwatch.doctor_cli import doctor_command
+from flopwatch.sources import sysfacts
+from flopwatch.commands.doctor import doctor_command
 
 
 def doctor(*args: str):

@@ -1,6 +1,6 @@
 from pathlib import Path
 
-from flopwatch.metrics_doc import render
+from flopwatch.commands.metrics_doc import render
 
 
 def test_metrics_reference_is_current():

@@ -9,9 +9,10 @@ import pytest
 from click.testing import CliRunner
 from prometheus_client import generate_latest
 
-from flopwatch.cli import VirtualClock, build_agent, main
+from flopwatch.commands.build import VirtualClock, build_agent
+from flopwatch.commands.cli import main
 from flopwatch.config import Config
-from flopwatch.diagnose import Peers, Signals, classify, job_peers, loader_saturated_pids
+from flopwatch.judge.diagnose import Peers, Signals, classify, job_peers, loader_saturated_pids
 from flopwatch.model import GpuInfo, GpuSample, GpuState, HostProcess, HostSample, ProcessView
 from flopwatch.sources.nvml import NvmlSource
 from flopwatch.sources.simulated import SimulatedNvml

@@ -145,7 +145,7 @@ def test_off_is_no_reader():
 @pytest.mark.skipif(os.path.exists(DEFAULT_SOCKET), reason="a kubelet runs here")
 def test_without_kubernetes_the_agent_never_imports_grpc():
     # The default is "auto": no kubelet socket here, so nothing of gRPC is loaded.
-    code = ("import sys; from flopwatch.cli import build_agent; from flopwatch.config import Config; c = Config(); "
+    code = ("import sys; from flopwatch.commands.build import build_agent; from flopwatch.config import Config; c = Config(); "
             "c.agent.simulate = ['idle']; b = build_agent(c); b.agent.tick(); b.exporter.collect(); "
             "print(b.agent.pods, 'grpc' in sys.modules, 'google.protobuf' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=agent_env(), timeout=60)

@@ -12,12 +12,12 @@ import pytest
 from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from flopwatch.alerting import UnderutilizationAlerts, annotations
+from flopwatch.outputs.alerting import UnderutilizationAlerts, annotations
 from flopwatch.config import Config
-from flopwatch.metrics_doc import with_findings
-from flopwatch.status import status_document
-from flopwatch.tables import status_table
-from flopwatch.store import HistoryStore, query_history
+from flopwatch.commands.metrics_doc import with_findings
+from flopwatch.outputs.status_document import status_document
+from flopwatch.commands.tables import status_table
+from flopwatch.history.store import HistoryStore, query_history
 from tests.agent_process import flopwatch, get, running_agent, wait_for
 from tests.kubelet import PodResourcesServer, pod
 

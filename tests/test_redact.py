@@ -3,7 +3,7 @@ import sys
 
 import pytest
 
-from flopwatch.redact import is_secret_name, redact_cmdline, redact_environ, redact_text, redact_value
+from flopwatch.sources.redact import is_secret_name, redact_cmdline, redact_environ, redact_text, redact_value
 
 
 def test_token_flag_with_equals_is_hidden():

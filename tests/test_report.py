@@ -18,12 +18,13 @@ from dataclasses import replace
 import pytest
 from click.testing import CliRunner
 
-from flopwatch.cli import VirtualClock, build_agent, main
+from flopwatch.commands.build import VirtualClock, build_agent
+from flopwatch.commands.cli import main
 from flopwatch.config import Config
-from flopwatch.diagnose import ADVICE
+from flopwatch.judge.diagnose import ADVICE
 from flopwatch.model import StackProfile, StackShare
-from flopwatch.report import Prices, Query, build_report, choose_level, read_history
-from flopwatch.store import HistoryStore
+from flopwatch.history.report import Prices, Query, build_report, choose_level, read_history
+from flopwatch.history.store import HistoryStore
 from tests.store_ticks import starved, tick
 
 T0 = 1_767_225_600.0  # 2026-01-01T00:00:00Z

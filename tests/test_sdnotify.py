@@ -4,7 +4,7 @@ import uuid
 
 import pytest
 
-from flopwatch import sdnotify
+from flopwatch.outputs import sdnotify
 
 
 @pytest.fixture

@@ -12,11 +12,13 @@ import pytest
 from click.testing import CliRunner
 
 from flopwatch import config as config_mod
-from flopwatch import webconfig
-from flopwatch.cli import build_agent, main
+from flopwatch.outputs import webconfig
+from flopwatch.commands.build import build_agent
+from flopwatch.commands.cli import main
 from flopwatch.config import ConfigError
-from flopwatch.server import MetricsServer, check_local_bind
-from flopwatch.status import status_document
+from flopwatch.httpbase import check_local_bind
+from flopwatch.outputs.server import MetricsServer
+from flopwatch.outputs.status_document import status_document
 from tests.tls import self_signed
 
 PASSWORD = "s3cret"

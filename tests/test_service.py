@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from flopwatch import config as config_mod
-from flopwatch import sdnotify
-from flopwatch.cli import build_agent
+from flopwatch.outputs import sdnotify
+from flopwatch.commands.build import build_agent
 
 AGENT_DIR = Path(__file__).resolve().parents[1] / "agent"
 

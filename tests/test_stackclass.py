@@ -14,7 +14,7 @@ import pytest
 
 from flopwatch.model import Finding, StackProfile
 from flopwatch.sources.stacks import parse_raw
-from flopwatch.stackclass import corroborate, read_stacks, stack_summary
+from flopwatch.judge.stackclass import corroborate, read_stacks, stack_summary
 
 HERE = Path(__file__).parent / "stacks"
 PY = "/usr/lib/python3.11"

@@ -14,13 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from flopwatch.alerting import STACKS_ANNOTATION_CHARS, annotations
-from flopwatch.cli import VirtualClock, build_agent
+from flopwatch.outputs.alerting import STACKS_ANNOTATION_CHARS, annotations
+from flopwatch.commands.build import VirtualClock, build_agent
 from flopwatch.config import Config, StacksConfig
 from flopwatch.model import Finding, StackProfile, StackShare
 from flopwatch.sources.stacks import StackSampler, find_py_spy, ptrace_denied, read_source_line
-from flopwatch.status import evidence_document, status_document
-from flopwatch.tables import status_table
+from flopwatch.judge.evidence import evidence_document
+from flopwatch.outputs.status_document import status_document
+from flopwatch.commands.tables import status_table
 from tests.store_ticks import tick
 
 needs_py_spy = pytest.mark.skipif(find_py_spy() is None, reason="needs py-spy (pip install py-spy)")

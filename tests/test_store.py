@@ -17,11 +17,11 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import text
 
-from flopwatch import store_schema
+from flopwatch.history import schema as store_schema
 from flopwatch.config import ConfigError, HistoryConfig
-from flopwatch.history_cli import history, parse_time
+from flopwatch.commands.history import history, parse_time
 from flopwatch.model import StackProfile, StackShare
-from flopwatch.store import HistoryStore, Retention, choose_level, open_engine, query_history
+from flopwatch.history.store import HistoryStore, Retention, choose_level, open_engine, query_history
 from tests.agent_process import agent_env
 from tests.store_ticks import process_samples_by_pid, starved, tick
 
@@ -69,7 +69,7 @@ def test_alembic_reads_the_mark_of_a_new_database_as_the_newest_revision(tmp_pat
 
 
 def test_a_new_database_is_made_without_loading_alembic(tmp_path):
-    code = ("import sys; from flopwatch.store import HistoryStore; "
+    code = ("import sys; from flopwatch.history.store import HistoryStore; "
             f"assert HistoryStore({sqlite_url(tmp_path)!r}, 'node1').up; print('alembic' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], env=agent_env(), capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
@@ -80,7 +80,7 @@ def test_the_schema_revision_is_the_newest_migration():
     from alembic.script import ScriptDirectory
 
     config = Config()
-    config.set_main_option("script_location", "flopwatch:migrations")
+    config.set_main_option("script_location", "flopwatch.history:migrations")
     assert ScriptDirectory.from_config(config).get_current_head() == store_schema.SCHEMA_REVISION
 
 
@@ -93,7 +93,7 @@ def test_the_migrations_build_the_same_schema_as_a_new_database(tmp_path):
     engine = open_engine(sqlite_url(tmp_path))
     with engine.begin() as connection:
         config = Config()
-        config.set_main_option("script_location", "flopwatch:migrations")
+        config.set_main_option("script_location", "flopwatch.history:migrations")
         config.attributes["connection"] = connection
         command.upgrade(config, "head")  # every migration from an empty database
         context = MigrationContext.configure(connection, opts={"version_table": store_schema.VERSION_TABLE})
@@ -366,7 +366,7 @@ def test_a_read_only_database_file_leaves_the_agent_running_and_says_so(tmp_path
     url = sqlite_url(tmp_path)
     HistoryStore(url, "node1").engine.dispose()
     (tmp_path / "history.db").chmod(0o444)
-    probe = ("from flopwatch.store import HistoryStore; from tests.store_ticks import tick; "
+    probe = ("from flopwatch.history.store import HistoryStore; from tests.store_ticks import tick; "
              "import sys; s = HistoryStore(sys.argv[1], 'node1'); s.record(tick(1.0)); "
              "print(s.flush(), s.up, s.pending_rows > 0, s.last_error)")
     # Root writes read-only files; without the capability to override permissions it does not.

@@ -12,8 +12,8 @@ import time
 
 from sqlalchemy import text
 
-from flopwatch import store_schema
-from flopwatch.store import DAY, HistoryStore, Retention, maintain_partitions, open_engine, query_history
+from flopwatch.history import schema as store_schema
+from flopwatch.history.store import DAY, HistoryStore, Retention, maintain_partitions, open_engine, query_history
 from tests.store_ticks import process_samples_by_pid, starved, tick
 
 T0 = 1_767_225_600.0  # 2026-01-01 00:00 UTC
@@ -153,7 +153,7 @@ def alembic_upgrade(connection, revision: str) -> None:
     from alembic.config import Config
 
     config = Config()
-    config.set_main_option("script_location", "flopwatch:migrations")
+    config.set_main_option("script_location", "flopwatch.history:migrations")
     config.attributes["connection"] = connection
     command.upgrade(config, revision)
 

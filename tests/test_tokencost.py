@@ -3,7 +3,7 @@
 import pytest
 
 from flopwatch.model import GpuFigures, GpuInfo, GpuSample, GpuState, ProcessView, TokenCount
-from flopwatch.tokencost import CostWindow, Prices, TokenAccount, WindowEntry, token_figures
+from flopwatch.judge.tokencost import CostWindow, Prices, TokenAccount, WindowEntry, token_figures
 from tests.approx import approx_numbers
 
 

@@ -12,15 +12,15 @@ import pytest
 from click.testing import CliRunner
 from prometheus_client import generate_latest
 
-from flopwatch import cli
-from flopwatch.cli import VirtualClock, build_agent
+from flopwatch.commands import cli
+from flopwatch.commands.build import VirtualClock, build_agent
 from flopwatch.client import TokenClient
 from flopwatch.config import Config
 from flopwatch.daemon import schedule
 from flopwatch.sources.tokens import (
     ListenRefused, PushServer, Scraper, TokenLedger, TokenSource, parse_exposition, parse_target, push_address,
 )
-from flopwatch.tokencost import window_entry
+from flopwatch.judge.tokencost import window_entry
 
 MODEL = 'model_name="meta-llama/Llama-3.1-8B-Instruct"'
 

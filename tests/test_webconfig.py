@@ -7,7 +7,7 @@ import threading
 import bcrypt
 import pytest
 
-from flopwatch import webconfig
+from flopwatch.outputs import webconfig
 from flopwatch.config import ConfigError
 from tests.tls import self_signed
 

@@ -1,3 +1,3 @@
-from .cli import main
+from flopwatch.commands.cli import main
 
 main()

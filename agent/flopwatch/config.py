@@ -20,10 +20,11 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-from .sources.identity import JOB_RULES
-from .thresholds import Thresholds
+from flopwatch.thresholds import Thresholds
 
 DEFAULT_PATH = Path("/etc/flopwatch/config.toml")
+# [attribution].job_rules: how a GPU process is named to a job, tried in this order (sources/identity.py).
+JOB_RULES = ("slurm", "pod", "torchrun", "container", "unit", "user_command")
 ENV_PREFIX = "FLOPWATCH_"
 
 

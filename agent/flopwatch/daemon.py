@@ -16,14 +16,14 @@ import threading
 import time
 from typing import Any, Callable, Iterable, Mapping, Protocol
 
-from .config import Config
-from .derive import derive
-from .diagnose import (DiagnosisState, Peers, Tick, TickWindow, diagnose, job_peers, loader_saturated_pids,
-                       waste_seconds)
-from .model import (AgentState, Finding, GpuFigures, GpuSample, GpuState, HostSample, PodContainer, ProcessView,
-                    StackProfile, TokenCount)
-from .stackclass import corroborate
-from .tokencost import Prices, TokenAccount
+from flopwatch.config import Config
+from flopwatch.judge.derive import derive
+from flopwatch.judge.diagnose import (DiagnosisState, Peers, Tick, TickWindow, diagnose, job_peers, loader_saturated_pids,
+                                      waste_seconds)
+from flopwatch.model import (AgentState, Finding, GpuFigures, GpuSample, GpuState, HostSample, PodContainer, ProcessView,
+                             StackProfile, TokenCount)
+from flopwatch.judge.stackclass import corroborate
+from flopwatch.judge.tokencost import Prices, TokenAccount
 
 log = logging.getLogger(__name__)
 

@@ -13,12 +13,12 @@ from typing import Any, Iterable
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from flopwatch.cli import build_agent
+from flopwatch.commands.build import build_agent
 from flopwatch.config import Config
 from flopwatch.daemon import schedule
 from flopwatch.model import AgentState
-from flopwatch.server import MetricsServer
-from flopwatch.status import status_document
+from flopwatch.outputs.server import MetricsServer
+from flopwatch.outputs.status_document import status_document
 from tests.agent_process import wait_for
 
 

@@ -9,7 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from flopwatch.alerting import AlertmanagerSink
+from flopwatch.outputs.alerting import AlertmanagerSink
 from tests.faults import live
 from tests.fixtures_prometheus import start_alertmanager
 

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from flopwatch import cli
+from flopwatch.commands import run as run_command
 from tests.agent_process import free_port, get, running_agent, wait_for
 from tests.faults import live
 
@@ -177,7 +177,7 @@ def test_a_bad_config_on_reload_keeps_the_running_one(reloadable, tmp_path, capl
         path.write_text(contents)
     running = reloadable.agent.config
     with caplog.at_level(logging.ERROR, logger="flopwatch"):
-        cli._reload(str(path), {}, reloadable.agent, reloadable.server)
+        run_command._reload(str(path), {}, reloadable.agent, reloadable.server)
     assert reloadable.agent.config is running
     assert "reload failed, keeping the running configuration" in caplog.text
     assert reloadable.wait_ticks(2)  # and sampling goes on

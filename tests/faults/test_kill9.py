@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from flopwatch.store import HistoryStore
+from flopwatch.history.store import HistoryStore
 from tests.store_writer import GPUS, PROCESSES
 
 WRITER = Path(__file__).resolve().parents[1] / "store_writer.py"

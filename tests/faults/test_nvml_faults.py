@@ -12,7 +12,7 @@ from pathlib import Path
 import pynvml
 import pytest
 
-from flopwatch.cli import build_agent
+from flopwatch.commands.build import build_agent
 
 from tests.agent_process import agent_env
 from tests.faults import live

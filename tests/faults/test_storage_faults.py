@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from flopwatch.store import HistoryStore
+from flopwatch.history.store import HistoryStore
 from tests.agent_process import agent_env, free_port, get
 from tests.faults import live
 

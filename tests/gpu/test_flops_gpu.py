@@ -112,8 +112,8 @@ def measure(case: Case, source) -> Reading:
     it runs; the reads whose spans lie inside the run are kept, the CUDA events time the middle."""
     import torch
 
-    from flopwatch.derive import derive
-    from flopwatch.peaks import lookup
+    from flopwatch.judge.derive import derive
+    from flopwatch.judge.peaks import lookup
 
     call = case.setup()
     for _ in range(3):

@@ -23,10 +23,10 @@ from tests.gpu.gpus import needs_gpus
 
 pytestmark = needs_gpus(1, torch=True)
 
-from flopwatch.cli import build_agent  # noqa: E402
+from flopwatch.commands.build import build_agent  # noqa: E402
 from flopwatch.config import Config  # noqa: E402
-from flopwatch.server import MetricsServer  # noqa: E402
-from flopwatch.status import status_document  # noqa: E402
+from flopwatch.outputs.server import MetricsServer  # noqa: E402
+from flopwatch.outputs.status_document import status_document  # noqa: E402
 
 HERE = Path(__file__).parent
 AGENT_DIR = HERE.parents[1] / "agent"

@@ -1,4 +1,11 @@
-"""Where readings come from: NVML (or the simulated GPUs), the host, token counts."""
+"""Read: everything the agent learns of the world, one reader per file.
+
+NVML (``nvml``, or the simulated GPUs of ``simulated`` through the same code), the host's
+processes and their jobs (``host``, ``procfs``, ``identity``, ``redact``), the culprit's Python
+stacks (``stacks``), token counts (``tokens``), the kubelet's pod-resources (``pod_resources``) and
+the node facts ``doctor`` checks (``sysfacts``). A reader returns typed records of ``model`` and
+never judges them. May import: ``model``, ``config``, ``thresholds``, ``httpbase``; no other stage.
+"""
 
 from __future__ import annotations
 

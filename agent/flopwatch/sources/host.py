@@ -17,13 +17,13 @@ from typing import Callable, Iterable
 
 import psutil
 
-from ..model import HostProcess, HostSample, Identity
-from ..redact import redact_cmdline
-from . import counter_period
-from .identity import JOB_RULES, check_rules, job_name, read_identity
-from .procfs import (BLKIO_TICKS, PAGE_SIZE, PPID, RSS_PAGES, STATE, STATES, STIME, Pressure, ProcFiles, SchedStat,
-                     blkio_seconds, cpu_seconds, host_cpu_ticks, io_bytes, load_average, pressure, schedstat,
-                     stat_fields)
+from flopwatch.model import HostProcess, HostSample, Identity
+from flopwatch.sources.redact import redact_cmdline
+from flopwatch.sources import counter_period
+from flopwatch.sources.identity import JOB_RULES, check_rules, job_name, read_identity
+from flopwatch.sources.procfs import (BLKIO_TICKS, PAGE_SIZE, PPID, RSS_PAGES, STATE, STATES, STIME, Pressure, ProcFiles, SchedStat,
+                                      blkio_seconds, cpu_seconds, host_cpu_ticks, io_bytes, load_average, pressure, schedstat,
+                                      stat_fields)
 
 # Listing descendants scans all of /proc; loader workers live for the whole job, so a fresh list
 # every few seconds is enough (their CPU is still read every tick).

@@ -20,9 +20,9 @@ from __future__ import annotations
 import re
 from typing import Iterable, Mapping
 
-from ..model import Identity
+from flopwatch.config import JOB_RULES
+from flopwatch.model import Identity
 
-JOB_RULES = ("slurm", "pod", "torchrun", "container", "unit", "user_command")
 
 # A pod's UID in its cgroup: dashes with the cgroupfs driver, underscores with the systemd one.
 _POD_UID = re.compile(r"kubepods.*?pod([0-9a-f]{8}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{12})")

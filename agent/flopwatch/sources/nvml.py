@@ -28,8 +28,8 @@ import threading
 import time
 from typing import Any, Callable, Mapping
 
-from ..model import GpuInfo, GpuProcess, GpuSample, LinkTraffic
-from . import counter_period
+from flopwatch.model import GpuInfo, GpuProcess, GpuSample, LinkTraffic
+from flopwatch.sources import counter_period
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
-from ..model import PodContainer
+from flopwatch.model import PodContainer
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ class PodResourcesReader:
                  clock: Callable[[], float] = time.monotonic):
         import grpc
 
-        from .podresources_v1 import api_pb2, api_pb2_grpc
+        from flopwatch.sources.podresources_v1 import api_pb2, api_pb2_grpc
 
         self._grpc, self._api, self._stubs = grpc, api_pb2, api_pb2_grpc
         self.socket_path = socket_path

@@ -20,9 +20,9 @@ from typing import Any, Callable
 
 import pynvml
 
-from ..model import HostProcess, HostSample
-from .host import Cadence
-from .nvml import THROTTLE_FIELDS
+from flopwatch.model import HostProcess, HostSample
+from flopwatch.sources.host import Cadence
+from flopwatch.sources.nvml import THROTTLE_FIELDS
 
 GIB = 2**30
 

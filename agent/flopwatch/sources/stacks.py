@@ -23,8 +23,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Callable, Iterable
 
-from ..config import StacksConfig
-from ..model import StackProfile, StackShare
+from flopwatch.config import StacksConfig
+from flopwatch.model import StackProfile, StackShare
 
 log = logging.getLogger(__name__)
 

@@ -25,10 +25,10 @@ from http.server import ThreadingHTTPServer
 from socketserver import ThreadingUnixStreamServer
 from typing import Any, Callable, Iterator
 
-from ..config import ConfigError
-from ..httpstrict import LISTEN_BACKLOG, QuietErrors, StrictHandler
-from ..model import TokenCount
-from ..server import POLL_SECONDS, check_local_bind, is_loopback, parse_listen
+from flopwatch.config import ConfigError
+from flopwatch.model import TokenCount
+from flopwatch.httpbase import (LISTEN_BACKLOG, POLL_SECONDS, QuietErrors, StrictHandler, check_local_bind, is_loopback,
+                                parse_listen)
 
 log = logging.getLogger(__name__)
 

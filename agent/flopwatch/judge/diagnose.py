@@ -15,10 +15,10 @@ from __future__ import annotations
 from dataclasses import InitVar, dataclass, field, fields, replace
 from typing import Hashable, Mapping, Sequence
 
-from .model import Finding, GpuFigures, GpuSample, GpuState, HostSample, WindowFigures
-from .peaks import lookup
-from .thresholds import Thresholds
-from .window import SlidingWindow
+from flopwatch.model import Finding, GpuFigures, GpuSample, GpuState, HostSample, WindowFigures
+from flopwatch.judge.peaks import lookup
+from flopwatch.thresholds import Thresholds
+from flopwatch.judge.window import SlidingWindow
 
 CAUSES = (
     "idle", "held_idle", "input_starved", "io_bound", "host_transfer_bound", "launch_bound",

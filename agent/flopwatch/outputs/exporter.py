@@ -7,9 +7,9 @@ from typing import Callable, Iterable, Iterator, Mapping
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import CollectorRegistry
 
-from . import __version__
-from .model import AgentState, GpuState, Identity
-from .sources.pod_resources import LABELS as POD_LABELS, holder_labels
+from flopwatch import __version__
+from flopwatch.model import AgentState, GpuState, Identity
+from flopwatch.sources.pod_resources import LABELS as POD_LABELS, holder_labels
 
 GPU_LABELS = ["gpu", "uuid"]
 IDENTITY_LABELS = ["container_id", "pod", "namespace", "slurm_job", "unit"]

@@ -1,8 +1,8 @@
-"""Alembic environment: always handed an open connection by ``flopwatch.store.migrate``."""
+"""Alembic environment: always handed an open connection by ``flopwatch.history.store.migrate``."""
 
 from alembic import context
 
-from flopwatch.store_schema import VERSION_TABLE
+from flopwatch.history.schema import VERSION_TABLE
 
 context.configure(
     connection=context.config.attributes["connection"],

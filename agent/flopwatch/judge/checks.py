@@ -1,6 +1,6 @@
 """``flopwatch doctor``: is this node set up so its GPUs can work, and so the agent can measure them?
 
-Pure checks over a facts record (read by sysfacts.py). Each check says pass, warn or fail, the
+Pure checks over a facts record (read by sources/sysfacts.py). Each check says pass, warn or fail, the
 value it saw and, where something is wrong, the fix. ``None`` in the facts means the driver
 could not say; a check then passes with "not supported" unless not knowing is itself a problem.
 """
@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass
 from typing import Iterable
+
+from flopwatch.sources.sysfacts import GpuFacts, NodeFacts
 
 MIN_DRIVER_MAJOR = 530
 MIN_CUDA = (12, 1)
@@ -33,64 +35,6 @@ _HARDWARE_XIDS = {
     79: "GPU has fallen off the bus", 95: "uncontained ECC error", 119: "GSP RPC timeout",
     120: "GSP error", 140: "unrecovered ECC error", 154: "GPU recovery action required",
 }
-_KMSG_RECORD = re.compile(r"^\d+,\d+,(?P<usec>\d+),[^;]*;(?P<message>.*)$")
-_XID = re.compile(r"NVRM: Xid \(PCI:(?P<bus>[0-9a-fA-F:.]+)\): (?P<code>\d+)")
-
-
-@dataclass(frozen=True)
-class XidEvent:
-    pci_bus_id: str
-    code: int
-    seconds_since_boot: float
-    message: str
-
-
-@dataclass(frozen=True)
-class GpuFacts:
-    index: int
-    name: str | None = None
-    pci_bus_id: str | None = None
-    error: str | None = None  # the GPU could not be opened
-    persistence_mode: bool | None = None
-    pcie_gen_current: int | None = None
-    pcie_gen_max: int | None = None  # of the link: the card's and the slot's best
-    pcie_gen_gpu_max: int | None = None  # of the card alone
-    pcie_width_current: int | None = None
-    pcie_width_max: int | None = None
-    utilization_ratio: float | None = None  # an idle link may train down to save power
-    power_limit_watts: float | None = None  # enforced
-    default_power_limit_watts: float | None = None
-    clock_event_reasons: int | None = None
-    ecc_enabled: bool | None = None
-    ecc_pending_enabled: bool | None = None
-    ecc_uncorrected_volatile: int | None = None  # since the driver loaded
-    ecc_uncorrected_aggregate: int | None = None  # over the card's life
-    remapped_rows_uncorrectable: int | None = None
-    remap_pending: bool | None = None
-    remap_failure: bool | None = None
-    mig_enabled: bool | None = None
-    mig_pending_enabled: bool | None = None
-    gpm_supported: bool | None = None
-    numa_node: int | None = None
-    cpus: tuple[int, ...] | None = None  # CPUs close to the GPU
-    xid_events: tuple[XidEvent, ...] = ()
-
-
-@dataclass(frozen=True)
-class NodeFacts:
-    os_name: str
-    os_release: str
-    driver_version: str | None = None
-    cuda_driver_version: int | None = None  # NVML's encoding: 12080 is CUDA 12.8
-    nvml_error: str | None = None
-    numa_nodes: int | None = None
-    kernel_log_readable: bool | None = None  # None: not consulted (simulated GPUs)
-    seconds_since_boot: float | None = None
-    # What the kernel tells of the GPU processes' host side (None: not consulted).
-    pressure_stall: bool | None = None  # /proc/pressure (PSI)
-    schedstat: bool | None = None  # per-thread run-queue wait
-    task_delayacct: bool | None = None  # block-I/O delay per thread (kernel.task_delayacct)
-    gpus: tuple[GpuFacts, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -351,22 +295,6 @@ def check_numa(gpu: GpuFacts, facts: NodeFacts) -> Check:
     return Check("numa_affinity", "pass", f"single NUMA node{cpus}", gpu=gpu.index)
 
 
-def parse_xid_events(records: Iterable[str]) -> list[XidEvent]:
-    """Xid events from /dev/kmsg records ("6,1234,567890,-;NVRM: Xid (PCI:0000:18:00): 79, ...")."""
-    events = []
-    for record in records:
-        m = _KMSG_RECORD.match(record)
-        xid = _XID.search(m["message"]) if m else None
-        if xid:
-            events.append(XidEvent(xid["bus"], int(xid["code"]), int(m["usec"]) / 1e6, m["message"].strip()))
-    return events
-
-
-def same_pci_device(xid_bus: str, nvml_bus: str) -> bool:
-    """Whether an Xid's "0000:18:00" and NVML's "00000000:18:00.0" name the same device."""
-    return _pci_key(xid_bus) == _pci_key(nvml_bus)
-
-
 def cpu_ranges(cpus: Iterable[int]) -> str:
     """(0, 1, 2, 3, 8) → "0-3,8"."""
     spans: list[list[int]] = []
@@ -376,15 +304,6 @@ def cpu_ranges(cpus: Iterable[int]) -> str:
         else:
             spans.append([cpu, cpu])
     return ",".join(f"{a}-{b}" if b > a else str(a) for a, b in spans)
-
-
-def _pci_key(bus_id: str) -> tuple[int, int, int] | None:
-    parts = bus_id.split(".")[0].split(":")
-    try:
-        domain, bus, device = (int(p, 16) for p in parts[-3:])
-    except ValueError:
-        return None
-    return domain, bus, device
 
 
 def _leading_int(text: str | None) -> int | None:

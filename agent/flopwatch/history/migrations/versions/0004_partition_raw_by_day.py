@@ -13,7 +13,7 @@ Revises: 0003
 from alembic import op
 from sqlalchemy import text
 
-from flopwatch.store import DAY, make_partitions
+from flopwatch.history.store import DAY, make_partitions
 
 revision = "0004"
 down_revision = "0003"

@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Mapping
 
-from .diagnose import ADVICE, SUMMARY
-from .model import Finding, StackProfile, StackShare
+from flopwatch.judge.diagnose import ADVICE, SUMMARY
+from flopwatch.model import Finding, StackProfile, StackShare
 
 ACTIVITIES = {
     "data_loading": "data loading",

@@ -13,7 +13,7 @@ import json
 from datetime import datetime
 from typing import Any, Iterable, Sequence
 
-from .report import Report, Usage, as_dict
+from flopwatch.history.report import Report, Usage, as_dict
 
 MISSING = "—"
 # The table and the page list this many groups; JSON and CSV carry them all.
@@ -156,7 +156,7 @@ def render_table(report: Report) -> str:
         return empty_message(report)
     from rich.table import Table
 
-    from .tables import render
+    from flopwatch.commands.tables import render
 
     causes = Table(title="Wasted GPU-hours by cause")
     for column in ("cause", "GPU-h", "share", "advice"):

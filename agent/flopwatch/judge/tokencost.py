@@ -19,7 +19,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
-from .model import GpuState, TokenCount, TokenFigures
+from flopwatch.model import GpuState, TokenCount, TokenFigures
 
 KINDS = ("prompt", "generated")
 REMEMBER_EVERY_SECONDS = 5.0

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
-from .model import AgentState, Finding, GpuState, TokenFigures
-from .stackclass import stack_summary
-from .sources.pod_resources import LABELS as POD_LABELS, holder_labels
+from flopwatch.model import AgentState, Finding, GpuState, TokenFigures
+from flopwatch.judge.evidence import evidence_document
+from flopwatch.sources.pod_resources import LABELS as POD_LABELS, holder_labels
 
 
 def status_document(state: AgentState | None, hostname: str = "") -> dict[str, Any]:
@@ -89,21 +89,3 @@ def _finding(finding: Finding | None) -> dict[str, Any] | None:
         return None
     return {"cause": finding.cause, "severity": finding.severity, "confidence": finding.confidence,
             "evidence": evidence_document(finding), "advice": finding.advice, "summary": finding.summary}
-
-
-def evidence_document(finding: Finding) -> dict[str, Any]:
-    """The finding's evidence as JSON takes it (status, the history), with its stacks: the top
-    frames and their shares, a one-line summary, or why no stacks were taken."""
-    doc: dict[str, Any] = dict(finding.evidence)
-    profile = finding.stacks
-    if profile is None:
-        return doc
-    if profile.unavailable:
-        doc["stacks_unavailable"] = profile.unavailable
-        return doc
-    # Source lines and full paths stay in the agent: they are read to classify, not to publish.
-    doc["stacks"] = [{"share": s.share, "frames": list(s.frames), "thread": s.thread, "pid": s.pid}
-                     for s in profile.stacks]
-    doc["stack_samples"] = profile.samples
-    doc["stack_summary"] = stack_summary(profile)
-    return doc

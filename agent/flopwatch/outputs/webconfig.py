@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from .config import ConfigError
+from flopwatch.config import ConfigError
 
 WWW_AUTHENTICATE = 'Basic realm="flopwatch"'
 

@@ -6,7 +6,6 @@ TLS and basic auth come from a web-config file (webconfig.py); both are off by d
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import logging
 import ssl
@@ -17,54 +16,15 @@ from typing import Any, Callable
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import CollectorRegistry
 
-from .config import ConfigError
-from .httpstrict import LISTEN_BACKLOG, QuietErrors, StrictHandler
-from .webconfig import WWW_AUTHENTICATE, WebConfig
+from flopwatch.config import ConfigError
+from flopwatch.httpbase import LISTEN_BACKLOG, POLL_SECONDS, ListenError, QuietErrors, StrictHandler, parse_listen
+from flopwatch.outputs.webconfig import WWW_AUTHENTICATE, WebConfig
 
 log = logging.getLogger(__name__)
-
-# How often an idle server thread wakes to check for shutdown: rarely, since every wake-up is CPU
-# on every node, and a stop (SIGTERM) still completes within the 5 s systemd is promised.
-POLL_SECONDS = 1.0
 
 INDEX = b"""<html><head><title>flopwatch</title></head><body><h1>flopwatch</h1>
 <p><a href="/metrics">/metrics</a> &middot; <a href="/api/v1/status">/api/v1/status</a></p></body></html>
 """
-
-
-class ListenError(OSError):
-    pass
-
-
-def parse_listen(address: str) -> tuple[str, int]:
-    host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
-        raise ValueError(f"listen address {address!r} is not HOST:PORT")
-    return host.strip("[]") or "0.0.0.0", int(port)
-
-
-def check_local_bind(address: str, *, allow_remote: bool, setting: str, allow_setting: str) -> None:
-    """Refuse to listen beyond this host unless configured: for endpoints that accept data or
-    change state. ``unix:PATH`` and loopback addresses are always fine."""
-    if address.startswith("unix:") or allow_remote:
-        return
-    try:
-        host, _ = parse_listen(address)
-    except ValueError as e:
-        raise ConfigError(f"{setting}: {e}") from None
-    if is_loopback(host):
-        return
-    raise ConfigError(f"{setting} = {address!r} would accept data from other hosts; listen on 127.0.0.1, "
-                      f"::1 or unix:PATH, or set {allow_setting} = true")
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:  # a host name other than localhost may resolve anywhere
-        return False
 
 
 class _Handler(StrictHandler):

@@ -8,7 +8,9 @@ import sys
 
 import click
 
-from . import doctor
+from flopwatch.judge.checks import Check, run_checks, worst
+from flopwatch.sources import sysfacts
+from flopwatch.sources.sysfacts import NodeFacts
 
 _STYLE = {"pass": "green", "warn": "yellow", "fail": "bold red"}
 
@@ -21,23 +23,21 @@ def doctor_command(as_json: bool, simulate: str) -> None:
     """Check the driver, CUDA, and each GPU's link, power, clocks, memory errors, Xids, MIG, GPM
     and NUMA affinity. Exit 1 if a check fails."""
     facts = _read(simulate)
-    checks = doctor.run_checks(facts)
+    checks = run_checks(facts)
     if as_json:
         click.echo(json.dumps({
             "host": socket.gethostname(),
-            "status": doctor.worst(checks),
+            "status": worst(checks),
             "checks": [c.to_dict() for c in checks],
         }, indent=2))
     else:
         _print_table(checks)
-    sys.exit(1 if doctor.worst(checks) == "fail" else 0)
+    sys.exit(1 if worst(checks) == "fail" else 0)
 
 
-def _read(simulate: str) -> doctor.NodeFacts:
-    from . import sysfacts
-
+def _read(simulate: str) -> NodeFacts:
     if simulate:
-        from .sources.simulated import SimulatedNvml, UnknownScenario
+        from flopwatch.sources.simulated import SimulatedNvml, UnknownScenario
 
         try:
             lib = SimulatedNvml([s.strip() for s in simulate.split(",") if s.strip()])
@@ -51,7 +51,7 @@ def _read(simulate: str) -> doctor.NodeFacts:
     return sysfacts.read_facts(pynvml, records or (), kernel_log_readable=records is not None)
 
 
-def _print_table(checks: list[doctor.Check]) -> None:
+def _print_table(checks: list[Check]) -> None:
     rows = [("" if c.gpu is None else str(c.gpu), c.name, c.status, c.value, c.fix) for c in checks]
     headers = ("GPU", "CHECK", "STATUS", "VALUE", "FIX")
     try:

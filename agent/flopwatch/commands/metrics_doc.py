@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from .cli import Built, VirtualClock, build_agent
-from .config import Config
-from .sources.simulated import SCENARIOS
+from flopwatch.commands.build import Built, VirtualClock, build_agent
+from flopwatch.config import Config
+from flopwatch.sources.simulated import SCENARIOS
 
 
 def with_findings(config: Config) -> Built:

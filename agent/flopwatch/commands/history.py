@@ -12,7 +12,7 @@ from datetime import datetime
 
 import click
 
-from .config import ConfigError
+from flopwatch.config import ConfigError
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
 _RELATIVE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
@@ -64,7 +64,7 @@ def _cells(row) -> list[str]:  # noqa: ANN001
 
 
 def _print_table(rows, level: str) -> None:  # noqa: ANN001
-    from .tables import simple_table
+    from flopwatch.commands.tables import simple_table
 
     headings = [heading for heading, _, _ in _COLUMNS]
     click.echo(simple_table(f"{len(rows)} rows ({level})", headings, [_cells(row) for row in rows]))
@@ -87,8 +87,8 @@ def _print_table(rows, level: str) -> None:  # noqa: ANN001
 @click.option("--csv", "as_csv", is_flag=True, help="CSV with a header line.")
 def history(url, config_path, since, until, gpu, job, host, level, as_json, as_csv) -> None:  # noqa: ANN001
     """Show what the GPUs did: per tick, minute or hour, by GPU and job."""
-    from . import config as config_module
-    from .store import HistoryError, HistoryRow, query_history
+    from flopwatch import config as config_module
+    from flopwatch.history.store import HistoryError, HistoryRow, query_history
 
     if as_json and as_csv:
         raise click.UsageError("choose one of --json and --csv")

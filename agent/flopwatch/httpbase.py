@@ -1,4 +1,5 @@
-"""What the agent's two HTTP servers (/metrics and the token push) accept as a request.
+"""What the agent's two HTTP servers (/metrics and the token push) share: the listen address
+and who may reach it, and what they accept as a request.
 
 http.server is lenient: it answers a request with a header line it could not parse, an HTTP/0.9
 line or a bad Content-Length as if it were fine, and answers an unknown method or HTTP/2 framing
@@ -8,11 +9,14 @@ the client's mistake, never the server's, and never a guess at what was meant.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import re
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
 from typing import Any
+
+from flopwatch.config import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -21,6 +25,44 @@ log = logging.getLogger(__name__)
 LISTEN_BACKLOG = 128
 # RFC 9110 token characters: what a header name may be made of.
 HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
+# How often an idle server thread wakes to check for shutdown: rarely, since every wake-up is CPU
+# on every node, and a stop (SIGTERM) still completes within the 5 s systemd is promised.
+POLL_SECONDS = 1.0
+
+
+class ListenError(OSError):
+    pass
+
+
+def parse_listen(address: str) -> tuple[str, int]:
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ValueError(f"listen address {address!r} is not HOST:PORT")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def check_local_bind(address: str, *, allow_remote: bool, setting: str, allow_setting: str) -> None:
+    """Refuse to listen beyond this host unless configured: for endpoints that accept data or
+    change state. ``unix:PATH`` and loopback addresses are always fine."""
+    if address.startswith("unix:") or allow_remote:
+        return
+    try:
+        host, _ = parse_listen(address)
+    except ValueError as e:
+        raise ConfigError(f"{setting}: {e}") from None
+    if is_loopback(host):
+        return
+    raise ConfigError(f"{setting} = {address!r} would accept data from other hosts; listen on 127.0.0.1, "
+                      f"::1 or unix:PATH, or set {allow_setting} = true")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name other than localhost may resolve anywhere
+        return False
 
 
 class StrictHandler(BaseHTTPRequestHandler):

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from .model import GpuFigures, GpuSample
-from .peaks import Peaks, lookup
+from flopwatch.model import GpuFigures, GpuSample
+from flopwatch.judge.peaks import Peaks, lookup
 
 
 def peak_memory_bytes_per_second(sample: GpuSample, peaks: Peaks | None) -> float | None:

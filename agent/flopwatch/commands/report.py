@@ -8,8 +8,8 @@ from pathlib import Path
 
 import click
 
-from .config import ConfigError
-from .history_cli import _Time
+from flopwatch.config import ConfigError
+from flopwatch.commands.history import _Time
 
 # A range longer than this shows a progress bar on a terminal (months read in slices).
 PROGRESS_AFTER_SECONDS = 7 * 86_400.0
@@ -66,10 +66,10 @@ def report_command(url, config_path, since, until, job, gpu, host, group_by, fmt
 
 def _build(url, config_path, since, until, job, gpu, host, group_by, fmt, level,  # noqa: ANN001
            price_per_gpu_hour, price_per_kwh, progress) -> tuple[str, bool]:
-    from . import config as config_module
-    from .report import Prices, Query, build_report, job_range, read_history
-    from .report_render import RENDERERS, MissingExtra
-    from .store import HistoryError
+    from flopwatch import config as config_module
+    from flopwatch.history.report import Prices, Query, build_report, job_range, read_history
+    from flopwatch.commands.report_render import RENDERERS, MissingExtra
+    from flopwatch.history.store import HistoryError
 
     now = time.time()
     try:

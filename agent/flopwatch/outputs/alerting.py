@@ -30,9 +30,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterable, Iterator, Protocol
 
-from .stackclass import stack_summary
-from .model import Finding, GpuFigures, PodContainer, ProcessView
-from .sources.pod_resources import LABELS as POD_LABELS, holder_labels
+from flopwatch.judge.stackclass import stack_summary
+from flopwatch.model import Finding, GpuFigures, PodContainer, ProcessView
+from flopwatch.sources.pod_resources import LABELS as POD_LABELS, holder_labels
 
 log = logging.getLogger(__name__)
 

@@ -23,9 +23,9 @@ from typing import Any, Callable, Iterable
 from sqlalchemy import Float, Integer, and_, case, cast, func, inspect, literal, or_, select, type_coerce
 from sqlalchemy.engine import Connection
 
-from . import store_schema as schema
-from .diagnose import ADVICE, SUMMARY
-from .store import DAY, LEVELS, HistoryError, _describe, open_engine, sqlite_path
+from flopwatch.history import schema as schema
+from flopwatch.judge.diagnose import ADVICE, SUMMARY
+from flopwatch.history.store import DAY, LEVELS, HistoryError, _describe, open_engine, sqlite_path
 
 HOUR = 3600.0
 KWH = 3.6e6  # joules

@@ -37,10 +37,10 @@ from sqlalchemy import create_engine, delete, event, exists, func, inspect, sele
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 
-from . import store_schema as schema
-from .config import ConfigError, HistoryConfig
-from .model import AgentState, Finding
-from .status import evidence_document
+from flopwatch.history import schema as schema
+from flopwatch.config import ConfigError, HistoryConfig
+from flopwatch.model import AgentState, Finding
+from flopwatch.judge.evidence import evidence_document
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +183,7 @@ def _upgrade(connection: Connection) -> None:
     from alembic.config import Config
 
     config = Config()
-    config.set_main_option("script_location", "flopwatch:migrations")
+    config.set_main_option("script_location", "flopwatch.history:migrations")
     config.attributes["connection"] = connection
     command.upgrade(config, "head")
 

@@ -1,0 +1,78 @@
+"""`flopwatch status`: one look at every GPU, from a running agent or from a window sampled here."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from typing import Any
+
+import click
+
+from flopwatch.commands.build import VirtualClock, build_agent
+from flopwatch.commands.options import UsageError, config_option, load_config, simulate_list, simulate_options
+from flopwatch.config import Config
+
+
+@click.command()
+@config_option
+@click.option("--from", "from_url", help="Read a running agent, e.g. http://127.0.0.1:9765.")
+@click.option("--window", type=float, default=5.0, show_default=True, help="Seconds to sample when not --from.")
+@simulate_options
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (the status document).")
+def status(config_path: str | None, from_url: str | None, window: float, simulate: str | None,
+           simulate_gpus: int | None, as_json: bool) -> None:
+    """One look at every GPU: utilization, figures, the finding and its advice."""
+    from flopwatch.outputs.status_document import status_document
+
+    if from_url:
+        doc = _fetch_status(from_url)
+    else:
+        config = load_config(config_path, {("agent", "simulate"): simulate_list(simulate),
+                                           ("agent", "simulate_gpus"): simulate_gpus})
+        config.diagnosis.min_window_seconds = min(config.diagnosis.min_window_seconds, window)
+        # One look is one verdict on the whole window: the last tick's, held back by nothing earlier.
+        config.diagnosis.evaluation_interval_seconds = 0.0
+        config.diagnosis.switch_after_seconds = 0.0
+        doc = status_document(_sample(config, window))
+    if as_json:
+        click.echo(json.dumps(doc, indent=2, default=str))
+    else:
+        from flopwatch.commands.tables import status_table
+
+        click.echo(status_table(doc))
+
+
+def _sample(config: Config, window: float) -> Any:
+    interval = config.agent.interval_seconds
+    if config.agent.simulate:
+        clock, wall = VirtualClock(0.0), VirtualClock(time.time())
+        agent = build_agent(config, clock=clock, wall_clock=wall).agent
+        for _ in range(max(int(round(window / interval)), 1)):
+            clock.now += interval
+            wall.now += interval
+            state = agent.tick()
+    else:
+        agent = build_agent(config).agent
+        deadline = time.monotonic() + window
+        state = agent.tick()
+        while time.monotonic() < deadline:
+            time.sleep(interval)
+            state = agent.tick()
+        if agent.stacks is not None and agent.stacks.busy:
+            # Stacks asked for late in the window are the strongest evidence status can show:
+            # worth the seconds of one more sample.
+            agent.stacks.wait(config.stacks.timeout_seconds)
+            state = agent.tick()
+    agent.close()
+    return state
+
+
+def _fetch_status(url: str) -> dict:
+    target = url.rstrip("/") + "/api/v1/status"
+    try:
+        with urllib.request.urlopen(target, timeout=10) as response:
+            return json.load(response)
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        raise UsageError(f"cannot read {target}: {getattr(e, 'reason', e)}") from None

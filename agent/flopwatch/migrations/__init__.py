@@ -1,1 +1,0 @@
-"""Alembic migrations of the history database; run by ``store.migrate`` when a store opens."""
