@@ -159,6 +159,9 @@ def test_the_committed_client_is_what_its_proto_generates(tmp_path):
     (tmp_path / "scripts").mkdir()
     shutil.copy(ROOT / generated / "api.proto", tmp_path / generated)
     shutil.copy(ROOT / "scripts" / "gen-podresources", tmp_path / "scripts")
-    subprocess.run([str(tmp_path / "scripts" / "gen-podresources")], check=True, timeout=60)
+    # The script runs `python3`: this venv's, as when it is activated.
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    subprocess.run([str(tmp_path / "scripts" / "gen-podresources")], check=True, timeout=60,
+                   env={**os.environ, "PATH": path})
     for name in ("api_pb2.py", "api_pb2_grpc.py"):
         assert (tmp_path / generated / name).read_text() == (ROOT / generated / name).read_text(), name
