@@ -17,13 +17,16 @@ import time
 from typing import Any, Callable, Iterable, Mapping, Protocol
 
 from flopwatch.config import Config
+from flopwatch.thresholds import Thresholds
 from flopwatch.judge.derive import derive
-from flopwatch.judge.diagnose import (DiagnosisState, Peers, Tick, TickWindow, diagnose, job_peers, loader_saturated_pids,
-                                      waste_seconds)
-from flopwatch.model import (AgentState, Finding, GpuFigures, GpuSample, GpuState, HostSample, PodContainer, ProcessView,
-                             StackProfile, TokenCount)
+from flopwatch.judge.diagnose import (DiagnosisState, Peers, Tick, TickWindow, classify, diagnose, job_peers,
+                                      loader_saturated_pids, signals)
+from flopwatch.judge.ledger import Charge, WasteLedger
+from flopwatch.judge.regime import Change, RegimeTracker
 from flopwatch.judge.stackclass import corroborate
 from flopwatch.judge.tokencost import Prices, TokenAccount
+from flopwatch.model import (AgentState, Finding, GpuFigures, GpuSample, GpuState, HostSample, PodContainer, ProcessView,
+                             StackProfile, TokenCount)
 
 log = logging.getLogger(__name__)
 
@@ -71,16 +74,18 @@ class Sink(Protocol):
 class _PerGpu:
     """What the agent carries from tick to tick for one GPU."""
 
-    def __init__(self) -> None:
+    def __init__(self, hold_seconds: float) -> None:
         self.previous: GpuSample | None = None
         self.window = TickWindow()
+        self.recent = TickWindow()  # the last regime_change_seconds, judged alone to see a change of activity
         self.pending: list[tuple[GpuSample, GpuFigures, HostSample, Peers]] = []  # since the last evaluation
         # The process views and what they were made of: the readers hand back the very same
         # processes while nothing changed, and so are the views.
         self.views: tuple[tuple, Mapping, tuple[ProcessView, ...]] = ((), {}, ())
         self.diagnosis = DiagnosisState()
-        # By cause; replaced, never changed, when it grows: the states handed out keep theirs.
-        self.wasted: dict[str, float] = {}
+        self.regime = RegimeTracker()
+        self.named = False  # whether the current segment has been judged
+        self.ledger = WasteLedger(hold_seconds)
         self.stacks_asked: tuple[str, tuple[int, ...]] | None = None  # (cause, pids) a sample was asked for
         # The processes the culprits were picked from, and them: the same until NVML's next read.
         self.culprits: tuple[tuple, tuple[int, ...]] = ((), ())
@@ -178,7 +183,8 @@ class Agent:
                 gpus = tuple(GpuState(sample=g.sample, figures=g.figures, finding=g.finding,
                                       below_threshold=g.below_threshold, wasted_seconds=g.wasted_seconds,
                                       processes=g.processes, tokens=figures.get(g.sample.info.index),
-                                      window=g.window, pods=g.pods) for g in gpus)
+                                      window=g.window, pods=g.pods, charges=g.charges,
+                                      charge_pending=g.charge_pending) for g in gpus)
         self._ticks += 1
         self.state = AgentState(
             hostname=self.hostname, timestamp=timestamp, ticks=self._ticks, gpus=gpus, host=host,
@@ -201,36 +207,82 @@ class Agent:
         th = self.config.diagnosis
         per = self._gpus.get(sample.info.index)
         if per is None:
-            per = self._gpus[sample.info.index] = _PerGpu()
+            per = self._gpus[sample.info.index] = _PerGpu(th.charge_hold_seconds)
         if sample.error is not None:
             per.previous = None
             per.window.clear()
+            per.recent.clear()
             per.pending.clear()
             per.diagnosis = DiagnosisState()
+            per.regime = RegimeTracker()
+            per.named = False
             return GpuState(sample=sample, figures=None, finding=None, below_threshold=False,
-                            wasted_seconds=per.wasted, pods=pods)
+                            wasted_seconds=per.ledger.totals, pods=pods, charges=per.ledger.new_segment())
         figures = derive(sample, per.previous)
         per.previous = sample
         per.pending.append((sample, figures, host, peers))
+        charges: tuple[Charge, ...] = ()
+        change = per.regime.observe(sample.timestamp, figures.interval_seconds, figures.utilization,
+                                    frozenset(p.pid for p in sample.processes), th)
+        if change is not None:
+            charges = self._new_segment(per, change, th)
+            evaluate = True  # the new segment is named as soon as it has min_window_seconds
         if evaluate:
             # Ticks enter the window together and are diagnosed once: run once a second, each
             # tick's pass over the window and its rules costs several times what it does in a batch.
-            last = per.window.ticks.last if len(per.window) else None
-            for parts in per.pending:
+            self._enter(per, th, since=-math.inf)
+            per.diagnosis = diagnose(per.window, th, per.diagnosis)
+            per.named = per.named or per.diagnosis.window is not None
+            change = self._activity_change(per, th)
+            if change is not None:
+                charges += self._new_segment(per, change, th)
+                per.diagnosis = diagnose(per.window, th, per.diagnosis)
+                per.named = per.diagnosis.window is not None
+        finding = self._with_stacks(per, sample, per.diagnosis.finding)
+        under = figures.utilization is not None and figures.utilization < th.utilization_threshold
+        charges += per.ledger.tick(sample.timestamp, figures.interval_seconds, under, per.named,
+                                   finding.cause if finding is not None else None)
+        return GpuState(
+            sample=sample, figures=figures, finding=finding, below_threshold=under,
+            wasted_seconds=per.ledger.totals, processes=self._views(per, sample, host), window=per.diagnosis.window,
+            pods=pods, charges=charges, charge_pending=under and not any(c.timestamp == sample.timestamp for c in charges),
+        )
+
+    @staticmethod
+    def _enter(per: _PerGpu, th: Thresholds, since: float) -> None:
+        """The ticks waiting since the last evaluation (those from ``since`` on) enter the window
+        and the recent stretch."""
+        last = per.window.ticks.last if len(per.window) else None
+        for parts in per.pending:
+            if parts[0].timestamp >= since:
                 last = Tick(*parts, like=last)
                 per.window.append(last, th.window_seconds)
-            per.pending.clear()
-            per.diagnosis = diagnose(per.window, th, per.diagnosis)
-        finding = self._with_stacks(per, sample, per.diagnosis.finding)
-        waste = waste_seconds(figures, finding, th)
-        if waste is not None:
-            cause, wasted = waste
-            per.wasted = {**per.wasted, cause: per.wasted.get(cause, 0.0) + wasted}
-        return GpuState(
-            sample=sample, figures=figures, finding=finding, below_threshold=waste is not None,
-            wasted_seconds=per.wasted, processes=self._views(per, sample, host), window=per.diagnosis.window,
-            pods=pods,
-        )
+                per.recent.append(last, th.regime_change_seconds)
+        per.pending.clear()
+
+    @staticmethod
+    def _activity_change(per: _PerGpu, th: Thresholds) -> Change | None:
+        """Whether the last stretch, judged alone, says something else than the segment's verdict."""
+        if not per.named or per.recent.ticks.weight < 0.9 * th.regime_change_seconds:
+            return None
+        recent = classify(signals(per.recent), th)
+        current = per.diagnosis.finding
+        return per.regime.compare(per.recent.ticks.first.sample.timestamp, recent.cause if recent else None,
+                                  current.cause if current else None)
+
+    @staticmethod
+    def _new_segment(per: _PerGpu, change: Change, th: Thresholds) -> tuple[Charge, ...]:
+        """Judge the GPU's ticks from ``change.start`` on alone: what came before leaves the window, and
+        its verdict goes with it where the processes it spoke of have gone."""
+        Agent._enter(per, th, since=change.start)
+        for window in (per.window, per.recent):
+            window.ticks.expire(lambda tick: tick.sample.timestamp < change.start)
+        # Across the threshold the old verdict stands only until the new side is judged, which
+        # replaces it at once (diagnose holds a cause only on one side of the threshold).
+        kept = per.diagnosis.finding if change.reason == "utilization" else None
+        per.diagnosis = DiagnosisState(finding=kept)
+        per.named = False
+        return per.ledger.new_segment()
 
     def _with_stacks(self, per: _PerGpu, sample: GpuSample, finding: Finding | None) -> Finding | None:
         """The finding, corroborated by its processes' stacks where a host-side cause is current:

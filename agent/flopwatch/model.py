@@ -322,6 +322,10 @@ class GpuState:
     tokens: TokenFigures | None = None
     window: WindowFigures | None = None  # None until the GPU's window is long enough to diagnose
     pods: tuple[PodContainer, ...] = ()  # who holds the GPU, by the kubelet; several when time-sliced
+    # Ticks under the threshold whose cause was settled this tick (this one's, or earlier ones that
+    # waited for their segment to be named): judge.ledger.Charge records.
+    charges: tuple = ()
+    charge_pending: bool = False  # this tick is under the threshold and waits for its segment's cause
 
 
 @dataclass(slots=True)  # built every tick: not frozen (see above)

@@ -13,6 +13,13 @@ class Thresholds:
     # A finding needs this much history; the window slides over the last window_seconds.
     min_window_seconds: float = 3.0
     window_seconds: float = 30.0
+    # A GPU's ticks are cut into segments judged alone (judge/regime.py): a new one starts when its
+    # processes change, or when the mean of the last regime_change_seconds is on the other side of
+    # the utilization threshold by regime_margin.
+    regime_change_seconds: float = 5.0
+    regime_margin: float = 0.1
+    # A new segment's ticks under the threshold wait at most this long for its cause (judge/ledger.py).
+    charge_hold_seconds: float = 15.0
     # Every tick enters the window; the window is diagnosed this often.
     evaluation_interval_seconds: float = 5.0
     # A new cause must lead for this long before it replaces the current one (no flapping).

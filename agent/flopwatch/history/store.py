@@ -292,6 +292,9 @@ class HistoryStore:
         self._clock = clock
         self._jitter = jitter
         self._buffer: deque[tuple] = deque()
+        # Raw rows of ticks under the threshold whose cause waits for their segment's name
+        # (judge/ledger.py), by (GPU, the sample's timestamp): written once it is settled.
+        self._held: dict[tuple[int, float], tuple] = {}
         self._lock = threading.Lock()  # guards the buffer, the counters and the dirty mark
         self._write_lock = threading.Lock()  # one writer at a time: flush, rollup, retain
         self._dropped = 0
@@ -421,12 +424,17 @@ class HistoryStore:
     # -- the sampling side -------------------------------------------------------------------
 
     def record(self, state: AgentState, tokens_by_gpu: Mapping[int, float] | None = None) -> None:
-        """Queue one tick. A GPU under the utilization threshold wastes its whole interval;
-        ``tokens_by_gpu`` gives tokens processed this tick, where known."""
+        """Queue one tick. A GPU under the utilization threshold wastes its whole interval, charged
+        to the cause the agent settled for it; ``tokens_by_gpu`` gives tokens processed this tick."""
         timestamp = state.timestamp
         rows: list[tuple] = []
         for g in state.gpus:
             sample, figures, finding = g.sample, g.figures, g.finding
+            index = sample.info.index
+            for charge in g.charges:
+                held = self._held.pop((index, charge.timestamp), None)
+                if held is not None:
+                    rows.append((_RAW, {**held[1], "cause": charge.cause, "wasted_seconds": charge.seconds}))
             if figures is None:  # the GPU could not be read this tick
                 continue
             gpu = figures.index
@@ -449,7 +457,7 @@ class HistoryStore:
             if job is None and g.pods:
                 job = g.pods[0].job  # a GPU its pod holds without a process still wastes that pod's time
             below = g.below_threshold
-            rows.append((_RAW, {
+            raw = {
                 "host": self.host, "gpu": gpu, "ts": timestamp,
                 "utilization": figures.utilization, "sm_occupancy": figures.sm_occupancy,
                 "tensor_active": figures.tensor_active, "dram_active": figures.dram_active,
@@ -462,7 +470,14 @@ class HistoryStore:
                 "wasted_seconds": figures.interval_seconds if below else 0.0,
                 "tokens": (tokens_by_gpu or {}).get(gpu, g.tokens.tokens_this_tick if g.tokens else None),
                 "job": job,
-            }))
+            }
+            own = next((c for c in g.charges if c.timestamp == sample.timestamp), None)
+            if own is not None:
+                raw.update(cause=own.cause, wasted_seconds=own.seconds)
+            if g.charge_pending:
+                self._held[(gpu, sample.timestamp)] = (_RAW, raw)
+            else:
+                rows.append((_RAW, raw))
             rows += self._findings.update(
                 gpu, timestamp, (finding.cause, finding.severity) if finding else None,
                 lambda: _finding_row(finding), finding.stacks if finding else None)
@@ -672,6 +687,9 @@ class HistoryStore:
         """Flush what is buffered and release the connections. On SIGTERM, call it from the main
         flow once sampling has stopped, not inside the signal handler: the handler may have
         interrupted ``record`` while it held the buffer's lock."""
+        with self._lock:  # ticks still waiting for their cause are written as they were read
+            self._buffer.extend(self._held.values())
+            self._held.clear()
         flushed = self.flush()
         if not flushed:
             log.warning("history store: %d rows could not be written before exit", len(self._buffer))

@@ -47,6 +47,10 @@ class SlidingWindow(Generic[T]):
         return len(self._items)
 
     @property
+    def first(self) -> T:
+        return self._items[0][0]
+
+    @property
     def last(self) -> T:
         return self._items[-1][0]
 

@@ -1,0 +1,57 @@
+"""Waste: GPU-seconds under the utilization threshold, charged to the cause of their segment. Pure.
+
+A tick under the threshold is charged to the cause its segment (judge/regime.py) is given. A new
+segment is named only once it has ``min_window_seconds`` of ticks, so its first ticks wait for that
+name — at most ``charge_hold_seconds`` — instead of being charged to the verdict on what came
+before. Charges are only ever added, so the Prometheus counter stays monotonic, and each settled
+tick is handed on with its cause so the history writes the same charge the counter made.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True, slots=True)
+class Charge:
+    """One tick's GPU-seconds under the threshold, charged to a cause."""
+
+    timestamp: float  # the tick's
+    cause: str
+    seconds: float
+
+
+@dataclass
+class WasteLedger:
+    """One GPU's waste by cause since the agent started, and the ticks waiting for their segment's name."""
+
+    hold_seconds: float
+    totals: dict[str, float] = field(default_factory=dict)
+    pending: list[tuple[float, float]] = field(default_factory=list)  # (timestamp, seconds), oldest first
+
+    def new_segment(self) -> tuple[Charge, ...]:
+        """The segment ended before it was named: its waiting ticks are charged to ``unknown``."""
+        return self._charge(self._take(len(self.pending)), UNKNOWN)
+
+    def tick(self, timestamp: float, seconds: float, under: bool, named: bool, cause: str | None) -> tuple[Charge, ...]:
+        """Account one tick; the charges settled by it (its own, and earlier ones its segment's
+        name settles). ``named``: the segment has been judged; ``cause``: its verdict (None: no
+        cause found, so an under-threshold tick is ``unknown``)."""
+        if under:
+            self.pending.append((timestamp, seconds))
+        if named:
+            return self._charge(self._take(len(self.pending)), cause or UNKNOWN)
+        overdue = sum(1 for t, _ in self.pending if timestamp - t >= self.hold_seconds)
+        return self._charge(self._take(overdue), UNKNOWN)
+
+    def _take(self, count: int) -> list[tuple[float, float]]:
+        taken, self.pending = self.pending[:count], self.pending[count:]
+        return taken
+
+    def _charge(self, ticks: list[tuple[float, float]], cause: str) -> tuple[Charge, ...]:
+        if not ticks:
+            return ()
+        self.totals = {**self.totals, cause: self.totals.get(cause, 0.0) + sum(s for _, s in ticks)}
+        return tuple(Charge(t, cause, s) for t, s in ticks)

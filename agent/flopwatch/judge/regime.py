@@ -1,0 +1,99 @@
+"""When a GPU's work changed: the segment of ticks that one verdict may speak for. Pure.
+
+A 30 s mean across a change of job or of phase speaks for neither side: a job's start-up averaged
+with the idle GPU before it reads `idle`, a healthy run after a stall carries the stall's cause for
+as long as the stall stays in the window. So a GPU's ticks are cut into segments, and a segment is
+judged alone. A segment ends when
+
+- the processes on the GPU change (a job starts, ends, or a second one joins), or
+- its utilization moves to the other side of the threshold and stays there: every tick of the last
+  ``regime_change_seconds`` is on the other side of ``utilization_threshold``, and their mean by at
+  least ``regime_margin``. The new segment starts where that stretch began.
+
+- on the same side of the threshold, what the GPU's last ``regime_change_seconds`` say (the cause
+  the rules give them alone) differs from the segment's verdict, the same at two evaluations in a row: a job
+  moving from training to saving a checkpoint, from loading weights to compiling. The new segment
+  starts where that stretch began.
+
+A job that stalls and runs in turn faster than ``regime_change_seconds`` stays one segment: its
+verdict is about the mix, which is what its owner can change.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+from flopwatch.thresholds import Thresholds
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """A new segment: where it starts (a tick's timestamp) and why."""
+
+    start: float
+    reason: str  # "processes", "utilization" or "activity"
+
+
+class RegimeTracker:
+    """One GPU's current segment, fed one tick at a time."""
+
+    def __init__(self) -> None:
+        self.pids: frozenset[int] | None = None
+        self.under: bool | None = None  # the segment's side of the threshold, once it has one
+        self.started: float | None = None
+        self._recent: deque[tuple[float, float, float]] = deque()  # (timestamp, utilization, seconds)
+        # The cause a recent stretch gave that differs from the segment's, and where that stretch began.
+        self._challenger: tuple[str | None, float] | None = None
+
+    def observe(self, timestamp: float, seconds: float, utilization: float | None, pids: frozenset[int],
+                th: Thresholds) -> Change | None:
+        """The change this tick ends the current segment with, or None if it continues it."""
+        if self.pids is None or pids != self.pids:
+            first = self.pids is None
+            self._restart(timestamp, pids)
+            self._remember(timestamp, utilization, seconds, th)
+            return None if first else Change(timestamp, "processes")
+        self._remember(timestamp, utilization, seconds, th)
+        trailing = self._trailing_mean()
+        if trailing is None or timestamp - self._recent[0][0] + seconds < th.regime_change_seconds:
+            return None
+        under = trailing < th.utilization_threshold
+        if self.under is None:
+            self.under = under
+            return None
+        stayed = all((u < th.utilization_threshold) == under for _, u, _ in self._recent)
+        beyond = abs(trailing - th.utilization_threshold) >= th.regime_margin
+        if under == self.under or not (stayed and beyond):
+            return None
+        start = self._recent[0][0]
+        self.under, self.started, self._challenger = under, start, None
+        return Change(start, "utilization")
+
+    def compare(self, stretch_start: float, recent_cause: str | None, segment_cause: str | None) -> Change | None:
+        """At an evaluation: the change if the last stretch's own cause differs from the segment's
+        verdict and is the one the stretch before gave, starting where that first stretch began."""
+        if recent_cause == segment_cause:
+            self._challenger = None
+            return None
+        if self._challenger is None or self._challenger[0] != recent_cause:
+            self._challenger = (recent_cause, stretch_start)  # a transition's mix names a cause once
+            return None
+        start = self._challenger[1]
+        self._challenger, self.started = None, start
+        return Change(start, "activity")
+
+    def _restart(self, timestamp: float, pids: frozenset[int]) -> None:
+        self.pids, self.under, self.started = pids, None, timestamp
+        self._challenger = None
+        self._recent.clear()
+
+    def _remember(self, timestamp: float, utilization: float | None, seconds: float, th: Thresholds) -> None:
+        if utilization is not None:
+            self._recent.append((timestamp, utilization, seconds))
+        while self._recent and timestamp - self._recent[0][0] >= th.regime_change_seconds:
+            self._recent.popleft()
+
+    def _trailing_mean(self) -> float | None:
+        weight = sum(s for _, _, s in self._recent)
+        return sum(u * s for _, u, s in self._recent) / weight if weight > 0 else None

@@ -1,0 +1,51 @@
+from flopwatch.judge.ledger import Charge, WasteLedger
+
+
+def test_a_tick_of_a_named_segment_is_charged_to_its_cause_at_once():
+    ledger = WasteLedger(hold_seconds=15.0)
+    assert ledger.tick(1.0, 1.0, under=True, named=True, cause="input_starved") == (Charge(1.0, "input_starved", 1.0),)
+    assert ledger.totals == {"input_starved": 1.0}
+
+
+def test_a_new_segments_ticks_wait_for_its_name_then_take_it():
+    ledger = WasteLedger(hold_seconds=15.0)
+    assert ledger.tick(1.0, 1.0, under=True, named=False, cause="idle") == ()
+    assert ledger.tick(2.0, 1.0, under=True, named=False, cause="idle") == ()
+    settled = ledger.tick(3.0, 1.0, under=True, named=True, cause="starting")
+    assert [c.timestamp for c in settled] == [1.0, 2.0, 3.0]
+    assert ledger.totals == {"starting": 3.0}
+
+
+def test_ticks_over_the_threshold_are_never_charged():
+    ledger = WasteLedger(hold_seconds=15.0)
+    assert ledger.tick(1.0, 1.0, under=False, named=True, cause="memory_bound") == ()
+    assert ledger.totals == {}
+
+
+def test_a_tick_under_the_threshold_with_no_cause_found_is_unknown():
+    ledger = WasteLedger(hold_seconds=15.0)
+    ledger.tick(1.0, 1.0, under=True, named=True, cause=None)
+    assert ledger.totals == {"unknown": 1.0}
+
+
+def test_the_hold_is_bounded():
+    ledger = WasteLedger(hold_seconds=3.0)
+    for t in range(3):
+        ledger.tick(float(t), 1.0, under=True, named=False, cause=None)
+    assert ledger.tick(3.0, 1.0, under=True, named=False, cause=None) == (Charge(0.0, "unknown", 1.0),)
+
+
+def test_a_segment_that_ends_unnamed_leaves_its_ticks_to_unknown():
+    ledger = WasteLedger(hold_seconds=15.0)
+    ledger.tick(1.0, 1.0, under=True, named=False, cause=None)
+    assert ledger.new_segment() == (Charge(1.0, "unknown", 1.0),)
+    assert ledger.pending == []
+
+
+def test_totals_only_grow():
+    ledger = WasteLedger(hold_seconds=15.0)
+    seen = []
+    for t, cause in enumerate(["a", None, "a", "b"]):
+        ledger.tick(float(t), 1.0, under=True, named=cause is not None, cause=cause)
+        seen.append(sum(ledger.totals.values()))
+    assert seen == sorted(seen)
