@@ -147,9 +147,47 @@ def test_held_idle_in_a_notebook_kernels_event_loop_stays_held_idle():
     assert "stacks_agree" in result.evidence
 
 
-def test_unknown_with_the_main_thread_syncing_on_item_every_step_is_launch_bound():
+def test_a_main_thread_syncing_on_item_in_its_evaluation_loop_is_evaluating_a_ticket():
     result = corroborate(finding("unknown"), raw((EVAL_SYNC, 30), (FORWARD, 10), code="total += loss.item()"))
+    assert (result.cause, result.severity) == ("evaluating", "ticket")
+    assert result.advice.startswith("The GPU waits in an evaluation loop")
+
+
+# -- phases of a job's life: the frames around the work say which --------------------------------
+
+LOAD = (f"{TRAIN_LOOP};load ({SITE}/torch/serialization.py:1462);_load ({SITE}/torch/serialization.py:1964);"
+        f"load ({PY}/pickle.py:1205);readinto ({PY}/zipfile.py:900)")
+SAFETENSORS = f"{TRAIN_LOOP};load_file ({SITE}/safetensors/torch.py:313)"
+SAVE = (f"{TRAIN_LOOP};save ({SITE}/torch/serialization.py:944);_save ({SITE}/torch/serialization.py:1178);"
+        f"write_record ({SITE}/torch/serialization.py:820)")
+COMPILE = (f"{TRAIN_LOOP};_fn ({SITE}/torch/_dynamo/eval_frame.py:655);"
+           f"_compile ({SITE}/torch/_dynamo/convert_frame.py:1039);"
+           f"compile_fx ({SITE}/torch/_inductor/compile_fx.py:1873);subs ({SITE}/sympy/core/basic.py:1044)")
+COMPILED_STEP = (f"{TRAIN_LOOP};_fn ({SITE}/torch/_dynamo/eval_frame.py:655);"
+                 f"forward ({SITE}/torch/_inductor/output_code.py:460);call (/tmp/torchinductor_ada/ab/cab.py:120)")
+IMPORTS = (f"<module> (/home/ada/train.py:3);_find_and_load (<frozen importlib._bootstrap>:1176);"
+           f"_load_unlocked (<frozen importlib._bootstrap>:690);<module> ({SITE}/torch/nn/modules/conv.py:1)")
+CUDA_INIT = f"{TRAIN_LOOP};_lazy_init ({SITE}/torch/cuda/__init__.py:319)"
+
+
+@pytest.mark.parametrize("stack, cause", [
+    (LOAD, "loading_weights"), (SAFETENSORS, "loading_weights"), (SAVE, "checkpointing"),
+    (COMPILE, "compiling"), (IMPORTS, "starting"), (CUDA_INIT, "starting"),
+])
+def test_a_main_thread_in_a_phase_of_the_jobs_life_names_the_phase(stack, cause):
+    result = corroborate(finding("io_bound"), raw((stack, 30), (FORWARD, 5)))
+    assert (result.cause, result.severity) == (cause, "ticket")
+    assert result.evidence["stacks_corrected_from"] == "io_bound"
+
+
+def test_a_compiled_models_steady_steps_are_not_compiling():
+    result = corroborate(finding("launch_bound"), raw((COMPILED_STEP, 30)))
     assert result.cause == "launch_bound"
+
+
+def test_a_phase_seen_in_a_minority_of_samples_names_nothing():
+    result = corroborate(finding("input_starved"), raw((SAVE, 5), (f"{TRAIN_LOOP};encode ({SITE}/tokenizers/x.py:1)", 30)))
+    assert result.cause == "input_starved"
 
 
 def test_unknown_with_the_loader_workers_busy_decoding_is_input_starved():

@@ -20,7 +20,7 @@ from flopwatch.config import Config
 from flopwatch.thresholds import Thresholds
 from flopwatch.judge.derive import derive
 from flopwatch.judge.diagnose import (DiagnosisState, Peers, Tick, TickWindow, classify, diagnose, job_peers,
-                                      loader_saturated_pids, signals)
+                                      loader_saturated_pids, signals, PHASES)
 from flopwatch.judge.ledger import Charge, WasteLedger
 from flopwatch.judge.regime import Change, RegimeTracker
 from flopwatch.judge.stackclass import corroborate
@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 _ALONE = Peers()  # a GPU sharing no job with another
 # Causes on the host's side of the GPU: the culprit's Python stacks can say what it does instead.
 HOST_SIDE = frozenset({"input_starved", "launch_bound", "io_bound", "host_transfer_bound", "held_idle",
-                       "low_demand", "unknown"})
+                       "low_demand", "unknown", *PHASES})
 
 
 class GpuSource(Protocol):

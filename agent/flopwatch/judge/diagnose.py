@@ -24,6 +24,8 @@ CAUSES = (
     "idle", "held_idle", "input_starved", "io_bound", "host_transfer_bound", "launch_bound",
     "memory_bound", "no_tensor_cores", "power_capped", "thermal_throttled", "clocks_capped",
     "contention", "communication_bound", "system", "low_demand", "unknown",
+    # Phases of a job's life that leave the GPU waiting, named from the culprit's stacks (stackclass.py).
+    "starting", "loading_weights", "compiling", "checkpointing", "evaluating",
 )
 
 ADVICE = {
@@ -62,6 +64,26 @@ ADVICE = {
                   "zero), share the GPU (MIG, MPS, time-slicing), or batch requests.",
     "unknown": "Utilization is low and no known signature matches. Profile one step (PyTorch profiler, "
                "Nsight Systems) to see where the time goes.",
+    "starting": "The job is starting: importing Python modules and initializing CUDA while the GPU waits. "
+                "Use an image with every dependency installed (no pip at start), import lazily, keep a warm "
+                "worker or model server instead of a new process per task, and start the next job's "
+                "process while the last one finishes.",
+    "loading_weights": "The GPU waits while model weights load. Keep the weights on local NVMe (not a network "
+                       "filesystem), use safetensors with mmap and load straight to the GPU (safe_open or "
+                       "load_file(device='cuda'), torch.load(mmap=True)), load shards in parallel, or keep "
+                       "a warm model server instead of reloading per job.",
+    "compiling": "The GPU waits while the model compiles (torch.compile/Inductor, Triton autotuning, "
+                 "TensorRT or ONNX builds). Keep the compile caches between runs (TORCHINDUCTOR_CACHE_DIR "
+                 "and TRITON_CACHE_DIR on persistent local disk), compile the repeated block once "
+                 "(regional compilation), use max-autotune only where it pays back, and build engines "
+                 "ahead of time.",
+    "checkpointing": "The GPU waits while a checkpoint is written. Save asynchronously "
+                     "(torch.distributed.checkpoint.async_save, or copy to pinned host memory and write from "
+                     "a thread), write to local NVMe and upload after, save each rank's shard only, and save "
+                     "less often.",
+    "evaluating": "The GPU waits in an evaluation loop: per-batch .item()/.cpu() syncs and metric code on "
+                  "the host leave it idle. Evaluate under torch.inference_mode() with larger batches, keep "
+                  "metrics on the GPU and sync once per evaluation, or evaluate less often or on a subset.",
 }
 
 SUMMARY = {
@@ -81,7 +103,14 @@ SUMMARY = {
     "system": "Node problem (driver, PCIe link) holds the GPU back",
     "low_demand": "GPU has little work to do (low demand)",
     "unknown": "GPU under-used, cause not identified",
+    "starting": "Job starting up (imports, CUDA initialization)",
+    "loading_weights": "GPU waiting while model weights load",
+    "compiling": "GPU waiting while the model compiles",
+    "checkpointing": "GPU waiting while a checkpoint is saved",
+    "evaluating": "GPU waiting in an evaluation loop",
 }
+# Phases are part of a job's life, fixed by its owner, not by on-call: tickets.
+PHASES = ("starting", "loading_weights", "compiling", "checkpointing", "evaluating")
 
 # input_starved where the feeding thread wants a core and waits for one: the fix is the host's cores.
 CPU_CONTENDED_ADVICE = ("The thread feeding the GPU is runnable but waits for a CPU: other processes hold the "

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Mapping
 
-from flopwatch.judge.diagnose import ADVICE, SUMMARY
+from flopwatch.judge.diagnose import ADVICE, PHASES, SUMMARY
 from flopwatch.model import Finding, StackProfile, StackShare
 
 ACTIVITIES = {
@@ -25,7 +25,14 @@ ACTIVITIES = {
     "notebook_wait": "a notebook kernel, waiting for input",
     "waiting": "waiting",
     "other": "other code",
+    # A phase of a job's life: whatever the innermost frame does, the frames around it say why.
+    "starting": "starting up (imports, CUDA initialization)",
+    "loading_weights": "loading weights",
+    "compiling": "compiling the model",
+    "checkpointing": "saving a checkpoint",
+    "evaluating": "an evaluation loop",
 }
+
 FEEDING = ("data_loading", "tokenizing", "loader_wait")
 STRONG = 0.5  # a thread spending at least this share of its samples in one activity
 # The thread that launches the model prepares its input for at least this share of its samples:
@@ -88,6 +95,44 @@ _CALLS = (
 )
 
 
+# Phases of a job's life, by a frame anywhere in the stack: (substring of the path or "", function
+# names), tried in order. The frames inside (a read, a kernel launch, sympy) are the phase's work.
+_PHASE_FRAMES = (
+    ("starting", "", ("_find_and_load", "_find_and_load_unlocked")),  # import machinery
+    ("starting", "torch/cuda/__init__.py", ("_lazy_init", "init")),
+    ("checkpointing", "torch/serialization.py", ("save", "_save")),
+    ("checkpointing", "torch/distributed/checkpoint/", ("save", "async_save", "save_state_dict", "_save_state_dict")),
+    ("checkpointing", "safetensors/", ("save_file", "save")),
+    ("checkpointing", "", ("save_pretrained", "save_model", "_save_checkpoint", "save_checkpoint")),
+    ("loading_weights", "torch/serialization.py", ("load", "_load", "_legacy_load")),
+    ("loading_weights", "torch/distributed/checkpoint/", ("load", "load_state_dict", "_load_state_dict")),
+    ("loading_weights", "safetensors/", ("load_file", "load", "safe_open", "get_tensor")),
+    ("loading_weights", "", ("from_pretrained", "load_state_dict", "_load_from_state_dict", "load_checkpoint",
+                             "load_checkpoint_in_model", "load_sharded_checkpoint", "_load_pretrained_model")),
+    ("compiling", "torch/_dynamo/", ("_compile", "compile_inner", "_convert_frame", "_convert_frame_assert")),
+    ("compiling", "torch/_inductor/", ("compile_fx", "compile_fx_inner", "fx_codegen_and_compile", "autotune",
+                                       "benchmark_example_value", "precompile")),
+    ("compiling", "triton/runtime/autotuner.py", ("_bench", "benchmark", "prune_configs", "run")),
+    ("compiling", "tensorrt", ("build_serialized_network", "build_engine")),
+    ("compiling", "torch/onnx/", ("export",)),
+    ("evaluating", "", ("evaluate", "evaluation_loop", "_evaluation_loop", "validate", "validation_step",
+                        "validation_loop", "eval_step", "eval_loop", "evaluate_model", "test_step",
+                        "prediction_step", "prediction_loop")),
+)
+
+
+def stack_phase(stack: StackShare) -> str | None:
+    """The phase of a job's life a stack is in, by any of its frames, or None."""
+    paths = stack.paths or ("",) * len(stack.frames)
+    for phase, marker, names in _PHASE_FRAMES:
+        for frame, path in zip(stack.frames, paths):
+            if marker and marker not in path and marker not in frame:
+                continue
+            if frame.split(" (", 1)[0].rsplit(".", 1)[-1] in names:
+                return phase
+    return None
+
+
 def frame_activity(frame: str, path: str, code: str = "") -> str | None:
     """One frame's activity, ``_WAIT``/``_EVENT_LOOP`` for a blocking frame, or None."""
     for marker, activity in _PATHS:
@@ -103,8 +148,12 @@ def frame_activity(frame: str, path: str, code: str = "") -> str | None:
 
 
 def stack_activity(stack: StackShare) -> str:
-    """What a stack's thread is doing: its innermost frame that says, a blocking frame being
-    named for what its callers wait on (the data loader, a server loop, a notebook kernel)."""
+    """What a stack's thread is doing: the phase of the job's life its frames say it is in; else its
+    innermost frame that says, a blocking frame being named for what its callers wait on (the data
+    loader, a server loop, a notebook kernel)."""
+    phase = stack_phase(stack)
+    if phase is not None:
+        return phase
     blocked: str | None = None
     paths = stack.paths or ("",) * len(stack.frames)
     for depth, (frame, path) in enumerate(zip(stack.frames, paths)):
@@ -176,6 +225,13 @@ def _verdict(cause: str, r: StackReading) -> tuple[str, str] | None:
     """(the cause the stacks support, what they show) for a host-side cause, or None if they say
     nothing strong about it. Each line reads what the frames mean for where the time goes."""
     main, share = r.strongest("main")
+    phase, phase_share = max(((p, max(r.share("main", p), r.share("threads", p))) for p in PHASES),
+                             key=lambda kv: kv[1])
+    if phase_share >= STRONG:
+        # Loading, compiling, saving, starting, evaluating: the phase, not the bottleneck it shows
+        # on the counters (a read, a busy thread), is what its owner can change.
+        return phase, f"{'main thread' if r.share('main', phase) >= phase_share else 'a thread'} " \
+                      f"{phase_share:.0%} {ACTIVITIES[phase]}"
     feeding_main = r.share("main", *FEEDING)
     feeding_elsewhere = max(r.share("threads", "data_loading", "tokenizing"),
                             r.share("workers", "data_loading", "tokenizing", "file_read"))
@@ -223,7 +279,8 @@ def corroborate(finding: Finding | None, profile: StackProfile | None,
     if cause == finding.cause:
         return replace(finding, stacks=profile, confidence=round(min(finding.confidence + 0.15, 0.95), 2),
                        evidence={**finding.evidence, "stacks_agree": said})
-    return Finding(cause=cause, severity="ticket" if cause == "low_demand" else "page", confidence=0.75,
+    return Finding(cause=cause, severity="ticket" if cause == "low_demand" or cause in PHASES else "page",
+                   confidence=0.75,
                    evidence={**finding.evidence, "stacks_corrected_from": finding.cause, "stacks_say": said},
                    advice=ADVICE[cause], summary=SUMMARY[cause], stacks=profile)
 
