@@ -1,8 +1,13 @@
 """The real-GPU corpus's scoring and batching, with plain records (no GPU needed)."""
 
+import ast
+from pathlib import Path
+
 from flopwatch.judge.diagnose import CAUSES
-from tests.gpu.corpus import estimate, plan, summary
-from tests.gpu.labels import LABELS, Label
+from tests.gpu.corpus import estimate, plan, summary, window_record
+from tests.gpu.labels import LABELS, PHASES, Label
+
+WORKLOADS = Path(__file__).parent / "gpu" / "workloads"
 
 
 def record(workload, expected, cause, severity=None, utilization=0.1, stacks=None, culprit=None):
@@ -12,9 +17,27 @@ def record(workload, expected, cause, severity=None, utilization=0.1, stacks=Non
 
 
 def test_the_batches_hold_every_workload_once_and_each_fits_a_command():
-    batches = plan(4, windows=3, window_seconds=8.0, warmup=3.0)
+    batches = plan(windows=3, window_seconds=8.0, warmup=3.0, budget=540)
     assert sorted(k for b in batches for k in b) == sorted(LABELS)
     assert all(sum(estimate(k, 3, 8.0, 3.0) for k in b) <= 540 for b in batches)
+
+
+def test_a_batch_count_asked_for_is_kept():
+    assert len(plan(windows=3, window_seconds=8.0, warmup=3.0, budget=540, batches=9)) == 9
+
+
+def test_a_phase_named_as_the_findings_phase_is_right():
+    label = Label("loading_weights", ("load_file",), "")
+    gpu = {"finding": {"cause": "io_bound", "phase": "loading_weights", "severity": "page"}}
+    assert window_record("w", label, 0, gpu)["right"]
+
+
+def test_the_expected_contributing_cause_is_scored_apart_from_the_primary():
+    label = Label("launch_bound", (), "", contributing=("contention",))
+    gpu = {"finding": {"cause": "launch_bound", "contributing": [{"cause": "contention", "evidence": {}}]}}
+    record = window_record("w", label, 0, gpu)
+    assert record["right"] and record["contributing_named"]
+    assert not window_record("w", label, 0, {"finding": {"cause": "launch_bound"}})["contributing_named"]
 
 
 def test_a_page_on_healthy_work_is_counted():
@@ -40,5 +63,16 @@ def test_a_stack_names_the_culprit_by_a_frame_holding_a_responsible_function():
     assert not label.names_culprit(["select (selectors.py:415)"])
 
 
-def test_every_label_names_a_cause_of_the_taxonomy():
-    assert {label.cause for label in LABELS.values()} - {None} <= set(CAUSES)
+def test_every_label_names_a_cause_of_the_taxonomy_or_a_phase():
+    named = {label.cause for label in LABELS.values()} | {c for label in LABELS.values() for c in label.contributing}
+    assert named - {None} <= set(CAUSES) | set(PHASES)
+
+
+def test_every_label_runs_workloads_that_exist():
+    defined = set()
+    for module in WORKLOADS.glob("*.py"):
+        for node in ast.parse(module.read_text()).body:
+            if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "WORKLOADS" for t in node.targets):
+                defined |= {element.id for element in node.value.elts}
+    used = {name.partition(" x")[0] for key in LABELS for name in key.split("+")}
+    assert used <= defined

@@ -1,8 +1,9 @@
 """The labelled corpus on a real GPU: each workload started alone, then read the way
 `flopwatch status --window 8 --json` reads it, window after window, and scored against its label.
 
-    PYTHONPATH=agent python3 -m tests.gpu.corpus --batch 1/4 --out DIR     # a quarter of the corpus, ~7 min
-    PYTHONPATH=agent python3 -m tests.gpu.corpus --only NAME [NAME ...] --out DIR
+    PYTHONPATH=agent python3 -m tests.gpu.corpus --plan                    # the batches, each under 9 min
+    PYTHONPATH=agent python3 -m tests.gpu.corpus --batch 1 --out DIR       # the first of them
+    PYTHONPATH=agent python3 -m tests.gpu.corpus --only NAME,NAME --out DIR
     PYTHONPATH=agent python3 -m tests.gpu.corpus --merge DIR/corpus-*.jsonl [--doc docs/accuracy.md]
 
 Each window is one JSON line in DIR/corpus-<batch>.jsonl; the workloads' output goes to DIR/logs/.
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import signal
 import subprocess
@@ -21,7 +23,7 @@ from collections import Counter
 from pathlib import Path
 
 from flopwatch.thresholds import Thresholds
-from tests.gpu.labels import HOST_SIDE, LABELS, Label
+from tests.gpu.labels import HOST_SIDE, LABELS, PHASES, Label
 
 REPO = Path(__file__).resolve().parents[2]
 GPU = 0
@@ -86,16 +88,26 @@ def read_window(seconds: float) -> dict:
         return {"error": f"status exited {done.returncode}: {done.stderr[-600:]}"}
 
 
+def contributing_causes(finding: dict) -> list[str]:
+    """The finding's contributing causes, listed as names or as {"cause": …, "evidence": …}."""
+    return [c.get("cause") if isinstance(c, dict) else c for c in finding.get("contributing") or []]
+
+
 def window_record(key: str, label: Label, index: int, gpu: dict) -> dict:
     finding = gpu.get("finding") or {}
     evidence = finding.get("evidence") or {}
     stacks = evidence.get("stacks") or []
     frames = [frame for stack in stacks for frame in stack.get("frames", [])]
     cause = finding.get("cause")
+    phase = finding.get("phase") or evidence.get("phase")
+    contributing = contributing_causes(finding)
     return {
-        "workload": key, "expected": label.cause, "window": index, "cause": cause,
+        "workload": key, "expected": label.cause, "window": index, "cause": cause, "phase": phase,
         "severity": finding.get("severity"), "confidence": finding.get("confidence"),
-        "right": cause == label.cause,
+        "right": cause == label.cause or (label.cause in PHASES and phase == label.cause),
+        "contributing": contributing,
+        "contributing_expected": list(label.contributing),
+        "contributing_named": set(label.contributing) <= set(contributing) if label.contributing else None,
         "utilization_mean": gpu.get("utilization"),
         "readings": {k: v for k, v in gpu.items() if isinstance(v, (int, float)) and not isinstance(v, bool)},
         "last_tick": gpu.get("last_tick"),
@@ -134,17 +146,24 @@ def estimate(key: str, windows: int, window_seconds: float, warmup: float) -> fl
     return label.start_seconds + warmup + windows * (window_seconds + 1.5 + stacks) + 3.0
 
 
-def plan(batches: int, windows: int, window_seconds: float, warmup: float) -> list[list[str]]:
-    """The corpus split into batches of about equal time, longest first to the lightest batch. A
-    batch runs its slowest starters first: one that overruns its estimate then leaves the budget
-    to skip a short one at the end, instead of running past the command's limit."""
-    load = [0.0] * batches
-    chosen: list[list[str]] = [[] for _ in range(batches)]
-    for key in sorted(LABELS, key=lambda k: -estimate(k, windows, window_seconds, warmup)):
-        i = load.index(min(load))
-        load[i] += estimate(key, windows, window_seconds, warmup)
-        chosen[i].append(key)
-    return chosen
+def plan(windows: int, window_seconds: float, warmup: float, budget: float, batches: int | None = None
+         ) -> list[list[str]]:
+    """The corpus split into batches of about equal time, as few as fit ``budget`` seconds each
+    (or ``batches`` of them), longest first to the lightest batch. A batch runs its slowest
+    starters first: one that overruns its estimate then leaves the budget to skip a short one at
+    the end, instead of running past the command's limit."""
+    seconds = {key: estimate(key, windows, window_seconds, warmup) for key in LABELS}
+    count = batches or max(1, math.ceil(sum(seconds.values()) / budget))
+    while True:
+        load = [0.0] * count
+        chosen: list[list[str]] = [[] for _ in range(count)]
+        for key in sorted(LABELS, key=lambda k: -seconds[k]):
+            i = load.index(min(load))
+            load[i] += seconds[key]
+            chosen[i].append(key)
+        if batches or max(load) <= budget:
+            return chosen
+        count += 1
 
 
 def summary(records: list[dict], windows: int) -> list[str]:
@@ -185,6 +204,10 @@ def summary(records: list[dict], windows: int) -> list[str]:
               f"pages whose own window's utilization is ≥ {THRESHOLD}: {high_pages}",
               f"host-side windows whose stacks name the responsible function: {named_culprit}/{len(host)} = "
               f"{named_culprit / max(len(host), 1):.1%} ({with_stacks} had stacks)"]
+    sharing = [r for r in measured if r.get("contributing_expected")]
+    if sharing:
+        named = sum(1 for r in sharing if r.get("contributing_named"))
+        lines.append(f"windows naming the expected contributing cause(s): {named}/{len(sharing)}")
     why_not = Counter(r["stacks_unavailable"] for r in host if r.get("stacks_unavailable"))
     lines += [f"  no stacks, {reason}: {n} window(s)" for reason, n in why_not.most_common()]
     return lines
@@ -192,10 +215,11 @@ def summary(records: list[dict], windows: int) -> list[str]:
 
 def labels_table() -> list[str]:
     """The labels as a Markdown table, for docs/accuracy.md."""
-    lines = ["| workload | expected cause | responsible function (stack) | why |", "|---|---|---|---|"]
+    lines = ["| workload | expected cause (+ contributing) | responsible function (stack) | why |", "|---|---|---|---|"]
     for key, label in LABELS.items():
         names = ", ".join(f"`{n}`" for n in label.responsible) if label.cause in HOST_SIDE else "—"
-        lines.append(f"| `{key}` | {label.cause or 'none (healthy)'} | {names} | {label.why} |")
+        cause = (label.cause or "none (healthy)") + "".join(f" + {c}" for c in label.contributing)
+        lines.append(f"| `{key}` | {cause} | {names} | {label.why} |")
     return lines
 
 
@@ -209,15 +233,15 @@ def write_block(doc: Path, name: str, text: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch", default="1/1", help="I/N: the I-th of N batches of about equal time")
-    parser.add_argument("--only", nargs="+", help="these workloads (labels' keys) instead of a batch")
+    parser.add_argument("--batch", default="1", help="I: the I-th batch of --plan's; I/N: of N batches of about equal time")
+    parser.add_argument("--only", help="these workloads (labels' keys, comma-separated) instead of a batch")
     parser.add_argument("--out", default=os.environ.get("OUT", "/tmp/flopwatch-corpus"))
     parser.add_argument("--windows", type=int, default=3)
     parser.add_argument("--window", type=float, default=8.0, help="seconds per window")
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds after the first step")
     parser.add_argument("--budget", type=float, default=540.0,
                         help="seconds: a workload that would end past this is skipped")
-    parser.add_argument("--plan", action="store_true", help="print the batches and their estimated seconds")
+    parser.add_argument("--plan", action="store_true", help="print the batches, their estimated seconds and the total")
     parser.add_argument("--labels", action="store_true", help="print the labels as a Markdown table (--doc: into it)")
     parser.add_argument("--merge", nargs="+", metavar="JSONL", help="combine batches' windows into one report")
     parser.add_argument("--doc", type=Path, help="with --merge or --labels: write into this file's block")
@@ -236,19 +260,22 @@ def main() -> None:
             write_block(args.doc, "corpus", f"From {sources}:\n\n```\n" + "\n".join(lines) + "\n```")
         return
     index, _, count = args.batch.partition("/")
-    batches = plan(int(count), args.windows, args.window, args.warmup)
+    batches = plan(args.windows, args.window, args.warmup, args.budget, int(count) if count else None)
     if args.plan:
         for i, keys in enumerate(batches, 1):
             seconds = sum(estimate(k, args.windows, args.window, args.warmup) for k in keys)
-            print(f"batch {i}/{count}: ~{seconds:.0f} s: {' '.join(keys)}")
+            print(f"batch {i}/{len(batches)}: ~{seconds:.0f} s: {' '.join(keys)}")
+        total = sum(estimate(k, args.windows, args.window, args.warmup) for k in LABELS)
+        print(f"{len(LABELS)} workloads × (start + {args.warmup:g} s + {args.windows} windows of {args.window:g} s): "
+              f"~{total:.0f} s = {total / 60:.1f} min of device time in {len(batches)} commands")
         return
-    keys = args.only or batches[int(index) - 1]
+    keys = args.only.split(",") if args.only else batches[int(index) - 1]
     unknown = [k for k in keys if k not in LABELS]
     if unknown:
         parser.error(f"no label for {', '.join(unknown)} (see tests/gpu/labels.py)")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    tag = "only" if args.only else f"batch-{index}of{count}"
+    tag = "only" if args.only else f"batch-{index}of{len(batches)}"
     started = time.monotonic()
     records: list[dict] = []
     with open(out / f"corpus-{tag}.jsonl", "w") as jsonl:

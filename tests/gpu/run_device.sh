@@ -7,4 +7,4 @@ mkdir -p "$out"
 export PYTHONPATH="$PWD/agent${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version,power.limit,clocks.max.sm --format=csv
 python3 -m flopwatch doctor --json | tee "$out/doctor.json"
-python3 -m pytest -q -s -p no:cacheprovider tests/gpu 2>&1 | tee "$out/gpu.log"
+python3 -m pytest -q -s -p no:cacheprovider --durations=0 tests/gpu 2>&1 | tee "$out/gpu.log"

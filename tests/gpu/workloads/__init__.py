@@ -49,6 +49,7 @@ def scratch_dir() -> Path:
 
 def workloads() -> dict:
     """Every workload by name (the families are imported here, not at start-up of each other)."""
-    from . import basic, host, language, serving, speed, vision
+    from . import basic, host, language, lifecycle, patterns, serving, speed, vision
 
-    return {f.__name__: f for module in (basic, vision, language, speed, host, serving) for f in module.WORKLOADS}
+    return {f.__name__: f for module in (basic, vision, language, speed, host, serving, lifecycle, patterns)
+            for f in module.WORKLOADS}

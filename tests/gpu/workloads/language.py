@@ -46,6 +46,68 @@ def llama_greedy_decode() -> None:
         ready()
 
 
+class Llama8B:
+    """The 8B Llama shape (4096 wide, 32 layers, GQA 32/8, 14336 MLP, 128k vocabulary) as a lean
+    eager decoder, the way a hand-written server runs it: random bf16 weights made on the GPU,
+    fused QKV and gate-up matrices, a static KV cache, SDPA over the filled positions."""
+
+    def __init__(self, layers: int = 32, width: int = 4096, heads: int = 32, kv_heads: int = 8,
+                 mlp: int = 14336, vocab: int = 128256, context: int = 4096) -> None:
+        width, mlp = dim(width), dim(mlp)
+        self.heads, self.kv_heads, self.head_dim = heads, kv_heads, width // heads
+        qkv = width + 2 * kv_heads * self.head_dim
+        w = functools.partial(torch.randn, device=DEV, dtype=torch.bfloat16)
+        self.layers = [{"qkv": w(qkv, width) * width**-0.5, "o": w(width, width) * width**-0.5,
+                        "gate_up": w(2 * mlp, width) * width**-0.5, "down": w(width, mlp) * mlp**-0.5,
+                        "k": torch.zeros(1, kv_heads, context, self.head_dim, device=DEV, dtype=torch.bfloat16),
+                        "v": torch.zeros(1, kv_heads, context, self.head_dim, device=DEV, dtype=torch.bfloat16)}
+                       for _ in range(layers)]
+        self.embed = w(vocab, width)
+        self.head = w(vocab, width) * width**-0.5
+        inv = 1.0 / 10000 ** (torch.arange(0, self.head_dim, 2, device=DEV).float() / self.head_dim)
+        angles = torch.outer(torch.arange(context, device=DEV).float(), inv)
+        self.cos, self.sin = angles.cos().to(torch.bfloat16), angles.sin().to(torch.bfloat16)
+
+    def rotate(self, x: torch.Tensor, pos: int) -> torch.Tensor:
+        a, b = x[..., ::2], x[..., 1::2]
+        cos, sin = self.cos[pos], self.sin[pos]
+        return torch.stack((a * cos - b * sin, a * sin + b * cos), dim=-1).flatten(-2)
+
+    def attention(self, layer: dict, h: torch.Tensor, pos: int) -> torch.Tensor:
+        q, k, v = (h @ layer["qkv"].T).split([self.heads * self.head_dim, self.kv_heads * self.head_dim,
+                                               self.kv_heads * self.head_dim], dim=-1)
+        q = self.rotate(q.view(1, self.heads, 1, self.head_dim), pos)
+        layer["k"][:, :, pos] = self.rotate(k.view(1, self.kv_heads, self.head_dim), pos)
+        layer["v"][:, :, pos] = v.view(1, self.kv_heads, self.head_dim)
+        out = torch.nn.functional.scaled_dot_product_attention(
+            q, layer["k"][:, :, :pos + 1], layer["v"][:, :, :pos + 1], enable_gqa=True)
+        return out.reshape(1, -1) @ layer["o"].T
+
+    def forward(self, token: torch.Tensor, pos: int) -> torch.Tensor:
+        x = self.embed[token]
+        for layer in self.layers:
+            x = x + self.attention(layer, torch.nn.functional.rms_norm(x, x.shape[-1:]), pos)
+            gate, up = (torch.nn.functional.rms_norm(x, x.shape[-1:]) @ layer["gate_up"].T).chunk(2, dim=-1)
+            x = x + (torch.nn.functional.silu(gate) * up) @ layer["down"].T
+        return torch.nn.functional.rms_norm(x, x.shape[-1:]) @ self.head.T
+
+    def decode_token(self, token: torch.Tensor, pos: int) -> int:
+        """One token, greedy; `.item()` as a server that streams it and checks for the end."""
+        return int(self.forward(token, pos).argmax())
+
+
+def llama8b_decode() -> None:
+    """A hand-written chat server answering one user at a time: batch-1 greedy decode, answers of
+    up to 1024 tokens, each token sent to the client as it is made."""
+    model = Llama8B()
+    with torch.no_grad():
+        while True:
+            token = torch.tensor([1], device=DEV)
+            for pos in range(dim(1024)):
+                token = torch.tensor([model.decode_token(token, pos)], device=DEV)
+                ready()
+
+
 def sentences(count: int, rng: np.random.Generator, words: list[str]) -> list[str]:
     """Zipf-distributed words of a made-up language, 40–120 words a sentence."""
     ranks = np.minimum(rng.zipf(1.2, size=count * 120), len(words)) - 1
@@ -130,4 +192,4 @@ def bert_fast_tokenizer() -> None:
     bert_step_loop(tokenize)
 
 
-WORKLOADS = (llama_train_bf16, llama_greedy_decode, bert_slow_tokenizer, bert_fast_tokenizer)
+WORKLOADS = (llama_train_bf16, llama_greedy_decode, llama8b_decode, bert_slow_tokenizer, bert_fast_tokenizer)

@@ -1,5 +1,5 @@
-"""Serving and interactive use: a model server with light traffic, and an interactive session that
-loaded a model, answered once and now waits at its prompt."""
+"""Serving and interactive use: a model server with light traffic, a busy batched decode server,
+and an interactive session that loaded a model, answered once and now waits at its prompt."""
 
 from __future__ import annotations
 
@@ -65,6 +65,23 @@ def http_light_server() -> None:
     server.serve_forever()
 
 
+def busy_decode_server() -> None:
+    """A decode server kept full: 64 sequences a step over a 2048-position KV cache each, a token
+    per sequence per step (weights 268 MB and cache ~1 GB read twice a step), synchronised per step
+    as sampling is."""
+    batch, context, width = dim(64), dim(2048), dim(4096)
+    model = decode_model()
+    cache = torch.randn(batch, context, width, device=DEV, dtype=torch.bfloat16)
+    x = torch.randn(batch, width, device=DEV, dtype=torch.bfloat16)
+    with torch.no_grad():
+        while True:
+            x = model(x)
+            scores = torch.softmax(torch.einsum("bcd,bd->bc", cache, x).float() / width**0.5, dim=-1)
+            x = torch.einsum("bc,bcd->bd", scores.to(x.dtype), cache)
+            x.amax().item()
+            ready()
+
+
 def interactive_model_loaded() -> None:
     """An interactive Python session that built a 1.4B-parameter Llama in bf16, generated one
     answer, and now waits at its prompt for the user to type (who went to lunch)."""
@@ -81,4 +98,4 @@ def interactive_model_loaded() -> None:
     code.InteractiveConsole({"model": model}).interact(banner="", exitmsg="")
 
 
-WORKLOADS = (http_light_server, interactive_model_loaded)
+WORKLOADS = (http_light_server, busy_decode_server, interactive_model_loaded)
