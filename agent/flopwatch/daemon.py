@@ -17,7 +17,8 @@ import time
 from typing import Any, Callable, Iterable, Mapping, Protocol
 
 from flopwatch.config import Config
-from flopwatch.judge.derive import derive
+from flopwatch.judge.calibration import Calibrations
+from flopwatch.judge.derive import SHIPPED, derive
 from flopwatch.judge.diagnose import (DiagnosisState, Peers, Tick, TickWindow, diagnose, job_peers, loader_saturated_pids,
                                       waste_seconds)
 from flopwatch.model import (AgentState, Finding, GpuFigures, GpuSample, GpuState, HostSample, PodContainer, ProcessView,
@@ -99,6 +100,7 @@ class Agent:
         tokens: TokenReader | None = None,
         stacks: StackReader | None = None,
         pods: PodReader | None = None,
+        calibrations: Calibrations = SHIPPED,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
     ):
@@ -109,6 +111,7 @@ class Agent:
         self.tokens = tokens
         self.stacks = stacks
         self.pods = pods
+        self.calibrations = calibrations
         t = config.tokens
         self.token_account = TokenAccount(t.window_seconds, Prices(t.price_per_gpu_hour, t.price_per_kwh))
         self.clock = clock
@@ -209,7 +212,7 @@ class Agent:
             per.diagnosis = DiagnosisState()
             return GpuState(sample=sample, figures=None, finding=None, below_threshold=False,
                             wasted_seconds=per.wasted, pods=pods)
-        figures = derive(sample, per.previous)
+        figures = derive(sample, per.previous, self.calibrations)
         per.previous = sample
         per.pending.append((sample, figures, host, peers))
         if evaluate:
