@@ -60,7 +60,7 @@ def calibrate_command(config_path: str | None, gpu_index: int, seconds: float, s
             raise UsageError(str(e)) from None
         if simulate:
             raise UsageError("a simulated GPU runs no products: --simulate only checks the refusals")
-        timings = _time_products(backend, source, gpu_index, peaks, seconds)
+        timings = time_products(backend, source, gpu_index, peaks, seconds)
     finally:
         source.close()
     factors = Factors(fit(timings), datetime.date.today().isoformat())
@@ -106,17 +106,22 @@ def _idle_gpu(source, gpu_index: int) -> GpuSample:
     return sample
 
 
-def _refuse_if_used(sample: GpuSample, gpu_index: int) -> None:
-    others = [p.pid for p in sample.processes if p.pid != os.getpid()]
+def _refuse_if_used(sample: GpuSample, gpu_index: int, ours: frozenset[int] = frozenset()) -> None:
+    others = sorted(p.pid for p in sample.processes if p.pid != os.getpid() and p.pid not in ours)
     if others:
         raise Refused(f"GPU {gpu_index} is in use by process(es) {', '.join(map(str, others))}: products timed "
                       "beside other work measure the sharing, not the card. Run calibrate while the GPU is idle "
                       "(drain the node or pick an idle GPU with --gpu)")
 
 
-def _time_products(backend, source, gpu_index: int, peaks: Peaks, seconds: float) -> list[Timing]:
+def time_products(backend, source, gpu_index: int, peaks: Peaks, seconds: float) -> list[Timing]:
+    """Each precision the backend can run, at each of SHAPES: timed, and modeled by the counters at
+    factor 1.0 over the same seconds. Refused if another process comes to the GPU meanwhile."""
     flat = uncalibrated(peaks)
     timings = []
+    # NVML names processes by the host's PIDs, which in a container are not os.getpid(): the GPU was
+    # idle before the products began, so the processes of the first read under them are this one.
+    ours: frozenset[int] | None = None
     for precision in PRECISIONS:
         reason = backend.skip_reason(precision)
         if reason is not None:
@@ -125,8 +130,10 @@ def _time_products(backend, source, gpu_index: int, peaks: Peaks, seconds: float
         for shape in SHAPES:
             reads: list[GpuSample] = []
             timed = backend.run(precision, shape, seconds, READ_EVERY, lambda: reads.append(source.read()[gpu_index]))
+            if ours is None:
+                ours = frozenset(p.pid for p in reads[0].processes)
             for sample in reads:
-                _refuse_if_used(sample, gpu_index)
+                _refuse_if_used(sample, gpu_index, ours)
             # The first read only opens the span: its interval began before the product did.
             modeled = [achieved_flops(s, flat) for s in reads[1:]]
             modeled = [m for m in modeled if m is not None]

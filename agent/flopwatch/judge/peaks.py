@@ -61,7 +61,7 @@ def _p(model: str, sms: int, clock: float, tensor: float, fp32: float, fp64: flo
 
 # Shipped tensor-pipe factors, each measured on the card named (tests/gpu/flops_check.py prints the
 # line to paste after a run; `flopwatch calibrate` stores a node's own, which wins over these).
-H200_TENSOR_EFFICIENCY = (0.887, "H200 SXM, driver 580.159.04, 2026-12-03: bf16/fp16 products, four shapes")
+H200_SXM_TENSOR_EFFICIENCY = (0.887, "H200 SXM, driver 580.159.04, 2026-12-03: bf16/fp16 products, four shapes")
 # Provisional: the bf16 8192³ loop on two H100 SXM (timed 0.689, 0.702 against 0.697, 0.715
 # read without a factor); the next tests/gpu/flops_check.py run on an H100 replaces it.
 H100_SXM_TENSOR_EFFICIENCY = (0.985, "H100 SXM, driver 580.159.04, 2026-12: bf16 8192³ only (provisional)")
@@ -72,7 +72,7 @@ HOPPER_BOOST_MHZ = 1980.0  # Hopper SXM's FP32/FP64/FP16 datasheet clock
 TABLE: tuple[tuple[re.Pattern[str], Peaks], ...] = tuple(
     (re.compile(pattern, re.IGNORECASE), peaks)
     for pattern, peaks in (
-        (r"H200", _p("H200 SXM", 132, 1830, 989.4, 66.9, 33.5, 133.8, 4800, 900, H200_TENSOR_EFFICIENCY,
+        (r"H200", _p("H200 SXM", 132, 1830, 989.4, 66.9, 33.5, 133.8, 4800, 900, H200_SXM_TENSOR_EFFICIENCY,
                      HOPPER_BOOST_MHZ)),
         # PCIe: FP32 51.2 TFLOP/s = 114 SMs × 256 × 1755 MHz, tensor 756.5 = 114 × 4096 × 1620 MHz.
         (r"H100.*PCIe", _p("H100 PCIe", 114, 1620, 756.5, 51.2, 25.6, 102.4, 2000, 600, fp_clock=1755)),

@@ -57,50 +57,59 @@ class _Backend:
         """Free the tensors of the last product."""
 
     def run(self, precision: str, shape: tuple[int, int, int], seconds: float, read_every: float,
-            on_read: Callable[[], None], clock: Callable[[], float] = time.monotonic) -> TimedProduct:
+            on_read: Callable[[], None]) -> TimedProduct:
+        """An m×n×k product in ``precision``, timed (see ``time_call``); its tensors freed after."""
         m, n, k = shape
-        call = self.product(precision, m, n, k)
-        start, end = self.event(), self.event()
-        start.record()
-        for _ in range(3):
+        try:
+            return time_call(self, self.product(precision, m, n, k), 2.0 * m * n * k, seconds, read_every, on_read)
+        finally:
+            self.release()
+
+
+def time_call(backend: _Backend, call: Callable[[], Any], flops_per_call: float, seconds: float, read_every: float,
+              on_read: Callable[[], None], clock: Callable[[], float] = time.monotonic) -> TimedProduct:
+    """``call`` repeated for ``seconds`` without a gap, timed with CUDA events; ``on_read`` once as
+    the timed span opens, every ``read_every`` seconds, and once as it closes, the GPU busy at each."""
+    start, end = backend.event(), backend.event()
+    start.record()
+    for _ in range(3):
+        call()
+    end.record()
+    end.synchronize()
+    chunk = max(1, int(CHUNK_SECONDS / max(backend.elapsed_seconds(start, end) / 3, 1e-6)))
+    queued: deque = deque()
+
+    def enqueue() -> int:
+        while len(queued) >= QUEUED_CHUNKS:
+            queued.popleft().synchronize()
+        for _ in range(chunk):
             call()
-        end.record()
-        end.synchronize()
-        chunk = max(1, int(CHUNK_SECONDS / max(self.elapsed_seconds(start, end) / 3, 1e-6)))
-        queued: deque = deque()
+        mark = backend.event()
+        mark.record()
+        queued.append(mark)
+        return chunk
 
-        def enqueue() -> int:
-            while len(queued) >= QUEUED_CHUNKS:
-                queued.popleft().synchronize()
-            for _ in range(chunk):
-                call()
-            mark = self.event()
-            mark.record()
-            queued.append(mark)
-            return chunk
-
-        ramp_until = clock() + RAMP_SECONDS
-        while clock() < ramp_until:
-            enqueue()
-        start, end = self.event(), self.event()
-        start.record()
-        on_read()  # opens the first span the caller keeps
-        calls, now = 0, clock()
-        stop, next_read = now + seconds, now + read_every
-        while now < stop:
-            calls += enqueue()
-            now = clock()
-            if now >= next_read:
-                on_read()
-                next_read = now + read_every
-        end.record()
-        on_read()  # closes the last span while the queued chunks still run
-        end.synchronize()
-        for mark in queued:
-            mark.synchronize()
-        elapsed = self.elapsed_seconds(start, end)
-        self.release()
-        return TimedProduct(2.0 * m * n * k * calls / elapsed, elapsed, calls)
+    ramp_until = clock() + RAMP_SECONDS
+    while clock() < ramp_until:
+        enqueue()
+    start, end = backend.event(), backend.event()
+    start.record()
+    on_read()  # opens the first span the caller keeps
+    calls, now = 0, clock()
+    stop, next_read = now + seconds, now + read_every
+    while now < stop:
+        calls += enqueue()
+        now = clock()
+        if now >= next_read:
+            on_read()
+            next_read = now + read_every
+    end.record()
+    on_read()  # closes the last span while the queued chunks still run
+    end.synchronize()
+    for mark in queued:
+        mark.synchronize()
+    elapsed = backend.elapsed_seconds(start, end)
+    return TimedProduct(flops_per_call * calls / elapsed, elapsed, calls)
 
 
 class _Torch(_Backend):
