@@ -4,8 +4,8 @@ import pytest
 
 from flopwatch.judge.calibration import Calibrations, Factors
 from flopwatch.judge.checks import (
-    Check, check_clock_events, check_flops_calibration, check_cuda, check_driver, check_ecc, check_gpm, check_mig, check_numa, check_pcie_link,
-    check_persistence_mode, check_power_limit, check_remapped_rows, check_xid, cpu_ranges, run_checks, worst,
+    Check, check_clock_events, check_cuda, check_driver, check_ecc, check_flops_calibration, check_gpm, check_mig,
+    check_numa, check_pcie_link, check_persistence_mode, check_power_limit, check_remapped_rows, check_xid, cpu_ranges, run_checks, worst,
 )
 from flopwatch.sources.sysfacts import GpuFacts, NodeFacts, XidEvent, parse_xid_events, same_pci_device
 

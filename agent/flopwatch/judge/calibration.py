@@ -100,9 +100,10 @@ class Calibrations:
             return None
         factors = self.stored.get((peaks.model, driver))
         if factors is not None and any(p in factors.per_precision for p in TENSOR_PRECISIONS):
-            return Calibration(replace(peaks, tensor_active_efficiency=factors.tensor, fp32_active_efficiency=factors.fp32),
-                               "stored", f"measured on this node{' on ' + factors.measured_at if factors.measured_at else ''}"
-                               f" (tensor {factors.tensor:.3f}, fp32 {factors.fp32:.3f})")
+            when = f" on {factors.measured_at}" if factors.measured_at else ""
+            return Calibration(
+                replace(peaks, tensor_active_efficiency=factors.tensor, fp32_active_efficiency=factors.fp32), "stored",
+                f"measured on this node{when} (tensor {factors.tensor:.3f}, fp32 {factors.fp32:.3f})")
         if peaks.efficiency_measured_on:
             return Calibration(peaks, "shipped", f"measured on {peaks.efficiency_measured_on} "
                                                  f"(tensor {peaks.tensor_active_efficiency:.3f})")
