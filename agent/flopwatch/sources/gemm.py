@@ -130,6 +130,13 @@ class _Torch(_Backend):
             return f"this PyTorch ({torch.__version__}) has no torch._scaled_mm"
         if torch.cuda.get_device_capability(self.device) < (8, 9):
             return "FP8 tensor cores need compute capability 8.9 or newer"
+        try:  # _scaled_mm's signature moved between releases: one small product says if this one fits
+            self.product("fp8", 16, 16, 16)()
+            torch.cuda.synchronize(self.device)
+        except (RuntimeError, TypeError) as e:
+            return f"torch._scaled_mm failed here ({str(e).splitlines()[0][:120]})"
+        finally:
+            self.release()
         return None
 
     def product(self, precision: str, m: int, n: int, k: int) -> Callable[[], Any]:
