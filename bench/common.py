@@ -93,44 +93,62 @@ def tree(pid: int) -> list:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process and its descendants so far."""
+    """User + system CPU of a process and its descendants so far: the live ones', and the children
+    it has reaped (a py-spy run that came and went between two reads still counts)."""
     total = 0.0
-    for p in tree(pid):
+    for i, p in enumerate(tree(pid)):
         try:
             t = p.cpu_times()
-            total += t.user + t.system
+            total += t.user + t.system + (t.children_user + t.children_system if i == 0 else 0.0)
         except Exception:  # a child that just exited
             pass
     return total
 
 
+def _status_kib(pid: int, *fields: str) -> dict[str, int]:
+    out = {}
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                name = line.split(":", 1)[0]
+                if name in fields:
+                    out[name] = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return out
+
+
 def peak_rss_bytes(pid: int) -> int:
     """The high-water mark of resident memory (VmHWM), summed over the process tree."""
-    total = 0
-    for p in tree(pid):
-        try:
-            with open(f"/proc/{p.pid}/status") as f:
-                for line in f:
-                    if line.startswith("VmHWM:"):
-                        total += int(line.split()[1]) * 1024
-        except OSError:
-            pass
-    return total
+    return sum(_status_kib(p.pid, "VmHWM").get("VmHWM", 0) for p in tree(pid))
+
+
+def rss_parts(pid: int) -> tuple[int, int, int]:
+    """The process's own VmHWM and VmRSS, and its live descendants' VmHWM summed (py-spy while it
+    samples a stack, say): the agent's own memory apart from what it runs beside it."""
+    root, *children = tree(pid) or [None]
+    own = _status_kib(pid, "VmHWM", "VmRSS") if root is not None else {}
+    return own.get("VmHWM", 0), own.get("VmRSS", 0), sum(_status_kib(c.pid, "VmHWM").get("VmHWM", 0) for c in children)
 
 
 def measure(process: subprocess.Popen, seconds: float) -> dict:
-    """Steady-state cost of a running process over ``seconds``: CPU share of one core, peak RSS."""
+    """Steady-state cost of a running process over ``seconds``: CPU share of one core (its tree's),
+    peak RSS of the tree, and apart: the process's own (VmHWM; VmRSS sampled each second, its
+    largest) and its children's (the largest sum of their VmHWM seen at a sample)."""
     cpu_start, wall_start = cpu_seconds(process.pid), time.monotonic()
-    peak = 0
+    peak = own_hwm = own_rss = children = 0
     deadline = wall_start + seconds
     while time.monotonic() < deadline:
         time.sleep(min(1.0, max(deadline - time.monotonic(), 0.0)))
         if process.poll() is not None:
             raise SystemExit(f"{process.args[0]} exited early with {process.returncode}")
         peak = max(peak, peak_rss_bytes(process.pid))
+        hwm, rss, kids = rss_parts(process.pid)
+        own_hwm, own_rss, children = max(own_hwm, hwm), max(own_rss, rss), max(children, kids)
     cpu = cpu_seconds(process.pid) - cpu_start
     wall = time.monotonic() - wall_start
-    return {"cpu_seconds": cpu, "wall_seconds": wall, "core_percent": 100.0 * cpu / wall, "peak_rss_mb": peak / MB}
+    return {"cpu_seconds": cpu, "wall_seconds": wall, "core_percent": 100.0 * cpu / wall, "peak_rss_mb": peak / MB,
+            "own_peak_rss_mb": own_hwm / MB, "own_max_rss_mb": own_rss / MB, "children_peak_rss_mb": children / MB}
 
 
 @contextlib.contextmanager

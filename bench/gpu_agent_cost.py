@@ -1,7 +1,9 @@
 """What the agent costs at 1 Hz on a real GPU, beside the tools people run now, each alone.
 
 For --seconds each, one at a time, measured from outside (CPU seconds of the process tree over
-the window, as a share of one core; peak RSS, VmHWM summed over the tree):
+the window, reaped children included, as a share of one core; peak RSS: the process's own VmHWM
+and the largest VmRSS sampled each second, apart from its children's, e.g. py-spy while the agent
+samples a stack, and the tree's):
   flopwatch run            real NVML at 1 Hz, everything on (GPM, per-process, host), energy
                            counter every 10 s (the default), no history store; again reading
                            the counters every tick; and again as the default configuration
@@ -100,12 +102,15 @@ def main() -> None:
             finally:
                 stop(process)
             results[name] = cost
-            rows.append([name, cost["cpu_seconds"], cost["core_percent"], cost["peak_rss_mb"]])
+            rows.append([name, cost["cpu_seconds"], cost["core_percent"], cost["own_peak_rss_mb"], cost["own_max_rss_mb"],
+                         cost["children_peak_rss_mb"], cost["peak_rss_mb"]])
     finally:
         if load is not None:
             stop(load)
-    print(f"each alone for {args.seconds:g} s at 1 Hz, measured from outside (CPU of the process tree, peak RSS)")
-    print(table(["tool", "CPU s", "% of one core", "peak RSS MB"], rows))
+    print(f"each alone for {args.seconds:g} s at 1 Hz, measured from outside (CPU of the process tree; RSS of the "
+          "process alone, of its children, of the tree)")
+    print(table(["tool", "CPU s", "% of one core", "own VmHWM MB", "own VmRSS max MB", "children VmHWM MB",
+                 "tree VmHWM MB"], rows))
     for line in skipped:
         print(line)
     target = f"≤ {TARGET_CORE_PERCENT:g} %, ≤ {TARGET_RSS_MB:g} MB"
@@ -113,8 +118,8 @@ def main() -> None:
     if ours is None:
         final("gpu_agent_cost", "not measured: flopwatch run failed to start", target)
     else:
-        final("gpu_agent_cost", f"{ours['core_percent']:.2f} % of one core, {ours['peak_rss_mb']:.0f} MB "
-              "without the history store", target)
+        final("gpu_agent_cost", f"{ours['core_percent']:.2f} % of one core, {ours['own_peak_rss_mb']:.0f} MB of its "
+              f"own (children {ours['children_peak_rss_mb']:.0f} MB) without the history store", target)
 
 
 if __name__ == "__main__":

@@ -2,12 +2,15 @@
 
 import pytest
 
+from flopwatch.judge.calibration import Calibrations, Factors
 from flopwatch.judge.derive import derive
 from flopwatch.model import GpuInfo, GpuSample
 
 H100 = GpuInfo(index=0, uuid="GPU-0", name="NVIDIA H100 80GB HBM3", pci_bus_id="0", memory_total_bytes=80 * 2**30,
                driver_version="580.1", cuda_driver_version="13.0", max_sm_clock_mhz=1980, max_memory_clock_mhz=2619,
                memory_bus_width_bits=5120, power_limit_watts=700, default_power_limit_watts=700, gpm_supported=True)
+
+H200 = GpuInfo(**{**{f: getattr(H100, f) for f in H100.__slots__}, "name": "NVIDIA H200"})
 
 
 def sample(info=H100, **readings):
@@ -23,25 +26,46 @@ def test_utilization_is_sm_active():
 
 
 def test_flops_utilization_is_tensor_activity_at_spec_clock_times_what_an_active_cycle_delivers():
-    # Half the tensor pipe at the datasheet clock: half the dense bf16 peak, less what an active
-    # cycle of a timed bf16 product fell short of the datasheet's rate on an H200 (0.887).
-    assert derive(sample()).flops_utilization == pytest.approx(0.5 * 0.887)
+    # Half the tensor pipe at the datasheet clock: half the dense bf16 peak, times what an active
+    # cycle of a timed bf16 product delivered against the datasheet's rate on an H100 SXM (shipped).
+    assert derive(sample()).flops_utilization == pytest.approx(0.5 * 0.985)
+
+
+def test_an_h200_uses_the_factor_measured_on_an_h200():
+    assert derive(sample(info=H200)).flops_utilization == pytest.approx(0.5 * 0.887)
+
+
+def test_a_factor_stored_for_this_model_and_driver_wins_over_the_shipped_one():
+    stored = Calibrations({("H100 SXM", "580.1"): Factors({"bf16": 0.95, "fp16": 0.97})})
+    assert derive(sample(), calibrations=stored).flops_utilization == pytest.approx(0.5 * 0.96)
+
+
+def test_a_factor_stored_under_another_driver_is_not_used():
+    stored = Calibrations({("H100 SXM", "550.0"): Factors({"bf16": 0.5})})
+    assert derive(sample(), calibrations=stored).flops_utilization == pytest.approx(0.5 * 0.985)
 
 
 def test_a_bf16_product_timed_at_0_673_of_peak_on_an_h200_reads_within_0_03():
     # tests/gpu/test_flops_gpu.py, 8192³ bf16: tensor pipe 0.936 active at 1489 MHz, timed 0.673.
-    h200 = GpuInfo(**{**{f: getattr(H100, f) for f in H100.__slots__}, "name": "NVIDIA H200"})
-    figures = derive(sample(info=h200, tensor_active=0.936, hmma_active=0.936, sm_clock_mhz=1489.0))
+    figures = derive(sample(info=H200, tensor_active=0.936, hmma_active=0.936, sm_clock_mhz=1489.0))
     assert figures.flops_utilization == pytest.approx(0.673, abs=0.03)
 
 
 def test_flops_utilization_scales_with_the_sm_clock():
-    assert derive(sample(sm_clock_mhz=915.0)).flops_utilization == pytest.approx(0.25 * 0.887)
+    assert derive(sample(sm_clock_mhz=915.0)).flops_utilization == pytest.approx(0.25 * 0.985)
 
 
-def test_fp32_pipe_counts_at_its_own_peak():
-    figures = derive(sample(tensor_active=0.0, hmma_active=0.0, fp32_active=1.0))
+def test_fp32_pipe_counts_at_its_own_peak_at_the_clock_its_datasheet_figure_is_quoted_at():
+    # Hopper's 66.9 TFLOP/s FP32 is at 1980 MHz, the tensor figures at 1830.
+    figures = derive(sample(tensor_active=0.0, hmma_active=0.0, fp32_active=1.0, sm_clock_mhz=1980.0))
     assert figures.flops_utilization == pytest.approx(66.9 / 989.4)
+
+
+def test_an_fp32_product_timed_at_51_tflops_on_an_h200_reads_its_timed_rate():
+    # tests/gpu/test_flops_gpu.py, FP32 8192³ on an H200: FP32 pipe 0.765 active at 1980 MHz, 51.1 TFLOP/s
+    # timed; scaled from 1830 MHz it read 0.056 against a timed 0.052.
+    figures = derive(sample(info=H200, tensor_active=0.0, hmma_active=0.0, fp32_active=0.765, sm_clock_mhz=1980.0))
+    assert figures.flops_utilization == pytest.approx(51.1 / 989.4, abs=0.001)
 
 
 def test_unknown_model_has_no_flops_utilization():

@@ -2,9 +2,10 @@ import dataclasses
 
 import pytest
 
+from flopwatch.judge.calibration import Calibrations, Factors
 from flopwatch.judge.checks import (
-    Check, check_clock_events, check_cuda, check_driver, check_ecc, check_gpm, check_mig, check_numa, check_pcie_link,
-    check_persistence_mode, check_power_limit, check_remapped_rows, check_xid, cpu_ranges, run_checks, worst,
+    Check, check_clock_events, check_cuda, check_driver, check_ecc, check_flops_calibration, check_gpm, check_mig,
+    check_numa, check_pcie_link, check_persistence_mode, check_power_limit, check_remapped_rows, check_xid, cpu_ranges, run_checks, worst,
 )
 from flopwatch.sources.sysfacts import GpuFacts, NodeFacts, XidEvent, parse_xid_events, same_pci_device
 
@@ -214,3 +215,25 @@ def test_a_kernel_without_psi_warns_with_the_boot_option_that_turns_it_on():
     [check] = [c for c in run_checks(node(schedstat=True, pressure_stall=False, task_delayacct=True, gpus=(GOOD_GPU,)))
                if c.name == "host_evidence"]
     assert (check.status, check.fix) == ("warn", "boot with psi=1 (kernels built with CONFIG_PSI_DEFAULT_DISABLED)")
+
+
+def test_a_card_with_a_shipped_flops_factor_passes_and_says_whence():
+    check = check_flops_calibration(GOOD_GPU, NODE, Calibrations())
+    assert check.status == "pass" and check.value.startswith("shipped: measured on H100 SXM")
+
+
+def test_a_card_with_no_flops_factor_for_its_model_warns_to_run_calibrate():
+    check = check_flops_calibration(gpu(name="NVIDIA H100 PCIe"), NODE, Calibrations())
+    assert check.status == "warn" and "flopwatch calibrate" in check.fix
+
+
+def test_a_factor_stored_only_under_another_driver_leaves_the_card_uncalibrated_and_says_so():
+    stored = Calibrations({("H100 PCIe", "550.54.15"): Factors({"bf16": 0.9})})
+    check = check_flops_calibration(gpu(name="NVIDIA H100 PCIe"), NODE, stored)
+    assert check.status == "warn" and "stored only for driver 550.54.15" in check.value
+
+
+def test_a_factor_stored_for_this_model_and_driver_passes():
+    stored = Calibrations({("H100 PCIe", "580.95.05"): Factors({"bf16": 0.9, "fp32": 1.0})})
+    check = check_flops_calibration(gpu(name="NVIDIA H100 PCIe"), NODE, stored)
+    assert (check.status, check.value) == ("pass", "stored: measured on this node (tensor 0.900, fp32 1.000)")

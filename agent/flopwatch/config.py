@@ -117,6 +117,13 @@ class KubernetesConfig:
 
 
 @dataclass
+class CalibrationConfig:
+    # Flops factors per GPU model and driver, written by `flopwatch calibrate`, read by the agent
+    # and `doctor` (judge/calibration.py).
+    file: str = "/var/lib/flopwatch/calibration.json"
+
+
+@dataclass
 class Config:
     agent: AgentConfig = field(default_factory=AgentConfig)
     diagnosis: Thresholds = field(default_factory=Thresholds)
@@ -126,6 +133,7 @@ class Config:
     tokens: TokensConfig = field(default_factory=TokensConfig)
     stacks: StacksConfig = field(default_factory=StacksConfig)
     kubernetes: KubernetesConfig = field(default_factory=KubernetesConfig)
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
 
 
 def load(path: str | os.PathLike | None = None, env: Mapping[str, str] | None = None) -> Config:

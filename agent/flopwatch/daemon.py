@@ -17,16 +17,17 @@ import time
 from typing import Any, Callable, Iterable, Mapping, Protocol
 
 from flopwatch.config import Config
-from flopwatch.thresholds import Thresholds
-from flopwatch.judge.derive import derive
-from flopwatch.judge.diagnose import (DiagnosisState, Peers, Tick, TickWindow, classify, diagnose, job_peers,
-                                      loader_saturated_pids, signals, PHASES)
+from flopwatch.judge.calibration import Calibrations
+from flopwatch.judge.derive import SHIPPED, derive
+from flopwatch.judge.diagnose import (PHASES, DiagnosisState, Peers, Tick, TickWindow, classify, diagnose, job_peers,
+                                      loader_saturated_pids, signals)
 from flopwatch.judge.ledger import Charge, WasteLedger
 from flopwatch.judge.regime import Change, RegimeTracker
 from flopwatch.judge.stackclass import corroborate
 from flopwatch.judge.tokencost import Prices, TokenAccount
 from flopwatch.model import (AgentState, Finding, GpuFigures, GpuSample, GpuState, HostSample, PodContainer, ProcessView,
                              StackProfile, TokenCount)
+from flopwatch.thresholds import Thresholds
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +105,7 @@ class Agent:
         tokens: TokenReader | None = None,
         stacks: StackReader | None = None,
         pods: PodReader | None = None,
+        calibrations: Calibrations = SHIPPED,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
     ):
@@ -114,6 +116,7 @@ class Agent:
         self.tokens = tokens
         self.stacks = stacks
         self.pods = pods
+        self.calibrations = calibrations
         t = config.tokens
         self.token_account = TokenAccount(t.window_seconds, Prices(t.price_per_gpu_hour, t.price_per_kwh))
         self.clock = clock
@@ -218,7 +221,7 @@ class Agent:
             per.named = False
             return GpuState(sample=sample, figures=None, finding=None, below_threshold=False,
                             wasted_seconds=per.ledger.totals, pods=pods, charges=per.ledger.new_segment())
-        figures = derive(sample, per.previous)
+        figures = derive(sample, per.previous, self.calibrations)
         per.previous = sample
         per.pending.append((sample, figures, host, peers))
         charges: tuple[Charge, ...] = ()

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -10,7 +11,11 @@ from typing import Any, Callable
 
 from flopwatch.commands.options import UsageError
 from flopwatch.config import Config, ConfigError
+from flopwatch.judge.calibration import CalibrationError, Calibrations, from_document
 from flopwatch.outputs import sdnotify
+from flopwatch.sources.calibration_file import CalibrationFileUnreadable, read_document
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -81,12 +86,27 @@ def build_agent(config: Config, *, clock: Callable[[], float] = time.monotonic,
         stacks = StackSampler(config.stacks, unavailable="simulated" if a.simulate else None, clock=clock,
                               wall_clock=wall_clock)
     pods = _pod_reader(config)
-    agent = Agent(config, source, host, sinks or [], tokens=tokens, stacks=stacks, pods=pods, clock=clock,
-                  wall_clock=wall_clock)
+    calibrations, problem = read_calibrations(config.calibration.file)
+    if problem:
+        log.warning("flops calibration not used: %s (the shipped factors apply)", problem)
+    agent = Agent(config, source, host, sinks or [], tokens=tokens, stacks=stacks, pods=pods,
+                  calibrations=calibrations, clock=clock, wall_clock=wall_clock)
     exporter = Exporter(lambda: agent.state, extra=[tokens, *(s for s in agent.sinks if hasattr(s, "collect"))],
                         top_processes=config.attribution.top_processes, currency=config.tokens.currency,
                         pod_labels=pods is not None and config.kubernetes.pod_labels)
     return Built(agent, exporter, source.lib)
+
+
+def read_calibrations(path: str) -> tuple[Calibrations, str | None]:
+    """The factors stored in ``[calibration].file``, and what is wrong with it if it cannot be used
+    (then none are stored: a monitoring agent keeps running on the shipped factors)."""
+    try:
+        document = read_document(path) if path else None
+        return Calibrations(from_document(document) if document is not None else {}), None
+    except CalibrationFileUnreadable as e:
+        return Calibrations(), str(e)
+    except CalibrationError as e:
+        return Calibrations(), f"{path}: {e}"
 
 
 def _pod_reader(config: Config) -> Any:

@@ -7,6 +7,7 @@ import sys
 import click
 
 from flopwatch import __version__
+from flopwatch.commands.calibrate import calibrate_command
 from flopwatch.commands.doctor import doctor_command
 from flopwatch.commands.history import history
 from flopwatch.commands.report import report_command
@@ -22,6 +23,7 @@ def main() -> None:
 main.add_command(run)
 main.add_command(status)
 main.add_command(doctor_command)
+main.add_command(calibrate_command)
 main.add_command(history)
 main.add_command(report_command)
 

@@ -8,6 +8,8 @@ import sys
 
 import click
 
+from flopwatch.commands.build import read_calibrations
+from flopwatch.commands.options import config_option, load_config
 from flopwatch.judge.checks import Check, run_checks, worst
 from flopwatch.sources import sysfacts
 from flopwatch.sources.sysfacts import NodeFacts
@@ -16,14 +18,17 @@ _STYLE = {"pass": "green", "warn": "yellow", "fail": "bold red"}
 
 
 @click.command("doctor")
+@config_option
 @click.option("--json", "as_json", is_flag=True, help="Print the checks as JSON.")
 @click.option("--simulate", metavar="SCENARIO[,SCENARIO...]", default="",
               help="Check simulated GPUs, one per scenario, instead of the real ones.")
-def doctor_command(as_json: bool, simulate: str) -> None:
-    """Check the driver, CUDA, and each GPU's link, power, clocks, memory errors, Xids, MIG, GPM
-    and NUMA affinity. Exit 1 if a check fails."""
+def doctor_command(config_path: str | None, as_json: bool, simulate: str) -> None:
+    """Check the driver, CUDA, and each GPU's link, power, clocks, memory errors, Xids, MIG, GPM,
+    NUMA affinity and flops calibration. Exit 1 if a check fails."""
+    config = load_config(config_path, {})
     facts = _read(simulate)
-    checks = run_checks(facts)
+    calibrations, problem = read_calibrations(config.calibration.file)
+    checks = run_checks(facts, calibrations, problem)
     if as_json:
         click.echo(json.dumps({
             "host": socket.gethostname(),

@@ -505,7 +505,7 @@ def _order(key: CellKey) -> tuple:
 
 
 def _cause(cause: str | None) -> str:
-    # The agent charges waste before any diagnosis to "unknown" (diagnose.waste_seconds).
+    # The agent charges waste before any diagnosis to "unknown" (judge/ledger.py).
     return cause or "unknown"
 
 

@@ -11,6 +11,7 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Iterable
 
+from flopwatch.judge.calibration import Calibrations
 from flopwatch.sources.sysfacts import GpuFacts, NodeFacts
 
 MIN_DRIVER_MAJOR = 530
@@ -53,8 +54,12 @@ def worst(checks: Iterable[Check]) -> str:
     return max((c.status for c in checks), key=STATUSES.index, default="pass")
 
 
-def run_checks(facts: NodeFacts) -> list[Check]:
-    """Every check for the node, then for each GPU in index order."""
+def run_checks(facts: NodeFacts, calibrations: Calibrations | None = None,
+               calibration_problem: str | None = None) -> list[Check]:
+    """Every check for the node, then for each GPU in index order. ``calibrations``: the flops
+    factors stored on this node (none: the shipped ones alone); ``calibration_problem``: why the
+    calibration file could not be used."""
+    calibrations = calibrations if calibrations is not None else Calibrations()
     checks = [check_os(facts), check_driver(facts), check_cuda(facts)]
     if facts.nvml_error is not None:
         return checks
@@ -64,8 +69,13 @@ def run_checks(facts: NodeFacts) -> list[Check]:
     if facts.kernel_log_readable is False:
         checks.append(Check("xid_events", "warn", "kernel log not readable",
                             "run doctor as root (or with CAP_SYSLOG) to look for Xid errors"))
+    if calibration_problem is not None:
+        checks.append(Check("flops_calibration", "warn", f"file not used: {calibration_problem}",
+                            "run `flopwatch calibrate` again on an idle GPU, or remove the file"))
     for gpu in facts.gpus:
         checks.extend(check_gpu(gpu, facts))
+        if gpu.error is None:
+            checks.append(check_flops_calibration(gpu, facts, calibrations))
     return checks
 
 
@@ -261,6 +271,19 @@ def check_gpm(gpu: GpuFacts) -> Check:
     return Check("gpm", "warn", "not supported: utilization falls back to NVML's coarse kernel time",
                  "GPM needs a Hopper or newer GPU and driver >= 520; in a VM the host must expose "
                  "profiling counters", gpu.index)
+
+
+def check_flops_calibration(gpu: GpuFacts, facts: NodeFacts, calibrations: Calibrations) -> Check:
+    """Flops utilization is right only where what a pipe's active cycle delivers on this card has been
+    measured: by `flopwatch calibrate` here (stored) or on the same model before it shipped."""
+    calibration = calibrations.resolve(gpu.name or "", facts.driver_version or "")
+    if calibration is None:
+        return Check("flops_calibration", "warn", f"{gpu.name}: no peak rates known, no flops utilization",
+                     "the other figures are unaffected; peak rates by model are in judge/peaks.py", gpu.index)
+    if calibration.state == "uncalibrated":
+        return Check("flops_calibration", "warn", f"uncalibrated: {calibration.detail}",
+                     "run `flopwatch calibrate` once on this node while its GPUs are idle", gpu.index)
+    return Check("flops_calibration", "pass", f"{calibration.state}: {calibration.detail}", gpu=gpu.index)
 
 
 def check_xid(gpu: GpuFacts, facts: NodeFacts) -> Check:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from flopwatch.model import GpuFigures, GpuSample
-from flopwatch.judge.peaks import Peaks, lookup
+from flopwatch.judge.calibration import Calibrations
+from flopwatch.judge.peaks import Peaks
+
+SHIPPED = Calibrations()  # no stored factors: the shipped ones, where the card has them
 
 
 def peak_memory_bytes_per_second(sample: GpuSample, peaks: Peaks | None) -> float | None:
@@ -17,17 +20,18 @@ def peak_memory_bytes_per_second(sample: GpuSample, peaks: Peaks | None) -> floa
 
 
 def achieved_flops(sample: GpuSample, peaks: Peaks | None) -> float | None:
-    """Pipe activity × each pipe's peak at the current SM clock (the tensor pipe's scaled by what an
-    active cycle delivers), summed."""
+    """Pipe activity × each pipe's peak at the current SM clock (each peak scaled from the clock its
+    datasheet figure is quoted at, and by what an active cycle of that pipe delivers), summed."""
     if peaks is None or sample.source_quality != "gpm" or sample.sm_clock_mhz is None:
         return None
     tensor = sample.hmma_active if sample.hmma_active is not None else sample.tensor_active
     fp32, fp64, fp16 = sample.fp32_active, sample.fp64_active, sample.fp16_active
     if tensor is None and fp32 is None and fp64 is None and fp16 is None:
         return None
-    flops = ((tensor or 0.0) * peaks.tensor_flops * peaks.tensor_active_efficiency + (fp32 or 0.0) * peaks.fp32_flops
-             + (fp64 or 0.0) * peaks.fp64_flops + (fp16 or 0.0) * peaks.fp16_flops)
-    return flops * sample.sm_clock_mhz / peaks.spec_sm_clock_mhz
+    tensor_flops = (tensor or 0.0) * peaks.tensor_flops * peaks.tensor_active_efficiency
+    cuda_core_flops = ((fp32 or 0.0) * peaks.fp32_flops * peaks.fp32_active_efficiency
+                       + (fp64 or 0.0) * peaks.fp64_flops + (fp16 or 0.0) * peaks.fp16_flops)
+    return sample.sm_clock_mhz * (tensor_flops / peaks.spec_sm_clock_mhz + cuda_core_flops / peaks.fp_spec_sm_clock_mhz)
 
 
 def throttle_fractions(sample: GpuSample, previous: GpuSample | None) -> dict[str, float]:
@@ -43,9 +47,10 @@ def throttle_fractions(sample: GpuSample, previous: GpuSample | None) -> dict[st
     return out
 
 
-def derive(sample: GpuSample, previous: GpuSample | None = None) -> GpuFigures:
+def derive(sample: GpuSample, previous: GpuSample | None = None, calibrations: Calibrations = SHIPPED) -> GpuFigures:
     info = sample.info
-    peaks = lookup(info.name)
+    calibration = calibrations.resolve(info.name, info.driver_version)
+    peaks = calibration.peaks if calibration is not None else None
     flops = achieved_flops(sample, peaks)
     peak_bw = peak_memory_bytes_per_second(sample, peaks)
     dram_bytes = sample.dram_active * peak_bw if sample.dram_active is not None and peak_bw else None

@@ -803,10 +803,3 @@ def window_figures(window: TickWindow) -> WindowFigures:
 
 def _under(utilization: float | None, th: Thresholds) -> bool:
     return utilization is not None and utilization < th.utilization_threshold
-
-
-def waste_seconds(figures: GpuFigures, finding: Finding | None, th: Thresholds) -> tuple[str, float] | None:
-    """GPU-seconds of this tick spent under the threshold, and the cause they are charged to."""
-    if figures.utilization is None or figures.utilization >= th.utilization_threshold:
-        return None
-    return (finding.cause if finding is not None else "unknown"), figures.interval_seconds
