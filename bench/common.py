@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -16,16 +15,12 @@ from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
 AGENT_DIR = ROOT / "agent"
-# The benchmarks measure the source tree, installed or not.
-sys.path.insert(0, str(AGENT_DIR))
+# The benchmarks measure the source tree, installed or not, and start the test suite's servers.
+sys.path[:0] = [str(AGENT_DIR), str(ROOT)]
+
+from tests.servers import Missing, free_port  # noqa: E402
 
 MB = 1e6
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def agent_env() -> dict[str, str]:
@@ -153,14 +148,14 @@ def measure(process: subprocess.Popen, seconds: float) -> dict:
 
 @contextlib.contextmanager
 def postgres_server(prefix: str, durable: bool = False) -> Iterator:
-    """The test suite's PostgreSQL (tests/fixtures_postgres.py), started in a new temporary folder."""
-    sys.path.insert(0, str(ROOT))
-    from tests.fixtures_postgres import _bindir, started
+    """The test suite's PostgreSQL (tests/servers/postgres.py), started in a new temporary folder."""
+    from tests.servers import postgres
 
-    bindir = _bindir()
-    if bindir is None:
-        raise SystemExit("PostgreSQL server binaries not found under /usr/lib/postgresql")
-    with started(bindir, prefix, durable) as server:
+    try:
+        bindir = postgres.bindir()
+    except Missing as missing:
+        raise SystemExit(str(missing)) from None
+    with postgres.started(bindir, prefix, durable) as server:
         yield server
 
 

@@ -25,7 +25,6 @@ import re
 import shutil
 import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -37,13 +36,11 @@ from typing import Any, Iterable
 
 from common import (ROOT, CpuMeter, final, metric_value, postgres_server, process_tree, scrape, sql, start_agent,
                     stop, table)
+from fleet_report import run_report
 
-sys.path.insert(0, str(ROOT))
-from tests.fixtures_prometheus import Prometheus, Server  # noqa: E402
-from fleet_report import run_report  # noqa: E402
-
-from flopwatch.config import HistoryConfig  # noqa: E402
-from flopwatch.history.store import BACKOFF_INTERVALS  # noqa: E402
+from flopwatch.config import HistoryConfig
+from flopwatch.history.store import BACKOFF_INTERVALS
+from tests.servers.prometheus import Prometheus, Server
 
 # One scenario per node (its 8 GPUs run one job): half healthy or data-parallel, the rest each cause.
 MIX = ["healthy", "communication_bound", "healthy", "input_starved", "healthy", "held_idle", "memory_bound",

@@ -13,14 +13,12 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import tempfile
 from pathlib import Path
 
-from common import ROOT, final, free_port, measure, start_agent, stop, table
+from common import final, free_port, measure, start_agent, stop, table
 
-sys.path.insert(0, str(ROOT))
-from tests.kubelet import PodResourcesServer, pod  # noqa: E402
+from tests.servers.kubelet import PodResourcesServer, pod
 
 
 def main() -> None:

@@ -34,9 +34,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "agent"), str(ROOT)]
 
-from flopwatch import store_schema as schema  # noqa: E402
+from flopwatch.history import schema  # noqa: E402
 from flopwatch.history.store import HistoryStore, aggregate  # noqa: E402
-from tests.fixtures_postgres import PostgresServer, _bindir  # noqa: E402
+from tests.servers import Missing  # noqa: E402
+from tests.servers.postgres import PostgresServer, bindir as postgres_bindir  # noqa: E402
 
 DAY = 86_400
 # cause (None: healthy) → utilization, flops utilization, power W, tokens per second, weight
@@ -160,9 +161,10 @@ def main() -> None:
     parser.add_argument("--gpus", type=int, default=8)
     parser.add_argument("--html", type=Path, help="Keep the 30-day HTML page here.")
     args = parser.parse_args()
-    bindir = _bindir()
-    if bindir is None:
-        sys.exit("PostgreSQL server binaries not found under /usr/lib/postgresql")
+    try:
+        bindir = postgres_bindir()
+    except Missing as missing:
+        sys.exit(str(missing))
     root = Path(tempfile.mkdtemp(prefix="flopwatch-report-bench-"))
     server = PostgresServer(bindir, root)
     server.start()

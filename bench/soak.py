@@ -41,7 +41,7 @@ from flopwatch.history.store import HistoryStore  # noqa: E402
 from flopwatch.outputs.alerting import AlertmanagerSink, StoreOutbox  # noqa: E402
 from flopwatch.sources.simulated import SCENARIOS  # noqa: E402
 from tests.faults import live  # noqa: E402
-from tests.fixtures_prometheus import Alertmanager, start_alertmanager  # noqa: E402
+from tests.servers.prometheus import Alertmanager, start_alertmanager  # noqa: E402
 
 MIB = 2**20
 

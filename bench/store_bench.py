@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "agent"), str(ROOT)]
 
-from flopwatch import store_schema as schema  # noqa: E402
+from flopwatch.history import schema  # noqa: E402
 from flopwatch.history.store import HistoryStore, Retention  # noqa: E402
 from tests.store_ticks import starved, tick  # noqa: E402
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -12,13 +11,9 @@ import urllib.request
 from pathlib import Path
 from typing import Iterator
 
+from tests.servers import free_port
+
 AGENT_SRC = str(Path(__file__).resolve().parents[1] / "agent")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def flopwatch(*args: str, env: dict | None = None, **kwargs) -> subprocess.CompletedProcess:

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures_prometheus import Server, eventually, free_port, http_json, start_prometheus
+from tests.servers import free_port
+from tests.servers.prometheus import Server, eventually, http_json, start_prometheus
 
 generator = pytest.importorskip("grafanalib._gen")
 

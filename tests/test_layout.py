@@ -1,9 +1,15 @@
-"""The package's folders are the stages a tick travels, and imports point down them only."""
+"""The package's folders are the stages a tick travels, and imports point down them only; the tests'
+folders mirror them."""
 
 import ast
+import os
+import subprocess
+import sys
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parents[1] / "agent" / "flopwatch"
+TESTS = Path(__file__).resolve().parent
+ROOT = TESTS.parent
+PACKAGE = ROOT / "agent" / "flopwatch"
 
 # Lowest first: a module may import its own stage and those before it, never one after.
 STAGES = ("shared", "sources", "judge", "history", "outputs", "daemon", "commands")
@@ -74,3 +80,18 @@ def test_each_stage_says_what_it_owns_and_may_import():
     for folder in ("sources", "judge", "history", "outputs", "commands"):
         doc = ast.get_docstring(ast.parse((PACKAGE / folder / "__init__.py").read_text()))
         assert doc and "import" in doc, folder
+
+
+def test_the_tests_folders_are_the_stages_then_the_suites_of_the_whole_product():
+    folders = {p.name for p in TESTS.iterdir() if p.is_dir() and not p.name.startswith(("_", "."))}
+    # faults/ and gpu/ run the whole agent; servers/ and stacks/ are what tests start and read.
+    assert folders == {"sources", "judge", "history", "outputs", "commands", "faults", "gpu", "servers", "stacks"}
+
+
+def test_the_servers_that_benchmarks_start_import_without_pytest():
+    probe = ("import sys, common, tests.servers.kubelet, tests.servers.postgres, tests.servers.prometheus; "
+             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('pytest', '_pytest')))")
+    result = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "PYTHONPATH": str(ROOT / "bench")})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "[]\n"

@@ -19,7 +19,7 @@ from flopwatch.outputs.status_document import status_document
 from flopwatch.commands.tables import status_table
 from flopwatch.history.store import HistoryStore, query_history
 from tests.agent_process import flopwatch, get, running_agent, wait_for
-from tests.kubelet import PodResourcesServer, pod
+from tests.servers.kubelet import PodResourcesServer, pod
 
 # The simulated GPUs' UUIDs (seed 0), by index.
 UUID = [f"GPU-5f1a0c00-0000-4000-8000-000000{i:06d}" for i in range(3)]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures_prometheus import eventually, find_binary, start_alertmanager
+from tests.servers.prometheus import eventually, find_binary, start_alertmanager
 
 ALERTS = Path(__file__).resolve().parents[1] / "alerts"
 RULE_FILES = sorted(ALERTS.glob("*.rules.yml"))

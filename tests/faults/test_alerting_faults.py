@@ -11,7 +11,7 @@ import pytest
 
 from flopwatch.outputs.alerting import AlertmanagerSink
 from tests.faults import live
-from tests.fixtures_prometheus import start_alertmanager
+from tests.servers.prometheus import start_alertmanager
 
 SLOW_SECONDS = 10.0
 

@@ -14,8 +14,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from flopwatch.commands import run as run_command
-from tests.agent_process import free_port, get, running_agent, wait_for
+from tests.agent_process import get, running_agent, wait_for
 from tests.faults import live
+from tests.servers import free_port
 
 MIB = 2**20
 EXAMPLES = 1_000

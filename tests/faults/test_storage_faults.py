@@ -14,8 +14,9 @@ import pytest
 from sqlalchemy import text
 
 from flopwatch.history.store import HistoryStore
-from tests.agent_process import agent_env, free_port, get
+from tests.agent_process import agent_env, get
 from tests.faults import live
+from tests.servers import free_port
 
 INTERVAL = 0.2
 FLUSH = 0.3

@@ -1,6 +1,6 @@
-"""A kubelet's pod-resources server for tests: a real gRPC server, the generated servicer, a unix
-socket in the test's directory. The kubelet itself cannot run here; what the agent reads is the
-same protocol.
+"""A kubelet's pod-resources server for tests and benchmarks: a real gRPC server, the generated
+servicer, a unix socket in the caller's directory. The kubelet itself cannot run here; what the
+agent reads is the same protocol.
 
     with PodResourcesServer(tmp_path / "kubelet.sock") as kubelet:
         kubelet.pods = [pod("team-a", "notebook", jupyter=["GPU-…"])]

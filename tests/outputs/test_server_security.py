@@ -19,6 +19,7 @@ from flopwatch.config import ConfigError
 from flopwatch.httpbase import check_local_bind
 from flopwatch.outputs.server import MetricsServer
 from flopwatch.outputs.status_document import status_document
+from tests.servers.prometheus import Prometheus, eventually, http_json
 from tests.tls import self_signed
 
 PASSWORD = "s3cret"
@@ -102,12 +103,9 @@ def test_without_a_web_config_the_agent_serves_plain_http_to_anyone():
 
 
 def test_a_real_prometheus_scrapes_over_tls_with_basic_auth_and_is_refused_without(secured_agent, tmp_path):
-    fixtures = pytest.importorskip("tests.fixtures_prometheus")
-    if not hasattr(fixtures, "Prometheus"):
-        pytest.skip("the Prometheus fixture is not on this branch yet")
     target = f"127.0.0.1:{secured_agent.server_address[1]}"
     tls = {"ca_file": str(secured_agent.ca_file), "server_name": "localhost"}
-    prometheus = fixtures.Prometheus(tmp_path / "prometheus", [target])
+    prometheus = Prometheus(tmp_path / "prometheus", [target])
     prometheus.config_path.write_text(json.dumps({
         "global": {"scrape_interval": "1s"},
         "scrape_configs": [
@@ -119,15 +117,15 @@ def test_a_real_prometheus_scrapes_over_tls_with_basic_auth_and_is_refused_witho
         ],
     }))
     with prometheus.start():
-        fixtures.eventually(lambda: prometheus.query('flopwatch_utilization_ratio{job="flopwatch"}'),
+        eventually(lambda: prometheus.query('flopwatch_utilization_ratio{job="flopwatch"}'),
                             what="flopwatch_utilization_ratio scraped over TLS")
 
         def refused():
-            targets = fixtures.http_json(prometheus.url + "/api/v1/targets")["data"]["activeTargets"]
+            targets = http_json(prometheus.url + "/api/v1/targets")["data"]["activeTargets"]
             return [t["lastError"] for t in targets
                     if t["labels"]["job"] == "no-password" and t["health"] == "down"]
 
-        assert "401" in fixtures.eventually(refused, what="the scrape without a password refused")[0]
+        assert "401" in eventually(refused, what="the scrape without a password refused")[0]
 
 
 @pytest.mark.parametrize("address", ["127.0.0.1:9766", "[::1]:9766", "localhost:9766", "unix:/run/flopwatch/push.sock"])

@@ -7,7 +7,7 @@ from flopwatch.judge.diagnose import CAUSES
 from tests.gpu.corpus import estimate, plan, summary, window_record
 from tests.gpu.labels import LABELS, PHASES, Label
 
-WORKLOADS = Path(__file__).parent / "gpu" / "workloads"
+WORKLOADS = Path(__file__).parent / "workloads"
 
 
 def record(workload, expected, cause, severity=None, utilization=0.1, stacks=None, culprit=None):

@@ -25,7 +25,7 @@ from flopwatch.history.store import HistoryStore, Retention, choose_level, open_
 from tests.agent_process import agent_env
 from tests.store_ticks import process_samples_by_pid, starved, tick
 
-WRITER = Path(__file__).with_name("store_writer.py")
+WRITER = Path(__file__).resolve().parents[1] / "store_writer.py"
 T0 = 1_767_225_600.0  # 2026-01-01T00:00:00Z
 
 
@@ -372,7 +372,7 @@ def test_a_read_only_database_file_leaves_the_agent_running_and_says_so(tmp_path
     # Root writes read-only files; without the capability to override permissions it does not.
     as_user = (["setpriv", "--inh-caps=-dac_override,-fowner", "--bounding-set=-dac_override,-fowner"]
                if os.geteuid() == 0 else [])
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     result = subprocess.run([*as_user, sys.executable, "-c", probe, url], capture_output=True, text=True,
                             env={**os.environ, "PYTHONPATH": f"{root / 'agent'}:{root}"}, timeout=60)
     assert result.returncode == 0, result.stderr

@@ -16,13 +16,13 @@ from flopwatch.model import Finding, StackProfile
 from flopwatch.sources.stacks import parse_raw
 from flopwatch.judge.stackclass import corroborate, read_stacks, stack_summary
 
-HERE = Path(__file__).parent / "stacks"
+STACKS = Path(__file__).resolve().parents[1] / "stacks"
 PY = "/usr/lib/python3.11"
 SITE = "/usr/lib/python3.11/site-packages"
 
 
 def recorded(name: str, code: str = "") -> StackProfile:
-    text = (HERE / f"{name}.raw").read_text()
+    text = (STACKS / f"{name}.raw").read_text()
     pid = int(text.split(":", 1)[0].split()[1])
     return parse_raw(text, (pid,), source_line=lambda pid, path, line: code)
 

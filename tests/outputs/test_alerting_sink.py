@@ -9,8 +9,9 @@ from prometheus_client.core import Metric
 
 from flopwatch.outputs.alerting import AlertmanagerSink
 from flopwatch.config import Config
-from tests.fixtures_prometheus import eventually, free_port, start_alertmanager
-from tests.test_alerting_rules import gpu
+from tests.servers import free_port
+from tests.servers.prometheus import eventually, start_alertmanager
+from tests.outputs.test_alerting_rules import gpu
 
 
 class State:

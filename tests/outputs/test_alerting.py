@@ -22,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from flopwatch.outputs.alerting import AlertmanagerSink
 from flopwatch.commands.build import VirtualClock, build_agent
 from flopwatch.config import Config
-from tests.fixtures_prometheus import (
+from tests.servers.prometheus import (
     WebhookReceiver,
     eventually,
     free_port,
@@ -30,7 +30,7 @@ from tests.fixtures_prometheus import (
     start_prometheus,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "alerts" / "flopwatch.rules.yml"
 FAST = {
     "FLOPWATCH_DIAGNOSIS_ALERT_AFTER_SECONDS": "2",

@@ -15,9 +15,9 @@ from flopwatch.config import KubernetesConfig
 from flopwatch.model import PodContainer
 from flopwatch.sources.pod_resources import DEFAULT_SOCKET, PodResourcesReader, holder_labels
 from tests.agent_process import agent_env
-from tests.kubelet import PodResourcesServer, pod
+from tests.servers.kubelet import PodResourcesServer, pod
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 GPU0 = "GPU-5f1a0c00-0000-4000-8000-000000000000"
 GPU1 = "GPU-5f1a0c00-0000-4000-8000-000000000001"
 MIG = "MIG-0b2a4c6e-0000-4000-8000-000000000000"

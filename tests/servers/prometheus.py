@@ -1,4 +1,4 @@
-"""Fixtures that start real Prometheus and Alertmanager servers on loopback ports.
+"""Real Prometheus and Alertmanager servers on loopback ports.
 
 Both are the Debian packages' binaries (scripts/test installs them), run in a temporary directory
 with their logs beside their data; a server that does not become ready names its log in the error.
@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -23,38 +22,32 @@ import urllib.parse
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
-import pytest
+from tests.servers import Missing, free_port
 
 READY_SECONDS = 30.0
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def find_binary(*names: str) -> str:
-    """The first of ``names`` on PATH or in /usr/bin; skips the test when none is installed."""
+    """The first of ``names`` on PATH or in /usr/bin; ``Missing`` when none is installed."""
     for name in names:
         path = shutil.which(name) or (f"/usr/bin/{name}" if os.access(f"/usr/bin/{name}", os.X_OK) else None)
         if path:
             return path
-    pytest.skip(f"{names[0]} is not installed (scripts/test installs it)")
+    raise Missing(f"{names[0]} is not installed (scripts/test installs it)")
 
 
 def eventually(probe: Callable[[], Any], timeout: float = 30.0, interval: float = 0.2, what: str = "") -> Any:
-    """Poll ``probe`` until it returns something truthy, and return that; fail after ``timeout``."""
+    """Poll ``probe`` until it returns something truthy, and return that; ``TimeoutError`` after
+    ``timeout``."""
     deadline = time.monotonic() + timeout
     while True:
         result = probe()
         if result:
             return result
         if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:g}s waiting for {what or probe}; last: {result!r}")
+            raise TimeoutError(f"timed out after {timeout:g}s waiting for {what or probe}; last: {result!r}")
         time.sleep(interval)
 
 
@@ -270,17 +263,3 @@ class WebhookReceiver:
     def close(self) -> None:
         self._server.shutdown()
         self._server.server_close()
-
-
-@pytest.fixture
-def webhook() -> Iterator[WebhookReceiver]:
-    receiver = WebhookReceiver()
-    yield receiver
-    receiver.close()
-
-
-@pytest.fixture
-def alertmanager(tmp_path: Path, webhook: WebhookReceiver) -> Iterator[Alertmanager]:
-    """A running Alertmanager that notifies ``webhook``."""
-    with start_alertmanager(tmp_path, webhook.url) as am:
-        yield am

@@ -1,4 +1,4 @@
-"""Fixtures that start a real PostgreSQL server on a loopback port in a temporary directory.
+"""A real PostgreSQL server on a loopback port in a temporary directory.
 
 The server binaries come from Debian's ``postgresql`` package (scripts/test installs it). PostgreSQL
 refuses to run as root, so as root the server runs as the ``postgres`` user the package created.
@@ -11,25 +11,22 @@ import itertools
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 from pathlib import Path
 from typing import Iterator
 
-import pytest
+from tests.servers import Missing, free_port
 
 
-def _bindir() -> Path | None:
+def bindir() -> Path:
+    """The bin folder of the newest PostgreSQL server installed; ``Missing`` when there is none."""
     found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"),
                    key=lambda p: int(p.parent.parent.name) if p.parent.parent.name.isdigit() else 0)
-    return found[-1].parent if found else None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    if not found:
+        raise Missing("PostgreSQL server binaries not found under /usr/lib/postgresql "
+                      "(scripts/test installs Debian's postgresql)")
+    return found[-1].parent
 
 
 class PostgresServer:
@@ -44,7 +41,7 @@ class PostgresServer:
                          " -c fsync=off -c full_page_writes=off -c synchronous_commit=off")
         self.root = root
         self.data = root / "data"
-        self.port = _free_port()
+        self.port = free_port()
         self._names = itertools.count()
         self._as_owner: list[str] = []
         if os.geteuid() == 0:
@@ -91,18 +88,3 @@ def started(bindir: Path, prefix: str = "flopwatch-pg-", durable: bool = False) 
         except subprocess.CalledProcessError:
             pass  # already stopped by a test that failed mid-outage
         shutil.rmtree(root, ignore_errors=True)
-
-
-@pytest.fixture(scope="session")
-def postgres_server():
-    bindir = _bindir()
-    if bindir is None:
-        pytest.skip("PostgreSQL server binaries not found under /usr/lib/postgresql "
-                    "(scripts/test installs Debian's postgresql)")
-    with started(bindir) as server:
-        yield server
-
-
-@pytest.fixture
-def postgres_url(postgres_server) -> str:
-    return postgres_server.url()

@@ -7,7 +7,7 @@ import pytest
 from click.testing import CliRunner
 
 from flopwatch.commands.cli import main
-from flopwatch.judge.diagnose import CAUSES, DiagnosisState, Signals, Tick, TickWindow, classify, diagnose
+from flopwatch.judge.diagnose import CAUSES, PHASES, DiagnosisState, Signals, Tick, TickWindow, classify, diagnose
 from flopwatch.model import Finding
 from flopwatch.sources.simulated import SCENARIOS
 from flopwatch.thresholds import Thresholds
@@ -32,7 +32,8 @@ def test_each_simulated_cause_is_named(scenario):
 
 
 def test_every_cause_in_the_taxonomy_has_a_scenario():
-    assert set(CAUSES) <= set(SCENARIOS)
+    # Phases of a job's life are named from its Python stacks, which simulated processes do not have.
+    assert set(CAUSES) - set(PHASES) <= set(SCENARIOS)
 
 
 def test_healthy_bf16_training_at_the_default_power_limit_is_silent():
