@@ -56,7 +56,7 @@ class TokenReader(Protocol):
 
 
 class StackReader(Protocol):
-    def request(self, key: int, pids: Iterable[int]) -> None: ...
+    def request(self, key: int, pids: Iterable[int], new_segment: bool = False) -> None: ...
 
     def latest(self, key: int) -> StackProfile | None: ...
 
@@ -87,7 +87,8 @@ class _PerGpu:
         self.regime = RegimeTracker()
         self.named = False  # whether the current segment has been judged
         self.ledger = WasteLedger(hold_seconds)
-        self.stacks_asked: tuple[str, tuple[int, ...]] | None = None  # (cause, pids) a sample was asked for
+        # (cause, pids, the segment's start) a sample was last asked for
+        self.stacks_asked: tuple[str, tuple[int, ...], float | None] | None = None
         # The processes the culprits were picked from, and them: the same until NVML's next read.
         self.culprits: tuple[tuple, tuple[int, ...]] = ((), ())
         # The diagnosis's finding and the stacks it was corroborated with, and the result.
@@ -295,13 +296,16 @@ class Agent:
         if per.culprits[0] is not sample.processes:
             per.culprits = (sample.processes, _culprits(sample))
         pids = per.culprits[1]
-        if per.stacks_asked != (finding.cause, pids):
-            per.stacks_asked = (finding.cause, pids)
-            self.stacks.request(sample.info.index, pids)
+        asked = (finding.cause, pids, per.regime.started)
+        if per.stacks_asked != asked:
+            new_segment = per.stacks_asked is not None and per.stacks_asked[2] != per.regime.started
+            per.stacks_asked = asked
+            self.stacks.request(sample.info.index, pids, new_segment=new_segment)
         profile = self.stacks.latest(sample.info.index)
         if profile is not None and (not set(profile.pids) <= set(pids) or
-                                    sample.timestamp - profile.timestamp > self.config.stacks.min_interval_seconds):
-            profile = None  # another job's, or too old to speak for this one
+                                    sample.timestamp - profile.timestamp > self.config.stacks.min_interval_seconds or
+                                    profile.timestamp < (per.regime.started or -math.inf)):
+            profile = None  # another job's, too old, or from before the GPU's work changed
         seen, seen_profile, result = per.corroborated
         if seen is not finding or seen_profile is not profile:
             result = corroborate(finding, profile)

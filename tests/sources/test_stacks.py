@@ -60,6 +60,18 @@ def test_a_process_is_sampled_again_only_after_the_minimum_interval(tmp_path):
     assert calls.read_text().split() == ["4242", "4242"]
 
 
+def test_a_new_segment_of_the_gpus_work_samples_a_process_again_sooner(tmp_path):
+    binary, calls = counting(tmp_path)
+    clock = VirtualClock(0.0)
+    sampler = StackSampler(StacksConfig(min_interval_seconds=600.0, segment_interval_seconds=30.0), binary=binary,
+                           clock=clock, ptrace_check=lambda: None)
+    for now, new_segment in ((0.0, False), (10.0, True), (40.0, True), (50.0, False)):
+        clock.now = now
+        sampler.request(0, [4242], new_segment=new_segment)
+        assert sampler.wait(30)
+    assert calls.read_text().split() == ["4242", "4242"]  # at 0 s, and at 40 s for the new segment
+
+
 def test_a_new_process_on_the_gpu_is_sampled_while_the_old_one_waits_its_turn(tmp_path):
     binary, calls = counting(tmp_path)
     clock = VirtualClock(0.0)

@@ -161,16 +161,18 @@ class StackSampler:
         if self.unavailable and unavailable is None:
             self._log_once(self.unavailable)
 
-    def request(self, key: int, pids: Iterable[int]) -> None:
-        """Ask for a sample of ``pids`` (up to two: the GPU's busiest) under ``key`` (a GPU index)."""
+    def request(self, key: int, pids: Iterable[int], new_segment: bool = False) -> None:
+        """Ask for a sample of ``pids`` (up to two: the GPU's busiest) under ``key`` (a GPU index);
+        ``new_segment``: the GPU's work changed since their last sample, which a shorter wait allows."""
         pids = tuple(pids)[:2]
+        interval = self.settings.segment_interval_seconds if new_segment else self.settings.min_interval_seconds
         now = self.clock()
         with self._lock:
             if self.unavailable:
                 self._latest[key] = StackProfile(pids=pids, samples=0, unavailable=self.unavailable,
                                                  timestamp=self.wall_clock())
                 return
-            due = tuple(p for p in pids if now - self._sampled_at.get(p, -float("inf")) >= self.settings.min_interval_seconds)
+            due = tuple(p for p in pids if now - self._sampled_at.get(p, -float("inf")) >= interval)
             if not due or key in self._pending:
                 return
             for pid in due:
