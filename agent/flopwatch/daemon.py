@@ -60,6 +60,8 @@ class StackReader(Protocol):
 
     def latest(self, key: int) -> StackProfile | None: ...
 
+    def taking(self, key: int) -> bool: ...
+
 
 class PodReader(Protocol):
     name: str
@@ -87,8 +89,9 @@ class _PerGpu:
         self.regime = RegimeTracker()
         self.named = False  # whether the current segment has been judged
         self.ledger = WasteLedger(hold_seconds)
-        # (cause, pids, the segment's start) a sample was last asked for
-        self.stacks_asked: tuple[str, tuple[int, ...], float | None] | None = None
+        # (cause, pids, the segment's start, the turn while in a phase) a sample was last asked for
+        self.stacks_asked: tuple[str, tuple[int, ...], float | None, int | None] | None = None
+        self.stacks_pending = False  # asked for this segment and not yet taken
         # The processes the culprits were picked from, and them: the same until NVML's next read.
         self.culprits: tuple[tuple, tuple[int, ...]] = ((), ())
         # The diagnosis's finding and the stacks it was corroborated with, and the result.
@@ -244,7 +247,10 @@ class Agent:
                 per.named = per.diagnosis.window is not None
         finding = self._with_stacks(per, sample, per.diagnosis.finding)
         under = figures.utilization is not None and figures.utilization < th.utilization_threshold
-        charges += per.ledger.tick(sample.timestamp, figures.interval_seconds, under, per.named,
+        # A host-side verdict waits for the stacks asked for it (a few seconds): they may name
+        # the phase the counters cannot tell.
+        named = per.named and not per.stacks_pending
+        charges += per.ledger.tick(sample.timestamp, figures.interval_seconds, under, named,
                                    finding.cause if finding is not None else None)
         return GpuState(
             sample=sample, figures=figures, finding=finding, below_threshold=under,
@@ -290,22 +296,28 @@ class Agent:
 
     def _with_stacks(self, per: _PerGpu, sample: GpuSample, finding: Finding | None) -> Finding | None:
         """The finding, corroborated by its processes' stacks where a host-side cause is current:
-        asked for once per cause and set of processes, taken off this thread, attached when done."""
+        asked for once per cause, set of processes and segment, taken off this thread, attached
+        when done. A phase of a job's life passes: while one is named, they are asked for again
+        every ``segment_interval_seconds`` to see it end."""
+        per.stacks_pending = False
         if self.stacks is None or finding is None or finding.cause not in HOST_SIDE:
             return finding
         if per.culprits[0] is not sample.processes:
             per.culprits = (sample.processes, _culprits(sample))
         pids = per.culprits[1]
-        asked = (finding.cause, pids, per.regime.started)
+        in_phase = per.corroborated[2] is not None and per.corroborated[2].cause in PHASES
+        turn = math.floor(sample.timestamp / self.config.stacks.segment_interval_seconds) if in_phase else None
+        asked = (finding.cause, pids, per.regime.started, turn)
         if per.stacks_asked != asked:
-            new_segment = per.stacks_asked is not None and per.stacks_asked[2] != per.regime.started
+            changed = per.stacks_asked is not None and per.stacks_asked[2:] != asked[2:]
             per.stacks_asked = asked
-            self.stacks.request(sample.info.index, pids, new_segment=new_segment)
+            self.stacks.request(sample.info.index, pids, new_segment=changed)
         profile = self.stacks.latest(sample.info.index)
         if profile is not None and (not set(profile.pids) <= set(pids) or
                                     sample.timestamp - profile.timestamp > self.config.stacks.min_interval_seconds or
                                     profile.timestamp < (per.regime.started or -math.inf)):
             profile = None  # another job's, too old, or from before the GPU's work changed
+        per.stacks_pending = profile is None and self.stacks.taking(sample.info.index)
         seen, seen_profile, result = per.corroborated
         if seen is not finding or seen_profile is not profile:
             result = corroborate(finding, profile)

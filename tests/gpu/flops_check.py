@@ -6,7 +6,7 @@ and after `flopwatch calibrate`'s fit, and what the fit should ship.
 First the calibration itself (commands/calibrate.py's ``time_products``: bf16, fp16, fp8 where the
 card has it, TF32 and FP32 at 4096³ and 8192³), then the checks on other shapes: bf16, fp16 and FP32
 products at two sizes and a bf16 training step of an MLP whose FLOPs are counted (6 × parameters
-× tokens: forward 2, backward 4), each kept on the GPU a few seconds and timed with CUDA events
+× tokens, less the first layer's input gradient that autograd skips), each kept on the GPU a few seconds and timed with CUDA events
 while the agent's NVML reader reads every half second over the same seconds. Per check: the timed
 fraction of the dense peak, flopwatch's reading with the shipped factor ("before") and with the
 factor just fitted ("after"), and what could explain a gap: the SM clock read at each tick beside
@@ -57,14 +57,16 @@ def _training_step(tokens: int = 16384, width: int = 4096, hidden: int = 16384) 
         mlp = torch.nn.Sequential(torch.nn.Linear(width, hidden, bias=False), torch.nn.GELU(),
                                   torch.nn.Linear(hidden, width, bias=False)).to("cuda", torch.bfloat16)
         x = torch.randn(tokens, width, device="cuda", dtype=torch.bfloat16)
-        params = sum(p.numel() for p in mlp.parameters())
+        first, second = mlp[0].weight.numel(), mlp[2].weight.numel()
 
         def step():
             mlp.zero_grad(set_to_none=True)
             mlp(x).float().square().mean().backward()
 
-        # Every parameter is one multiply-add per token forward, two backward (input and weight grads).
-        return step, 6.0 * params * tokens
+        # Counted per product, each a multiply-add per weight and token: forward (both layers), the
+        # weight gradients (both), the input gradient (the second layer's only: x needs no grad, so
+        # autograd skips the first layer's). 6 × params × tokens would count that skipped product.
+        return step, 2.0 * tokens * (2 * (first + second) + second)
 
     return Check(f"train step bf16 MLP {width}-{hidden}-{width} x{tokens} tokens", True, setup)
 

@@ -4,6 +4,7 @@ import pytest
 
 from flopwatch.judge.calibration import Calibrations, Factors
 from flopwatch.judge.derive import derive
+from flopwatch.judge.peaks import H100_SXM_TENSOR_EFFICIENCY
 from flopwatch.model import GpuInfo, GpuSample
 
 H100 = GpuInfo(index=0, uuid="GPU-0", name="NVIDIA H100 80GB HBM3", pci_bus_id="0", memory_total_bytes=80 * 2**30,
@@ -11,6 +12,8 @@ H100 = GpuInfo(index=0, uuid="GPU-0", name="NVIDIA H100 80GB HBM3", pci_bus_id="
                memory_bus_width_bits=5120, power_limit_watts=700, default_power_limit_watts=700, gpm_supported=True)
 
 H200 = GpuInfo(**{**{f: getattr(H100, f) for f in H100.__slots__}, "name": "NVIDIA H200"})
+
+H100_FACTOR = H100_SXM_TENSOR_EFFICIENCY[0]  # the factor shipped for the H100 SXM
 
 
 def sample(info=H100, **readings):
@@ -28,7 +31,7 @@ def test_utilization_is_sm_active():
 def test_flops_utilization_is_tensor_activity_at_spec_clock_times_what_an_active_cycle_delivers():
     # Half the tensor pipe at the datasheet clock: half the dense bf16 peak, times what an active
     # cycle of a timed bf16 product delivered against the datasheet's rate on an H100 SXM (shipped).
-    assert derive(sample()).flops_utilization == pytest.approx(0.5 * 0.985)
+    assert derive(sample()).flops_utilization == pytest.approx(0.5 * H100_FACTOR)
 
 
 def test_an_h200_uses_the_factor_measured_on_an_h200():
@@ -42,7 +45,7 @@ def test_a_factor_stored_for_this_model_and_driver_wins_over_the_shipped_one():
 
 def test_a_factor_stored_under_another_driver_is_not_used():
     stored = Calibrations({("H100 SXM", "550.0"): Factors({"bf16": 0.5})})
-    assert derive(sample(), calibrations=stored).flops_utilization == pytest.approx(0.5 * 0.985)
+    assert derive(sample(), calibrations=stored).flops_utilization == pytest.approx(0.5 * H100_FACTOR)
 
 
 def test_a_bf16_product_timed_at_0_673_of_peak_on_an_h200_reads_within_0_03():
@@ -52,7 +55,7 @@ def test_a_bf16_product_timed_at_0_673_of_peak_on_an_h200_reads_within_0_03():
 
 
 def test_flops_utilization_scales_with_the_sm_clock():
-    assert derive(sample(sm_clock_mhz=915.0)).flops_utilization == pytest.approx(0.25 * 0.985)
+    assert derive(sample(sm_clock_mhz=915.0)).flops_utilization == pytest.approx(0.25 * H100_FACTOR)
 
 
 def test_fp32_pipe_counts_at_its_own_peak_at_the_clock_its_datasheet_figure_is_quoted_at():

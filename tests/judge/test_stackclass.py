@@ -217,3 +217,10 @@ def test_a_main_thread_tokenizing_longer_than_it_launches_the_model_is_input_sta
                    f"_tokenize ({SITE}/transformers/models/bert/tokenization_bert.py:{100 + i})", 3) for i in range(10)]
     result = corroborate(finding("launch_bound"), raw(*tokenizing, (FORWARD, 12), (BACKWARD, 10), (TRAIN_LOOP, 20)))
     assert result.cause == "input_starved"
+
+
+def test_an_import_inside_from_pretrained_is_part_of_loading_the_weights():
+    lazy_import = (f"{TRAIN_LOOP};from_pretrained ({SITE}/transformers/modeling_utils.py:4000);"
+                   f"_find_and_load (<frozen importlib._bootstrap>:1360);<module> ({SITE}/pandas/__init__.py:1)")
+    result = corroborate(finding("input_starved"), raw((lazy_import, 20), (LOAD, 15), (FORWARD, 5)))
+    assert result.cause == "loading_weights"

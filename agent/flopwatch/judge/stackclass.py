@@ -98,8 +98,6 @@ _CALLS = (
 # Phases of a job's life, by a frame anywhere in the stack: (substring of the path or "", function
 # names), tried in order. The frames inside (a read, a kernel launch, sympy) are the phase's work.
 _PHASE_FRAMES = (
-    ("starting", "", ("_find_and_load", "_find_and_load_unlocked")),  # import machinery
-    ("starting", "torch/cuda/__init__.py", ("_lazy_init", "init")),
     ("checkpointing", "torch/serialization.py", ("save", "_save")),
     ("checkpointing", "torch/distributed/checkpoint/", ("save", "async_save", "save_state_dict", "_save_state_dict")),
     ("checkpointing", "safetensors/", ("save_file", "save")),
@@ -118,6 +116,9 @@ _PHASE_FRAMES = (
     ("evaluating", "", ("evaluate", "evaluation_loop", "_evaluation_loop", "validate", "validation_step",
                         "validation_loop", "eval_step", "eval_loop", "evaluate_model", "test_step",
                         "prediction_step", "prediction_loop")),
+    # Last: an import inside from_pretrained or a compile is part of that phase.
+    ("starting", "", ("_find_and_load", "_find_and_load_unlocked")),  # import machinery
+    ("starting", "torch/cuda/__init__.py", ("_lazy_init", "init")),
 )
 
 
@@ -225,13 +226,13 @@ def _verdict(cause: str, r: StackReading) -> tuple[str, str] | None:
     """(the cause the stacks support, what they show) for a host-side cause, or None if they say
     nothing strong about it. Each line reads what the frames mean for where the time goes."""
     main, share = r.strongest("main")
-    phase, phase_share = max(((p, max(r.share("main", p), r.share("threads", p))) for p in PHASES),
-                             key=lambda kv: kv[1])
-    if phase_share >= STRONG:
+    part = "main" if r.share("main", *PHASES) >= r.share("threads", *PHASES) else "threads"
+    if r.share(part, *PHASES) >= STRONG:
         # Loading, compiling, saving, starting, evaluating: the phase, not the bottleneck it shows
-        # on the counters (a read, a busy thread), is what its owner can change.
-        return phase, f"{'main thread' if r.share('main', phase) >= phase_share else 'a thread'} " \
-                      f"{phase_share:.0%} {ACTIVITIES[phase]}"
+        # on the counters (a read, a busy thread), is what its owner can change. A thread moving
+        # from one phase to the next shows both: the larger names it.
+        phase = max(PHASES, key=lambda p: r.share(part, p))
+        return phase, f"{'main thread' if part == 'main' else 'a thread'} {r.share(part, phase):.0%} {ACTIVITIES[phase]}"
     feeding_main = r.share("main", *FEEDING)
     feeding_elsewhere = max(r.share("threads", "data_loading", "tokenizing"),
                             r.share("workers", "data_loading", "tokenizing", "file_read"))

@@ -187,6 +187,10 @@ class StackSampler:
         """The last profile taken under ``key``, or None."""
         return self._latest.get(key)
 
+    def taking(self, key: int) -> bool:
+        """Whether a sample asked for under ``key`` is still being taken."""
+        return key in self._pending
+
     @property
     def busy(self) -> bool:
         """Whether a sample asked for is still being taken."""
