@@ -23,7 +23,7 @@ from flopwatch.judge.diagnose import (PHASES, DiagnosisState, Peers, Tick, TickW
                                       loader_saturated_pids, signals)
 from flopwatch.judge.ledger import Charge, WasteLedger
 from flopwatch.judge.regime import Change, RegimeTracker
-from flopwatch.judge.stackclass import corroborate
+from flopwatch.judge.stackclass import corroborate, read_stacks
 from flopwatch.judge.tokencost import Prices, TokenAccount
 from flopwatch.model import (AgentState, Finding, GpuFigures, GpuSample, GpuState, HostSample, PodContainer, ProcessView,
                              StackProfile, TokenCount)
@@ -320,6 +320,8 @@ class Agent:
         per.stacks_pending = profile is None and self.stacks.taking(sample.info.index)
         seen, seen_profile, result = per.corroborated
         if seen is not finding or seen_profile is not profile:
+            if profile is not seen_profile and profile is not None and profile.sampled and log.isEnabledFor(logging.DEBUG):
+                log.debug("GPU %d: stacks of %s: %s", sample.info.index, profile.pids, read_stacks(profile))
             result = corroborate(finding, profile)
             per.corroborated = (finding, profile, result)
         return result

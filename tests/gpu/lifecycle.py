@@ -140,7 +140,7 @@ def main() -> None:
                        cwd=REPO, env=env, check=True, timeout=300)
         with open(out / "agent.log", "w") as log:
             agent = subprocess.Popen([sys.executable, "-m", "flopwatch", "run", "--history", url,
-                                      "--listen", "127.0.0.1:0", "--interval", "1"],
+                                      "--listen", "127.0.0.1:0", "--interval", "1", "--log-level", "debug"],
                                      cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
             time.sleep(3.0)  # the agent's first ticks
