@@ -179,6 +179,11 @@ class Run:
     calibration: list[dict]
     readings: list[Reading]
 
+    @classmethod
+    def from_json(cls, doc: dict) -> "Run":
+        fields = {k: v for k, v in doc.items() if k in cls.__dataclass_fields__}
+        return cls(**{**fields, "readings": [Reading(**r) for r in doc["readings"]]})
+
     @property
     def paste_line(self) -> str:
         constant = re.sub(r"\W+", "_", self.model).upper() + "_TENSOR_EFFICIENCY"

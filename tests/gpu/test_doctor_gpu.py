@@ -41,7 +41,7 @@ def test_nvml_works_without_writable_executable_memory():
     # The unit sets MemoryDenyWriteExecute=yes; NVML (through ctypes) must live with it.
     code = ("import pynvml\n"
             "from flopwatch.sources.nvml import NvmlSource\n"
-            "from flopwatch import sysfacts\n"
+            "from flopwatch.sources import sysfacts\n"
             "facts = sysfacts.read_facts(pynvml)\n"
             "assert facts.gpus and facts.nvml_error is None, facts\n"
             "source = NvmlSource(None)\n"
