@@ -18,8 +18,8 @@ from typing import Any, Callable, Iterable, Mapping, Protocol
 
 from flopwatch.config import Config
 from flopwatch.judge.derive import derive
-from flopwatch.judge.diagnose import (DiagnosisState, Peers, Tick, TickWindow, diagnose, job_peers, loader_saturated_pids,
-                                      waste_seconds)
+from flopwatch.judge.diagnose import DiagnosisState, diagnose, waste_seconds
+from flopwatch.judge.signals import Peers, Tick, TickWindow, job_peers, loader_saturated_pids
 from flopwatch.model import (AgentState, Finding, GpuFigures, GpuSample, GpuState, HostSample, PodContainer, ProcessView,
                              StackProfile, TokenCount)
 from flopwatch.judge.stackclass import corroborate
