@@ -4,8 +4,7 @@ A ``Tick`` is one GPU's view of one tick (its sample, figures, host reading and 
 GPUs, ``Peers``); a ``TickWindow`` holds the last ``window_seconds`` of them, and ``signals()``
 reads their means as ``Signals``: the SMs' active share against NVML's kernel-time figure, the
 pipes, DRAM, PCIe and NVLink traffic, clock-event reasons, and the owning processes' CPU threads,
-data-loader children and disk waits. The window keeps its means as running sums, so a tick costs
-the same however many ticks the window holds.
+data-loader children and disk waits. The window keeps its means as running sums (window.py).
 """
 
 from __future__ import annotations
@@ -45,13 +44,10 @@ class ProcessSums:
     main_thread_disk_wait_ratio: float | None = None
 
 
-@dataclass(slots=True)  # built every tick: not frozen, as the records of model.py
+@dataclass(slots=True)  # not frozen: __post_init__ fills in what it sums of the processes
 class Tick:
-    """One GPU's view of one tick, as diagnosis sees it.
-
-    A tick stays in the window for ``window_seconds``, so what signals() needs of its processes
-    is summed once here rather than on every tick it stays (hundreds of processes × 30 ticks).
-    """
+    """One GPU's view of one tick, as diagnosis sees it, and what signals() needs of its processes
+    (summed once, as the tick enters the window, not again on each evaluation while it stays)."""
 
     sample: GpuSample
     figures: GpuFigures
@@ -113,7 +109,8 @@ def job_peers(gpus: Sequence[GpuState], saturated_pids: frozenset[int]) -> dict[
 
 
 def process_sums(host: HostSample, pids: Sequence[int]) -> ProcessSums:
-    # One pass, no helpers: this runs for every tick that enters a window (on a new reading only).
+    """The processes' CPU, loader workers and I/O summed as one tick saw them (of the threads, the
+    busiest and the most demanding); None where no process could say."""
     cpu = busiest = children = disk_wait = io_read = io_write = None
     demand = wait = children_wait = children_io = blkio = main_disk_wait = None
     for pid in pids:
@@ -238,8 +235,7 @@ class TickWindow:
         self.ticks.clear()
 
     def _parts(self, tick: Tick) -> dict[Hashable, float]:
-        # What signals() averages over the window, by the key each tick contributes it under;
-        # written out, not a table of getters: this runs for every tick that enters.
+        # What signals() averages over the window, by the key each tick contributes it under.
         f, sample, peers = tick.figures, tick.sample, tick.peers
         values = (
             ("utilization", f.utilization),
