@@ -51,7 +51,8 @@ def launch_bound(s: Signals, c: Context, th: Thresholds) -> Finding | None:
     GPU is not waiting for input). Unless the job's other GPUs wait too and its loaders are
     saturated: that is input_starved."""
     if c.kernels_outrun_sms and not (c.peers_low and c.loaders_saturated):
-        return _launch_bound(s, strength(c.kernel_time / max(c.utilization, 1e-3), th.launch_kernel_time_over_sm_active))
+        over_sm_active = c.kernel_time / max(c.utilization, 1e-3)
+        return _launch_bound(s, strength(over_sm_active, th.launch_kernel_time_over_sm_active))
     return None
 
 
@@ -93,10 +94,11 @@ def contention_busy(s: Signals, c: Context, th: Thresholds) -> Finding | None:
 
 
 def _contention(s: Signals, severity: str, confidence: float, launching: tuple[int, ...]) -> Finding:
+    job = s.process_jobs.get
     return finding(CONTENTION, severity, confidence, s, processes=s.processes,
-                   sm_shares=", ".join(f"{pid} {s.process_jobs.get(pid, '?')} {v:.2f}"
+                   sm_shares=", ".join(f"{pid} {job(pid, '?')} {v:.2f}"
                                        for pid, v in sorted(s.process_shares.items()) if pid not in s.unknown_shares),
-                   launching_without_share=", ".join(f"{pid} {s.process_jobs.get(pid, '?')} {s.process_cpu[pid]:.2f} cores"
+                   launching_without_share=", ".join(f"{pid} {job(pid, '?')} {s.process_cpu[pid]:.2f} cores"
                                                      for pid in sorted(launching)) or None)
 
 

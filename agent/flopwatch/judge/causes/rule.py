@@ -147,7 +147,9 @@ def base_evidence(s: Signals) -> dict[str, float | str | None]:
     return {"utilization": _r(s.utilization), "window_seconds": round(s.seconds, 1), "source_quality": s.source_quality}
 
 
-def finding(cause: Cause, severity: str, confidence: float, s: Signals, **evidence: float | int | str | None) -> Finding:
+def finding(cause: Cause, severity: str, confidence: float, s: Signals,
+            **evidence: float | int | str | None) -> Finding:
+    """A finding of ``cause``: its evidence rounded, after what every finding shows."""
     return Finding(
         cause=cause.name, severity=severity, confidence=round(min(max(confidence, 0.05), 0.99), 2),
         evidence={**base_evidence(s), **{k: (_r(v) if isinstance(v, float) else v) for k, v in evidence.items()}},
