@@ -12,7 +12,8 @@ from prometheus_client import generate_latest
 from flopwatch.commands.build import VirtualClock, build_agent
 from flopwatch.commands.cli import main
 from flopwatch.config import Config
-from flopwatch.judge.diagnose import Peers, Signals, classify, job_peers, loader_saturated_pids
+from flopwatch.judge.diagnose import classify
+from flopwatch.judge.signals import Peers, Signals, job_peers, loader_saturated_pids
 from flopwatch.model import GpuInfo, GpuSample, GpuState, HostProcess, HostSample, ProcessView
 from flopwatch.sources.nvml import NvmlSource
 from flopwatch.sources.simulated import SimulatedNvml

@@ -19,10 +19,10 @@ from typing import Any, Callable, Iterable, Mapping, Protocol
 from flopwatch.config import Config
 from flopwatch.judge.calibration import Calibrations
 from flopwatch.judge.derive import SHIPPED, derive
-from flopwatch.judge.diagnose import (PHASES, DiagnosisState, Peers, Tick, TickWindow, classify, diagnose, job_peers,
-                                      loader_saturated_pids, signals)
+from flopwatch.judge.diagnose import PHASES, DiagnosisState, classify, diagnose
 from flopwatch.judge.ledger import Charge, WasteLedger
 from flopwatch.judge.regime import Change, RegimeTracker
+from flopwatch.judge.signals import Peers, Tick, TickWindow, job_peers, loader_saturated_pids, signals
 from flopwatch.judge.stackclass import corroborate, read_stacks
 from flopwatch.judge.tokencost import Prices, TokenAccount
 from flopwatch.model import (AgentState, Finding, GpuFigures, GpuSample, GpuState, HostSample, PodContainer, ProcessView,

@@ -3,9 +3,7 @@
 Ratios are 0..1, rates are per second, sizes in bytes, energy in joules: the names say the unit.
 ``None`` always means "the source could not say", never zero.
 
-Records are never changed once built. Those built anew every tick for every GPU are not frozen
-all the same: a frozen dataclass's ``__init__`` sets each field through ``object.__setattr__``,
-several times the cost of a plain one's, on a path that runs forever.
+Records are never changed once built (frozen).
 """
 
 from __future__ import annotations
@@ -71,7 +69,7 @@ class LinkTraffic:
     rx_bytes: float
 
 
-@dataclass(slots=True)  # built every tick: not frozen (see above)
+@dataclass(frozen=True, slots=True)
 class GpuSample:
     """One GPU's readings over one tick. Activity ratios cover the whole interval (counters)."""
 
@@ -157,7 +155,7 @@ class HostProcess:
     identity: Identity | None = None
 
 
-@dataclass(slots=True)  # built every tick: not frozen (see above)
+@dataclass(frozen=True, slots=True)
 class HostSample:
     timestamp: float  # when /proc was read: a sample is carried between reads
     cpu_count: int
@@ -172,7 +170,7 @@ class HostSample:
     load_per_core: float | None = None  # one-minute load average over the CPU count
 
 
-@dataclass(slots=True)  # built every tick: not frozen (see above)
+@dataclass(frozen=True, slots=True)
 class GpuFigures:
     """Derived figures for one GPU and one tick (derive.py)."""
 
@@ -309,7 +307,7 @@ class TokenFigures:
     cost_per_1m_tokens: float | None
 
 
-@dataclass(slots=True)  # built every tick: not frozen (see above)
+@dataclass(frozen=True, slots=True)
 class GpuState:
     """Everything the sinks need about one GPU after a tick."""
 
@@ -328,7 +326,7 @@ class GpuState:
     charge_pending: bool = False  # this tick is under the threshold and waits for its segment's cause
 
 
-@dataclass(slots=True)  # built every tick: not frozen (see above)
+@dataclass(frozen=True, slots=True)
 class AgentState:
     """The result of one tick: what /metrics, status, the store and alerting read."""
 

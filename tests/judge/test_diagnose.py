@@ -7,7 +7,8 @@ import pytest
 from click.testing import CliRunner
 
 from flopwatch.commands.cli import main
-from flopwatch.judge.diagnose import CAUSES, PHASES, DiagnosisState, Signals, Tick, TickWindow, classify, diagnose
+from flopwatch.judge.diagnose import CAUSES, PHASES, DiagnosisState, classify, diagnose
+from flopwatch.judge.signals import Signals, Tick, TickWindow
 from flopwatch.model import Finding
 from flopwatch.sources.simulated import SCENARIOS
 from flopwatch.thresholds import Thresholds
@@ -172,7 +173,7 @@ def _mixed_run() -> list:
     """Ticks of several scenarios in turn, one a second: processes come and go (idle has none,
     contention two), PCIe and SM activity drop from busy to exactly 0, and some ticks do not know
     some values, a throttle reason or an extra process's share."""
-    from flopwatch.judge.diagnose import Peers
+    from flopwatch.judge.signals import Peers
     from flopwatch.model import GpuProcess
 
     scenarios = ["healthy", "contention", "idle", "thermal_throttled", "held_idle", "input_starved", "contention"]
@@ -234,7 +235,7 @@ def _reported(s) -> dict:
 
 
 def test_the_running_means_equal_means_computed_over_the_whole_window_anew():
-    from flopwatch.judge.diagnose import signals
+    from flopwatch.judge.signals import signals
 
     window, kept = TickWindow(), []
     for i, tick in enumerate(_mixed_run()):
@@ -404,7 +405,7 @@ def test_one_process_launching_beside_a_quiet_one_stays_launch_bound():
 
 
 def test_a_loader_worker_holding_a_context_is_not_a_second_job_on_the_gpu():
-    from flopwatch.judge.diagnose import signals
+    from flopwatch.judge.signals import signals
     from flopwatch.model import GpuProcess
 
     ticks = []
