@@ -7,6 +7,7 @@ import pytest
 from click.testing import CliRunner
 
 from flopwatch.commands.cli import main
+from flopwatch.judge import allocation
 from flopwatch.judge.diagnose import CAUSES, DiagnosisState, Signals, Tick, TickWindow, classify, diagnose
 from flopwatch.model import Finding
 from flopwatch.sources.simulated import SCENARIOS
@@ -32,7 +33,8 @@ def test_each_simulated_cause_is_named(scenario):
 
 
 def test_every_cause_in_the_taxonomy_has_a_scenario():
-    assert set(CAUSES) <= set(SCENARIOS)
+    # Who holds a GPU is the scheduler's to say, not a simulated GPU's: tests/test_allocation.py.
+    assert set(CAUSES) - set(allocation.CAUSES) <= set(SCENARIOS)
 
 
 def test_healthy_bf16_training_at_the_default_power_limit_is_silent():

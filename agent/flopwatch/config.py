@@ -117,6 +117,19 @@ class KubernetesConfig:
 
 
 @dataclass
+class SlurmConfig:
+    # "auto": squeue from the PATH where a slurm.conf exists ($SLURM_CONF or /etc/slurm/slurm.conf)
+    # when the agent starts; a path: that squeue; "" or "off": never.
+    squeue: str = "auto"
+    conf: str = ""  # SLURM_CONF for squeue; "" keeps the environment's
+    node_name: str = ""  # this node's NodeName in slurm.conf; "": the short hostname
+    # GRES index i (its place in gres.conf) → the NVML minor number of that GPU; []: i itself.
+    gres_minor_numbers: list[str] = field(default_factory=list)
+    refresh_interval_seconds: float = 30.0
+    timeout_seconds: float = 10.0
+
+
+@dataclass
 class Config:
     agent: AgentConfig = field(default_factory=AgentConfig)
     diagnosis: Thresholds = field(default_factory=Thresholds)
@@ -126,6 +139,7 @@ class Config:
     tokens: TokensConfig = field(default_factory=TokensConfig)
     stacks: StacksConfig = field(default_factory=StacksConfig)
     kubernetes: KubernetesConfig = field(default_factory=KubernetesConfig)
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)
 
 
 def load(path: str | os.PathLike | None = None, env: Mapping[str, str] | None = None) -> Config:

@@ -48,6 +48,7 @@ class GpuInfo:
     pcie_link_gen_max: int | None = None
     pcie_link_width_max: int | None = None
     numa_node: int | None = None
+    minor_number: int | None = None  # /dev/nvidia<minor>: what Slurm's gres.conf names the GPU by
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,6 +271,32 @@ class PodContainer:
 
 
 @dataclass(frozen=True, slots=True)
+class Allocation:
+    """Who a scheduler gave a GPU to: a Slurm job or a Kubernetes pod, and its owner."""
+
+    scheduler: str  # "slurm" or "kubernetes"
+    job: str  # as the processes' jobs are named: "slurm:<id>", "pod:<namespace>/<name>"
+    user: str = ""  # Slurm: the job's user
+    account: str = ""  # Slurm: the job's account
+    partition: str = ""  # Slurm: the job's partition
+    namespace: str = ""  # Kubernetes: the pod's namespace
+    started_at: float | None = None  # wall clock, when the job started (Slurm) or None when not known
+    time_limit_seconds: float | None = None  # Slurm: None when unlimited
+
+    def owner(self) -> tuple[str, str, str, str]:
+        """OWNER_LABELS' values: dcgm-exporter's ``hpc_job`` with the Slurm job's user, account and
+        partition; empty for a pod (its namespace and pod are labels of their own)."""
+        if self.scheduler != "slurm":
+            return ("", "", "", "")
+        return self.job.removeprefix("slurm:"), self.user, self.account, self.partition
+
+
+# Who to tell, on the alerts and on flopwatch_finding_info (which the rules' alerts come from).
+OWNER_LABELS = ("hpc_job", "user", "account", "partition")
+NO_OWNER = ("", "", "", "")
+
+
+@dataclass(frozen=True, slots=True)
 class ProcessView:
     """A GPU process as the sinks show it: NVML's share joined with the host's identity."""
 
@@ -322,6 +349,7 @@ class GpuState:
     tokens: TokenFigures | None = None
     window: WindowFigures | None = None  # None until the GPU's window is long enough to diagnose
     pods: tuple[PodContainer, ...] = ()  # who holds the GPU, by the kubelet; several when time-sliced
+    allocation: Allocation | None = None  # who a scheduler gave the GPU to (Slurm, or the kubelet's first pod)
 
 
 @dataclass(slots=True)  # built every tick: not frozen (see above)

@@ -81,8 +81,8 @@ def build_agent(config: Config, *, clock: Callable[[], float] = time.monotonic,
         stacks = StackSampler(config.stacks, unavailable="simulated" if a.simulate else None, clock=clock,
                               wall_clock=wall_clock)
     pods = _pod_reader(config)
-    agent = Agent(config, source, host, sinks or [], tokens=tokens, stacks=stacks, pods=pods, clock=clock,
-                  wall_clock=wall_clock)
+    agent = Agent(config, source, host, sinks or [], tokens=tokens, stacks=stacks, pods=pods,
+                  slurm=_slurm_reader(config), clock=clock, wall_clock=wall_clock)
     exporter = Exporter(lambda: agent.state, extra=[tokens, *(s for s in agent.sinks if hasattr(s, "collect"))],
                         top_processes=config.attribution.top_processes, currency=config.tokens.currency,
                         pod_labels=pods is not None and config.kubernetes.pod_labels)
@@ -97,6 +97,19 @@ def _pod_reader(config: Config) -> Any:
     if pods is not None:
         pods.refresh()
     return pods
+
+
+def _slurm_reader(config: Config) -> Any:
+    """The squeue reader when on, with its first answer read: the first tick has it."""
+    from flopwatch.sources.slurm import SlurmReader
+
+    try:
+        slurm = SlurmReader.from_config(config.slurm)
+    except ConfigError as e:
+        raise UsageError(str(e)) from None
+    if slurm is not None:
+        slurm.refresh()
+    return slurm
 
 
 def run_sinks(config: Config) -> list:

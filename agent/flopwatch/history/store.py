@@ -446,8 +446,8 @@ class HistoryStore:
                         "ts": timestamp, "gpu": gpu,
                         "sm_ratio": process.sm_ratio, "memory_bytes": process.memory_bytes})))
                 self._processes_written[gpu] = (g.processes, job)
-            if job is None and g.pods:
-                job = g.pods[0].job  # a GPU its pod holds without a process still wastes that pod's time
+            if job is None and g.allocation is not None:
+                job = g.allocation.job  # a GPU its job or pod holds without a process still wastes its time
             below = g.below_threshold
             rows.append((_RAW, {
                 "host": self.host, "gpu": gpu, "ts": timestamp,

@@ -15,6 +15,8 @@ from __future__ import annotations
 from dataclasses import InitVar, dataclass, field, fields, replace
 from typing import Hashable, Mapping, Sequence
 
+from flopwatch.judge import allocation
+from flopwatch.judge.allocation import Holding
 from flopwatch.model import Finding, GpuFigures, GpuSample, GpuState, HostSample, WindowFigures
 from flopwatch.judge.peaks import lookup
 from flopwatch.thresholds import Thresholds
@@ -24,7 +26,7 @@ CAUSES = (
     "idle", "held_idle", "input_starved", "io_bound", "host_transfer_bound", "launch_bound",
     "memory_bound", "no_tensor_cores", "power_capped", "thermal_throttled", "clocks_capped",
     "contention", "communication_bound", "system", "low_demand", "unknown",
-)
+) + allocation.CAUSES
 
 ADVICE = {
     "idle": "No process uses this GPU. Release it to the scheduler or shrink the allocation.",
@@ -62,6 +64,7 @@ ADVICE = {
                   "zero), share the GPU (MIG, MPS, time-slicing), or batch requests.",
     "unknown": "Utilization is low and no known signature matches. Profile one step (PyTorch profiler, "
                "Nsight Systems) to see where the time goes.",
+    **allocation.ADVICE,
 }
 
 SUMMARY = {
@@ -81,6 +84,7 @@ SUMMARY = {
     "system": "Node problem (driver, PCIe link) holds the GPU back",
     "low_demand": "GPU has little work to do (low demand)",
     "unknown": "GPU under-used, cause not identified",
+    **allocation.SUMMARY,
 }
 
 # input_starved where the feeding thread wants a core and waits for one: the fix is the host's cores.
@@ -130,6 +134,7 @@ class Tick:
     figures: GpuFigures
     host: HostSample
     peers: Peers = Peers()
+    holding: Holding | None = None  # who the schedulers gave the GPU to; None without a scheduler
     pids: tuple[int, ...] = field(init=False, repr=False, compare=False)
     # (pid, SM share) of the processes whose share is not 0 (None: unknown); most on a busy node
     # hold a context and idle.
@@ -289,6 +294,9 @@ class Signals:
     # launching work of its own, where NVML's per-process SM shares are not known.
     process_cpu: Mapping[int, float] = field(default_factory=dict)
     unknown_shares: frozenset[int] = frozenset()  # processes whose SM share no tick of the window knew
+    holding: Holding | None = None  # the schedulers' word on the GPU at the last tick (judge/allocation.py)
+    process_users: Mapping[int, str] = field(default_factory=dict)
+    timestamp: float = 0.0  # wall clock, of the last tick
 
 
 _PROCESS_SIGNALS = tuple(f.name for f in fields(ProcessSums))
@@ -460,6 +468,10 @@ def signals(window: TickWindow) -> Signals:
         io_pressure_ratio=mean("io_pressure_ratio"),
         process_cpu=process_cpu,
         unknown_shares=frozenset(unknown_shares),
+        holding=last.holding,
+        process_users={pid: last.host.processes[pid].user for pid in pids
+                       if pid in last.host.processes and last.host.processes[pid].user},
+        timestamp=last.sample.timestamp,
     )
 
 
@@ -490,6 +502,8 @@ def classify(s: Signals, th: Thresholds) -> Finding | None:
     """The most likely cause for one window, or None when the GPU is doing its job."""
     if s.utilization is None:
         return None
+    if (ruled := allocation.rule(s, th)) is not allocation.PASS:  # who holds the GPU: judge/allocation.py
+        return ruled
     util = s.utilization
     kernel_time = s.nvml_utilization or 0.0
     busy_shares = _busy_shares(s, th)
