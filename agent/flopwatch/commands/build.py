@@ -113,8 +113,8 @@ def _slurm_reader(config: Config) -> Any:
 
 
 def run_sinks(config: Config) -> list:
-    """The sinks `run` writes to: the history store unless disabled, systemd's watchdog, and
-    Alertmanager when configured."""
+    """The sinks `run` writes to: the history store unless disabled, systemd's watchdog,
+    Alertmanager and the reclaim policy when configured."""
     sinks = []
     if config.history.url.lower() != "none":
         from flopwatch.history.store import HistoryStore
@@ -132,4 +132,10 @@ def run_sinks(config: Config) -> list:
         store = next((s for s in sinks if s.name == "store"), None)
         outbox = StoreOutbox(store) if store is not None else None
         sinks.append(AlertmanagerSink(config, outbox=outbox).start())
+    if config.reclaim.slurm != "off":
+        from flopwatch.outputs.reclaim import Reclaimer
+
+        store = next((s for s in sinks if s.name == "store"), None)
+        sinks.append(Reclaimer(config.reclaim, history=store.record_reclaim if store is not None else None,
+                               slurm_conf=config.slurm.conf))
     return sinks
