@@ -11,6 +11,7 @@ import pytest
 
 from tests.servers import Missing, postgres
 from tests.servers.prometheus import Alertmanager, WebhookReceiver, start_alertmanager
+from tests.servers.slurm import SlurmCluster, SlurmUnavailable
 
 
 @contextlib.contextmanager
@@ -58,3 +59,16 @@ def alertmanager(tmp_path: Path, webhook: WebhookReceiver) -> Iterator[Alertmana
     """A running Alertmanager that notifies ``webhook``."""
     with start_alertmanager(tmp_path, webhook.url) as am:
         yield am
+
+
+@pytest.fixture(scope="module")
+def slurm() -> Iterator[SlurmCluster]:
+    """Three GRES GPUs, matched to three simulated GPUs by minor number."""
+    try:
+        cluster = SlurmCluster(gpus=3).__enter__()
+    except SlurmUnavailable as e:
+        pytest.skip(f"Slurm does not run here: {e}")
+    try:
+        yield cluster
+    finally:
+        cluster.stop()

@@ -47,16 +47,22 @@ def exposition(built) -> str:
     return generate_latest(built.exporter.registry()).decode()
 
 
-def test_an_idle_gpu_a_pod_holds_is_idle_of_that_pod(kubelet):
+def test_a_gpu_a_pod_holds_with_no_process_is_held_unused_by_that_pod(kubelet):
     gpu = agent_over(kubelet).agent.state.gpus[1]
-    assert (gpu.processes, gpu.finding.cause, [p.job for p in gpu.pods]) == ((), "idle", ["pod:team-a/notebook"])
+    assert (gpu.processes, gpu.finding.cause, [p.job for p in gpu.pods]) == ((), "held_unused", ["pod:team-a/notebook"])
+    assert (gpu.finding.evidence["job"], gpu.finding.evidence["namespace"]) == ("pod:team-a/notebook", "team-a")
+
+
+def test_a_gpu_no_pod_holds_and_nothing_runs_on_is_free_not_idle(kubelet):
+    gpu = agent_over(kubelet, scenarios=("healthy", "healthy", "idle")).agent.state.gpus[2]
+    assert (gpu.pods, gpu.finding, gpu.below_threshold, gpu.wasted_seconds) == ((), None, False, {})
 
 
 def test_every_per_gpu_series_carries_its_pod_and_an_unheld_gpu_empty_ones(kubelet):
     text = exposition(agent_over(kubelet))
     assert pods_of(text, "flopwatch_utilization_ratio") == {
         "0": ("ml", "trainer-0", "train"), "1": ("team-a", "notebook", "jupyter"), "2": ("", "", "")}
-    assert pods_of(text, "flopwatch_finding_info", cause="idle") == {"1": ("team-a", "notebook", "jupyter")}
+    assert pods_of(text, "flopwatch_finding_info", cause="held_unused") == {"1": ("team-a", "notebook", "jupyter")}
     assert 'flopwatch_collector_success{collector="pod_resources"} 1.0' in text
 
 
@@ -88,14 +94,14 @@ def test_a_kubelet_gone_is_collector_success_0_and_the_gpus_keep_their_pods(kube
     assert state.gpus[1].pods[0].pod == "notebook"
 
 
-def test_the_idle_pods_time_is_charged_to_it_in_the_history(kubelet, tmp_path):
+def test_the_unused_pods_time_is_charged_to_it_in_the_history(kubelet, tmp_path):
     state = agent_over(kubelet).agent.state
     url = f"sqlite:///{tmp_path}/history.db"
     store = HistoryStore(url, "n1")
     store.record(state)
     store.close()
     [row] = query_history(url, state.timestamp - 1, state.timestamp + 1, gpu=1, level="raw")
-    assert (row.cause, row.job) == ("idle", "pod:team-a/notebook")
+    assert (row.cause, row.job) == ("held_unused", "pod:team-a/notebook")
 
 
 def test_an_alert_for_a_pods_gpu_carries_its_pod_as_the_rules_alert_does(kubelet):
@@ -121,10 +127,10 @@ def test_a_running_agent_shows_each_gpus_pod_on_metrics_and_status(kubelet):
         promtool = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True)
     assert pods_of(text, "flopwatch_utilization_ratio") == {
         "0": ("ml", "trainer-0", "train"), "1": ("team-a", "notebook", "jupyter"), "2": ("team-b", "stuck", "main")}
-    assert pods_of(text, "flopwatch_finding_info", cause="idle") == {"1": ("team-a", "notebook", "jupyter")}
+    assert pods_of(text, "flopwatch_finding_info", cause="held_unused") == {"1": ("team-a", "notebook", "jupyter")}
     gpus = json.loads(status.stdout)["gpus"]
     assert [(g["namespace"], g["pod"], g["container"], len(g["processes"]), g["finding"] and g["finding"]["cause"])
-            for g in gpus] == [("ml", "trainer-0", "train", 1, None), ("team-a", "notebook", "jupyter", 0, "idle"),
+            for g in gpus] == [("ml", "trainer-0", "train", 1, None), ("team-a", "notebook", "jupyter", 0, "held_unused"),
                                ("team-b", "stuck", "main", 1, "held_idle")]
     assert (promtool.returncode, promtool.stdout + promtool.stderr) == (0, "")
 

@@ -51,6 +51,14 @@ def test_alertmanager_example_passes_amtool_check():
         (["alertname=GPUUnderutilized", "severity=page", "cause=system"], "gpu-hardware"),
         (["alertname=GPUECCErrors", "severity=page"], "gpu-hardware"),
         (["alertname=FlopwatchAgentDown", "severity=page"], "gpu-pages"),
+        # The owner of a held GPU is told, and on-call still sees the page.
+        (["alertname=GPUUnderutilized", "severity=page", "cause=held_unused", "hpc_job=42", "user=ada",
+          "account=ml", "partition=gpu"], "team-ml,gpu-pages"),
+        (["alertname=GPUInefficient", "severity=ticket", "cause=unallocated_use", "account=ml"],
+         "team-ml,gpu-tickets"),
+        (["alertname=GPUUnderutilized", "severity=page", "cause=held_unused", "namespace=team-a", "pod=nb"],
+         "team-a,gpu-pages"),
+        (["alertname=GPUUnderutilized", "severity=page", "cause=held_unused", "account=physics"], "gpu-pages"),
     ],
 )
 def test_alertmanager_example_routes_by_severity_and_cause(labels, receiver):

@@ -127,6 +127,42 @@ class CalibrationConfig:
 
 
 @dataclass
+class SlurmConfig:
+    # "auto": squeue from the PATH where a slurm.conf exists ($SLURM_CONF or /etc/slurm/slurm.conf)
+    # when the agent starts; a path: that squeue; "" or "off": never.
+    squeue: str = "auto"
+    conf: str = ""  # SLURM_CONF for squeue; "" keeps the environment's
+    node_name: str = ""  # this node's NodeName in slurm.conf; "": the short hostname
+    # GRES index i (its place in gres.conf) → the NVML minor number of that GPU; []: i itself.
+    gres_minor_numbers: list[str] = field(default_factory=list)
+    refresh_interval_seconds: float = 30.0
+    timeout_seconds: float = 10.0
+
+
+RECLAIM_MODES = ("off", "dry-run", "on")
+
+
+@dataclass
+class ReclaimConfig:
+    """Ending jobs that hold GPUs and use none (outputs/reclaim.py). Off unless asked."""
+
+    slurm: str = "off"  # "off"; "dry-run": decide and record, cancel nothing; "on": scancel the job
+    causes: list[str] = field(default_factory=lambda: ["held_unused", "held_idle"])
+    after_seconds: float = 7200.0  # every GPU of the job here held unused (or idle) this long, without a break
+    min_job_age_seconds: float = 3600.0
+    # Allow-lists, both must match; empty: no job; "*": any.
+    partitions: list[str] = field(default_factory=list)
+    users: list[str] = field(default_factory=list)
+    scancel: str = "scancel"
+    timeout_seconds: float = 10.0
+    attempts: int = 5  # a failed scancel is tried again after 5 s, 10 s, 20 s, …
+
+    def check(self) -> None:
+        if self.slurm not in RECLAIM_MODES:
+            raise ConfigError(f"bad value for [reclaim].slurm: {self.slurm!r}; valid: {', '.join(RECLAIM_MODES)}")
+
+
+@dataclass
 class Config:
     agent: AgentConfig = field(default_factory=AgentConfig)
     diagnosis: Thresholds = field(default_factory=Thresholds)
@@ -137,6 +173,8 @@ class Config:
     stacks: StacksConfig = field(default_factory=StacksConfig)
     kubernetes: KubernetesConfig = field(default_factory=KubernetesConfig)
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)
+    reclaim: ReclaimConfig = field(default_factory=ReclaimConfig)
 
 
 def load(path: str | os.PathLike | None = None, env: Mapping[str, str] | None = None) -> Config:
@@ -195,6 +233,9 @@ def _set(config: Config, section: str, key: str, value: Any, *, source: str) -> 
         setattr(target, key, _coerce(value, hint))
     except (TypeError, ValueError) as e:
         raise ConfigError(f"bad value for [{section}].{key} ({source}): {e}") from None
+    check = getattr(target, "check", None)
+    if check is not None:
+        check()
 
 
 def _section_names() -> list[str]:

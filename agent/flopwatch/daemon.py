@@ -17,6 +17,7 @@ import time
 from typing import Any, Callable, Iterable, Mapping, Protocol
 
 from flopwatch.config import Config
+from flopwatch.judge.allocation import Holding
 from flopwatch.judge.calibration import Calibrations
 from flopwatch.judge.derive import SHIPPED, derive
 from flopwatch.judge.diagnose import PHASES, DiagnosisState, classify, diagnose
@@ -25,7 +26,7 @@ from flopwatch.judge.regime import Change, RegimeTracker
 from flopwatch.judge.signals import Peers, Tick, TickWindow, job_peers, loader_saturated_pids, signals
 from flopwatch.judge.stackclass import corroborate, read_stacks
 from flopwatch.judge.tokencost import Prices, TokenAccount
-from flopwatch.model import (AgentState, Finding, GpuFigures, GpuSample, GpuState, HostSample, PodContainer, ProcessView,
+from flopwatch.model import (AgentState, Allocation, Finding, GpuFigures, GpuSample, GpuState, HostSample, PodContainer, ProcessView,
                              StackProfile, TokenCount)
 from flopwatch.thresholds import Thresholds
 
@@ -68,6 +69,11 @@ class PodReader(Protocol):
     answer: Any  # sources.pod_resources.PodAnswer: holders by device id, ok, seconds
 
 
+class SlurmReader(Protocol):
+    name: str
+    answer: Any  # sources.slurm.SlurmAnswer: holders by GPU minor number, ok, seconds, answered
+
+
 class Sink(Protocol):
     name: str
 
@@ -81,7 +87,7 @@ class _PerGpu:
         self.previous: GpuSample | None = None
         self.window = TickWindow()
         self.recent = TickWindow()  # the last regime_change_seconds, judged alone to see a change of activity
-        self.pending: list[tuple[GpuSample, GpuFigures, HostSample, Peers]] = []  # since the last evaluation
+        self.pending: list[tuple[GpuSample, GpuFigures, HostSample, Peers, Holding | None]] = []  # since the last evaluation
         # The process views and what they were made of: the readers hand back the very same
         # processes while nothing changed, and so are the views.
         self.views: tuple[tuple, Mapping, tuple[ProcessView, ...]] = ((), {}, ())
@@ -110,6 +116,7 @@ class Agent:
         stacks: StackReader | None = None,
         pods: PodReader | None = None,
         calibrations: Calibrations = SHIPPED,
+        slurm: SlurmReader | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
     ):
@@ -121,6 +128,7 @@ class Agent:
         self.stacks = stacks
         self.pods = pods
         self.calibrations = calibrations
+        self.slurm = slurm
         t = config.tokens
         self.token_account = TokenAccount(t.window_seconds, Prices(t.price_per_gpu_hour, t.price_per_kwh))
         self.clock = clock
@@ -177,11 +185,23 @@ class Agent:
         if evaluate:
             self._evaluated_at = now
         holders: Mapping[str, tuple[PodContainer, ...]] = {}
-        if self.pods is not None:  # read on its own job: a tick only takes the last answer
+        jobs: Mapping[int, Allocation] = {}
+        # Whether a scheduler has said who holds the GPUs (then a GPU nobody holds is free), and
+        # whether it is Slurm (which answers for every process).
+        scheduled = slurm_says = False
+        # Read on their own jobs: a tick only takes the last answers.
+        if self.pods is not None:
             answer = self.pods.answer
             holders, success[self.pods.name], seconds[self.pods.name] = answer.holders, answer.ok, answer.seconds
-        gpus = tuple(self._advance(sample, host, peers.get(sample.info.index, _ALONE), evaluate,
-                                   holders.get(sample.info.uuid, ())) for sample in samples)
+            scheduled = answer.ok or bool(answer.holders)
+        if self.slurm is not None:
+            answer = self.slurm.answer
+            jobs, success[self.slurm.name], seconds[self.slurm.name] = answer.holders, answer.ok, answer.seconds
+            slurm_says = answer.answered
+            scheduled = scheduled or slurm_says
+        gpus = tuple(self._advance(sample, host, peers.get(sample.info.index, _ALONE), evaluate, pods,
+                                   _holding(jobs.get(sample.info.minor_number), pods, slurm_says) if scheduled else None)
+                     for sample in samples for pods in (holders.get(sample.info.uuid, ()),))
         if self.tokens is not None:
             counts = self._timed(self.tokens.name, success, seconds, self.tokens.snapshot) or ()
             figures = self.token_account.advance(counts, gpus, timestamp)
@@ -191,7 +211,7 @@ class Agent:
                                       below_threshold=g.below_threshold, wasted_seconds=g.wasted_seconds,
                                       processes=g.processes, tokens=figures.get(g.sample.info.index),
                                       window=g.window, pods=g.pods, charges=g.charges,
-                                      charge_pending=g.charge_pending) for g in gpus)
+                                      charge_pending=g.charge_pending, allocation=g.allocation) for g in gpus)
         self._ticks += 1
         self.state = AgentState(
             hostname=self.hostname, timestamp=timestamp, ticks=self._ticks, gpus=gpus, host=host,
@@ -210,7 +230,7 @@ class Agent:
         return self._saturated[1]
 
     def _advance(self, sample: GpuSample, host: HostSample, peers: Peers, evaluate: bool,
-                 pods: tuple[PodContainer, ...]) -> GpuState:
+                 pods: tuple[PodContainer, ...], holding: Holding | None) -> GpuState:
         th = self.config.diagnosis
         per = self._gpus.get(sample.info.index)
         if per is None:
@@ -224,10 +244,11 @@ class Agent:
             per.regime = RegimeTracker()
             per.named = False
             return GpuState(sample=sample, figures=None, finding=None, below_threshold=False,
-                            wasted_seconds=per.ledger.totals, pods=pods, charges=per.ledger.new_segment())
+                            wasted_seconds=per.ledger.totals, pods=pods, charges=per.ledger.new_segment(),
+                            allocation=holding and holding.allocation)
         figures = derive(sample, per.previous, self.calibrations)
         per.previous = sample
-        per.pending.append((sample, figures, host, peers))
+        per.pending.append((sample, figures, host, peers, holding))
         charges: tuple[Charge, ...] = ()
         change = per.regime.observe(sample.timestamp, figures.interval_seconds, figures.utilization,
                                     frozenset(p.pid for p in sample.processes), th)
@@ -246,7 +267,9 @@ class Agent:
                 per.diagnosis = diagnose(per.window, th, per.diagnosis)
                 per.named = per.diagnosis.window is not None
         finding = self._with_stacks(per, sample, per.diagnosis.finding)
-        under = figures.utilization is not None and figures.utilization < th.utilization_threshold
+        # A GPU no job holds and nothing runs on is spare capacity, not waste.
+        free = holding is not None and holding.free and not sample.processes
+        under = not free and figures.utilization is not None and figures.utilization < th.utilization_threshold
         # A host-side verdict waits for the stacks asked for it (a few seconds): they may name
         # the phase the counters cannot tell.
         named = per.named and not per.stacks_pending
@@ -256,6 +279,7 @@ class Agent:
             sample=sample, figures=figures, finding=finding, below_threshold=under,
             wasted_seconds=per.ledger.totals, processes=self._views(per, sample, host), window=per.diagnosis.window,
             pods=pods, charges=charges, charge_pending=under and not any(c.timestamp == sample.timestamp for c in charges),
+            allocation=holding and holding.allocation,
         )
 
     @staticmethod
@@ -355,6 +379,12 @@ class Agent:
                 closer()
 
 
+def _holding(job: Allocation | None, pods: tuple[PodContainer, ...], slurm_says: bool) -> Holding:
+    """Who holds one GPU: its Slurm job, else its pod (the first, where time-slicing gives it to several)."""
+    allocation = job or (Allocation("kubernetes", pods[0].job, namespace=pods[0].namespace) if pods else None)
+    return Holding(allocation, frozenset({p.job for p in pods} | ({job.job} if job else set())), slurm_says)
+
+
 def _culprits(sample: GpuSample) -> tuple[int, ...]:
     """The GPU's two processes most likely to explain it: the busiest on the SMs, then the
     largest holders of memory."""
@@ -391,7 +421,7 @@ def schedule(agent: Agent, interval_seconds: float) -> Any:
     jobs = [(agent.tick, interval_seconds, ticks)]
     # Sinks' own work, the token scraper and the pod-resources reader run on their own jobs: a slow
     # one never delays a tick.
-    for part in (*agent.sinks, agent.tokens, agent.pods):
+    for part in (*agent.sinks, agent.tokens, agent.pods, agent.slurm):
         jobs += [(fn, seconds, 1) for fn, seconds in getattr(part, "jobs", list)()]
     scheduler = BackgroundScheduler(daemon=True, executors={
         "default": ThreadPoolExecutor(sum(instances for _, _, instances in jobs))})

@@ -46,6 +46,7 @@ class GpuInfo:
     pcie_link_gen_max: int | None = None
     pcie_link_width_max: int | None = None
     numa_node: int | None = None
+    minor_number: int | None = None  # /dev/nvidia<minor>: what Slurm's gres.conf names the GPU by
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,6 +269,32 @@ class PodContainer:
 
 
 @dataclass(frozen=True, slots=True)
+class Allocation:
+    """Who a scheduler gave a GPU to: a Slurm job or a Kubernetes pod, and its owner."""
+
+    scheduler: str  # "slurm" or "kubernetes"
+    job: str  # as the processes' jobs are named: "slurm:<id>", "pod:<namespace>/<name>"
+    user: str = ""  # Slurm: the job's user
+    account: str = ""  # Slurm: the job's account
+    partition: str = ""  # Slurm: the job's partition
+    namespace: str = ""  # Kubernetes: the pod's namespace
+    started_at: float | None = None  # wall clock, when the job started (Slurm) or None when not known
+    time_limit_seconds: float | None = None  # Slurm: None when unlimited
+
+    def owner(self) -> tuple[str, str, str, str]:
+        """OWNER_LABELS' values: dcgm-exporter's ``hpc_job`` with the Slurm job's user, account and
+        partition; empty for a pod (its namespace and pod are labels of their own)."""
+        if self.scheduler != "slurm":
+            return ("", "", "", "")
+        return self.job.removeprefix("slurm:"), self.user, self.account, self.partition
+
+
+# Who to tell, on the alerts and on flopwatch_finding_info (which the rules' alerts come from).
+OWNER_LABELS = ("hpc_job", "user", "account", "partition")
+NO_OWNER = ("", "", "", "")
+
+
+@dataclass(frozen=True, slots=True)
 class ProcessView:
     """A GPU process as the sinks show it: NVML's share joined with the host's identity."""
 
@@ -324,6 +351,7 @@ class GpuState:
     # waited for their segment to be named): judge.ledger.Charge records.
     charges: tuple = ()
     charge_pending: bool = False  # this tick is under the threshold and waits for its segment's cause
+    allocation: Allocation | None = None  # who a scheduler gave the GPU to (Slurm, or the kubelet's first pod)
 
 
 @dataclass(frozen=True, slots=True)

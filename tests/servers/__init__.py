@@ -1,5 +1,6 @@
 """Real servers that the tests and the benchmarks start on loopback: PostgreSQL (``postgres``),
-Prometheus and Alertmanager (``prometheus``), a kubelet's pod-resources endpoint (``kubelet``).
+Prometheus and Alertmanager (``prometheus``), a kubelet's pod-resources endpoint (``kubelet``), a single-node Slurm
+(``slurm``).
 
 Plain Python without pytest, so that bench/ runs where pytest is not installed; tests/fixtures.py
 wraps them as fixtures and turns ``Missing`` into a skip with the same message.

@@ -90,7 +90,7 @@ def build_agent(config: Config, *, clock: Callable[[], float] = time.monotonic,
     if problem:
         log.warning("flops calibration not used: %s (the shipped factors apply)", problem)
     agent = Agent(config, source, host, sinks or [], tokens=tokens, stacks=stacks, pods=pods,
-                  calibrations=calibrations, clock=clock, wall_clock=wall_clock)
+                  calibrations=calibrations, slurm=_slurm_reader(config), clock=clock, wall_clock=wall_clock)
     exporter = Exporter(lambda: agent.state, extra=[tokens, *(s for s in agent.sinks if hasattr(s, "collect"))],
                         top_processes=config.attribution.top_processes, currency=config.tokens.currency,
                         pod_labels=pods is not None and config.kubernetes.pod_labels)
@@ -119,9 +119,22 @@ def _pod_reader(config: Config) -> Any:
     return pods
 
 
+def _slurm_reader(config: Config) -> Any:
+    """The squeue reader when on, with its first answer read: the first tick has it."""
+    from flopwatch.sources.slurm import SlurmReader
+
+    try:
+        slurm = SlurmReader.from_config(config.slurm)
+    except ConfigError as e:
+        raise UsageError(str(e)) from None
+    if slurm is not None:
+        slurm.refresh()
+    return slurm
+
+
 def run_sinks(config: Config) -> list:
-    """The sinks `run` writes to: the history store unless disabled, systemd's watchdog, and
-    Alertmanager when configured."""
+    """The sinks `run` writes to: the history store unless disabled, systemd's watchdog,
+    Alertmanager and the reclaim policy when configured."""
     sinks = []
     if config.history.url.lower() != "none":
         from flopwatch.history.store import HistoryStore
@@ -139,4 +152,10 @@ def run_sinks(config: Config) -> list:
         store = next((s for s in sinks if s.name == "store"), None)
         outbox = StoreOutbox(store) if store is not None else None
         sinks.append(AlertmanagerSink(config, outbox=outbox).start())
+    if config.reclaim.slurm != "off":
+        from flopwatch.outputs.reclaim import Reclaimer
+
+        store = next((s for s in sinks if s.name == "store"), None)
+        sinks.append(Reclaimer(config.reclaim, history=store.record_reclaim if store is not None else None,
+                               slurm_conf=config.slurm.conf))
     return sinks

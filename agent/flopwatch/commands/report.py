@@ -67,7 +67,7 @@ def report_command(url, config_path, since, until, job, gpu, host, group_by, fmt
 def _build(url, config_path, since, until, job, gpu, host, group_by, fmt, level,  # noqa: ANN001
            price_per_gpu_hour, price_per_kwh, progress) -> tuple[str, bool]:
     from flopwatch import config as config_module
-    from flopwatch.history.report import Prices, Query, build_report, job_range, read_history
+    from flopwatch.history.report import Prices, Query, build_report, job_range, read_history, reclaim_actions
     from flopwatch.commands.report_render import RENDERERS, MissingExtra
     from flopwatch.history.store import HistoryError
 
@@ -97,13 +97,28 @@ def _build(url, config_path, since, until, job, gpu, host, group_by, fmt, level,
         report = build_report(read, query, interval_seconds=config.agent.interval_seconds,
                               utilization_threshold=config.diagnosis.utilization_threshold,
                               prices=Prices(t.price_per_gpu_hour, t.price_per_kwh, t.currency), group_by=group_by)
-        return RENDERERS[fmt](report), report.empty
+        text = RENDERERS[fmt](report)
+        if fmt in ("table", "text"):
+            text += _reclaim_lines(reclaim_actions(url, since, until, host))
+        return text, report.empty
     except ConfigError as e:
         raise _Exit(str(e), 2) from None
     except MissingExtra as e:
         raise _Exit(str(e), 2) from None
     except HistoryError as e:
         raise _Exit(str(e), 1) from None
+
+
+def _reclaim_lines(actions: list[dict]) -> str:
+    """Every reclaim decision and action of the range: when, what, whose, why, and what came of it."""
+    if not actions:
+        return ""
+    lines = ["", "Reclaim (decisions and actions):"]
+    for a in actions:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(a["ts"]))
+        lines.append(f"  {when}  {a['host']}  {a['action']} {a['job']} ({a['mode']})  user={a['user'] or '?'} "
+                     f"partition={a['partition'] or '?'}  {a['cause']} for {a['held_seconds']:.0f} s  → {a['outcome']}")
+    return "\n".join(lines) + "\n"
 
 
 def _read_with_progress(read_history, url, query):  # noqa: ANN001, ANN202

@@ -223,6 +223,18 @@ def read_history(url: str, query: Query, progress: Callable[[int, int], None] | 
         return read
 
 
+def reclaim_actions(url: str, since: float, until: float, host: str | None = None) -> list[dict[str, Any]]:
+    """The reclaim decisions and actions of the range, oldest first ([] before schema 0005)."""
+    table = schema.reclaim_actions
+    with _connected(url) as connection:
+        if not inspect(connection).has_table(table.name):
+            return []
+        query = select(table).where(table.c.ts >= since, table.c.ts < until).order_by(table.c.ts, table.c.id)
+        if host is not None:
+            query = query.where(table.c.host == host)
+        return [dict(row._mapping) for row in connection.execute(query)]
+
+
 class _connected:
     """A connection to a flopwatch history database, or a HistoryError saying why not."""
 

@@ -60,7 +60,7 @@ class Fixed(TypeDecorator):
 RATIO = Fixed(10_000)  # 0.01 % steps
 HUNDREDTHS = Fixed(100)  # watts, joules per tick
 
-SCHEMA_REVISION = "0004"
+SCHEMA_REVISION = "0005"
 VERSION_TABLE = "flopwatch_schema_version"
 # Alembic's version table, laid out as Alembic makes it, so that a new database can be marked
 # current without loading Alembic (which would stay in the agent's memory, ~11 MB, for good).
@@ -224,6 +224,26 @@ alerts_outbox = Table(
     Column("sent_ts", Float),
     Column("attempts", Integer, nullable=False, default=0),
     Index("ix_alerts_outbox_host_sent", "host", "sent_ts"),
+)
+
+# Every reclaim decision (dry-run too) and every action taken on it: who, what, why, when.
+reclaim_actions = Table(
+    "reclaim_actions",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("host", String(255), nullable=False),
+    Column("ts", Float, nullable=False),
+    Column("scheduler", String(32), nullable=False),
+    Column("job", String(255), nullable=False),
+    Column("user", String(255)),
+    Column("account", String(255)),
+    Column("partition", String(255)),
+    Column("action", String(64), nullable=False),  # "scancel"
+    Column("mode", String(16), nullable=False),  # "dry-run" or "on"
+    Column("cause", String(64), nullable=False),
+    Column("held_seconds", Float, nullable=False),
+    Column("outcome", Text, nullable=False),  # "dry-run", "decided", "done", "failed: …", "gave up: …"
+    Index("ix_reclaim_actions_ts", "ts"),
 )
 
 ROLLUP_LEVELS = {"minute": (gpu_minute, 60.0), "hour": (gpu_hour, 3600.0)}

@@ -60,7 +60,7 @@ DAYS_AHEAD = 2
 FLUSH_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 # Kinds of buffered rows.
-_GPU, _RAW, _PROC, _OPEN, _CLOSE, _AMEND = range(6)
+_GPU, _RAW, _PROC, _OPEN, _CLOSE, _AMEND, _RECLAIM = range(7)
 
 _MEAN = ("utilization", "sm_occupancy", "tensor_active", "dram_active", "flops_utilization",
          "memory_turnover_per_second", "power_watts")
@@ -454,8 +454,8 @@ class HistoryStore:
                         "ts": timestamp, "gpu": gpu,
                         "sm_ratio": process.sm_ratio, "memory_bytes": process.memory_bytes})))
                 self._processes_written[gpu] = (g.processes, job)
-            if job is None and g.pods:
-                job = g.pods[0].job  # a GPU its pod holds without a process still wastes that pod's time
+            if job is None and g.allocation is not None:
+                job = g.allocation.job  # a GPU its job or pod holds without a process still wastes its time
             below = g.below_threshold
             raw = {
                 "host": self.host, "gpu": gpu, "ts": timestamp,
@@ -485,6 +485,11 @@ class HistoryStore:
         with self._lock:
             self._buffer.extend(rows)
             self._trim()
+
+    def record_reclaim(self, row: Mapping[str, Any]) -> None:
+        """One reclaim decision or action (outputs/reclaim.py), written with the next flush."""
+        with self._lock:
+            self._buffer.append((_RECLAIM, {"host": self.host, **row}))
 
     def _trim(self) -> None:
         self._pending_max = max(self._pending_max, len(self._buffer))
@@ -541,11 +546,13 @@ class HistoryStore:
                     self._dirty_since = min(oldest, self._dirty_since or oldest)
 
     def _write(self, connection: Connection, batch: list[tuple]) -> tuple[dict, float | None]:
-        by_kind: dict[int, list] = {_GPU: [], _RAW: [], _PROC: []}
+        by_kind: dict[int, list] = {_GPU: [], _RAW: [], _PROC: [], _RECLAIM: []}
         spans = []
         for kind, row in batch:
             (spans if kind in (_OPEN, _CLOSE, _AMEND) else by_kind[kind]).append((kind, row))
         _insert_ignore(connection, schema.gpus, [row for _, row in by_kind[_GPU]])
+        if by_kind[_RECLAIM]:
+            connection.execute(schema.reclaim_actions.insert(), [row for _, row in by_kind[_RECLAIM]])
         raw = [row for _, row in by_kind[_RAW]]
         _insert_ignore(connection, schema.gpu_raw, raw)
         first_seen: dict[tuple, float] = {}  # processes new to the database, in the batch's order

@@ -12,8 +12,9 @@ from dataclasses import dataclass, replace
 
 from flopwatch.model import Finding, WindowFigures
 from flopwatch.thresholds import Thresholds
+from flopwatch.judge import allocation
 from flopwatch.judge.causes import clocks, communication, host, idle, kernels, phases, system
-from flopwatch.judge.causes.rule import Rule, base_evidence, context
+from flopwatch.judge.causes.rule import Cause, Rule, base_evidence, context
 from flopwatch.judge.signals import Signals, TickWindow, signals, window_figures
 
 # The taxonomy. Names are stable identifiers: metrics, alerts and the history carry them.
@@ -22,6 +23,8 @@ TAXONOMY = (
     kernels.MEMORY_BOUND, kernels.NO_TENSOR_CORES, clocks.POWER_CAPPED, clocks.THERMAL_THROTTLED,
     clocks.CLOCKS_CAPPED, kernels.CONTENTION, communication.COMMUNICATION_BOUND, system.SYSTEM,
     idle.LOW_DEMAND, system.UNKNOWN, *phases.PHASES,
+    # Who holds the GPU, by the scheduler's word: tried before every rule (judge/allocation.py).
+    *(Cause(name, allocation.SUMMARY[name], allocation.ADVICE[name]) for name in allocation.CAUSES),
 )
 CAUSES = tuple(cause.name for cause in TAXONOMY)
 PHASES = tuple(cause.name for cause in phases.PHASES)
@@ -88,6 +91,8 @@ def classify(s: Signals, th: Thresholds) -> Finding | None:
     """The most likely cause for one window, or None when the GPU is doing its job."""
     if s.utilization is None:
         return None
+    if (ruled := allocation.rule(s, th)) is not allocation.PASS:  # a free GPU (None), held_unused, unallocated_use
+        return ruled
     c = context(s, s.utilization, th)
     for rule in UNDER_THRESHOLD if s.utilization < th.utilization_threshold else BUSY:
         found = rule(s, c, th)

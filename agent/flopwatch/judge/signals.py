@@ -12,9 +12,10 @@ from __future__ import annotations
 from dataclasses import InitVar, dataclass, field, fields
 from typing import Hashable, Mapping, Sequence
 
-from flopwatch.model import GpuFigures, GpuSample, GpuState, HostSample, WindowFigures
+from flopwatch.judge.allocation import Holding
 from flopwatch.judge.peaks import lookup
 from flopwatch.judge.window import SlidingWindow
+from flopwatch.model import GpuFigures, GpuSample, GpuState, HostSample, WindowFigures
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +54,7 @@ class Tick:
     figures: GpuFigures
     host: HostSample
     peers: Peers = Peers()
+    holding: Holding | None = None  # who the schedulers gave the GPU to; None without a scheduler
     pids: tuple[int, ...] = field(init=False, repr=False, compare=False)
     # (pid, SM share) of the processes whose share is not 0 (None: unknown); most on a busy node
     # hold a context and idle.
@@ -201,6 +203,9 @@ class Signals:
     # launching work of its own, where NVML's per-process SM shares are not known.
     process_cpu: Mapping[int, float] = field(default_factory=dict)
     unknown_shares: frozenset[int] = frozenset()  # processes whose SM share no tick of the window knew
+    holding: Holding | None = None  # the schedulers' word on the GPU at the last tick (judge/allocation.py)
+    process_users: Mapping[int, str] = field(default_factory=dict)
+    timestamp: float = 0.0  # wall clock, of the last tick
 
 
 _PROCESS_SIGNALS = tuple(f.name for f in fields(ProcessSums))
@@ -371,6 +376,10 @@ def signals(window: TickWindow) -> Signals:
         io_pressure_ratio=mean("io_pressure_ratio"),
         process_cpu=process_cpu,
         unknown_shares=frozenset(unknown_shares),
+        holding=last.holding,
+        process_users={pid: last.host.processes[pid].user for pid in pids
+                       if pid in last.host.processes and last.host.processes[pid].user},
+        timestamp=last.sample.timestamp,
     )
 
 

@@ -31,7 +31,7 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Iterable, Iterator, Protocol
 
 from flopwatch.judge.stackclass import stack_summary
-from flopwatch.model import Finding, GpuFigures, PodContainer, ProcessView
+from flopwatch.model import OWNER_LABELS, Allocation, Finding, GpuFigures, PodContainer, ProcessView
 from flopwatch.sources.pod_resources import LABELS as POD_LABELS, holder_labels
 
 log = logging.getLogger(__name__)
@@ -66,6 +66,7 @@ class GpuView(Protocol):
     finding: Finding | None
     processes: tuple[ProcessView, ...]
     pods: tuple[PodContainer, ...]
+    allocation: Allocation | None
 
 
 @dataclass
@@ -122,6 +123,8 @@ class UnderutilizationAlerts:
             **self.static_labels,
             # Prometheus drops an empty label, and so does the rules' alert.
             **({k: v for k, v in zip(POD_LABELS, holder_labels(gpu.pods)) if v} if self.pod_labels else {}),
+            # The Slurm job holding the GPU, as flopwatch_finding_info has it: routes to its owner.
+            **({k: v for k, v in zip(OWNER_LABELS, gpu.allocation.owner()) if v} if gpu.allocation else {}),
         }
 
     @staticmethod

@@ -8,7 +8,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import CollectorRegistry
 
 from flopwatch import __version__
-from flopwatch.model import AgentState, GpuState, Identity
+from flopwatch.model import NO_OWNER, OWNER_LABELS, AgentState, GpuState, Identity
 from flopwatch.sources.pod_resources import LABELS as POD_LABELS, holder_labels
 
 GPU_LABELS = ["gpu", "uuid"]
@@ -149,8 +149,14 @@ class Exporter:
     def _findings(self, gpus: list[GpuState]) -> Iterator[Metric]:
         below = GaugeMetricFamily("flopwatch_below_threshold", "1 while utilization is under the threshold, "
                                   "labelled with the likely cause.", labels=GPU_LABELS + ["cause"])
-        info = GaugeMetricFamily("flopwatch_finding_info", "The current finding: cause, severity and advice.",
-                                 labels=GPU_LABELS + ["cause", "severity", "summary", "advice"])
+        info = GaugeMetricFamily("flopwatch_finding_info", "The current finding: cause, severity and advice, "
+                                 "and the Slurm job holding the GPU (empty when none does).",
+                                 labels=GPU_LABELS + ["cause", "severity", "summary", "advice", *OWNER_LABELS])
+        held = GaugeMetricFamily("flopwatch_gpu_allocation_info", "Who a scheduler gave the GPU to (Slurm job, "
+                                 "or the kubelet's pod); no series while nobody holds it.",
+                                 labels=GPU_LABELS + ["scheduler", *OWNER_LABELS])
+        started = GaugeMetricFamily("flopwatch_gpu_allocation_start_time_seconds", "When the job holding the GPU "
+                                    "started (Unix time; Slurm).", labels=GPU_LABELS)
         confidence = GaugeMetricFamily("flopwatch_finding_confidence", "Confidence in the current finding.",
                                        labels=GPU_LABELS + ["cause"])
         for g in gpus:
@@ -159,13 +165,20 @@ class Exporter:
                 below.add_metric(labels + [g.finding.cause if g.finding else "unknown"], 1)
             else:
                 below.add_metric(labels + ["none"], 0)
+            owner = list(g.allocation.owner() if g.allocation is not None else NO_OWNER)
             if g.finding is not None:
                 f = g.finding
-                info.add_metric(labels + [f.cause, f.severity, f.summary, f.advice], 1)
+                info.add_metric(labels + [f.cause, f.severity, f.summary, f.advice] + owner, 1)
                 confidence.add_metric(labels + [f.cause], f.confidence)
+            if g.allocation is not None:
+                held.add_metric(labels + [g.allocation.scheduler] + owner, 1)
+                if g.allocation.started_at is not None:
+                    started.add_metric(labels, g.allocation.started_at)
         yield below
         yield info
         yield confidence
+        yield held
+        yield started
 
     def _processes(self, gpus: list[GpuState]) -> Iterator[Metric]:
         sm = GaugeMetricFamily("flopwatch_process_sm_ratio", "A process's share of the GPU's SM time (top N; "

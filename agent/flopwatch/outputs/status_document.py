@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
-from flopwatch.model import AgentState, Finding, GpuState, TokenFigures
+from flopwatch.model import AgentState, Allocation, Finding, GpuState, TokenFigures
 from flopwatch.judge.evidence import evidence_document
 from flopwatch.sources.pod_resources import LABELS as POD_LABELS, holder_labels
 
@@ -40,6 +40,8 @@ def status_document(state: AgentState | None, hostname: str = "") -> dict[str, A
             "memory_total_bytes": info.memory_total_bytes,
             # Who holds the GPU by the kubelet (null without Kubernetes), as /metrics labels it.
             **dict(zip(POD_LABELS, holder_labels(g.pods) if g.pods else (None, None, None))),
+            # Who a scheduler gave the GPU to (null: nobody, or no scheduler is read).
+            "allocation": _allocation(g.allocation),
             "wasted_gpu_seconds": dict(g.wasted_seconds),
             "processes": [
                 {"pid": p.pid, "job": p.job, "user": p.user, "sm_ratio": p.sm_ratio,
@@ -53,6 +55,14 @@ def status_document(state: AgentState | None, hostname: str = "") -> dict[str, A
     return {"host": state.hostname, "timestamp": state.timestamp, "gpus": gpus,
             "unattributed_tokens": [{"source": s, "job": j, "kind": k, "tokens": v}
                                     for (s, j, k), v in sorted(state.unattributed_tokens.items())]}
+
+
+def _allocation(a: Allocation | None) -> dict[str, Any] | None:
+    if a is None:
+        return None
+    return {"scheduler": a.scheduler, "job": a.job, "user": a.user or None, "account": a.account or None,
+            "partition": a.partition or None, "namespace": a.namespace or None, "started_at": a.started_at,
+            "time_limit_seconds": a.time_limit_seconds}
 
 
 def _last_tick(g: GpuState) -> dict[str, Any]:

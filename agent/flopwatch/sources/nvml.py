@@ -195,6 +195,7 @@ class NvmlGpu:
             pcie_link_gen_max=self._call("nvmlDeviceGetMaxPcieLinkGeneration", h),
             pcie_link_width_max=self._call("nvmlDeviceGetMaxPcieLinkWidth", h),
             numa_node=self._call("nvmlDeviceGetNumaNodeId", h),
+            minor_number=self._call("nvmlDeviceGetMinorNumber", h),
         )
 
     def _nvlink_metric_ids(self) -> dict[tuple[int, int], int]:

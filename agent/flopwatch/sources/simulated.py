@@ -457,6 +457,10 @@ class SimulatedNvml:
         self._gpu(h, "nvmlDeviceGetNumaNodeId")
         return 0 if h.index < 4 else 1
 
+    def nvmlDeviceGetMinorNumber(self, h: Any) -> int:
+        self._gpu(h, "nvmlDeviceGetMinorNumber")
+        return h.index  # /dev/nvidia<index>, as on most nodes
+
     # -- what `flopwatch doctor` reads: a well-kept node, apart from what a scenario changes ----
     def nvmlDeviceGetPersistenceMode(self, h: Any) -> int:
         self._gpu(h, "nvmlDeviceGetPersistenceMode")
