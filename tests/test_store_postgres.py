@@ -187,4 +187,4 @@ def test_an_upgrade_partitions_the_rows_of_a_revision_0003_database(postgres_url
     assert rows_by_partition(store, "gpu_raw") == {"gpu_raw_20260101": 1, "gpu_raw_20260102": 1}
     assert rows_by_partition(store, "process_samples") == {"process_samples_20260101": 1}
     with store.engine.connect() as connection:
-        assert connection.execute(text(f"SELECT version_num FROM {store_schema.VERSION_TABLE}")).scalar() == "0004"
+        assert connection.execute(text(f"SELECT version_num FROM {store_schema.VERSION_TABLE}")).scalar() == store_schema.SCHEMA_REVISION

@@ -42,6 +42,11 @@ class AgentConfig:
     simulate: list[str] = field(default_factory=list)
     simulate_gpus: int = 1
     simulate_processes: int = 1
+    # Simulated GPUs' first processes as ranks of one Slurm job spread over several agents: the job
+    # id, the rank of GPU 0 (GPU i is rank simulate_rank + i) and the job's world size (0: the GPUs).
+    simulate_job: str = ""
+    simulate_rank: int = 0
+    simulate_world_size: int = 0
     seed: int = 0
     hostname: str = ""
     web_config_file: str = ""

@@ -60,7 +60,7 @@ class Fixed(TypeDecorator):
 RATIO = Fixed(10_000)  # 0.01 % steps
 HUNDREDTHS = Fixed(100)  # watts, joules per tick
 
-SCHEMA_REVISION = "0004"
+SCHEMA_REVISION = "0005"
 VERSION_TABLE = "flopwatch_schema_version"
 # Alembic's version table, laid out as Alembic makes it, so that a new database can be marked
 # current without loading Alembic (which would stay in the agent's memory, ~11 MB, for good).
@@ -162,6 +162,7 @@ processes = Table(
     Column("user", String(255)),
     Column("cmdline", Text, nullable=False),
     Column("first_ts", Float, nullable=False),
+    Column("rank", Integer),  # its rank in a distributed job (migration 0005)
     Index("ix_processes_job", "job"),
     Index("ix_processes_host_first_ts", "host", "first_ts"),
 )
@@ -210,6 +211,8 @@ job_spans = Table(
     metadata,
     *_span_columns(),
     Column("job", String(255), nullable=False),
+    # The rank of the job's process on this GPU (migration 0005): the fleet judge's who-is-who.
+    Column("rank", Integer),
     Index("ix_job_spans_host_gpu_start", "host", "gpu", "start_ts"),
     Index("ix_job_spans_job_start", "job", "start_ts"),
 )

@@ -1,0 +1,24 @@
+"""Each process's rank in a distributed job, and the rank on each GPU's job span: a job spread
+over many nodes has one name and a rank per GPU, which the fleet judge reads.
+
+Revision ID: 0005
+Revises: 0004
+"""
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0005"
+down_revision = "0004"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    for table in ("processes", "job_spans"):
+        op.add_column(table, sa.Column("rank", sa.Integer))
+
+
+def downgrade() -> None:
+    for table in ("processes", "job_spans"):
+        op.drop_column(table, "rank")
