@@ -122,6 +122,17 @@ class KubernetesConfig:
 
 
 @dataclass
+class JudgeConfig:
+    """`flopwatch judge`: the fleet judge over the shared history ([history].url), paging through
+    [alerting].alertmanager_urls."""
+
+    interval_seconds: float = 10.0
+    window_seconds: float = 30.0  # each rank's ticks over this window make the job's verdict
+    confirm_passes: int = 2  # a new verdict pages once it held this many passes
+    stale_seconds: float = 30.0  # a rank with no tick this recent is unknown
+
+
+@dataclass
 class Config:
     agent: AgentConfig = field(default_factory=AgentConfig)
     diagnosis: Thresholds = field(default_factory=Thresholds)
@@ -131,6 +142,7 @@ class Config:
     tokens: TokensConfig = field(default_factory=TokensConfig)
     stacks: StacksConfig = field(default_factory=StacksConfig)
     kubernetes: KubernetesConfig = field(default_factory=KubernetesConfig)
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
 
 
 def load(path: str | os.PathLike | None = None, env: Mapping[str, str] | None = None) -> Config:

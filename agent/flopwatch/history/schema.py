@@ -215,6 +215,7 @@ job_spans = Table(
     Column("rank", Integer),
     Index("ix_job_spans_host_gpu_start", "host", "gpu", "start_ts"),
     Index("ix_job_spans_job_start", "job", "start_ts"),
+    Index("ix_job_spans_end", "end_ts"),  # the open spans (NULL): the fleet judge's jobs now (0005)
 )
 
 alerts_outbox = Table(
