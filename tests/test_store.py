@@ -107,6 +107,7 @@ def test_an_upgrade_migrates_a_revision_0001_file_and_keeps_its_rows(tmp_path):
     assert old.flush()
     with old.engine.begin() as connection:  # what a 0001 agent left behind
         connection.execute(text("DROP TABLE alerts_outbox"))
+        connection.execute(text("DROP TABLE job_verdicts"))
         connection.execute(text("DROP INDEX ix_job_spans_end"))
         for table in ("processes", "job_spans"):
             connection.execute(text(f"ALTER TABLE {table} DROP COLUMN rank"))

@@ -130,6 +130,8 @@ class JudgeConfig:
     window_seconds: float = 30.0  # each rank's ticks over this window make the job's verdict
     confirm_passes: int = 2  # a new verdict pages once it held this many passes
     stale_seconds: float = 30.0  # a rank with no tick this recent is unknown
+    listen: str = "0.0.0.0:9767"  # /metrics of the last pass's verdicts (read-only); "" for none
+    web_config_file: str = ""  # TLS and basic auth for it, as [agent].web_config_file
 
 
 @dataclass

@@ -1,8 +1,11 @@
-"""The fleet's jobs over a window, read from the shared history for the fleet judge.
+"""The fleet's jobs over a window, read from the shared history for the fleet judge, and the
+judge's verdicts written back.
 
 Three small queries a pass, each on an index: the GPUs' open job spans (``ix_job_spans_end``),
 their raw ticks of the window grouped by cause (the raw tables' (host, ts, gpu) key, host by
-host), and the newest process of each rank and the GPUs' open findings (by host).
+host), and the newest process of each rank and the GPUs' open findings (by host). Then one
+transaction: the verdicts that held a job back extend their open rows of ``job_verdicts`` or
+start new ones (``record_verdicts``).
 """
 
 from __future__ import annotations
@@ -11,11 +14,11 @@ import json
 from collections import defaultdict
 from typing import Any
 
-from sqlalchemy import Float, func, or_, select, type_coerce
+from sqlalchemy import Float, bindparam, delete, func, or_, select, type_coerce, update
 from sqlalchemy.engine import Engine
 
 from flopwatch.history import schema
-from flopwatch.judge.jobs import JobWindow, RankWindow
+from flopwatch.judge.jobs import JobVerdict, JobWindow, RankWindow, held_back
 
 
 def read_jobs(engine: Engine, now: float, window_seconds: float, job: str | None = None) -> list[JobWindow]:
@@ -67,3 +70,41 @@ def _rank(host: str, gpu: int, rank: int | None, entry: dict | None, pid: int | 
           finding: dict[str, Any] | None) -> RankWindow:
     entry = entry or {"ticks": {}, "utilization": {}, "last": 0.0}
     return RankWindow(host, gpu, rank, pid, entry["ticks"], entry["utilization"], entry["last"], finding)
+
+
+def record_verdicts(engine: Engine, now: float, verdicts: list[JobVerdict], *, max_gap_seconds: float,
+                    keep_seconds: float) -> None:
+    """Keep this pass's verdicts that held a job back. A row the same culprit (job, verdict, cause,
+    host, GPU, rank) left less than ``max_gap_seconds`` ago is extended to ``now`` with the
+    waiting since; else a new row starts at its verdict's window's start (or where the culprit's
+    last row ended, so that no second is counted twice), with the waiting since. Stateless, so a
+    restarted judge carries on its predecessor's rows. Rows ended over ``keep_seconds`` ago go."""
+    t = schema.job_verdicts
+    found = [h for v in verdicts for h in held_back(v)]
+    windows = {v.job: v.window_seconds for v in verdicts}
+    with engine.begin() as connection:
+        last: dict[tuple, tuple[int, float]] = {}
+        if found:
+            horizon = max(max_gap_seconds, *windows.values())
+            for row in connection.execute(
+                    select(t.c.id, t.c.job, t.c.verdict, t.c.cause, t.c.host, t.c.gpu, t.c.rank, t.c.end_ts)
+                    .where(t.c.end_ts >= now - horizon, t.c.job.in_(sorted({h.job for h in found})))
+                    .order_by(t.c.end_ts)):
+                last[(row.job, row.verdict, row.cause, row.host, row.gpu, row.rank)] = (row.id, row.end_ts)
+        extended, new = [], []
+        for h in found:
+            row_id, end_ts = last.get((h.job, h.verdict, h.cause, h.host, h.gpu, h.rank), (None, float("-inf")))
+            if row_id is not None and now - end_ts <= max_gap_seconds:
+                extended.append({"row_id": row_id, "now_ts": max(now, end_ts),
+                                 "waited": h.held_gpu_seconds_per_second * max(now - end_ts, 0.0)})
+            else:
+                start = max(now - windows[h.job], end_ts)
+                new.append({"job": h.job, "verdict": h.verdict, "cause": h.cause, "host": h.host, "gpu": h.gpu,
+                            "rank": h.rank, "start_ts": start, "end_ts": now,
+                            "held_gpu_seconds": h.held_gpu_seconds_per_second * (now - start)})
+        if extended:
+            connection.execute(update(t).where(t.c.id == bindparam("row_id")).values(
+                end_ts=bindparam("now_ts"), held_gpu_seconds=t.c.held_gpu_seconds + bindparam("waited")), extended)
+        if new:
+            connection.execute(t.insert(), new)
+        connection.execute(delete(t).where(t.c.end_ts < now - keep_seconds))

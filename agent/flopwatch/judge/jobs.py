@@ -150,3 +150,31 @@ def _mean(ticks: Mapping[str | None, int], utilization: Mapping[str | None, floa
 def _mean_of(values: Any) -> float | None:
     values = [v for v in values if v is not None]
     return sum(values) / len(values) if values else None
+
+
+@dataclass(frozen=True)
+class HeldBack:
+    """Who held a job back in one verdict: a straggler rank with its own cause, or, for a job
+    bound by its all-reduce, nobody (host, GPU and rank None). What ``flopwatch report --job``
+    adds up, from the judge's passes kept in the history's ``job_verdicts``."""
+
+    job: str
+    verdict: str
+    cause: str
+    host: str | None
+    gpu: int | None
+    rank: int | None
+    # GPU-seconds the other ranks waited per second: the verdict's waiting over its window,
+    # shared evenly among the stragglers when there are several.
+    held_gpu_seconds_per_second: float
+
+
+def held_back(v: JobVerdict) -> list[HeldBack]:
+    """The verdict's culprits; none for a healthy or unknown job."""
+    if not v.pages or not v.window_seconds:
+        return []
+    rate = v.held_gpu_seconds / v.window_seconds
+    if v.verdict != STRAGGLER:
+        return [HeldBack(v.job, v.verdict, v.cause, None, None, None, rate)]
+    return [HeldBack(v.job, v.verdict, s.cause or "unknown", s.host, s.gpu, s.rank, rate / len(v.stragglers))
+            for s in v.stragglers]
