@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Iterable
+
+from prometheus_client.core import Metric
+
 from flopwatch.commands.build import Built, VirtualClock, build_agent
 from flopwatch.config import Config
+from flopwatch.judge.jobs import JobWindow, RankWindow, judge_job
+from flopwatch.outputs.job_metrics import JobExporter
 from flopwatch.sources.simulated import SCENARIOS
 
 
@@ -30,9 +36,29 @@ def render() -> str:
              "kubelet's pod-resources API says which pod holds the GPU (`[kubernetes]`; empty when none does). "
              "Units are in the names.", "",
              "| metric | type | labels | meaning |", "|---|---|---|---|"]
-    for family in sorted(built.exporter.collect(), key=lambda f: f.name):
+    lines += _rows(built.exporter.collect())
+    built.agent.close()
+    lines += ["", "## The fleet judge", "", "`flopwatch judge` serves its last pass's verdicts on its own /metrics "
+              "(`[judge].listen`, port 9767): the Grafana job view's series. `job` is the workload's job, as on the "
+              "agents' series.", "", "| metric | type | labels | meaning |", "|---|---|---|---|"]
+    lines += _rows(_judged().collect())
+    return "\n".join(lines) + "\n"
+
+
+def _rows(families: Iterable[Metric]) -> list[str]:
+    rows = []
+    for family in sorted(families, key=lambda f: f.name):
         labels = sorted({k for s in family.samples for k in s.labels})
         name = family.name + ("_total" if family.type == "counter" else "")
-        lines.append(f"| `{name}` | {family.type} | {', '.join(f'`{k}`' for k in labels)} | {family.documentation} |")
-    built.agent.close()
-    return "\n".join(lines) + "\n"
+        rows.append(f"| `{name}` | {family.type} | {', '.join(f'`{k}`' for k in labels)} | {family.documentation} |")
+    return rows
+
+
+def _judged() -> JobExporter:
+    """The judge's exporter after a pass over one job of four ranks, one of them a straggler."""
+    now = 1.8e9
+    ranks = tuple(RankWindow("node1", gpu, gpu, 100 + gpu, {cause: 30}, {cause: 0.3}, now)
+                  for gpu, cause in enumerate(["communication_bound"] * 3 + ["input_starved"]))
+    exporter = JobExporter()
+    exporter.update(now, [judge_job(JobWindow("slurm:4242", 30.0, ranks), now)], query_seconds=0.01)
+    return exporter
