@@ -6,7 +6,8 @@ jobs into one real PostgreSQL, `flopwatch judge` paging a real Alertmanager, and
 GPU), one job whose ranks all wait on the network, one healthy job. Reports the seconds from a
 job's start to its page, the pages per job (exactly one per unhealthy job, none for the healthy
 one) through a judge restart, a PostgreSQL restart and a node's agent killed mid-job (its ranks
-then "unknown"), and the judge's CPU and query time.
+then "unknown"), the judge's CPU, query and pass time, the size of its /metrics (the Grafana job
+view's series) and what `flopwatch report --job` says held the first job back.
 
     python bench/fleet_jobs.py            # about 4 minutes on two cores
 """
@@ -24,8 +25,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import (agent_env, cpu_seconds, final, free_port, postgres_server, start_agent, stop,  # noqa: E402
-                          table)
+from bench.common import (agent_env, cpu_seconds, final, free_port, postgres_server, scrape,  # noqa: E402
+                          start_agent, stop, table)
 from tests.fixtures_prometheus import start_alertmanager  # noqa: E402
 
 GPUS = 8
@@ -63,9 +64,24 @@ def pages(am) -> dict[str, list[dict]]:
     return by_job
 
 
-def start_judge(url: str, am_url: str, log_path: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "flopwatch", "judge", "--from-store", url, "--alertmanager", am_url],
-                            env=agent_env(), stdout=subprocess.DEVNULL, stderr=open(log_path, "a"))
+def start_judge(url: str, am_url: str, log_path: Path, listen: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "flopwatch", "judge", "--from-store", url, "--alertmanager", am_url,
+                             "--listen", listen], env=agent_env(), stdout=subprocess.DEVNULL, stderr=open(log_path, "a"))
+
+
+def stragglers_served(listen: str) -> tuple[dict[str, str], int, int]:
+    """The judge's /metrics: each job's straggler cause, the series and the bytes."""
+    text = scrape(f"http://{listen}/metrics").decode()
+    found = {}
+    for m in re.finditer(r'^flopwatch_job_straggler\{([^}]*)\} 1', text, re.M):
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(1)))
+        found[labels["job"].split(":")[1]] = labels["cause"]
+    for m in re.finditer(r'^flopwatch_job_verdict\{([^}]*)\} 1', text, re.M):
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(1)))
+        if labels["verdict"] == WAIT:
+            found[labels["job"].split(":")[1]] = WAIT
+    series = sum(1 for line in text.splitlines() if line and not line.startswith("#"))
+    return found, series, len(text.encode())
 
 
 def check_pages(am, when: str) -> list[str]:
@@ -96,7 +112,8 @@ def main() -> None:
                      str(node * GPUS), "--simulate-world-size", str(world), "--history", url], free_port(), env)
             started_at[job] = time.time()
         print(f"{len(agents)} agents × {GPUS} GPUs started", flush=True)
-        judge = start_judge(url, am.url, judge_log)
+        listen = f"127.0.0.1:{free_port()}"
+        judge = start_judge(url, am.url, judge_log, listen)
         judge_cpu_start, judge_wall_start = 0.0, time.monotonic()
         paged_after: dict[str, float] = {}
         deadline = time.monotonic() + 120
@@ -110,12 +127,15 @@ def main() -> None:
         problems += [f"slurm:{j} never paged for {c}" for j, c in EXPECTED.items() if j not in paged_after]
         time.sleep(20)
         problems += check_pages(am, "steady")
+        served, metric_series, metric_bytes = stragglers_served(listen)
+        problems += [f"/metrics says slurm:{j} {served.get(j)}, not {c}" for j, c in EXPECTED.items()
+                     if served.get(j) != c]
 
         # Fault 1: the judge restarted.
         judge_cpu_start += cpu_seconds(judge.pid)
         judge.send_signal(signal.SIGTERM)
         judge.wait(timeout=30)
-        judge = start_judge(url, am.url, judge_log)
+        judge = start_judge(url, am.url, judge_log, listen)
         time.sleep(25)
         problems += check_pages(am, "after the judge's restart")
 
@@ -137,6 +157,13 @@ def main() -> None:
         states = {r["state"] for r in jobs[0]["ranks"] if r["host"] == killed_host}
         if states != {"unknown"}:
             problems.append(f"the killed node's ranks are {states}, not unknown")
+        report = json.loads(subprocess.run([sys.executable, "-m", "flopwatch", "report", "--history", url, "--job",
+                                            "slurm:101", "--format", "json"], env=agent_env(), capture_output=True,
+                                           text=True, check=True).stdout)
+        held = report["held_back"][0] if report["held_back"] else {}
+        straggler = ("j101-node1", STRAGGLER_GPU, GPUS + STRAGGLER_GPU, "input_starved")
+        if (held.get("host"), held.get("gpu"), held.get("rank"), held.get("cause")) != straggler:
+            problems.append(f"report --job slurm:101 says {held or 'nothing'} held it back, not {straggler}")
         judge_cpu = judge_cpu_start + cpu_seconds(judge.pid)
         judge_wall = time.monotonic() - judge_wall_start
         stop(judge)
@@ -146,15 +173,22 @@ def main() -> None:
               for m in re.finditer(r"pass jobs=(\d+) query_seconds=([\d.]+) pass_seconds=([\d.]+)", judge_log.read_text())]
     queries = sorted(q for _, q, _ in passes)
     p50, p99 = queries[len(queries) // 2], queries[min(len(queries) - 1, int(len(queries) * 0.99))]
+    whole = sorted(w for _, _, w in passes)  # the queries, the verdicts' rows written, the pages posted
+    pass_p50 = whole[len(whole) // 2]
     nodes = len(agents)
     print(table(["job", "straggler cause", "paged after s"],
                 [[f"slurm:{j}", EXPECTED[j], f"{paged_after.get(j, float('nan')):.0f}"] for j in EXPECTED]))
     print(f"judge: {len(passes)} passes, {judge_cpu:.1f} CPU-s over {judge_wall:.0f} s "
-          f"({100 * judge_cpu / judge_wall:.2f} % of a core); query p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms "
-          f"for {nodes} nodes × {GPUS} GPUs")
+          f"({100 * judge_cpu / judge_wall:.2f} % of a core); query p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms, "
+          f"whole pass p50 {pass_p50 * 1000:.0f} ms for {nodes} nodes × {GPUS} GPUs; /metrics {metric_series} series, "
+          f"{metric_bytes / 1024:.0f} KiB")
+    print(f"report --job slurm:101: rank {held.get('rank')} ({held.get('host')} GPU {held.get('gpu')}, "
+          f"{held.get('cause')}) held it back {held.get('seconds', 0):.0f} s; the others waited "
+          f"{held.get('held_gpu_seconds', 0) / 3600:.2f} GPU-hours")
     scale = 1000 / nodes
     print(f"projected to 1,000 nodes (rows read grow with the GPUs): query p50 ≈ {p50 * scale:.2f} s a pass, "
-          f"CPU ≈ {100 * judge_cpu / judge_wall * scale:.1f} % of a core")
+          f"CPU ≈ {100 * judge_cpu / judge_wall * scale:.1f} % of a core, /metrics ≈ {metric_series * scale:,.0f} series "
+          f"({metric_bytes * scale / 2**20:.1f} MiB)")
     for p in problems:
         print("PROBLEM:", p)
     final("fleet_jobs_worst_seconds_to_page", f"{max(paged_after.values(), default=float('nan')):.0f}",

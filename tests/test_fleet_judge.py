@@ -183,3 +183,13 @@ def test_the_job_report_says_which_rank_held_the_others_back(straggling_job):
     report = build_report(read_history(url, query), query, interval_seconds=1.0, utilization_threshold=0.6,
                           prices=Prices(0.0, 0.0, "USD"))
     assert "- rank 2 (slurm-71-node1 GPU 0): input_starved for 30 s; the other ranks waited" in render_text(report)
+
+
+def test_a_judge_told_to_listen_on_nonsense_says_which_setting_and_exits_2(tmp_path):
+    from click.testing import CliRunner
+
+    from flopwatch.commands.cli import main
+
+    result = CliRunner().invoke(main, ["judge", "--from-store", f"sqlite:///{tmp_path / 'h.db'}", "--listen", "nowhere"])
+    assert result.exit_code == 2
+    assert "[judge].listen" in result.output and "Traceback" not in result.output
