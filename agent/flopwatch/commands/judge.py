@@ -116,7 +116,6 @@ def judge_command(config_path: str | None, store_url: str | None, alertmanager_u
                 record_verdicts(engine, now, found, max_gap_seconds=max_gap_seconds, keep_seconds=keep_seconds)
             except Exception as e:  # the report misses this pass; the page does not
                 log.warning("cannot write the verdicts: %s", str(e).splitlines()[0])
-        if found is not None:
             resolved = pages.update(now, found)
             for v in found:
                 if v.pages or v.verdict == "unknown":
