@@ -19,6 +19,7 @@ from grafanalib.core import (
     HeatmapColor,
     RowPanel,
     Stat,
+    StateTimeline,
     Table,
     TableSortByField,
     Target,
@@ -93,6 +94,13 @@ def job_variable() -> Template:
         f'label_values({{__name__=~"flopwatch_process_sm_ratio|flopwatch_tokens_total",'
         f' instance=~"$instance"}}, {WORKLOAD_JOB})',
         multi=True,
+    )
+
+
+def judged_job_variable() -> Template:
+    """One job the fleet judge has a verdict on."""
+    return _label_variable(
+        "job", "Job", f"label_values(flopwatch_job_verdict, {WORKLOAD_JOB})", multi=False
     )
 
 
@@ -265,6 +273,26 @@ def table(
         sortBy=[TableSortByField(displayName=renames.get(sort_by, ""), desc=descending)]
         if sort_by
         else [],
+    )
+
+
+def state_timeline(
+    title: str, description: str, queries: list[Target], *, width: int = 24, height: int = 10
+) -> StateTimeline:
+    """A row per series over time, coloured by a 0–1 ratio against the alerting threshold:
+    the ranks × time heatmap of one job."""
+    return StateTimeline(
+        title=title,
+        description=description,
+        dataSource=DATASOURCE,
+        targets=queries,
+        gridPos=_size(width, height),
+        thresholds=utilization_thresholds(),
+        mergeValues=False,
+        showValue="never",
+        rowHeight=0.9,
+        legendDisplayMode="hidden",
+        extraJson={"fieldConfig": {"defaults": {"unit": "percentunit", "min": 0, "max": 1}}},
     )
 
 

@@ -36,6 +36,9 @@ def committed(source: Path) -> Path:
     return source.with_name(source.name.removesuffix(".dashboard.py") + ".json")
 
 
+DASHBOARD_NAMES = ["fleet", "jobs", "node", "tokens"]
+
+
 def panels(dashboard: dict) -> list[dict]:
     """Every panel that shows data (row headers left out)."""
     return [panel for panel in dashboard["panels"] if panel["type"] != "row"]
@@ -45,9 +48,10 @@ def load(name: str) -> dict:
     return json.loads((DASHBOARDS / f"{name}.json").read_text())
 
 
-def test_there_are_fleet_node_and_token_cost_dashboards():
+def test_there_are_fleet_job_node_and_token_cost_dashboards():
     assert [source.name for source in SOURCES] == [
         "fleet.dashboard.py",
+        "jobs.dashboard.py",
         "node.dashboard.py",
         "tokens.dashboard.py",
     ]
@@ -61,14 +65,14 @@ def test_committed_json_is_what_the_code_generates(source):
     )
 
 
-@pytest.mark.parametrize("name", ["fleet", "node", "tokens"])
+@pytest.mark.parametrize("name", DASHBOARD_NAMES)
 def test_every_panel_has_a_description_and_a_unit(name):
     for panel in panels(load(name)):
         assert panel["description"], f"{panel['title']} has no description"
         assert panel["fieldConfig"]["defaults"]["unit"], f"{panel['title']} has no unit"
 
 
-@pytest.mark.parametrize("name", ["fleet", "node", "tokens"])
+@pytest.mark.parametrize("name", DASHBOARD_NAMES)
 def test_every_panel_queries_the_chosen_data_source(name):
     for panel in panels(load(name)):
         assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
@@ -101,7 +105,20 @@ def test_node_view_picks_gpus():
     assert "gpu" in {v["name"] for v in load("node")["templating"]["list"]}
 
 
-@pytest.mark.parametrize("name", ["fleet", "node", "tokens"])
+def test_job_view_picks_one_job_the_judge_has_a_verdict_on():
+    [job] = [v for v in load("jobs")["templating"]["list"] if v["name"] == "job"]
+    assert (job["query"], job["multi"]) == ("label_values(flopwatch_job_verdict, exported_job)", False)
+
+
+def test_job_view_draws_ranks_over_time_against_the_threshold_with_the_straggler_marked():
+    (panel,) = [p for p in panels(load("jobs")) if p["type"] == "state-timeline"]
+    assert [step["value"] for step in panel["fieldConfig"]["defaults"]["thresholds"]["steps"]][1:] == [0.6]
+    straggler, ranks = panel["targets"]
+    assert "flopwatch_job_straggler" in straggler["expr"] and "{{cause}}" in straggler["legendFormat"]
+    assert ranks["legendFormat"] == "rank {{rank}}"
+
+
+@pytest.mark.parametrize("name", DASHBOARD_NAMES)
 def test_rate_windows_follow_grafana_not_a_fixed_duration(name):
     windows = {
         expr.split("[", 1)[1].split("]", 1)[0].rstrip(":")  # a subquery [$__range:] too
@@ -124,23 +141,30 @@ RATE_WINDOW_SECONDS = 15
 TOKEN_JOB = "alice:train.py"
 
 
+# The job the fleet judge judges: four simulated GPUs of one agent as the ranks of one Slurm job,
+# rank 3 starved of input, the others waiting for it in their all-reduce.
+JUDGED_JOB = ("57", ("communication_bound",) * 3 + ("input_starved",))
+
+
 class Agent(Server):
     """`flopwatch run` on simulated GPUs, one per scenario, serving /metrics on a loopback port."""
 
     name = "agent"
 
-    def __init__(self, workdir: Path, scenarios: tuple[str, ...]):
+    def __init__(self, workdir: Path, scenarios: tuple[str, ...], history: str = "none", job: str = ""):
         super().__init__(workdir)
         self.address = f"127.0.0.1:{self.port}"
         self.push_url = f"http://127.0.0.1:{free_port()}"
         self.scenarios = scenarios
+        self.history = history
+        self.job = job
 
     def command(self) -> list[str]:
         return [
             "env", f"PYTHONPATH={REPO / 'agent'}", f"FLOPWATCH_TOKENS_PUSH_LISTEN={self.push_url[len('http://'):]}",
             sys.executable, "-m", "flopwatch",
             "run", "--simulate", ",".join(self.scenarios), "--listen", self.address,
-            "--history", "none", "--interval", "0.2",
+            "--history", self.history, "--interval", "0.2", *(["--simulate-job", self.job] if self.job else []),
         ]  # fmt: skip
 
     def _ready(self) -> bool:
@@ -151,25 +175,52 @@ class Agent(Server):
             return False
 
 
+class Judge(Server):
+    """`flopwatch judge` over an agents' history, serving its verdicts on /metrics, paging nobody."""
+
+    name = "judge"
+
+    def __init__(self, workdir: Path, history: str):
+        super().__init__(workdir)
+        self.address = f"127.0.0.1:{self.port}"
+        self.history = history
+
+    def command(self) -> list[str]:
+        return [
+            "env", f"PYTHONPATH={REPO / 'agent'}", "FLOPWATCH_ALERTING_ALERTMANAGER_URLS=",
+            sys.executable, "-m", "flopwatch",
+            "judge", "--from-store", self.history, "--listen", self.address, "--interval", "1",
+        ]  # fmt: skip
+
+    _ready = Agent._ready
+
+
 @pytest.fixture(scope="module")
 def prometheus(tmp_path_factory):
     """A real Prometheus that has scraped two simulated agents every second for a full rate window,
-    with the shipped rules (the fleet dashboard reads recorded series)."""
+    with the shipped rules (the fleet dashboard reads recorded series), and the fleet judge over a
+    third agent whose GPUs are the ranks of one job, until it names that job's straggler."""
     workdir = tmp_path_factory.mktemp("dashboards")
+    history = f"sqlite:///{workdir / 'history.db'}"
     with contextlib.ExitStack() as running:
         agents = [
             running.enter_context(Agent(workdir / f"agent-{n}", scenarios).start())
             for n, scenarios in enumerate([SCENARIOS, ("healthy", "input_starved")])
         ]
+        ranks = running.enter_context(Agent(workdir / "ranks", JUDGED_JOB[1], history, JUDGED_JOB[0]).start())
+        judge = running.enter_context(Judge(workdir / "judge", history).start())
         running.enter_context(pushing_tokens(agents))
-        prom = running.enter_context(start_prometheus(workdir, [agent.address for agent in agents],
+        targets = [agent.address for agent in (*agents, ranks)] + [judge.address]
+        prom = running.enter_context(start_prometheus(workdir, targets,
                                                       rule_files=[DASHBOARDS.parent / "alerts" / "flopwatch.rules.yml"]))
         eventually(
             lambda: len(prom.query(f"count_over_time(up[{RATE_WINDOW_SECONDS}s]) >= {RATE_WINDOW_SECONDS}"))
-            == len(agents),
+            == len(targets),
             timeout=RATE_WINDOW_SECONDS + 20,
-            what="a full rate window of scrapes from every agent",
+            what="a full rate window of scrapes from every agent and the judge",
         )
+        eventually(lambda: prom.query(f'flopwatch_job_straggler{{exported_job="slurm:{JUDGED_JOB[0]}"}}'),
+                   timeout=60, what="the judge's straggler")
         prom.agent = agents[0].address
         yield prom
 
@@ -202,15 +253,16 @@ def substitute(expr: str, values: dict[str, str]) -> str:
     return re.sub(r"\$\{(\w+)\}|\$(\w+)", lambda m: values[m.group(1) or m.group(2)], expr)
 
 
-def variable_values(prom) -> dict[str, str]:
-    """Real values for the template variables: the first agent, its starved GPU and that GPU's job."""
+def variable_values(prom, name: str = "node") -> dict[str, str]:
+    """Real values for the template variables: the first agent, its starved GPU and that GPU's job;
+    on the job view, the job the judge judged."""
     selector = f'instance="{prom.agent}", gpu="{STARVED_GPU}"'
     (process, *_) = eventually(lambda: prom.query(f"flopwatch_process_sm_ratio{{{selector}}}"), what="a process")
     return {
         **GRAFANA_INTERVALS,
         "instance": prom.agent,
         "gpu": STARVED_GPU,
-        "job": process["metric"]["exported_job"],
+        "job": f"slurm:{JUDGED_JOB[0]}" if name == "jobs" else process["metric"]["exported_job"],
         "gpu_hour_price": "2.00",
     }
 
@@ -228,7 +280,7 @@ def run_query(prom, expr: str) -> list[dict]:
 
 QUERIES = [
     pytest.param(name, panel["title"], query["expr"], id=f"{name}: {panel['title']} {query['refId']}")
-    for name in ("fleet", "node", "tokens")
+    for name in DASHBOARD_NAMES
     for panel in panels(load(name))
     for query in panel["targets"]
 ]
@@ -237,7 +289,7 @@ QUERIES = [
 @pytest.mark.slow
 @pytest.mark.parametrize("name, title, expr", QUERIES)
 def test_every_panel_query_returns_data_from_prometheus(prometheus, name, title, expr):
-    query = substitute(expr, variable_values(prometheus))
+    query = substitute(expr, variable_values(prometheus, name))
     result = eventually(lambda: run_query(prometheus, query), timeout=5, what=f"data for {query}")
     assert result, f"{name} / {title}: {query} returned nothing"
 
@@ -246,9 +298,9 @@ VARIABLE_QUERY = re.compile(r"label_values\((?P<selector>.+), (?P<label>\w+)\)")
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["fleet", "node", "tokens"])
+@pytest.mark.parametrize("name", DASHBOARD_NAMES)
 def test_template_variables_list_real_values(prometheus, name):
-    values = variable_values(prometheus)
+    values = variable_values(prometheus, name)
     for variable in load(name)["templating"]["list"]:
         if variable["type"] != "query":
             continue
@@ -303,3 +355,11 @@ def test_node_utilization_of_a_starved_gpu_crosses_the_60_percent_line(prometheu
     sm_active = lines["A"]
     assert min(sm_active) < threshold < max(sm_active)
     assert (tmp_path / "node-utilization-input_starved.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_job_view_names_the_straggler_rank_and_its_own_cause(prometheus):
+    (panel,) = [p for p in panels(load("jobs")) if p["title"] == "Straggler"]
+    query = substitute(panel["targets"][0]["expr"], variable_values(prometheus, "jobs"))
+    (straggler,) = run_query(prometheus, query)
+    assert (straggler["metric"]["rank"], straggler["metric"]["cause"]) == ("3", "input_starved")

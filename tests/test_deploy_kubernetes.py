@@ -115,6 +115,15 @@ def test_the_service_and_monitors_select_the_agents_pods_and_port():
         assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
 
 
+def test_the_judges_monitor_scrapes_the_port_the_judge_serves_its_verdicts_on():
+    deployment = manifests()["judge-deployment.yaml"]
+    [judge] = deployment["spec"]["template"]["spec"]["containers"]
+    monitor = load(OPERATOR / "judge-podmonitor.yaml")
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
+    [port] = [p for p in judge["ports"] if p["name"] == monitor["spec"]["podMetricsEndpoints"][0]["port"]]
+    assert config_mod.JudgeConfig().listen.rpartition(":")[2] == str(port["containerPort"])
+
+
 def test_both_monitors_keep_the_gpus_pod_labels_and_the_job_the_rules_expect():
     service = manifests()["service.yaml"]
     endpoints = [load(OPERATOR / "servicemonitor.yaml")["spec"]["endpoints"][0],

@@ -59,6 +59,8 @@ def test_alertmanager_example_passes_amtool_check():
         (["alertname=GPUUnderutilized", "severity=page", "cause=held_unused", "namespace=team-a", "pod=nb"],
          "team-a,gpu-pages"),
         (["alertname=GPUUnderutilized", "severity=page", "cause=held_unused", "account=physics"], "gpu-pages"),
+        (["alertname=GPUJobStraggler", "severity=page", "cause=system", "exported_job=slurm:7"], "gpu-pages"),
+        (["alertname=FlopwatchJobMember", "severity=none", "exported_job=slurm:7"], "null"),
     ],
 )
 def test_alertmanager_example_routes_by_severity_and_cause(labels, receiver):
@@ -82,3 +84,22 @@ def test_alertmanager_example_inhibits_gpu_alerts_of_a_node_whose_agent_is_down(
         )
     assert inhibited["gpu-node-1"] != []
     assert inhibited["gpu-node-2"] == []
+
+
+def test_alertmanager_example_inhibits_the_node_pages_of_a_job_the_judge_pages_for(tmp_path):
+    page = {"alertname": "GPUJobStraggler", "severity": "page", "exported_job": "slurm:7", "cause": "input_starved",
+            "straggler_host": "gpu-node-2", "straggler_gpu": "1"}
+    member = {"alertname": "FlopwatchJobMember", "severity": "none", "exported_job": "slurm:7",
+              "host": "gpu-node-1", "gpu": "0"}
+    waiting = {"alertname": "GPUUnderutilized", "severity": "page", "cause": "communication_bound",
+               "host": "gpu-node-1", "job": "flopwatch", "gpu": "0", "uuid": "GPU-aaaa"}
+    other_job = dict(waiting, gpu="1", uuid="GPU-bbbb")
+    with start_alertmanager(tmp_path, config=EXAMPLE.read_text()) as am:
+        am.post([{"labels": page}, {"labels": member}, {"labels": waiting}, {"labels": other_job}])
+        inhibited = eventually(
+            lambda: {a["labels"]["gpu"]: a["status"]["inhibitedBy"] for a in am.alerts(alertname="GPUUnderutilized")
+                     if len(am.alerts()) == 4},
+            what="four alerts in Alertmanager",
+        )
+    assert inhibited["0"] != []
+    assert inhibited["1"] == []

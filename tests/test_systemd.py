@@ -14,6 +14,7 @@ import pytest
 
 UNIT = Path(__file__).resolve().parents[1] / "systemd" / "flopwatch.service"
 SYSUSERS = UNIT.with_name("flopwatch.sysusers")
+JUDGE_UNIT = UNIT.with_name("flopwatch-judge.service")
 INSTALLED_BINARY = "/usr/local/bin/flopwatch"
 
 needs_systemd_analyze = pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="needs systemd-analyze")
@@ -30,21 +31,23 @@ def settings(path: Path) -> dict[str, list[str]]:
 
 
 @needs_systemd_analyze
-def test_systemd_analyze_verify_passes(tmp_path):
+@pytest.mark.parametrize("unit_path", [UNIT, JUDGE_UNIT], ids=["agent", "judge"])
+def test_systemd_analyze_verify_passes(tmp_path, unit_path):
     # verify insists that ExecStart's program exists. The test machine has no flopwatch at the
     # installed path, so a copy of the unit points at a stand-in executable; nothing else changes.
     stand_in = tmp_path / "flopwatch"
     stand_in.write_text("#!/bin/sh\n")
     stand_in.chmod(0o755)
-    unit = tmp_path / UNIT.name
-    unit.write_text(UNIT.read_text().replace(INSTALLED_BINARY, str(stand_in)))
+    unit = tmp_path / unit_path.name
+    unit.write_text(unit_path.read_text().replace(INSTALLED_BINARY, str(stand_in)))
     result = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True)
     assert (result.returncode, result.stdout + result.stderr) == (0, "")
 
 
 @needs_systemd_analyze
-def test_exposure_is_at_most_2():
-    result = subprocess.run(["systemd-analyze", "security", "--offline=true", "--no-pager", str(UNIT)],
+@pytest.mark.parametrize("unit_path", [UNIT, JUDGE_UNIT], ids=["agent", "judge"])
+def test_exposure_is_at_most_2(unit_path):
+    result = subprocess.run(["systemd-analyze", "security", "--offline=true", "--no-pager", str(unit_path)],
                             capture_output=True, text=True, check=True)
     exposure = float(re.search(r"Overall exposure level for \S+: ([\d.]+)", result.stdout)[1])
     assert exposure <= 2.0, result.stdout

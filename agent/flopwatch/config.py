@@ -42,6 +42,11 @@ class AgentConfig:
     simulate: list[str] = field(default_factory=list)
     simulate_gpus: int = 1
     simulate_processes: int = 1
+    # Simulated GPUs' first processes as ranks of one Slurm job spread over several agents: the job
+    # id, the rank of GPU 0 (GPU i is rank simulate_rank + i) and the job's world size (0: the GPUs).
+    simulate_job: str = ""
+    simulate_rank: int = 0
+    simulate_world_size: int = 0
     seed: int = 0
     hostname: str = ""
     web_config_file: str = ""
@@ -163,6 +168,19 @@ class ReclaimConfig:
 
 
 @dataclass
+class JudgeConfig:
+    """`flopwatch judge`: the fleet judge over the shared history ([history].url), paging through
+    [alerting].alertmanager_urls."""
+
+    interval_seconds: float = 10.0
+    window_seconds: float = 30.0  # each rank's ticks over this window make the job's verdict
+    confirm_passes: int = 2  # a new verdict pages once it held this many passes
+    stale_seconds: float = 30.0  # a rank with no tick this recent is unknown
+    listen: str = "0.0.0.0:9767"  # /metrics of the last pass's verdicts (read-only); "" for none
+    web_config_file: str = ""  # TLS and basic auth for it, as [agent].web_config_file
+
+
+@dataclass
 class Config:
     agent: AgentConfig = field(default_factory=AgentConfig)
     diagnosis: Thresholds = field(default_factory=Thresholds)
@@ -175,6 +193,7 @@ class Config:
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
     reclaim: ReclaimConfig = field(default_factory=ReclaimConfig)
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
 
 
 def load(path: str | os.PathLike | None = None, env: Mapping[str, str] | None = None) -> Config:

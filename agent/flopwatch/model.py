@@ -120,6 +120,14 @@ class Identity:
     # A torchrun (torch.distributed.elastic) worker's run: its rendezvous id, or where no id was given
     # ("none"), the master's address and port, which no other run on the node shares while it runs.
     torchrun: str | None = None
+    # The process's place in a distributed job (RANK, else SLURM_PROCID, else OMPI_COMM_WORLD_RANK),
+    # the size of that job and its rank within the node: the same job name on every node, a rank each.
+    rank: int | None = None
+    world_size: int | None = None
+    local_rank: int | None = None
+    # The Kubernetes object that made the pod, as "<kind>:<namespace>/<name>" (a JobSet, PyTorchJob,
+    # MPIJob, LeaderWorkerSet group): the pods of one multi-node job share it.
+    pod_owner: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

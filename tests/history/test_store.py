@@ -108,6 +108,10 @@ def test_an_upgrade_migrates_a_revision_0001_file_and_keeps_its_rows(tmp_path):
     with old.engine.begin() as connection:  # what a 0001 agent left behind
         connection.execute(text("DROP TABLE alerts_outbox"))
         connection.execute(text("DROP TABLE reclaim_actions"))  # 0005's
+        connection.execute(text("DROP TABLE job_verdicts"))
+        connection.execute(text("DROP INDEX ix_job_spans_end"))
+        for table in ("processes", "job_spans"):
+            connection.execute(text(f"ALTER TABLE {table} DROP COLUMN rank"))
         connection.execute(text(f"UPDATE {store_schema.VERSION_TABLE} SET version_num = '0001'"))
     old.engine.dispose()
 

@@ -11,6 +11,7 @@ import pytest
 from flopwatch.model import Identity
 from flopwatch.sources.host import HostSource
 from flopwatch.sources.identity import (JOB_RULES, BadJobRule, check_rules, identify, job_name, parse_cgroup, parse_environ,
+                                       parse_pod_labels,
                                        read_identity)
 
 CONTAINER = "3f2a9c1d8e7b6a5f4e3d2c1b0a9f8e7d6c5b4a3f2e1d0c9b8a7f6e5d4c3b2a1f"
@@ -182,3 +183,55 @@ def test_a_proc_tree_with_a_kubernetes_pod(tmp_path):
 
 def test_an_unreadable_process_has_an_empty_identity(tmp_path):
     assert read_identity(999999, str(tmp_path)) == Identity()
+
+
+# -- one job across nodes, a rank each ------------------------------------------------------
+
+
+def test_torchrun_worker_has_its_rank_world_size_and_local_rank():
+    env = {"TORCHELASTIC_RUN_ID": "run7", "RANK": "11", "WORLD_SIZE": "16", "LOCAL_RANK": "3"}
+    found = identify("", env)
+    assert (found.torchrun, found.rank, found.world_size, found.local_rank) == ("run7", 11, 16, 3)
+
+
+def test_slurm_task_rank_comes_from_slurm_procid_when_rank_is_unset():
+    found = identify(SLURM_V1, {"SLURM_PROCID": "5", "SLURM_NTASKS": "32", "SLURM_LOCALID": "1"})
+    assert (found.slurm_job, found.rank, found.world_size, found.local_rank) == ("4242", 5, 32, 1)
+
+
+def test_rank_from_launcher_beats_slurm_procid():
+    assert identify("", {"RANK": "9", "SLURM_PROCID": "1"}).rank == 9
+
+
+def test_rank_variables_pass_the_environ_whitelist():
+    env = parse_environ(b"RANK=3\0WORLD_SIZE=8\0LOCAL_RANK=3\0SLURM_PROCID=3\0AWS_SECRET=x\0")
+    assert env == {"RANK": "3", "WORLD_SIZE": "8", "LOCAL_RANK": "3", "SLURM_PROCID": "3"}
+
+
+def test_jobset_pods_on_two_nodes_share_one_job_name():
+    labels = {"jobset.sigs.k8s.io/jobset-name": "llama-pretrain"}
+    names = {job_name(JOB_RULES, identify(K8S_V2_SYSTEMD, {"HOSTNAME": pod, "RANK": str(r)}, "ml", labels),
+                      "alice", "python")
+             for r, pod in enumerate(["llama-pretrain-workers-0-0", "llama-pretrain-workers-0-1"])}
+    assert names == {"jobset:ml/llama-pretrain"}
+
+
+def test_pytorchjob_and_mpijob_owners_come_from_the_training_operator_labels():
+    for operator, kind in (("pytorchjob-controller", "pytorchjob"), ("mpijob-controller", "mpijob")):
+        labels = {"training.kubeflow.org/operator-name": operator, "training.kubeflow.org/job-name": "bert"}
+        assert identify(K8S_V2_SYSTEMD, {"HOSTNAME": "bert-worker-1"}, "ml", labels).pod_owner == f"{kind}:ml/bert"
+
+
+def test_leaderworkerset_group_is_named_by_its_leader_address():
+    env = {"HOSTNAME": "vllm-0-2", "LWS_LEADER_ADDRESS": "vllm-0.vllm.serving"}
+    assert identify(K8S_V2_SYSTEMD, env, "serving").pod_owner == "leaderworkerset:serving/vllm-0"
+
+
+def test_a_pod_of_its_own_keeps_its_pod_name():
+    found = identify(K8S_V2_SYSTEMD, {"HOSTNAME": "notebook-0"}, "ml", {"app": "jupyter"})
+    assert job_name(JOB_RULES, found, "alice", "python") == "pod:ml/notebook-0"
+
+
+def test_downward_api_labels_file_is_parsed():
+    assert parse_pod_labels('app="x"\njobset.sigs.k8s.io/jobset-name="j"\n') == {
+        "app": "x", "jobset.sigs.k8s.io/jobset-name": "j"}

@@ -45,12 +45,13 @@ def build_agent(config: Config, *, clock: Callable[[], float] = time.monotonic,
 
     a = config.agent
     if a.simulate:
-        from flopwatch.sources.simulated import SimulatedHost, SimulatedNvml, UnknownScenario
+        from flopwatch.sources.simulated import SimulatedHost, SimulatedJob, SimulatedNvml, UnknownScenario
 
         try:
-            lib = SimulatedNvml(a.simulate, gpus=max(a.simulate_gpus, 1) * len(a.simulate),
-                                processes_per_gpu=a.simulate_processes, seed=a.seed, clock=clock,
-                                wall_clock=wall_clock)
+            gpus = max(a.simulate_gpus, 1) * len(a.simulate)
+            job = SimulatedJob(a.simulate_job, a.simulate_rank, a.simulate_world_size or gpus) if a.simulate_job else None
+            lib = SimulatedNvml(a.simulate, gpus=gpus, processes_per_gpu=a.simulate_processes, seed=a.seed,
+                                clock=clock, wall_clock=wall_clock, job=job)
         except UnknownScenario as e:
             raise UsageError(str(e)) from None
         host = SimulatedHost(lib, a.counter_interval_seconds)

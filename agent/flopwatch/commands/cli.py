@@ -10,6 +10,7 @@ from flopwatch import __version__
 from flopwatch.commands.calibrate import calibrate_command
 from flopwatch.commands.doctor import doctor_command
 from flopwatch.commands.history import history
+from flopwatch.commands.judge import jobs_command, judge_command
 from flopwatch.commands.report import report_command
 from flopwatch.commands.run import run
 from flopwatch.commands.status import status
@@ -26,6 +27,8 @@ main.add_command(doctor_command)
 main.add_command(calibrate_command)
 main.add_command(history)
 main.add_command(report_command)
+main.add_command(judge_command)
+main.add_command(jobs_command)
 
 
 @main.command()

@@ -27,7 +27,16 @@ def load_config(path: str | None, overrides: dict[tuple[str, str], Any]) -> Conf
 
 
 def simulate_list(value: str | None) -> list[str] | None:
-    return [v.strip() for v in value.split(",") if v.strip()] if value else None
+    """Scenario names, comma-separated; ``name*N`` is N GPUs of it (``input_starved,communication_bound*7``)."""
+    if not value:
+        return None
+    names = []
+    for item in (v.strip() for v in value.split(",")):
+        name, star, count = item.partition("*")
+        if star and not count.strip().isdigit():
+            raise click.BadParameter(f"{item!r}: the count after '*' must be a whole number", param_hint="--simulate")
+        names += [name.strip()] * (int(count) if star else 1) if name.strip() else []
+    return names
 
 
 def config_option(f: Callable) -> Callable:

@@ -13,7 +13,7 @@ import json
 from datetime import datetime
 from typing import Any, Iterable, Sequence
 
-from flopwatch.history.report import Report, Usage, as_dict
+from flopwatch.history.report import HeldBackTime, Report, Usage, as_dict
 
 MISSING = "—"
 # The table and the page list this many groups; JSON and CSV carry them all.
@@ -82,11 +82,34 @@ def _headline(report: Report) -> list[str]:
     return lines
 
 
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min" if seconds < 7200 else \
+        f"{seconds / 3600:.1f} h"
+
+
+def _culprit(h: HeldBackTime) -> str:
+    if h.host is None:
+        return f"its own all-reduce ({h.cause}, no straggler)"
+    return f"rank {'?' if h.rank is None else h.rank} ({h.host} GPU {h.gpu}): {h.cause}"
+
+
+def _held_back(report: Report) -> list[str]:
+    """The job's line from the fleet judge: who held its ranks back, how long, what it cost them."""
+    if not report.held_back:
+        return []
+    return ["Held back, as the fleet judge found (`flopwatch jobs`):", *(
+        f"- {_culprit(h)} for {_duration(h.seconds)}; the other ranks waited {h.held_gpu_seconds / 3600:,.2f} GPU-hours"
+        + (" (their nodes count it as communication_bound)" if h.host is not None else "")
+        for h in report.held_back)]
+
+
 def render_text(report: Report) -> str:
     """A short summary for a scheduler's epilog to mail: the figures, then each cause and its fix."""
     if report.empty:
         return empty_message(report) + "\n"
     lines = [title(report), "", *_headline(report)]
+    if report.held_back:
+        lines += ["", *_held_back(report)]
     if report.causes:
         lines += ["", "Where the time went, and the fix:"]
         for c in report.causes:
@@ -164,7 +187,8 @@ def render_table(report: Report) -> str:
     for c in report.causes:
         causes.add_row(c.cause, f"{c.wasted_gpu_hours:,.2f}", f"{c.share:.0%}",
                        c.advice + (f"\nStack: {c.top_stack}" if c.top_stack else ""))
-    parts = [title(report), *_headline(report), "", render(causes) if report.causes else "No GPU time wasted."]
+    parts = [title(report), *_headline(report), *([""] + _held_back(report) if report.held_back else []), "",
+             render(causes) if report.causes else "No GPU time wasted."]
     groups = Table(title=f"By {report.group_by}")
     for column in _usage_headings(report, report.group_by):
         groups.add_column(column)
@@ -328,6 +352,10 @@ def render_html(report: Report) -> str:
     else:
         parts.append('<div class="cards">' + "".join(
             f'<div class="card"><span>{e(k)}</span><b>{e(v)}</b></div>' for k, v in cards) + "</div>")
+        if report.held_back:
+            lines = _held_back(report)
+            parts.append(f"<h2>{e(lines[0])}</h2><ul>" + "".join(f"<li>{e(line[2:])}</li>" for line in lines[1:])
+                         + "</ul>")
         for caption, svg in _figures(report):
             parts.append(f'<figure aria-label="{e(caption)}">{svg}</figure>')
         parts.append("<h2>Waste by cause, and the fix</h2>")

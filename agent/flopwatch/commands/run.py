@@ -29,14 +29,21 @@ log = logging.getLogger("flopwatch")
 @click.option("--history", help="SQLAlchemy URL of the history store, or 'none'.")
 @simulate_options
 @click.option("--simulate-processes", type=click.IntRange(min=1), help="Processes per simulated GPU.")
+@click.option("--simulate-job", metavar="SLURM_JOB_ID",
+              help="Simulated GPUs run ranks of this Slurm job (start several agents to play one multi-node job).")
+@click.option("--simulate-rank", type=click.IntRange(min=0), help="Rank of simulated GPU 0's process (GPU i: +i).")
+@click.option("--simulate-world-size", type=click.IntRange(min=1), help="Ranks in the simulated job, over all agents.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]))
 def run(config_path: str | None, listen: str | None, interval: float | None, history: str | None,
-        simulate: str | None, simulate_gpus: int | None, simulate_processes: int | None, log_level: str | None) -> None:
+        simulate: str | None, simulate_gpus: int | None, simulate_processes: int | None, simulate_job: str | None,
+        simulate_rank: int | None, simulate_world_size: int | None, log_level: str | None) -> None:
     """Run the agent: sample every interval, serve /metrics, keep history, send alerts."""
     overrides = {
         ("agent", "listen"): listen, ("agent", "interval_seconds"): interval, ("history", "url"): history,
         ("agent", "simulate"): simulate_list(simulate), ("agent", "simulate_gpus"): simulate_gpus,
-        ("agent", "simulate_processes"): simulate_processes, ("agent", "log_level"): log_level,
+        ("agent", "simulate_processes"): simulate_processes, ("agent", "simulate_job"): simulate_job,
+        ("agent", "simulate_rank"): simulate_rank, ("agent", "simulate_world_size"): simulate_world_size,
+        ("agent", "log_level"): log_level,
     }
     config = load_config(config_path, overrides)
     logging.basicConfig(level=config.agent.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")

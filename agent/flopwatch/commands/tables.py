@@ -78,3 +78,36 @@ def status_table(doc: dict) -> str:
             *([_per_token(g.get("tokens"))] if tokens else []), cause,
         )
     return "\n".join([render(table), *notes])
+
+
+def job_table(doc: dict) -> str:
+    """`flopwatch jobs --job J`: the judge's verdict, then every rank (host, GPU, pid, how much it
+    waited, its utilization, its node's own finding) with the straggler marked, then the
+    straggler's evidence, stacks and fix."""
+    waiting = doc["evidence"].get("ranks_waiting", 0)
+    table = Table(title=f"{doc['job']}: {doc['verdict']}" + (f" ({doc['cause']})" if doc["stragglers"] else ""),
+                  caption=f"over the judge's last {doc['window_seconds']:.0f} s: {waiting} of {len(doc['ranks'])} "
+                          f"ranks waiting in collectives, {doc['evidence'].get('ranks_unknown', 0)} unknown; "
+                          f"{doc['held_gpu_seconds']:.0f} GPU-s waited")
+    for column in ("rank", "host", "GPU", "pid", "state", "waiting", "util", "node's finding", ""):
+        table.add_column(column)
+    for r in doc["ranks"]:
+        finding = r.get("finding") or {}
+        table.add_row("—" if r["rank"] is None else str(r["rank"]), r["host"], str(r["gpu"]),
+                      "—" if r["pid"] is None else str(r["pid"]), r["state"], _pct(r["waiting_share"]),
+                      _pct(r["utilization"]), finding.get("cause") or "—", "<- straggler" if r["straggler"] else "")
+    notes = []
+    for s in doc["stragglers"]:
+        finding = s.get("finding") or {}
+        evidence = dict(finding.get("evidence") or {})
+        stacks = evidence.pop("stack_summary", None)
+        evidence.pop("stacks", None)
+        notes.append(f"rank {s['rank']} ({s['host']} GPU {s['gpu']}, pid {s['pid']}): {s['cause'] or 'unknown'}"
+                     + (f", {finding['summary']}" if finding.get("summary") else ""))
+        notes += [f"  evidence: {', '.join(f'{k}={v}' for k, v in sorted(evidence.items()))}"] if evidence else []
+        notes += [f"  stacks: {stacks}"] if stacks else []
+        notes.append(f"  fix: {finding.get('advice') or 'its node has no finding open: see flopwatch status there'}")
+    if doc["verdict"] == "communication_bound":
+        notes.append("every rank waits in its collectives alike: the all-reduce itself is the bottleneck "
+                     "(the network, NCCL's settings, too little compute between syncs)")
+    return "\n".join([render(table), *notes])

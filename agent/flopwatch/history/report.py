@@ -6,6 +6,10 @@ seconds, tokens), another the same sums for each plot bucket and cause over all 
 a 64-node fleet is then a few thousand cells, whatever the level read, and the rest is arithmetic
 on plain values (``build_report``).
 
+With ``--job``, the report also says who held a multi-GPU job back and for how long: the fleet
+judge's verdicts as it kept them in ``job_verdicts`` (one row per straggler rank and stretch),
+clipped to the range.
+
 GPU-hours count samples × the agents' tick (``[agent].interval_seconds``); waste is what the
 agents recorded: each tick under the utilization threshold, charged to the cause diagnosed then
 (``unknown`` when none was), as ``flopwatch_wasted_gpu_seconds_total`` counts it. In a minute or
@@ -136,6 +140,20 @@ class Point:
 
 
 @dataclass(frozen=True)
+class HeldBackTime:
+    """How long one culprit held a job back over the range, as the fleet judge found it: a
+    straggler rank with its own cause, or (host, GPU and rank None) the job's own all-reduce."""
+
+    verdict: str
+    cause: str
+    host: str | None
+    gpu: int | None
+    rank: int | None
+    seconds: float
+    held_gpu_seconds: float  # what the other ranks waited meanwhile
+
+
+@dataclass(frozen=True)
 class Report:
     since: float
     until: float
@@ -156,6 +174,7 @@ class Report:
     series: list[Point]
     step_seconds: float
     users: dict[str, str] = field(default_factory=dict)  # job → user
+    held_back: list[HeldBackTime] = field(default_factory=list)  # with a job: by the judge, longest first
 
     @property
     def empty(self) -> bool:
@@ -188,6 +207,7 @@ class Read:
     points: dict[tuple[int, str | None], Cell]  # by plot bucket and cause, over every GPU read
     users: dict[str, str]
     stacks: dict[str, str] = field(default_factory=dict)  # cause → its latest finding's stack summary
+    held_back: list[HeldBackTime] = field(default_factory=list)
 
 
 def choose_level(since: float, until: float, gpus: int = 1) -> str:
@@ -220,6 +240,7 @@ def read_history(url: str, query: Query, progress: Callable[[int, int], None] | 
                 break
         read.users = _users(connection, {k.job for k in read.cells if k.job})
         read.stacks = _stacks(connection, query, {(k.host, k.gpu) for k in read.cells})
+        read.held_back = _held_back(connection, query)
         return read
 
 
@@ -414,6 +435,24 @@ def _stacks(connection: Connection, query: Query, gpus: set[tuple[str, int]]) ->
     return found
 
 
+def _held_back(connection: Connection, query: Query) -> list[HeldBackTime]:
+    """The judge's verdicts on the query's job in its range, by culprit, longest first; a row the
+    range cuts counts its share of the waiting. None for a database without the table (0005)."""
+    t = schema.job_verdicts
+    if query.job is None or not inspect(connection).has_table(t.name):
+        return []
+    sums: dict[tuple, list[float]] = defaultdict(lambda: [0.0, 0.0])
+    for row in connection.execute(select(t).where(t.c.job == query.job, t.c.start_ts < query.until,
+                                                  t.c.end_ts > query.since)):
+        length = row.end_ts - row.start_ts
+        inside = min(row.end_ts, query.until) - max(row.start_ts, query.since)
+        entry = sums[(row.verdict, row.cause, row.host, row.gpu, row.rank)]
+        entry[0] += inside
+        entry[1] += row.held_gpu_seconds * (inside / length if length > 0 else 1.0)
+    return sorted((HeldBackTime(*key, seconds, held) for key, (seconds, held) in sums.items()),
+                  key=lambda h: (-h.seconds, h.rank if h.rank is not None else -1, h.cause))
+
+
 # -- summing ---------------------------------------------------------------------------------
 
 
@@ -457,7 +496,7 @@ def build_report(read: Read, query: Query, *, interval_seconds: float, utilizati
         gpu=query.gpu, host=query.host, hosts=sorted({k.host for k in cells}),
         gpus=len({(k.host, k.gpu) for k in cells}), total=total, groups=groups, causes=causes,
         top_jobs=top_jobs, series=_series(read, query, interval_seconds), step_seconds=read.step,
-        users={job: user for job, user in sorted(read.users.items())},
+        users={job: user for job, user in sorted(read.users.items())}, held_back=read.held_back,
     )
 
 
@@ -553,6 +592,8 @@ def as_dict(report: Report) -> dict[str, Any]:
         "group_by": report.group_by, "groups": [usage(u) for u in report.groups],
         "top_jobs": [usage(u) for u in report.top_jobs],
         "users": report.users,
+        "held_back": [{"verdict": h.verdict, "cause": h.cause, "host": h.host, "gpu": h.gpu, "rank": h.rank,
+                       "seconds": h.seconds, "held_gpu_seconds": h.held_gpu_seconds} for h in report.held_back],
         "series": {"step_seconds": report.step_seconds, "points": [
             {"ts": p.ts, "gpus": p.gpus, "utilization": p.utilization,
              "flops_utilization": p.flops_utilization, "power_watts": p.power_watts,

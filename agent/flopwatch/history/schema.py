@@ -60,7 +60,7 @@ class Fixed(TypeDecorator):
 RATIO = Fixed(10_000)  # 0.01 % steps
 HUNDREDTHS = Fixed(100)  # watts, joules per tick
 
-SCHEMA_REVISION = "0005"
+SCHEMA_REVISION = "0007"
 VERSION_TABLE = "flopwatch_schema_version"
 # Alembic's version table, laid out as Alembic makes it, so that a new database can be marked
 # current without loading Alembic (which would stay in the agent's memory, ~11 MB, for good).
@@ -162,6 +162,7 @@ processes = Table(
     Column("user", String(255)),
     Column("cmdline", Text, nullable=False),
     Column("first_ts", Float, nullable=False),
+    Column("rank", Integer),  # its rank in a distributed job (migration 0005)
     Index("ix_processes_job", "job"),
     Index("ix_processes_host_first_ts", "host", "first_ts"),
 )
@@ -210,8 +211,31 @@ job_spans = Table(
     metadata,
     *_span_columns(),
     Column("job", String(255), nullable=False),
+    # The rank of the job's process on this GPU (migration 0005): the fleet judge's who-is-who.
+    Column("rank", Integer),
     Index("ix_job_spans_host_gpu_start", "host", "gpu", "start_ts"),
     Index("ix_job_spans_job_start", "job", "start_ts"),
+    Index("ix_job_spans_end", "end_ts"),  # the open spans (NULL): the fleet judge's jobs now (0005)
+)
+
+# The fleet judge's verdicts that held a job back (migration 0006): one row per straggler rank
+# (or, for a job bound by its all-reduce, per job) and stretch of passes the verdict held, from
+# the first window that showed it to the last pass; `flopwatch report --job` adds them up.
+job_verdicts = Table(
+    "job_verdicts",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("job", String(255), nullable=False),
+    Column("verdict", String(32), nullable=False),  # straggler or communication_bound
+    Column("cause", String(32), nullable=False),  # the straggler's own cause, or the verdict
+    Column("host", String(255)),  # the straggler's; NULL without one
+    Column("gpu", SmallInteger),
+    Column("rank", Integer),
+    Column("start_ts", Float, nullable=False),
+    Column("end_ts", Float, nullable=False),  # the last pass that found it
+    Column("held_gpu_seconds", Float, nullable=False),  # what the other ranks waited meanwhile
+    Index("ix_job_verdicts_job_start", "job", "start_ts"),
+    Index("ix_job_verdicts_end", "end_ts"),  # the judge's open stretches, and retention
 )
 
 alerts_outbox = Table(

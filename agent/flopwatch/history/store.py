@@ -312,7 +312,7 @@ class HistoryStore:
         # By GPU, the process views last written and their job. The agent hands back the same
         # views while NVML and /proc say nothing new (their shares are read every counter
         # interval), and a row a second for each would repeat them: 1024 a second on 8 × 128.
-        self._processes_written: dict[int, tuple[tuple, str | None]] = {}
+        self._processes_written: dict[int, tuple[tuple, str | None, int | None]] = {}
         self._findings = _SpanTracker(schema.findings)
         self._jobs = _SpanTracker(schema.job_spans)
         self._dirty_since: float | None = None  # oldest raw ts written since the last rollup
@@ -444,16 +444,18 @@ class HistoryStore:
                                     "name": sample.info.name, "first_ts": timestamp}))
             written = self._processes_written.get(gpu)
             if written is not None and written[0] is g.processes:
-                job = written[1]  # the same readings handed back: their rows hold until they change
+                job, rank = written[1], written[2]  # the same readings handed back: their rows hold
             else:
-                job = None
+                job = rank = None
                 for process in sorted(g.processes, key=lambda p: -(p.sm_ratio or 0.0)):
-                    identity = (process.pid, process.job, process.user, process.cmdline)
-                    job = job or process.job
+                    process_rank = process.identity.rank if process.identity else None
+                    identity = (process.pid, process.job, process.user, process.cmdline, process_rank)
+                    if job is None:
+                        job, rank = process.job, process_rank
                     rows.append((_PROC, (identity, {
                         "ts": timestamp, "gpu": gpu,
                         "sm_ratio": process.sm_ratio, "memory_bytes": process.memory_bytes})))
-                self._processes_written[gpu] = (g.processes, job)
+                self._processes_written[gpu] = (g.processes, job, rank)
             if job is None and g.allocation is not None:
                 job = g.allocation.job  # a GPU its job or pod holds without a process still wastes its time
             below = g.below_threshold
@@ -481,7 +483,8 @@ class HistoryStore:
             rows += self._findings.update(
                 gpu, timestamp, (finding.cause, finding.severity) if finding else None,
                 lambda: _finding_row(finding), finding.stacks if finding else None)
-            rows += self._jobs.update(gpu, timestamp, job, lambda: {"job": job})
+            rows += self._jobs.update(gpu, timestamp, (job, rank) if job else None,
+                                      lambda: {"job": job, "rank": rank})
         with self._lock:
             self._buffer.extend(rows)
             self._trim()
@@ -578,8 +581,8 @@ class HistoryStore:
     def _insert_processes(self, connection: Connection, first_seen: dict[tuple, float]) -> dict[tuple, int]:
         """The new processes' ids. One statement for all where the database returns the ids in
         the rows' order, not a statement each (bench/store_bench.py: a first flush of 8 × 128)."""
-        rows = [{"host": self.host, "pid": pid, "job": job, "user": user, "cmdline": cmdline, "first_ts": ts}
-                for (pid, job, user, cmdline), ts in first_seen.items()]
+        rows = [{"host": self.host, "pid": pid, "job": job, "user": user, "cmdline": cmdline, "first_ts": ts,
+                 "rank": rank} for (pid, job, user, cmdline, rank), ts in first_seen.items()]
         insert = schema.processes.insert()
         if len(rows) > 1 and connection.dialect.insert_executemany_returning_sort_by_parameter_order:
             ids = connection.execute(insert.returning(schema.processes.c.id, sort_by_parameter_order=True), rows)

@@ -189,6 +189,9 @@ class Exporter:
         info = GaugeMetricFamily("flopwatch_process_info", "Who runs a GPU process (top N): user, container, "
                                  "Kubernetes pod, Slurm job, systemd unit.",
                                  labels=GPU_LABELS + ["pid", "job", "user", *IDENTITY_LABELS])
+        # The rank as the value, not a label: one series per process however large the job.
+        rank = GaugeMetricFamily("flopwatch_process_rank", "A process's rank in its distributed job (RANK, "
+                                 "SLURM_PROCID; top N, where known).", labels=GPU_LABELS + ["pid", "job"])
         for g in gpus:
             labels = _labels(g)
             count.add_metric(labels, len(g.processes))
@@ -202,6 +205,8 @@ class Exporter:
                     sm.add_metric(labels + [str(p.pid), p.job], p.sm_ratio)
                 if p.memory_bytes is not None:
                     memory.add_metric(labels + [str(p.pid), p.job], p.memory_bytes)
+                if ident.rank is not None:
+                    rank.add_metric(labels + [str(p.pid), p.job], ident.rank)
             if rest:
                 sm.add_metric(labels + ["other", "other"], sum(p.sm_ratio or 0.0 for p in rest))
                 memory.add_metric(labels + ["other", "other"], sum(p.memory_bytes or 0 for p in rest))
@@ -209,6 +214,7 @@ class Exporter:
         yield info
         yield sm
         yield memory
+        yield rank
 
 
     def _tokens(self, state: AgentState) -> Iterator[Metric]:

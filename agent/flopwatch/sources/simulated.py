@@ -20,8 +20,9 @@ from typing import Any, Callable
 
 import pynvml
 
-from flopwatch.model import HostProcess, HostSample
+from flopwatch.model import HostProcess, HostSample, Identity
 from flopwatch.sources.host import Cadence
+from flopwatch.sources.identity import JOB_RULES, identify, job_name
 from flopwatch.sources.nvml import THROTTLE_FIELDS
 
 GIB = 2**30
@@ -54,6 +55,21 @@ class SimProcess:
     user: str = "alice"
     cmdline: str = "python train.py"
     steady: bool = False  # readings without noise: scale-run helpers, made once
+
+
+@dataclass(frozen=True)
+class SimulatedJob:
+    """The simulated GPUs' first processes as ranks of one Slurm job that several agents share: GPU
+    i's is rank ``first_rank + i`` of ``world_size``. Their environment goes through the same
+    identity code as a real process's."""
+
+    slurm_job: str
+    first_rank: int
+    world_size: int
+
+    def environ(self, gpu: int) -> dict[str, str]:
+        return {"SLURM_JOB_ID": self.slurm_job, "RANK": str(self.first_rank + gpu), "LOCAL_RANK": str(gpu),
+                "WORLD_SIZE": str(self.world_size)}
 
 
 @dataclass(frozen=True)
@@ -277,6 +293,7 @@ class _Gpu:
     running: tuple[Any, ...] = ()
     memory_used_bytes: int = 0
     steady_host: dict[int, HostProcess] = field(default_factory=dict)
+    identity: Identity | None = None  # the first process's, when it is a rank of a simulated job
 
 
 class SimulatedNvml:
@@ -296,8 +313,10 @@ class SimulatedNvml:
         seed: int = 0,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
+        job: SimulatedJob | None = None,
     ):
         check_scenarios(scenarios)
+        self.job = job
         count = max(gpus or len(scenarios), 1)
         self.seed = seed
         self.clock = clock
@@ -321,7 +340,8 @@ class SimulatedNvml:
         pid_base = 100_000 + index * 1000
         running = tuple(SimpleNamespace(pid=pid_base + k, usedGpuMemory=p.memory_bytes) for k, p in enumerate(procs))
         gpu = _Gpu(index, name, scenario, tuple(procs), pid_base=pid_base, energy_offset_joules=1.0e6 * (index + 1),
-                   running=running, memory_used_bytes=sum(p.memory_bytes for p in procs) + 512 * 2**20)
+                   running=running, memory_used_bytes=sum(p.memory_bytes for p in procs) + 512 * 2**20,
+                   identity=identify("", self.job.environ(index)) if self.job and procs else None)
         gpu.steady_host = {pid_base + k: _host_process(gpu, k, 1.0) for k, p in enumerate(procs) if p.steady}
         return gpu
 
@@ -651,6 +671,8 @@ class SimulatedNvml:
 def _host_process(gpu: _Gpu, k: int, jitter: float) -> HostProcess:
     p = gpu.processes[k]
     busiest = min(p.busiest_thread_cpu_ratio * jitter, 1.0)
+    # The job's rank is the GPU's first process; a second one on it (contention) is a stranger.
+    identity = gpu.identity if k == 0 else None
     return HostProcess(
         pid=gpu.pid_base + k, name=p.name, user=p.user, cmdline=p.cmdline, state=p.state,
         cpu_ratio=p.cpu_ratio * jitter, busiest_thread_cpu_ratio=busiest,
@@ -658,7 +680,8 @@ def _host_process(gpu: _Gpu, k: int, jitter: float) -> HostProcess:
         children_wait_ratio=0.0 if p.children else None, ppid=1, threads=p.threads, threads_in_disk_wait=p.threads_in_disk_wait, children=p.children,
         children_cpu_ratio=p.children_cpu_ratio * jitter, rss_bytes=4 * GIB,
         io_read_bytes_per_second=p.io_read_bytes_per_second, io_write_bytes_per_second=0.0,
-        job=f"{p.user}:{p.cmdline.split()[-1] if p.cmdline else p.name}",
+        job=job_name(JOB_RULES, identity, p.user, p.cmdline.split()[-1] if p.cmdline else p.name),
+        identity=identity,
     )
 
 
