@@ -251,6 +251,15 @@ class StackProfile:
 
 
 @dataclass(frozen=True, slots=True)
+class Contribution:
+    """A cause beside a finding's primary one: its own signature matched the same window."""
+
+    cause: str
+    summary: str
+    evidence: Mapping[str, float | int | str | None]
+
+
+@dataclass(frozen=True, slots=True)
 class Finding:
     """Why a GPU is under-used or inefficient: a cause from the taxonomy, with its evidence."""
 
@@ -261,6 +270,8 @@ class Finding:
     advice: str
     summary: str = ""
     stacks: StackProfile | None = None  # the culprit's Python stacks, for a host-side cause
+    # Up to two more causes (judge/diagnose.py): the page routes on ``cause`` alone.
+    contributing: tuple[Contribution, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, order=True)

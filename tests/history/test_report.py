@@ -119,6 +119,11 @@ def test_each_cause_carries_its_advice(url):
         assert cause.advice == ADVICE[cause.cause]
 
 
+def test_a_cause_lists_the_causes_found_beside_it(url):
+    contention = next(c for c in report(url).causes if c.cause == "contention")
+    assert "launch_bound" in contention.contributing
+
+
 def test_the_jobs_that_waste_most_come_first(url):
     top = report(url).top_jobs
     assert [u.wasted_gpu_hours for u in top] == sorted((u.wasted_gpu_hours for u in top), reverse=True)

@@ -427,3 +427,36 @@ def test_a_main_thread_seen_in_disk_wait_on_most_ticks_is_io_bound():
     found = finding(DISK_DIRECT_READ, io_read_bytes_per_second=5e6, pcie_bytes_per_second=5e6,
                     main_thread_disk_wait_ratio=0.8)
     assert found.cause == "io_bound" and found.evidence["main_thread_disk_wait"] == 0.8
+
+
+# -- contributing causes ---------------------------------------------------------------------------
+
+# Two batch-1 decode servers on one GPU, over the threshold (the H100 corpus's busy_decode_server x2:
+# util 0.71): DRAM-bound, and two processes each with a real share of the GPU.
+TWO_DECODERS = replace(
+    SMALL_STEPS, utilization=0.71, nvml_utilization=0.9, tensor_active=0.05, dram_active=0.75,
+    flops_utilization=0.04, processes=2, process_shares={1: 0.45, 2: 0.44}, cpu_ratio=1.9,
+    busiest_thread_cpu_ratio=0.95)
+
+
+def test_memory_bound_decoders_sharing_a_gpu_name_the_sharing_as_contributing():
+    found = finding(TWO_DECODERS)
+    assert (found.cause, found.severity) == ("memory_bound", "ticket")
+    assert [c.cause for c in found.contributing] == ["contention"]
+    assert "sm_shares" in found.contributing[0].evidence
+
+
+def test_a_gpu_shared_under_the_threshold_names_what_each_job_suffers_from_beside_the_sharing():
+    found = finding(utilization=0.2, nvml_utilization=0.9, processes=2, process_shares={1: 0.45, 2: 0.44})
+    assert found.cause == "contention"
+    assert [c.cause for c in found.contributing] == ["launch_bound"]
+
+
+def test_one_job_alone_has_no_contributing_cause():
+    assert finding().contributing == ()
+
+
+def test_at_most_two_causes_contribute():
+    found = finding(TWO_DECODERS, driver_major=470, pcie_width=8, power_limit_ratio=0.7, sm_clock_ratio=0.6,
+                    throttle={"sw_power_cap": 0.9})
+    assert len(found.contributing) == 2

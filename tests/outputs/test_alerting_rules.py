@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from flopwatch.outputs.alerting import MemoryOutbox, UnderutilizationAlerts, parse_target
-from flopwatch.model import Finding, GpuFigures, PodContainer, ProcessView
+from flopwatch.model import Allocation, Contribution, Finding, GpuFigures, PodContainer, ProcessView
+from flopwatch.outputs.alerting import MemoryOutbox, UnderutilizationAlerts, annotations, parse_target
 
 
 @dataclass
@@ -16,6 +16,7 @@ class Gpu:
     finding: Finding | None
     processes: tuple[ProcessView, ...] = ()
     pods: tuple[PodContainer, ...] = ()
+    allocation: Allocation | None = None
 
 
 def gpu(utilization: float | None, cause: str | None = None, index: int = 0, severity: str = "page") -> Gpu:
@@ -140,3 +141,15 @@ def test_an_alertmanager_url_posts_to_the_v2_api_and_is_named_without_credential
     assert target.post_url == "http://am.example:9093/api/v2/alerts"
     assert target.name == "http://am.example:9093"
     assert target.authorization == "Basic cGFnZXI6czNjcmV0"
+
+
+def test_a_pages_annotations_name_its_contributing_causes_and_its_labels_route_on_the_primary():
+    shared = gpu(0.2, "contention")
+    shared = Gpu(shared.figures, replace(shared.finding, contributing=(
+        Contribution("launch_bound", "Kernels too small to keep the GPU busy (launch-bound)", {}),)), shared.processes)
+    assert annotations(shared, "http://n1:9765")["contributing"] == \
+        "launch_bound: Kernels too small to keep the GPU busy (launch-bound)"
+    alerts = tracker()
+    alerts.update(0.0, [shared])
+    changes = alerts.update(121.0, [shared])
+    assert [a.labels["cause"] for a in changes.started] == ["contention"]

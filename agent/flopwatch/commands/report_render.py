@@ -115,6 +115,8 @@ def render_text(report: Report) -> str:
         for c in report.causes:
             lines.append(f"- {c.cause}: {c.wasted_gpu_hours:,.2f} GPU-hours ({c.share:.0%}), {c.summary}.")
             lines.append(f"  {c.advice}")
+            if c.contributing:
+                lines.append(f"  Found with: {', '.join(c.contributing)}.")
             if c.top_stack:
                 lines.append(f"  Stack: {c.top_stack}")
     return "\n".join(lines) + "\n"
@@ -186,7 +188,8 @@ def render_table(report: Report) -> str:
         causes.add_column(column, overflow="fold")
     for c in report.causes:
         causes.add_row(c.cause, f"{c.wasted_gpu_hours:,.2f}", f"{c.share:.0%}",
-                       c.advice + (f"\nStack: {c.top_stack}" if c.top_stack else ""))
+                       c.advice + (f"\nFound with: {', '.join(c.contributing)}" if c.contributing else "")
+                       + (f"\nStack: {c.top_stack}" if c.top_stack else ""))
     parts = [title(report), *_headline(report), *([""] + _held_back(report) if report.held_back else []), "",
              render(causes) if report.causes else "No GPU time wasted."]
     groups = Table(title=f"By {report.group_by}")
@@ -362,7 +365,8 @@ def render_html(report: Report) -> str:
         parts.append(_table(["cause", "wasted GPU-h", "share", "what it is", "advice"], (
             [f'<span class="swatch" style="background:{_color(c.cause)}"></span>{e(c.cause)}',
              f"{c.wasted_gpu_hours:,.2f}", f"{c.share:.0%}", e(c.summary),
-             e(c.advice) + (f"<br><code>{e(c.top_stack)}</code>" if c.top_stack else "")]
+             e(c.advice) + (f"<br>Found with: {e(', '.join(c.contributing))}" if c.contributing else "")
+             + (f"<br><code>{e(c.top_stack)}</code>" if c.top_stack else "")]
             for c in report.causes), {1, 2}))
         numeric = set(range(1, 6)) | set(range(7, 12))
         parts.append(f"<h2>By {e(report.group_by)}</h2>")

@@ -58,6 +58,7 @@ def status_table(doc: dict) -> str:
             cause = f"unreadable: {g['error']}"
         elif finding:
             cause = f"{finding['cause']} ({finding['severity']}, {finding['confidence']:.0%})"
+            cause += "".join(f" + {c['cause']}" for c in finding.get("contributing") or ())
             notes.append(f"GPU {g['index']}: {finding['summary']}. {finding['advice']}")
             evidence = finding.get("evidence") or {}
             if evidence.get("stack_summary"):

@@ -124,6 +124,7 @@ class CauseWaste:
     summary: str
     advice: str
     top_stack: str | None = None  # the culprit's stack when this cause was last found with one
+    contributing: tuple[str, ...] = ()  # causes found beside it in the range
 
 
 @dataclass(frozen=True)
@@ -207,6 +208,7 @@ class Read:
     points: dict[tuple[int, str | None], Cell]  # by plot bucket and cause, over every GPU read
     users: dict[str, str]
     stacks: dict[str, str] = field(default_factory=dict)  # cause → its latest finding's stack summary
+    contributing: dict[str, tuple[str, ...]] = field(default_factory=dict)  # cause → causes found beside it
     held_back: list[HeldBackTime] = field(default_factory=list)
 
 
@@ -239,7 +241,7 @@ def read_history(url: str, query: Query, progress: Callable[[int, int], None] | 
             if read.cells:
                 break
         read.users = _users(connection, {k.job for k in read.cells if k.job})
-        read.stacks = _stacks(connection, query, {(k.host, k.gpu) for k in read.cells})
+        read.stacks, read.contributing = _notes(connection, query, {(k.host, k.gpu) for k in read.cells})
         read.held_back = _held_back(connection, query)
         return read
 
@@ -409,30 +411,36 @@ def _users(connection: Connection, jobs: set[str]) -> dict[str, str]:
     return {job: min(c.items(), key=lambda kv: (-kv[1], kv[0]))[0] for job, c in counts.items()}
 
 
-# Findings read for their stacks, newest first: enough to find one per cause in a busy range.
+# Findings read for their stacks and contributing causes, newest first: enough for each cause in a
+# busy range.
 STACK_FINDINGS = 500
 
 
-def _stacks(connection: Connection, query: Query, gpus: set[tuple[str, int]]) -> dict[str, str]:
+def _notes(connection: Connection, query: Query,
+           gpus: set[tuple[str, int]]) -> tuple[dict[str, str], dict[str, tuple[str, ...]]]:
     """For each cause, the stack summary of its newest finding on the report's GPUs in the range
-    (with a job: while the job ran there) that has one."""
+    (with a job: while the job ran there) that has one, and the causes found contributing beside it."""
     if not gpus:
-        return {}
+        return {}, {}
     f, spans = schema.findings, schema.job_spans
     where = [f.c.start_ts < query.until, or_(f.c.end_ts.is_(None), f.c.end_ts >= query.since),
-             f.c.evidence.like('%"stack_summary"%'),
+             or_(f.c.evidence.like('%"stack_summary"%'), f.c.evidence.like('%"contributing"%')),
              or_(*(and_(f.c.host == host, f.c.gpu == gpu) for host, gpu in sorted(gpus)))]
     if query.job is not None:
         where.append(select(spans.c.id).where(
             spans.c.host == f.c.host, spans.c.gpu == f.c.gpu, spans.c.job == query.job,
             spans.c.start_ts <= f.c.start_ts, or_(spans.c.end_ts.is_(None), spans.c.end_ts >= f.c.start_ts)).exists())
     found: dict[str, str] = {}
+    beside: dict[str, dict[str, None]] = defaultdict(dict)  # an ordered set: newest first
     for row in connection.execute(select(f.c.cause, f.c.evidence).where(*where)
                                   .order_by(f.c.start_ts.desc()).limit(STACK_FINDINGS)):
-        summary = json.loads(row.evidence).get("stack_summary")
+        evidence = json.loads(row.evidence)
+        summary = evidence.get("stack_summary")
         if summary and row.cause not in found:
             found[row.cause] = summary
-    return found
+        for contribution in evidence.get("contributing") or ():
+            beside[row.cause][contribution["cause"]] = None
+    return found, {cause: tuple(causes) for cause, causes in beside.items()}
 
 
 def _held_back(connection: Connection, query: Query) -> list[HeldBackTime]:
@@ -488,7 +496,8 @@ def build_report(read: Read, query: Query, *, interval_seconds: float, utilizati
     top_jobs = sorted((u for u in jobs if u.wasted_gpu_hours > 0 and u.name != NO_JOB),
                       key=lambda u: (-u.wasted_gpu_hours, u.name))[:TOP_JOBS]
     causes = [CauseWaste(cause, hours, hours / total.wasted_gpu_hours, hours * prices.per_gpu_hour,
-                         SUMMARY.get(cause, cause), ADVICE.get(cause, ""), read.stacks.get(cause))
+                         SUMMARY.get(cause, cause), ADVICE.get(cause, ""), read.stacks.get(cause),
+                         read.contributing.get(cause, ()))
               for cause, hours in total.wasted_by_cause.items()]
     return Report(
         since=query.since, until=query.until, level=read.level, interval_seconds=interval_seconds,
@@ -587,7 +596,7 @@ def as_dict(report: Report) -> dict[str, Any]:
         "total": usage(report.total),
         "causes": [{"cause": c.cause, "wasted_gpu_hours": c.wasted_gpu_hours, "share": c.share,
                     "wasted_cost": c.wasted_cost, "summary": c.summary, "advice": c.advice,
-                    "top_stack": c.top_stack}
+                    "top_stack": c.top_stack, "contributing": list(c.contributing)}
                    for c in report.causes],
         "group_by": report.group_by, "groups": [usage(u) for u in report.groups],
         "top_jobs": [usage(u) for u in report.top_jobs],

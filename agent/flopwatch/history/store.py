@@ -40,7 +40,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 from flopwatch.history import schema as schema
 from flopwatch.config import ConfigError, HistoryConfig
 from flopwatch.model import AgentState, Finding
-from flopwatch.judge.evidence import evidence_document
+from flopwatch.judge.evidence import contributing_document, evidence_document
 
 log = logging.getLogger(__name__)
 
@@ -734,8 +734,11 @@ class HistoryStore:
 
 
 def _finding_row(finding: Finding) -> dict:
+    evidence = evidence_document(finding)
+    if finding.contributing:
+        evidence["contributing"] = contributing_document(finding)
     return {"cause": finding.cause, "severity": finding.severity, "confidence": finding.confidence,
-            "evidence": json.dumps(evidence_document(finding), default=str, sort_keys=True),
+            "evidence": json.dumps(evidence, default=str, sort_keys=True),
             "advice": finding.advice, "summary": finding.summary}
 
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from flopwatch.model import Finding, WindowFigures
+from flopwatch.model import Contribution, Finding, WindowFigures
 from flopwatch.thresholds import Thresholds
 from flopwatch.judge import allocation
 from flopwatch.judge.causes import clocks, communication, host, idle, kernels, phases, system
-from flopwatch.judge.causes.rule import Cause, Rule, base_evidence, context
+from flopwatch.judge.causes.rule import Cause, Context, Rule, base_evidence, context
 from flopwatch.judge.signals import Signals, TickWindow, signals, window_figures
 
 # The taxonomy. Names are stable identifiers: metrics, alerts and the history carry them.
@@ -87,18 +87,47 @@ class DiagnosisState:
     window: WindowFigures | None = None
 
 
+# Contributing causes: conditions that hold whatever else does (who shares the GPU, its clocks, its
+# memory bandwidth, the node), tried beside every primary cause; and, where the primary is
+# contention, what each sharing job suffers from besides (the rules after it in its table).
+ALONGSIDE: tuple[Rule, ...] = (
+    kernels.contention, kernels.contention_busy, kernels.memory_bound, kernels.memory_bound_busy,
+    clocks.power_capped, clocks.thermal_throttled, clocks.clocks_capped, system.system,
+)
+MAX_CONTRIBUTING = 2
+
+
 def classify(s: Signals, th: Thresholds) -> Finding | None:
-    """The most likely cause for one window, or None when the GPU is doing its job."""
+    """The most likely cause for one window, with up to two contributing ones, or None when the
+    GPU is doing its job."""
     if s.utilization is None:
         return None
     if (ruled := allocation.rule(s, th)) is not allocation.PASS:  # a free GPU (None), held_unused, unallocated_use
         return ruled
     c = context(s, s.utilization, th)
-    for rule in UNDER_THRESHOLD if s.utilization < th.utilization_threshold else BUSY:
+    table = UNDER_THRESHOLD if s.utilization < th.utilization_threshold else BUSY
+    for place, rule in enumerate(table):
         found = rule(s, c, th)
         if found is not None:
-            return found
+            later = table[place + 1:] if found.cause == kernels.CONTENTION.name else ()
+            return replace(found, contributing=_contributing(found, (*later, *ALONGSIDE), s, c, th))
     return None
+
+
+def _contributing(primary: Finding, rules: tuple[Rule, ...], s: Signals, c: Context, th: Thresholds) -> tuple[Contribution, ...]:
+    out: list[Contribution] = []
+    seen = {primary.cause, system.UNKNOWN.name}
+    base = base_evidence(s)
+    for rule in rules:
+        found = rule(s, c, th)
+        if found is None or found.cause in seen:
+            continue
+        seen.add(found.cause)
+        evidence = {k: v for k, v in found.evidence.items() if k not in base}
+        out.append(Contribution(found.cause, found.summary, evidence))
+        if len(out) == MAX_CONTRIBUTING:
+            break
+    return tuple(out)
 
 
 def diagnose(window: TickWindow, th: Thresholds, state: DiagnosisState = DiagnosisState()) -> DiagnosisState:

@@ -24,3 +24,8 @@ def evidence_document(finding: Finding) -> dict[str, Any]:
     doc["stack_samples"] = profile.samples
     doc["stack_summary"] = stack_summary(profile)
     return doc
+
+
+def contributing_document(finding: Finding) -> list[dict[str, Any]]:
+    """The causes contributing beside the finding's own, each with its evidence."""
+    return [{"cause": c.cause, "summary": c.summary, "evidence": dict(c.evidence)} for c in finding.contributing]

@@ -146,6 +146,8 @@ def annotations(gpu: GpuView, generator_url: str) -> dict[str, str]:
                     else f"GPU {gpu.figures.index} under-utilized"),
         "evidence": ", ".join(f"{k}={_plain(v)}" for k, v in evidence.items()),
         "advice": finding.advice if finding else "",
+        **({"contributing": "; ".join(f"{c.cause}: {c.summary}" for c in finding.contributing)}
+           if finding is not None and finding.contributing else {}),
         "jobs": ", ".join(sorted({p.job for p in gpu.processes} | {p.job for p in gpu.pods})),
         "link": generator_url,
         **_stacks(finding),

@@ -159,6 +159,8 @@ class Exporter:
                                     "started (Unix time; Slurm).", labels=GPU_LABELS)
         confidence = GaugeMetricFamily("flopwatch_finding_confidence", "Confidence in the current finding.",
                                        labels=GPU_LABELS + ["cause"])
+        contributing = GaugeMetricFamily("flopwatch_finding_contributing", "1 for each cause contributing beside the "
+                                         "current finding's (at most two a GPU).", labels=GPU_LABELS + ["cause"])
         for g in gpus:
             labels = _labels(g)
             if g.below_threshold:
@@ -170,6 +172,8 @@ class Exporter:
                 f = g.finding
                 info.add_metric(labels + [f.cause, f.severity, f.summary, f.advice] + owner, 1)
                 confidence.add_metric(labels + [f.cause], f.confidence)
+                for c in f.contributing:
+                    contributing.add_metric(labels + [c.cause], 1)
             if g.allocation is not None:
                 held.add_metric(labels + [g.allocation.scheduler] + owner, 1)
                 if g.allocation.started_at is not None:
@@ -177,6 +181,7 @@ class Exporter:
         yield below
         yield info
         yield confidence
+        yield contributing
         yield held
         yield started
 

@@ -6,7 +6,7 @@ from dataclasses import asdict
 from typing import Any
 
 from flopwatch.model import AgentState, Allocation, Finding, GpuState, TokenFigures
-from flopwatch.judge.evidence import evidence_document
+from flopwatch.judge.evidence import contributing_document, evidence_document
 from flopwatch.sources.pod_resources import LABELS as POD_LABELS, holder_labels
 
 
@@ -98,4 +98,5 @@ def _finding(finding: Finding | None) -> dict[str, Any] | None:
     if finding is None:
         return None
     return {"cause": finding.cause, "severity": finding.severity, "confidence": finding.confidence,
-            "evidence": evidence_document(finding), "advice": finding.advice, "summary": finding.summary}
+            "evidence": evidence_document(finding), "advice": finding.advice, "summary": finding.summary,
+            "contributing": contributing_document(finding)}
