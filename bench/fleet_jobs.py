@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import (agent_env, cpu_seconds, final, free_port, postgres_server, scrape,  # noqa: E402
                           start_agent, stop, table)
-from tests.fixtures_prometheus import start_alertmanager  # noqa: E402
+from tests.servers.prometheus import start_alertmanager  # noqa: E402
 
 GPUS = 8
 WAIT = "communication_bound"

@@ -18,7 +18,7 @@ from flopwatch.history.report import HeldBackTime, Prices, Query, build_report, 
 from flopwatch.history.store import HistoryStore, open_engine
 from flopwatch.outputs.job_alerts import AlertmanagerPoster, JobPages
 from flopwatch.outputs.job_metrics import JobExporter
-from tests.fixtures_prometheus import eventually, start_alertmanager
+from tests.servers.prometheus import eventually, start_alertmanager
 
 WALL_START = 1.8e9
 SECONDS = 40
