@@ -60,9 +60,12 @@ def test_the_kustomization_applies_every_manifest():
     assert sorted(load(DEPLOY / "kustomization.yaml")["resources"]) == sorted(manifests())
 
 
+CLUSTER_WIDE = ("Namespace", "ClusterRole", "ClusterRoleBinding")
+
+
 def test_everything_lives_in_the_namespace_it_creates():
     resources = [*manifests().values(), *(load(p) for p in OPERATOR.glob("*.yaml"))]
-    namespaced = {r["metadata"].get("namespace") for r in resources if r["kind"] != "Namespace"}
+    namespaced = {r["metadata"].get("namespace") for r in resources if r["kind"] not in CLUSTER_WIDE}
     assert namespaced == {manifests()["namespace.yaml"]["metadata"]["name"]}
 
 
@@ -207,3 +210,20 @@ def test_what_the_build_stage_copies_builds_the_wheel_with_the_cli_and_the_kubel
 def _mebibytes(quantity: str) -> float:
     number, unit = re.fullmatch(r"(\d+)(Mi|Gi)", quantity).groups()
     return int(number) * (1024 if unit == "Gi" else 1)
+
+
+RECLAIM = DEPLOY / "reclaim"
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("path", sorted(RECLAIM.glob("*.yaml")), ids=lambda p: p.name)
+def test_the_opt_in_reclaim_rbac_is_valid_for_kubernetes(path, version):
+    kubernetes_validate.validate(load(path), version, strict=True)
+
+
+def test_the_agent_may_create_events_and_delete_pods_only_with_the_reclaim_files():
+    rules = {(tuple(r["resources"]), tuple(r["verbs"])) for m in manifests().values() if m["kind"] == "ClusterRole"
+             for r in m["rules"]}
+    assert rules == {(("events",), ("create",))}
+    assert [r for r in load(RECLAIM / "clusterrole-reclaim.yaml")["rules"]] == [
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["delete"]}]

@@ -122,6 +122,25 @@ class KubernetesConfig:
     pod_labels: bool = True  # namespace, pod and container labels on per-GPU series
     refresh_interval_seconds: float = 10.0
     timeout_seconds: float = 2.0
+    # The API server, for pod Events and reclaim's pod deletion (outputs/kubernetes_api.py); only
+    # used when one of those is on. "": in the cluster, https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT.
+    api_url: str = ""
+    token_file: str = "/var/run/secrets/kubernetes.io/serviceaccount/token"  # "" or missing: no Authorization
+    ca_file: str = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"  # "": the system's CAs
+    api_timeout_seconds: float = 5.0
+    # An Event on a pod whose GPU it holds unused (held_unused, held_idle), so `kubectl describe pod`
+    # shows it: once the finding has lasted event_after_seconds, then at most once per pod every
+    # event_interval_seconds.
+    events: bool = False
+    event_after_seconds: float = 1800.0
+    event_interval_seconds: float = 3600.0
+
+    def check(self) -> None:
+        if self.api_url and not self.api_url.startswith("https://"):
+            raise ConfigError(f"bad value for [kubernetes].api_url: {self.api_url!r}; it must start with https://")
+        for key in ("api_timeout_seconds", "event_interval_seconds"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"bad value for [kubernetes].{key}: {getattr(self, key)!r}; it must be > 0")
 
 
 @dataclass
@@ -149,22 +168,36 @@ RECLAIM_MODES = ("off", "dry-run", "on")
 
 @dataclass
 class ReclaimConfig:
-    """Ending jobs that hold GPUs and use none (outputs/reclaim.py). Off unless asked."""
+    """Ending jobs that hold GPUs and use none (outputs/reclaim.py). Off unless asked, per scheduler."""
 
     slurm: str = "off"  # "off"; "dry-run": decide and record, cancel nothing; "on": scancel the job
+    kubernetes: str = "off"  # as slurm; "on": delete the pod through the API server ([kubernetes].api_url)
+    host: str = "off"  # as slurm, on a GPU no scheduler gave anyone; "on": SIGTERM the held_idle process
     causes: list[str] = field(default_factory=lambda: ["held_unused", "held_idle"])
     after_seconds: float = 7200.0  # every GPU of the job here held unused (or idle) this long, without a break
     min_job_age_seconds: float = 3600.0
-    # Allow-lists, both must match; empty: no job; "*": any.
+    # Allow-lists; empty: none; "*": any. Slurm: partition and user must match; Kubernetes: the
+    # pod's namespace; host: the process's user.
     partitions: list[str] = field(default_factory=list)
     users: list[str] = field(default_factory=list)
+    namespaces: list[str] = field(default_factory=list)
     scancel: str = "scancel"
     timeout_seconds: float = 10.0
-    attempts: int = 5  # a failed scancel is tried again after 5 s, 10 s, 20 s, …
+    attempts: int = 5  # a failed action is tried again after 5 s, 10 s, 20 s, …
 
     def check(self) -> None:
-        if self.slurm not in RECLAIM_MODES:
-            raise ConfigError(f"bad value for [reclaim].slurm: {self.slurm!r}; valid: {', '.join(RECLAIM_MODES)}")
+        for key in ("slurm", "kubernetes", "host"):
+            if getattr(self, key) not in RECLAIM_MODES:
+                raise ConfigError(f"bad value for [reclaim].{key}: {getattr(self, key)!r}; "
+                                  f"valid: {', '.join(RECLAIM_MODES)}")
+        for key in ("after_seconds", "min_job_age_seconds"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"bad value for [reclaim].{key}: {getattr(self, key)!r}; it must be >= 0")
+        if self.attempts < 1:
+            raise ConfigError(f"bad value for [reclaim].attempts: {self.attempts!r}; it must be >= 1")
+
+    def enabled(self) -> bool:
+        return (self.slurm, self.kubernetes, self.host) != ("off", "off", "off")
 
 
 @dataclass

@@ -332,3 +332,52 @@ def test_a_cause_shows_the_stack_its_culprit_was_last_found_in(tmp_path):
     [cause] = report(stacked).causes
     assert (cause.cause, cause.top_stack) == ("input_starved", "62 % in encode (prep.py:88) ← collate (train.py:41)")
     assert "  Stack: 62 % in encode (prep.py:88)" in cli("--history", stacked, *WINDOW, "--format", "text").stdout
+
+
+# -- reclaim decisions and actions -----------------------------------------------------------
+
+
+RECLAIMED = [
+    {"ts": T0 + 60, "scheduler": "slurm", "job": "slurm:41", "user": "ana", "account": "ml", "partition": "gpu",
+     "action": "scancel", "mode": "on", "cause": "held_unused", "held_seconds": 7200.0, "outcome": "decided"},
+    {"ts": T0 + 61, "scheduler": "slurm", "job": "slurm:41", "user": "ana", "account": "ml", "partition": "gpu",
+     "action": "scancel", "mode": "on", "cause": "held_unused", "held_seconds": 7200.0, "outcome": "done"},
+]
+
+
+@pytest.fixture
+def reclaim_url(tmp_path) -> str:
+    url = f"sqlite:///{tmp_path / 'history.db'}"
+    store = HistoryStore(url, "node1")
+    for row in RECLAIMED:
+        store.record_reclaim(row)
+    store.close()
+    return url
+
+
+def test_json_lists_every_reclaim_decision_and_action(reclaim_url):
+    reclaim = json.loads(cli("--history", reclaim_url, *WINDOW, "--format", "json").stdout)["reclaim"]
+    assert [{k: a[k] for k in RECLAIMED[0]} for a in reclaim] == RECLAIMED
+    assert {a["host"] for a in reclaim} == {"node1"}
+
+
+def test_csv_has_a_reclaim_row_for_each(reclaim_url):
+    rows = csv.DictReader(io.StringIO(cli("--history", reclaim_url, *WINDOW, "--format", "csv").stdout))
+    assert [(r["name"], r["action"], r["mode"], r["top_cause"], r["user"], r["outcome"])
+            for r in rows if r["section"] == "reclaim"] == [
+        ("slurm:41", "scancel", "on", "held_unused", "ana", "decided"),
+        ("slurm:41", "scancel", "on", "held_unused", "ana", "done")]
+
+
+def test_the_html_page_has_a_reclaim_table(reclaim_url, tmp_path):
+    page = tmp_path / "report.html"
+    assert cli("--history", reclaim_url, *WINDOW, "--format", "html", "-o", str(page)).exit_code == 0
+    text = page.read_text()
+    assert "<h2>Reclaim: decisions and actions</h2>" in text
+    assert text.count("<td>slurm:41</td>") == 2 and "<td>done</td>" in text
+
+
+@pytest.mark.parametrize("fmt", ["table", "text"])
+def test_the_terminal_formats_list_them_too(reclaim_url, fmt):
+    out = cli("--history", reclaim_url, *WINDOW, "--format", fmt).stdout
+    assert "scancel slurm:41 (on)  user=ana partition=gpu  held_unused for 7200 s  → done" in out

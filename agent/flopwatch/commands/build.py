@@ -153,10 +153,22 @@ def run_sinks(config: Config) -> list:
         store = next((s for s in sinks if s.name == "store"), None)
         outbox = StoreOutbox(store) if store is not None else None
         sinks.append(AlertmanagerSink(config, outbox=outbox).start())
-    if config.reclaim.slurm != "off":
+    kubernetes_api = None
+    if config.reclaim.kubernetes == "on" or config.kubernetes.events:
+        from flopwatch.outputs.kubernetes_api import KubernetesAPI
+
+        try:
+            kubernetes_api = KubernetesAPI.from_config(config.kubernetes)
+        except ConfigError as e:
+            raise UsageError(str(e)) from None
+    if config.kubernetes.events:
+        from flopwatch.outputs.pod_events import PodEvents
+
+        sinks.append(PodEvents(config.kubernetes, kubernetes_api, node=config.agent.node_name()))
+    if config.reclaim.enabled():
         from flopwatch.outputs.reclaim import Reclaimer
 
         store = next((s for s in sinks if s.name == "store"), None)
         sinks.append(Reclaimer(config.reclaim, history=store.record_reclaim if store is not None else None,
-                               slurm_conf=config.slurm.conf))
+                               slurm_conf=config.slurm.conf, kubernetes=kubernetes_api))
     return sinks

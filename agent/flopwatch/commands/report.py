@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -97,28 +98,14 @@ def _build(url, config_path, since, until, job, gpu, host, group_by, fmt, level,
         report = build_report(read, query, interval_seconds=config.agent.interval_seconds,
                               utilization_threshold=config.diagnosis.utilization_threshold,
                               prices=Prices(t.price_per_gpu_hour, t.price_per_kwh, t.currency), group_by=group_by)
-        text = RENDERERS[fmt](report)
-        if fmt in ("table", "text"):
-            text += _reclaim_lines(reclaim_actions(url, since, until, host))
-        return text, report.empty
+        report = dataclasses.replace(report, reclaim=reclaim_actions(url, since, until, host))
+        return RENDERERS[fmt](report), report.empty
     except ConfigError as e:
         raise _Exit(str(e), 2) from None
     except MissingExtra as e:
         raise _Exit(str(e), 2) from None
     except HistoryError as e:
         raise _Exit(str(e), 1) from None
-
-
-def _reclaim_lines(actions: list[dict]) -> str:
-    """Every reclaim decision and action of the range: when, what, whose, why, and what came of it."""
-    if not actions:
-        return ""
-    lines = ["", "Reclaim (decisions and actions):"]
-    for a in actions:
-        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(a["ts"]))
-        lines.append(f"  {when}  {a['host']}  {a['action']} {a['job']} ({a['mode']})  user={a['user'] or '?'} "
-                     f"partition={a['partition'] or '?'}  {a['cause']} for {a['held_seconds']:.0f} s  → {a['outcome']}")
-    return "\n".join(lines) + "\n"
 
 
 def _read_with_progress(read_history, url, query):  # noqa: ANN001, ANN202

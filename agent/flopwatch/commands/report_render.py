@@ -31,6 +31,10 @@ def _when(ts: float) -> str:
     return datetime.fromtimestamp(ts).isoformat(sep=" ", timespec="minutes")
 
 
+def _when_seconds(ts: float) -> str:
+    return datetime.fromtimestamp(ts).isoformat(sep=" ", timespec="seconds")
+
+
 def _pct(value: float | None) -> str:
     return MISSING if value is None else f"{value * 100:.1f}%"
 
@@ -103,10 +107,22 @@ def _held_back(report: Report) -> list[str]:
         for h in report.held_back)]
 
 
+def _reclaim_line(a: dict[str, Any]) -> str:
+    """One reclaim decision or action: when, what, whose, why, and what came of it."""
+    where = f"partition={a['partition'] or '?'}" if a["scheduler"] == "slurm" else a["scheduler"]
+    return (f"{_when_seconds(a['ts'])}  {a['host']}  {a['action']} {a['job']} ({a['mode']})  user={a['user'] or '?'} "
+            f"{where}  {a['cause']} for {a['held_seconds']:.0f} s  → {a['outcome']}")
+
+
+def _reclaim_lines(report: Report) -> list[str]:
+    return ["", "Reclaim (decisions and actions):", *(f"  {_reclaim_line(a)}" for a in report.reclaim)] \
+        if report.reclaim else []
+
+
 def render_text(report: Report) -> str:
     """A short summary for a scheduler's epilog to mail: the figures, then each cause and its fix."""
     if report.empty:
-        return empty_message(report) + "\n"
+        return "\n".join([empty_message(report), *_reclaim_lines(report)]) + "\n"
     lines = [title(report), "", *_headline(report)]
     if report.held_back:
         lines += ["", *_held_back(report)]
@@ -119,7 +135,7 @@ def render_text(report: Report) -> str:
                 lines.append(f"  Found with: {', '.join(c.contributing)}.")
             if c.top_stack:
                 lines.append(f"  Stack: {c.top_stack}")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + _reclaim_lines(report)) + "\n"
 
 
 def render_json(report: Report) -> str:
@@ -128,12 +144,14 @@ def render_json(report: Report) -> str:
 
 CSV_COLUMNS = ("section", "name", "gpu_hours", "mean_utilization", "mean_flops_utilization",
                "wasted_gpu_hours", "wasted_share", "energy_kwh", "tokens", "joules_per_token", "cost",
-               "wasted_cost", "top_cause", "advice")
+               "wasted_cost", "top_cause", "advice",
+               # a ``reclaim`` row's (its name is the job, its top_cause the cause that made the decision)
+               "ts", "host", "user", "scheduler", "action", "mode", "held_seconds", "outcome")
 
 
 def render_csv(report: Report) -> str:
     """One row per figure set: ``total``, each group (section = the grouping), each ``cause``,
-    each ``top_job``. The numbers are JSON's, unrounded."""
+    each ``top_job``; then one ``reclaim`` row per decision or action. The numbers are JSON's, unrounded."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
@@ -147,6 +165,9 @@ def render_csv(report: Report) -> str:
     rows += [["cause", c.cause, None, None, None, c.wasted_gpu_hours, c.share, None, None, None, None,
               c.wasted_cost, c.cause, c.advice] for c in report.causes]
     rows += [usage_row("top_job", u) for u in report.top_jobs]
+    usage_blanks = [None] * (CSV_COLUMNS.index("top_cause") - 2)
+    rows += [["reclaim", a["job"], *usage_blanks, a["cause"], "", a["ts"], a["host"], a["user"], a["scheduler"],
+              a["action"], a["mode"], a["held_seconds"], a["outcome"]] for a in report.reclaim]
     writer.writerows([["" if v is None else v for v in row] for row in rows])
     return buffer.getvalue()
 
@@ -178,7 +199,7 @@ def _more(report: Report) -> list[str]:
 def render_table(report: Report) -> str:
     """The terminal view: headline, waste by cause with the fix, the groups, the top jobs."""
     if report.empty:
-        return empty_message(report)
+        return "\n".join([empty_message(report), *_reclaim_lines(report)])
     from rich.table import Table
 
     from flopwatch.commands.tables import render
@@ -205,7 +226,7 @@ def render_table(report: Report) -> str:
         for u in report.top_jobs:
             top.add_row(*_usage_cells(report, u))
         parts += ["", render(top)]
-    return "\n".join(parts)
+    return "\n".join(parts + _reclaim_lines(report))
 
 
 # -- HTML --------------------------------------------------------------------------------------
@@ -378,6 +399,13 @@ def render_html(report: Report) -> str:
             parts.append("<h2>Top jobs by waste</h2>")
             parts.append(_table(_usage_headings(report, "job"),
                                 ([e(c) for c in _usage_cells(report, u)] for u in report.top_jobs), numeric))
+    if report.reclaim:
+        parts.append("<h2>Reclaim: decisions and actions</h2>")
+        parts.append(_table(["when", "host", "action", "job", "mode", "user", "partition", "cause", "held",
+                             "outcome"], ([e(str(v)) for v in (
+            _when_seconds(a["ts"]), a["host"], a["action"], a["job"], a["mode"], a["user"] or MISSING,
+            a["partition"] or MISSING, a["cause"], _duration(a["held_seconds"]), a["outcome"])]
+            for a in report.reclaim), {8}))
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
             f'<meta name="viewport" content="width=device-width, initial-scale=1">'
             f"<title>{e(title(report))}</title><style>{_CSS}</style></head>"

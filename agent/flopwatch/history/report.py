@@ -176,6 +176,7 @@ class Report:
     step_seconds: float
     users: dict[str, str] = field(default_factory=dict)  # job → user
     held_back: list[HeldBackTime] = field(default_factory=list)  # with a job: by the judge, longest first
+    reclaim: list[dict[str, Any]] = field(default_factory=list)  # reclaim_actions' rows of the range, oldest first
 
     @property
     def empty(self) -> bool:
@@ -603,6 +604,7 @@ def as_dict(report: Report) -> dict[str, Any]:
         "users": report.users,
         "held_back": [{"verdict": h.verdict, "cause": h.cause, "host": h.host, "gpu": h.gpu, "rank": h.rank,
                        "seconds": h.seconds, "held_gpu_seconds": h.held_gpu_seconds} for h in report.held_back],
+        "reclaim": [{k: v for k, v in a.items() if k != "id"} for a in report.reclaim],
         "series": {"step_seconds": report.step_seconds, "points": [
             {"ts": p.ts, "gpus": p.gpus, "utilization": p.utilization,
              "flops_utilization": p.flops_utilization, "power_watts": p.power_watts,
