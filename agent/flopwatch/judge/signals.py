@@ -60,6 +60,10 @@ class Tick:
     # hold a context and idle.
     working: tuple[tuple[int, float | None], ...] = field(init=False, repr=False, compare=False)
     process_sums: ProcessSums = field(init=False, repr=False, compare=False)
+    # What it contributes to a window whose last processes are the first element: a tick enters
+    # two windows (the segment's and the recent stretch's), and the sums are made once.
+    parts: tuple[tuple[int, ...], dict[Hashable, float]] | None = field(default=None, init=False, repr=False,
+                                                                         compare=False)
     # The tick before: where both were made of the very same process readings (the readers hand
     # them back until their next counter read), its sums are this tick's.
     like: InitVar[Tick | None] = None
@@ -240,6 +244,14 @@ class TickWindow:
         self.ticks.clear()
 
     def _parts(self, tick: Tick) -> dict[Hashable, float]:
+        made = tick.parts
+        if made is not None and (made[0] is self._pids or made[0] == self._pids):
+            return made[1]
+        parts = self._make_parts(tick)
+        tick.parts = (self._pids, parts)
+        return parts
+
+    def _make_parts(self, tick: Tick) -> dict[Hashable, float]:
         # What signals() averages over the window, by the key each tick contributes it under.
         f, sample, peers = tick.figures, tick.sample, tick.peers
         values = (
