@@ -95,9 +95,9 @@ def simulated_config(scenarios: list[str], *, gpus_per_scenario: int = 1, proces
     return config
 
 
-def start(config: Config, sinks: Iterable[Any] = ()) -> LiveAgent:
-    """Build, tick once, schedule and serve, as ``flopwatch run`` does."""
-    ticks = TickLog()
+def start(config: Config, sinks: Iterable[Any] = (), keep_ticks: int = 10_000) -> LiveAgent:
+    """Build, tick once, schedule and serve, as ``flopwatch run`` does; the last ``keep_ticks`` are logged."""
+    ticks = TickLog(keep_ticks)
     sinks = [*sinks, ticks]
     built = build_agent(config, sinks=sinks)
     agent = built.agent
