@@ -122,7 +122,7 @@ class KubernetesConfig:
     pod_labels: bool = True  # namespace, pod and container labels on per-GPU series
     refresh_interval_seconds: float = 10.0
     timeout_seconds: float = 2.0
-    # The API server, for pod Events and reclaim's pod deletion (outputs/kubernetes_api.py); only
+    # The API server, for pod Events and reclaim's pod deletion (sources/kubernetes_api.py); only
     # used when one of those is on. "": in the cluster, https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT.
     api_url: str = ""
     token_file: str = "/var/run/secrets/kubernetes.io/serviceaccount/token"  # "" or missing: no Authorization

@@ -155,7 +155,7 @@ def run_sinks(config: Config) -> list:
         sinks.append(AlertmanagerSink(config, outbox=outbox).start())
     kubernetes_api = None
     if config.reclaim.kubernetes == "on" or config.kubernetes.events:
-        from flopwatch.outputs.kubernetes_api import KubernetesAPI
+        from flopwatch.sources.kubernetes_api import KubernetesAPI
 
         try:
             kubernetes_api = KubernetesAPI.from_config(config.kubernetes)
