@@ -204,14 +204,16 @@ class Agent:
         owners: Mapping[tuple[str, str], tuple[tuple[str, str], ...]] = {}
         if self.pod_owners is not None:
             answer = self.pod_owners.answer
-            owners, success[self.pod_owners.name], seconds[self.pod_owners.name] = answer.owners, answer.ok, answer.seconds
+            owners, success[self.pod_owners.name] = answer.owners, answer.ok
+            seconds[self.pod_owners.name] = answer.seconds
         if self.slurm is not None:
             answer = self.slurm.answer
             jobs, success[self.slurm.name], seconds[self.slurm.name] = answer.holders, answer.ok, answer.seconds
             slurm_says = answer.answered
             scheduled = scheduled or slurm_says
         gpus = tuple(self._advance(sample, host, peers.get(sample.info.index, _ALONE), evaluate, pods,
-                                   _holding(jobs.get(sample.info.minor_number), pods, slurm_says, owners) if scheduled else None)
+                                   _holding(jobs.get(sample.info.minor_number), pods, slurm_says, owners)
+                                   if scheduled else None)
                      for sample in samples for pods in (holders.get(sample.info.uuid, ()),))
         if self.tokens is not None:
             counts = self._timed(self.tokens.name, success, seconds, self.tokens.snapshot) or ()

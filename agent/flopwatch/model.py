@@ -317,7 +317,8 @@ NO_OWNER = ("", "", "", "")
 
 
 def owner_label(key: str) -> str:
-    """A pod's owner label or annotation key as a Prometheus label name: ``example.com/team`` → ``owner_example_com_team``."""
+    """A pod's owner label or annotation key as a Prometheus label name:
+    ``example.com/team`` → ``owner_example_com_team``."""
     return "owner_" + re.sub(r"[^a-zA-Z0-9_]", "_", key)
 
 

@@ -153,7 +153,8 @@ class Exporter:
         below = GaugeMetricFamily("flopwatch_below_threshold", "1 while utilization is under the threshold, "
                                   "labelled with the likely cause.", labels=GPU_LABELS + ["cause"])
         info = GaugeMetricFamily("flopwatch_finding_info", "The current finding: cause, severity and advice, "
-                                 "the Slurm job holding the GPU and the pod owner's owner_<key> labels (empty when none).",
+                                 "the Slurm job holding the GPU and the pod owner's owner_<key> labels "
+                                 "(empty when none).",
                                  labels=GPU_LABELS + ["cause", "severity", "summary", "advice", *owner_labels])
         held = GaugeMetricFamily("flopwatch_gpu_allocation_info", "Who a scheduler gave the GPU to (Slurm job, "
                                  "or the kubelet's pod); no series while nobody holds it.",
