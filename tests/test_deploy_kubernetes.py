@@ -221,9 +221,9 @@ def test_the_opt_in_reclaim_rbac_is_valid_for_kubernetes(path, version):
     kubernetes_validate.validate(load(path), version, strict=True)
 
 
-def test_the_agent_may_create_events_and_delete_pods_only_with_the_reclaim_files():
+def test_the_agent_may_create_events_read_pods_and_delete_pods_only_with_the_reclaim_files():
     rules = {(tuple(r["resources"]), tuple(r["verbs"])) for m in manifests().values() if m["kind"] == "ClusterRole"
              for r in m["rules"]}
-    assert rules == {(("events",), ("create",))}
+    assert rules == {(("events",), ("create",)), (("pods",), ("get",))}
     assert [r for r in load(RECLAIM / "clusterrole-reclaim.yaml")["rules"]] == [
         {"apiGroups": [""], "resources": ["pods"], "verbs": ["delete"]}]

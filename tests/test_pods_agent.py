@@ -13,12 +13,13 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from flopwatch.outputs.alerting import UnderutilizationAlerts, annotations
-from flopwatch.config import Config
+from flopwatch.config import Config, ConfigError
 from flopwatch.commands.metrics_doc import with_findings
 from flopwatch.outputs.status_document import status_document
 from flopwatch.commands.tables import status_table
 from flopwatch.history.store import HistoryStore, query_history
 from tests.agent_process import flopwatch, get, running_agent, wait_for
+from tests.servers.kube_api import KubeAPIServer
 from tests.servers.kubelet import PodResourcesServer, pod
 
 # The simulated GPUs' UUIDs (seed 0), by index.
@@ -144,3 +145,86 @@ def pods_of(text: str, metric: str, **match: str) -> dict[str, tuple[str, str, s
             if sample.name == metric and "pod" in labels and all(labels.get(k) == v for k, v in match.items()):
                 found[labels["gpu"]] = (labels["namespace"], labels["pod"], labels["container"])
     return found
+
+
+@pytest.fixture
+def api(tmp_path):
+    with KubeAPIServer(tmp_path) as server:
+        server.pods = {("ml", "trainer-0"), ("team-a", "notebook")}
+        server.metadata[("team-a", "notebook")] = {"labels": {"team": "ml", "app": "jupyter"},
+                                                    "annotations": {"example.com/owner": "ada@" + "x" * 80}}
+        yield server
+
+
+def owned_agent(kubelet, api, scenarios=("healthy", "idle", "healthy")):
+    config = Config()
+    config.agent.simulate = list(scenarios)
+    config.kubernetes.pod_resources_socket = str(kubelet.socket_path)
+    config.kubernetes.owner_labels = ["team", "example.com/owner", "cost-center"]
+    config.kubernetes.api_url, config.kubernetes.token_file, config.kubernetes.ca_file = (
+        api.url, str(api.token_file), str(api.ca_file))
+    return with_findings(config)
+
+
+def test_a_pods_owner_labels_and_annotations_reach_its_gpus_allocation(kubelet, api):
+    state = owned_agent(kubelet, api).agent.state
+    assert state.gpus[1].allocation.owner_metadata == (("team", "ml"), ("example.com/owner", "ada@" + "x" * 59))
+    assert state.gpus[0].allocation.owner_metadata == ()  # a pod with none of the keys
+    assert status_document(state)["gpus"][1]["allocation"]["owner"] == {
+        "team": "ml", "example.com/owner": "ada@" + "x" * 59}
+    assert state.collector_success["pod_metadata"] is True
+    # Every pod the kubelet names holding a device, once each in the ticks since.
+    assert sorted(path for method, path in api.requests if method == "GET") == [
+        "/api/v1/namespaces/ml/pods/trainer-0", "/api/v1/namespaces/other/pods/elsewhere",
+        "/api/v1/namespaces/team-a/pods/notebook"]
+
+
+def test_a_held_unused_gpu_pages_with_its_pods_owner_and_says_so_on_finding_info(kubelet, api):
+    built = owned_agent(kubelet, api)
+    alerts = UnderutilizationAlerts(0, {"host": "n1", "job": "flopwatch"}, lambda g: annotations(g, ""),
+                                    pod_labels=True)
+    (alert,) = alerts.update(0.0, built.agent.state.gpus).started
+    assert (alert.labels["cause"], alert.labels["owner_team"], alert.labels["owner_example_com_owner"]) == (
+        "held_unused", "ml", "ada@" + "x" * 59)
+    assert "owner_cost_center" not in alert.labels
+    text = exposition(built)
+    [info] = [s for f in text_string_to_metric_families(text) for s in f.samples
+              if s.name == "flopwatch_finding_info" and s.labels["cause"] == "held_unused"]
+    assert (info.labels["pod"], info.labels["owner_team"]) == ("notebook", "ml")
+    held = {s.labels["gpu"]: s.labels["owner_team"] for f in text_string_to_metric_families(text)
+            for s in f.samples if s.name == "flopwatch_gpu_allocation_info"}
+    assert held == {"0": "", "1": "ml"}
+    promtool = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True)
+    assert (promtool.returncode, promtool.stdout + promtool.stderr) == (0, "")
+
+
+def test_the_api_server_failing_keeps_the_owner_last_read_and_is_collector_success_0(kubelet, api, caplog):
+    built = owned_agent(kubelet, api)
+    owners = built.agent.pod_owners
+    kubelet.pods = [*kubelet.pods, pod("team-b", "stuck", main=[UUID[2]])]  # a new pod to read
+    api.pods.add(("team-b", "stuck"))
+    api.fail_next = [500, 500]
+    built.agent.pods.refresh()
+    owners.refresh()
+    owners.refresh()
+    state = built.agent.tick()
+    assert state.collector_success["pod_metadata"] is False
+    assert dict(state.gpus[1].allocation.owner_metadata)["team"] == "ml"
+    assert [r.message for r in caplog.records if "API server" in r.message and r.levelname == "WARNING"] == [
+        "Kubernetes API server at %s: pod team-b/stuck: HTTP 500: injected (pods keep the owner last read; "
+        "warned once until it answers again)" % api.url]
+    owners.refresh()  # it answers again
+    assert built.agent.tick().collector_success["pod_metadata"] is True
+
+
+def test_a_pod_gone_from_the_api_server_has_no_owner_and_is_no_failure(kubelet, api):
+    api.pods.discard(("team-a", "notebook"))
+    state = owned_agent(kubelet, api).agent.state
+    assert (state.gpus[1].allocation.owner_metadata, state.collector_success["pod_metadata"]) == ((), True)
+
+
+def test_owner_label_keys_that_become_one_label_name_are_refused():
+    config = Config()
+    config.kubernetes.owner_labels = ["example.com/team", "example.com_team"]
+    with pytest.raises(ConfigError, match=r"\[kubernetes\].owner_labels"):
+        config.kubernetes.check()

@@ -20,6 +20,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
+from flopwatch.model import owner_label
 from flopwatch.thresholds import Thresholds
 
 DEFAULT_PATH = Path("/etc/flopwatch/config.toml")
@@ -122,7 +123,7 @@ class KubernetesConfig:
     pod_labels: bool = True  # namespace, pod and container labels on per-GPU series
     refresh_interval_seconds: float = 10.0
     timeout_seconds: float = 2.0
-    # The API server, for pod Events and reclaim's pod deletion (outputs/kubernetes_api.py); only
+    # The API server, for pod Events and reclaim's pod deletion (sources/kubernetes_api.py); only
     # used when one of those is on. "": in the cluster, https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT.
     api_url: str = ""
     token_file: str = "/var/run/secrets/kubernetes.io/serviceaccount/token"  # "" or missing: no Authorization
@@ -134,8 +135,15 @@ class KubernetesConfig:
     events: bool = False
     event_after_seconds: float = 1800.0
     event_interval_seconds: float = 3600.0
+    # Pod label or annotation keys naming a GPU's owner (e.g. ["team", "example.com/owner"]), read
+    # from the API server and put on alerts and allocation series as owner_<key>; []: not read.
+    owner_labels: list[str] = field(default_factory=list)
 
     def check(self) -> None:
+        names = [owner_label(key) for key in self.owner_labels]
+        if len(set(names)) != len(names) or "" in self.owner_labels:
+            raise ConfigError(f"bad value for [kubernetes].owner_labels: {self.owner_labels!r}; keys must be "
+                              "non-empty and differ in more than characters outside [a-zA-Z0-9_]")
         if self.api_url and not self.api_url.startswith("https://"):
             raise ConfigError(f"bad value for [kubernetes].api_url: {self.api_url!r}; it must start with https://")
         for key in ("api_timeout_seconds", "event_interval_seconds"):

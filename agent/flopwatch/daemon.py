@@ -69,6 +69,11 @@ class PodReader(Protocol):
     answer: Any  # sources.pod_resources.PodAnswer: holders by device id, ok, seconds
 
 
+class PodOwnerReader(Protocol):
+    name: str
+    answer: Any  # sources.pod_metadata.OwnerAnswer: owners by (namespace, pod), ok, seconds
+
+
 class SlurmReader(Protocol):
     name: str
     answer: Any  # sources.slurm.SlurmAnswer: holders by GPU minor number, ok, seconds, answered
@@ -115,6 +120,7 @@ class Agent:
         tokens: TokenReader | None = None,
         stacks: StackReader | None = None,
         pods: PodReader | None = None,
+        pod_owners: PodOwnerReader | None = None,
         calibrations: Calibrations = SHIPPED,
         slurm: SlurmReader | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -127,6 +133,7 @@ class Agent:
         self.tokens = tokens
         self.stacks = stacks
         self.pods = pods
+        self.pod_owners = pod_owners
         self.calibrations = calibrations
         self.slurm = slurm
         t = config.tokens
@@ -194,13 +201,19 @@ class Agent:
             answer = self.pods.answer
             holders, success[self.pods.name], seconds[self.pods.name] = answer.holders, answer.ok, answer.seconds
             scheduled = answer.ok or bool(answer.holders)
+        owners: Mapping[tuple[str, str], tuple[tuple[str, str], ...]] = {}
+        if self.pod_owners is not None:
+            answer = self.pod_owners.answer
+            owners, success[self.pod_owners.name] = answer.owners, answer.ok
+            seconds[self.pod_owners.name] = answer.seconds
         if self.slurm is not None:
             answer = self.slurm.answer
             jobs, success[self.slurm.name], seconds[self.slurm.name] = answer.holders, answer.ok, answer.seconds
             slurm_says = answer.answered
             scheduled = scheduled or slurm_says
         gpus = tuple(self._advance(sample, host, peers.get(sample.info.index, _ALONE), evaluate, pods,
-                                   _holding(jobs.get(sample.info.minor_number), pods, slurm_says) if scheduled else None)
+                                   _holding(jobs.get(sample.info.minor_number), pods, slurm_says, owners)
+                                   if scheduled else None)
                      for sample in samples for pods in (holders.get(sample.info.uuid, ()),))
         if self.tokens is not None:
             counts = self._timed(self.tokens.name, success, seconds, self.tokens.snapshot) or ()
@@ -379,9 +392,12 @@ class Agent:
                 closer()
 
 
-def _holding(job: Allocation | None, pods: tuple[PodContainer, ...], slurm_says: bool) -> Holding:
+def _holding(job: Allocation | None, pods: tuple[PodContainer, ...], slurm_says: bool,
+             owners: Mapping[tuple[str, str], tuple[tuple[str, str], ...]]) -> Holding:
     """Who holds one GPU: its Slurm job, else its pod (the first, where time-slicing gives it to several)."""
-    allocation = job or (Allocation("kubernetes", pods[0].job, namespace=pods[0].namespace) if pods else None)
+    allocation = job or (Allocation("kubernetes", pods[0].job, namespace=pods[0].namespace,
+                                    owner_metadata=owners.get((pods[0].namespace, pods[0].pod), ()))
+                         if pods else None)
     return Holding(allocation, frozenset({p.job for p in pods} | ({job.job} if job else set())), slurm_says)
 
 
@@ -421,7 +437,7 @@ def schedule(agent: Agent, interval_seconds: float) -> Any:
     jobs = [(agent.tick, interval_seconds, ticks)]
     # Sinks' own work, the token scraper and the pod-resources reader run on their own jobs: a slow
     # one never delays a tick.
-    for part in (*agent.sinks, agent.tokens, agent.pods, agent.slurm):
+    for part in (*agent.sinks, agent.tokens, agent.pods, agent.pod_owners, agent.slurm):
         jobs += [(fn, seconds, 1) for fn, seconds in getattr(part, "jobs", list)()]
     scheduler = BackgroundScheduler(daemon=True, executors={
         "default": ThreadPoolExecutor(sum(instances for _, _, instances in jobs))})

@@ -8,6 +8,7 @@ Records are never changed once built (frozen).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Mapping
 
@@ -299,6 +300,8 @@ class Allocation:
     namespace: str = ""  # Kubernetes: the pod's namespace
     started_at: float | None = None  # wall clock, when the job started (Slurm) or None when not known
     time_limit_seconds: float | None = None  # Slurm: None when unlimited
+    # Kubernetes: ([kubernetes].owner_labels key, value) from the pod's labels or annotations.
+    owner_metadata: tuple[tuple[str, str], ...] = ()
 
     def owner(self) -> tuple[str, str, str, str]:
         """OWNER_LABELS' values: dcgm-exporter's ``hpc_job`` with the Slurm job's user, account and
@@ -311,6 +314,12 @@ class Allocation:
 # Who to tell, on the alerts and on flopwatch_finding_info (which the rules' alerts come from).
 OWNER_LABELS = ("hpc_job", "user", "account", "partition")
 NO_OWNER = ("", "", "", "")
+
+
+def owner_label(key: str) -> str:
+    """A pod's owner label or annotation key as a Prometheus label name:
+    ``example.com/team`` → ``owner_example_com_team``."""
+    return "owner_" + re.sub(r"[^a-zA-Z0-9_]", "_", key)
 
 
 @dataclass(frozen=True, slots=True)

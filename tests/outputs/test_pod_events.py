@@ -9,8 +9,8 @@ import pytest
 
 from flopwatch.commands.build import VirtualClock, build_agent
 from flopwatch.config import Config
-from flopwatch.outputs.kubernetes_api import KubernetesAPI, pod_event
-from flopwatch.outputs.pod_events import PodEvents
+from flopwatch.outputs.pod_events import PodEvents, pod_event
+from flopwatch.sources.kubernetes_api import KubernetesAPI
 from tests.outputs.test_reclaim_beyond_slurm import UUID, api, kubelet  # noqa: F401 (fixtures)
 
 kubernetes_validate = pytest.importorskip("kubernetes_validate")

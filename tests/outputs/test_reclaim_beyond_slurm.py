@@ -14,7 +14,7 @@ import pytest
 from flopwatch.commands.build import VirtualClock, build_agent
 from flopwatch.config import Config, ConfigError, override
 from flopwatch.model import ProcessView
-from flopwatch.outputs.kubernetes_api import KubernetesAPI
+from flopwatch.sources.kubernetes_api import KubernetesAPI
 from flopwatch.outputs.reclaim import Reclaimer
 from tests.servers.kube_api import KubeAPIServer
 from tests.servers.kubelet import PodResourcesServer, pod

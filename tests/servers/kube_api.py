@@ -1,9 +1,10 @@
-"""A Kubernetes API server's two endpoints the agent calls, over HTTPS on loopback: DELETE of a pod
-and POST of an Event, answering as the real one does (the object, or a ``Status`` with its code).
+"""A Kubernetes API server's endpoints the agent calls, over HTTPS on loopback: GET and DELETE of a
+pod and POST of an Event, answering as the real one does (the object, or a ``Status`` with its code).
 A real API server cannot run here; the shapes are the API's.
 
     with KubeAPIServer(tmp_path) as api:
         api.pods = {("team-a", "notebook")}
+        api.metadata[("team-a", "notebook")] = {"labels": {"team": "ml"}, "annotations": {}}
         api.fail_next = [500]          # the next request answers 500
         ... api.requests, api.events
 """
@@ -39,6 +40,7 @@ class KubeAPIServer:
         self.fail_next: list[int] = []  # status codes the next requests answer, in order
         self.requests: list[tuple[str, str]] = []  # (method, path) of every request
         self.events: list[dict] = []
+        self.metadata: dict[tuple[str, str], dict] = {}  # a pod's labels and annotations, by (namespace, name)
         self.lock = threading.Lock()
         tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         tls.load_cert_chain(self.ca_file, key)
@@ -54,6 +56,12 @@ class KubeAPIServer:
             if self.fail_next:
                 code = self.fail_next.pop(0)
                 return code, status(code, "injected")
+            if method == "GET" and (m := POD.match(path)):
+                ns, name = m.groups()
+                if (ns, name) not in self.pods:
+                    return 404, status(404, f'pods "{name}" not found')
+                return 200, {"kind": "Pod", "apiVersion": "v1",
+                             "metadata": {"name": name, "namespace": ns, **self.metadata.get((ns, name), {})}}
             if method == "DELETE" and (m := POD.match(path)):
                 ns, name = m.groups()
                 if (ns, name) not in self.pods:
@@ -90,7 +98,7 @@ def _handler(server: KubeAPIServer) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             self.wfile.write(raw)
 
-        do_DELETE = do_POST = _serve
+        do_GET = do_DELETE = do_POST = _serve
 
         def log_message(self, *args) -> None:
             pass

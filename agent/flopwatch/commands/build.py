@@ -91,6 +91,7 @@ def build_agent(config: Config, *, clock: Callable[[], float] = time.monotonic,
     if problem:
         log.warning("flops calibration not used: %s (the shipped factors apply)", problem)
     agent = Agent(config, source, host, sinks or [], tokens=tokens, stacks=stacks, pods=pods,
+                  pod_owners=_pod_owner_reader(config, pods, clock),
                   calibrations=calibrations, slurm=_slurm_reader(config), clock=clock, wall_clock=wall_clock)
     exporter = Exporter(lambda: agent.state, extra=[tokens, *(s for s in agent.sinks if hasattr(s, "collect"))],
                         top_processes=config.attribution.top_processes, currency=config.tokens.currency,
@@ -118,6 +119,25 @@ def _pod_reader(config: Config) -> Any:
     if pods is not None:
         pods.refresh()
     return pods
+
+
+def _pod_owner_reader(config: Config, pods: Any, clock: Callable[[], float]) -> Any:
+    """The reader of the owner labels of the pods holding GPUs, when asked for and the kubelet is
+    read, with its first answer read."""
+    if not config.kubernetes.owner_labels or pods is None:
+        return None
+    from flopwatch.sources.kubernetes_api import KubernetesAPI
+    from flopwatch.sources.pod_metadata import PodMetadataReader
+
+    try:
+        api = KubernetesAPI.from_config(config.kubernetes)
+    except ConfigError as e:
+        raise UsageError(str(e)) from None
+    owners = PodMetadataReader(api, config.kubernetes.owner_labels, lambda: {
+        (p.namespace, p.pod) for held in pods.answer.holders.values() for p in held},
+        config.kubernetes.refresh_interval_seconds, clock)
+    owners.refresh()
+    return owners
 
 
 def _slurm_reader(config: Config) -> Any:
@@ -155,7 +175,7 @@ def run_sinks(config: Config) -> list:
         sinks.append(AlertmanagerSink(config, outbox=outbox).start())
     kubernetes_api = None
     if config.reclaim.kubernetes == "on" or config.kubernetes.events:
-        from flopwatch.outputs.kubernetes_api import KubernetesAPI
+        from flopwatch.sources.kubernetes_api import KubernetesAPI
 
         try:
             kubernetes_api = KubernetesAPI.from_config(config.kubernetes)

@@ -31,7 +31,7 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Iterable, Iterator, Protocol
 
 from flopwatch.judge.stackclass import stack_summary
-from flopwatch.model import OWNER_LABELS, Allocation, Finding, GpuFigures, PodContainer, ProcessView
+from flopwatch.model import OWNER_LABELS, Allocation, Finding, GpuFigures, PodContainer, ProcessView, owner_label
 from flopwatch.sources.pod_resources import LABELS as POD_LABELS, holder_labels
 
 log = logging.getLogger(__name__)
@@ -125,6 +125,8 @@ class UnderutilizationAlerts:
             **({k: v for k, v in zip(POD_LABELS, holder_labels(gpu.pods)) if v} if self.pod_labels else {}),
             # The Slurm job holding the GPU, as flopwatch_finding_info has it: routes to its owner.
             **({k: v for k, v in zip(OWNER_LABELS, gpu.allocation.owner()) if v} if gpu.allocation else {}),
+            # The pod's owner labels or annotations ([kubernetes].owner_labels).
+            **({owner_label(k): v for k, v in gpu.allocation.owner_metadata if v} if gpu.allocation else {}),
         }
 
     @staticmethod

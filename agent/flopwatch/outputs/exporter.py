@@ -8,7 +8,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import CollectorRegistry
 
 from flopwatch import __version__
-from flopwatch.model import NO_OWNER, OWNER_LABELS, AgentState, GpuState, Identity
+from flopwatch.model import NO_OWNER, OWNER_LABELS, AgentState, GpuState, Identity, owner_label
 from flopwatch.sources.pod_resources import LABELS as POD_LABELS, holder_labels
 
 GPU_LABELS = ["gpu", "uuid"]
@@ -147,14 +147,18 @@ class Exporter:
         yield nvlink_rx
 
     def _findings(self, gpus: list[GpuState]) -> Iterator[Metric]:
+        # The pods' owner keys ([kubernetes].owner_labels) that any holder has: the same label set on every series.
+        keys = sorted({k for g in gpus if g.allocation is not None for k, _ in g.allocation.owner_metadata})
+        owner_labels = [*OWNER_LABELS, *map(owner_label, keys)]
         below = GaugeMetricFamily("flopwatch_below_threshold", "1 while utilization is under the threshold, "
                                   "labelled with the likely cause.", labels=GPU_LABELS + ["cause"])
         info = GaugeMetricFamily("flopwatch_finding_info", "The current finding: cause, severity and advice, "
-                                 "and the Slurm job holding the GPU (empty when none does).",
-                                 labels=GPU_LABELS + ["cause", "severity", "summary", "advice", *OWNER_LABELS])
+                                 "the Slurm job holding the GPU and the pod owner's owner_<key> labels "
+                                 "(empty when none).",
+                                 labels=GPU_LABELS + ["cause", "severity", "summary", "advice", *owner_labels])
         held = GaugeMetricFamily("flopwatch_gpu_allocation_info", "Who a scheduler gave the GPU to (Slurm job, "
                                  "or the kubelet's pod); no series while nobody holds it.",
-                                 labels=GPU_LABELS + ["scheduler", *OWNER_LABELS])
+                                 labels=GPU_LABELS + ["scheduler", *owner_labels])
         started = GaugeMetricFamily("flopwatch_gpu_allocation_start_time_seconds", "When the job holding the GPU "
                                     "started (Unix time; Slurm).", labels=GPU_LABELS)
         confidence = GaugeMetricFamily("flopwatch_finding_confidence", "Confidence in the current finding.",
@@ -168,6 +172,8 @@ class Exporter:
             else:
                 below.add_metric(labels + ["none"], 0)
             owner = list(g.allocation.owner() if g.allocation is not None else NO_OWNER)
+            metadata = dict(g.allocation.owner_metadata) if g.allocation is not None else {}
+            owner += [metadata.get(k, "") for k in keys]
             if g.finding is not None:
                 f = g.finding
                 info.add_metric(labels + [f.cause, f.severity, f.summary, f.advice] + owner, 1)

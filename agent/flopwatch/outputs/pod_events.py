@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import logging
 from collections import deque
+from datetime import datetime, timezone
 from typing import Any, Callable
 
 from flopwatch.config import KubernetesConfig
 from flopwatch.model import AgentState
-from flopwatch.outputs.kubernetes_api import KubernetesAPI, pod_event
+from flopwatch.sources.kubernetes_api import KubernetesAPI
 
 log = logging.getLogger(__name__)
 
@@ -69,3 +70,21 @@ class PodEvents:
             if outcome != "done":
                 log.warning("Event on pod %s/%s not posted: %s", event["metadata"]["namespace"],
                             event["involvedObject"]["name"], outcome)
+
+
+def rfc3339(ts: float) -> str:
+    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def pod_event(namespace: str, pod: str, reason: str, message: str, ts: float, node: str) -> dict[str, Any]:
+    """A core/v1 Event on the pod, as `kubectl describe pod` lists it. Named as the kubelet names
+    its own (the object's name, a dot, the time in hex nanoseconds), so each is new and unique."""
+    return {
+        "apiVersion": "v1", "kind": "Event",
+        "metadata": {"name": f"{pod}.{int(ts * 1e9):x}", "namespace": namespace},
+        "involvedObject": {"apiVersion": "v1", "kind": "Pod", "namespace": namespace, "name": pod},
+        "reason": reason, "message": message, "type": "Warning",
+        "source": {"component": "flopwatch", "host": node},
+        "reportingComponent": "flopwatch", "reportingInstance": node,
+        "count": 1, "firstTimestamp": rfc3339(ts), "lastTimestamp": rfc3339(ts),
+    }

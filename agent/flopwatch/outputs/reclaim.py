@@ -26,7 +26,7 @@ import psutil
 
 from flopwatch.config import ReclaimConfig
 from flopwatch.model import AgentState, GpuState
-from flopwatch.outputs.kubernetes_api import KubernetesAPI
+from flopwatch.sources.kubernetes_api import KubernetesAPI
 
 log = logging.getLogger(__name__)
 

@@ -62,7 +62,7 @@ def _allocation(a: Allocation | None) -> dict[str, Any] | None:
         return None
     return {"scheduler": a.scheduler, "job": a.job, "user": a.user or None, "account": a.account or None,
             "partition": a.partition or None, "namespace": a.namespace or None, "started_at": a.started_at,
-            "time_limit_seconds": a.time_limit_seconds}
+            "time_limit_seconds": a.time_limit_seconds, "owner": dict(a.owner_metadata)}
 
 
 def _last_tick(g: GpuState) -> dict[str, Any]:

@@ -1,8 +1,10 @@
-"""The few Kubernetes API server calls the agent makes: delete a pod (reclaim), create an Event.
+"""The few Kubernetes API server calls the agent makes: read a pod's metadata (its owner), delete a
+pod (reclaim), create an Event.
 
 Plain HTTPS with the standard library: the in-cluster ServiceAccount's token (read again on each
 call, as projected tokens are rotated) and CA, a timeout on every request. A call answers an
-outcome string, as reclaim_actions records it, rather than raising: "done", "done: …" or "failed: …".
+outcome string, as reclaim_actions records it, rather than raising: "done", "done: …" or "failed: …";
+a read answers the object, or raises KubernetesAPIError.
 """
 
 from __future__ import annotations
@@ -12,12 +14,15 @@ import os
 import ssl
 import urllib.error
 import urllib.request
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 from flopwatch.config import ConfigError, KubernetesConfig
+
+
+class KubernetesAPIError(Exception):
+    """A read the API server did not answer, or answered with an error."""
 
 
 class KubernetesAPI:
@@ -42,6 +47,15 @@ class KubernetesAPI:
             return cls(url, k.token_file, ca_file, k.api_timeout_seconds)
         except (OSError, ssl.SSLError) as e:
             raise ConfigError(f"[kubernetes].ca_file {k.ca_file}: {e}") from None
+
+    def get_pod(self, namespace: str, pod: str) -> dict[str, Any] | None:
+        """The pod object, or None when there is no such pod."""
+        status, answer = self._call("GET", f"/api/v1/namespaces/{quote(namespace)}/pods/{quote(pod)}")
+        if status == 404:
+            return None
+        if status != 200 or not isinstance(answer, dict):
+            raise KubernetesAPIError(_failed(status, answer).removeprefix("failed: "))
+        return answer
 
     def delete_pod(self, namespace: str, pod: str) -> str:
         status, answer = self._call("DELETE", f"/api/v1/namespaces/{quote(namespace)}/pods/{quote(pod)}")
@@ -94,20 +108,3 @@ def _failed(status: int, answer: Any) -> str:
     message = answer.get("message", "") if isinstance(answer, dict) else str(answer)
     return f"failed: HTTP {status}: {message}".rstrip(": ")
 
-
-def rfc3339(ts: float) -> str:
-    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def pod_event(namespace: str, pod: str, reason: str, message: str, ts: float, node: str) -> dict[str, Any]:
-    """A core/v1 Event on the pod, as `kubectl describe pod` lists it. Named as the kubelet names
-    its own (the object's name, a dot, the time in hex nanoseconds), so each is new and unique."""
-    return {
-        "apiVersion": "v1", "kind": "Event",
-        "metadata": {"name": f"{pod}.{int(ts * 1e9):x}", "namespace": namespace},
-        "involvedObject": {"apiVersion": "v1", "kind": "Pod", "namespace": namespace, "name": pod},
-        "reason": reason, "message": message, "type": "Warning",
-        "source": {"component": "flopwatch", "host": node},
-        "reportingComponent": "flopwatch", "reportingInstance": node,
-        "count": 1, "firstTimestamp": rfc3339(ts), "lastTimestamp": rfc3339(ts),
-    }
