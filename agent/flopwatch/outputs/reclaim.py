@@ -18,6 +18,7 @@ import logging
 import os
 import signal
 import subprocess
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
@@ -82,7 +83,8 @@ class Reclaimer:
         self._since: dict[Target, float] = {}  # since when all the target's GPUs here are held unused
         self._first_seen: dict[str, float] = {}  # a pod's age where its start is not known: since first seen
         self._decided: set[str] = set()
-        self._queue: list[_Pending] = []
+        self._queue: list[_Pending] = []  # decided on the tick's thread, acted on the scheduler's
+        self._queue_lock = threading.Lock()
 
     def _mode(self, scheduler: str) -> str:
         return getattr(self.config, scheduler)
@@ -148,15 +150,19 @@ class Reclaimer:
                     t.partition or t.scheduler, cause, held_seconds)
         self._write({**row, "outcome": "dry-run" if mode == "dry-run" else "decided"})
         if mode == "on":
-            self._queue.append(_Pending(t, row))
+            with self._queue_lock:
+                self._queue.append(_Pending(t, row))
 
     def act(self) -> None:
         """Run the actions that are due; a failure waits twice as long as the last before the next try."""
-        for pending in [p for p in self._queue if p.next_at <= self.clock()]:
+        with self._queue_lock:
+            due = [p for p in self._queue if p.next_at <= self.clock()]
+        for pending in due:
             pending.attempts += 1
             outcome = self._run(pending.target)
             if outcome.startswith("done") or pending.attempts >= self.config.attempts:
-                self._queue.remove(pending)
+                with self._queue_lock:
+                    self._queue.remove(pending)
                 outcome = outcome if outcome.startswith("done") else f"gave up: {outcome}"
             else:
                 pending.next_at = self.clock() + FIRST_RETRY_SECONDS * 2 ** (pending.attempts - 1)
