@@ -81,7 +81,7 @@ def test_status_shows_who_holds_each_gpu(slurm, jobs, state):
     doc = status_document(state)
     assert doc["gpus"][0]["allocation"] | {"started_at": None} == {
         "scheduler": "slurm", "job": f"slurm:{held}", "user": slurm.user, "account": "ml", "partition": "gpu",
-        "namespace": None, "started_at": None, "time_limit_seconds": 14400.0}
+        "namespace": None, "started_at": None, "time_limit_seconds": 14400.0, "owner": {}}
     assert doc["gpus"][3]["allocation"] is None
 
 
