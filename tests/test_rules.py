@@ -58,6 +58,8 @@ def test_alertmanager_example_passes_amtool_check():
          "team-ml,gpu-tickets"),
         (["alertname=GPUUnderutilized", "severity=page", "cause=held_unused", "namespace=team-a", "pod=nb"],
          "team-a,gpu-pages"),
+        (["alertname=GPUUnderutilized", "severity=page", "cause=held_unused", "namespace=research", "pod=nb",
+          "owner_team=ml"], "team-ml,gpu-pages"),
         (["alertname=GPUUnderutilized", "severity=page", "cause=held_unused", "account=physics"], "gpu-pages"),
         (["alertname=GPUJobStraggler", "severity=page", "cause=system", "exported_job=slurm:7"], "gpu-pages"),
         (["alertname=FlopwatchJobMember", "severity=none", "exported_job=slurm:7"], "null"),
