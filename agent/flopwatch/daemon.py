@@ -20,7 +20,7 @@ from flopwatch.config import Config
 from flopwatch.judge.allocation import Holding
 from flopwatch.judge.calibration import Calibrations
 from flopwatch.judge.derive import SHIPPED, derive
-from flopwatch.judge.diagnose import PHASES, DiagnosisState, classify, diagnose
+from flopwatch.judge.diagnose import PHASES, DiagnosisState, diagnose, primary
 from flopwatch.judge.ledger import Charge, WasteLedger
 from flopwatch.judge.regime import Change, RegimeTracker
 from flopwatch.judge.signals import Peers, Tick, TickWindow, job_peers, loader_saturated_pids, signals
@@ -312,7 +312,7 @@ class Agent:
         """Whether the last stretch, judged alone, says something else than the segment's verdict."""
         if not per.named or per.recent.ticks.weight < 0.9 * th.regime_change_seconds:
             return None
-        recent = classify(signals(per.recent), th)
+        recent = primary(signals(per.recent), th)  # its cause is all that is compared
         current = per.diagnosis.finding
         return per.regime.compare(per.recent.ticks.first.sample.timestamp, recent.cause if recent else None,
                                   current.cause if current else None)

@@ -97,21 +97,35 @@ ALONGSIDE: tuple[Rule, ...] = (
 MAX_CONTRIBUTING = 2
 
 
+def primary(s: Signals, th: Thresholds) -> Finding | None:
+    """The most likely cause for one window alone, or None when the GPU is doing its job."""
+    return _first_match(s, th)[0]
+
+
 def classify(s: Signals, th: Thresholds) -> Finding | None:
     """The most likely cause for one window, with up to two contributing ones, or None when the
     GPU is doing its job."""
+    found, later, c = _first_match(s, th)
+    if found is None or c is None:
+        return found
+    rules = later if found.cause == kernels.CONTENTION.name else ()
+    return replace(found, contributing=_contributing(found, (*rules, *ALONGSIDE), s, c, th))
+
+
+def _first_match(s: Signals, th: Thresholds) -> tuple[Finding | None, tuple[Rule, ...], Context | None]:
+    """The first rule's finding, the rules after it in its table, and the window's context (None
+    where the scheduler's word decided)."""
     if s.utilization is None:
-        return None
+        return None, (), None
     if (ruled := allocation.rule(s, th)) is not allocation.PASS:  # a free GPU (None), held_unused, unallocated_use
-        return ruled
+        return ruled, (), None
     c = context(s, s.utilization, th)
     table = UNDER_THRESHOLD if s.utilization < th.utilization_threshold else BUSY
     for place, rule in enumerate(table):
         found = rule(s, c, th)
         if found is not None:
-            later = table[place + 1:] if found.cause == kernels.CONTENTION.name else ()
-            return replace(found, contributing=_contributing(found, (*later, *ALONGSIDE), s, c, th))
-    return None
+            return found, table[place + 1:], c
+    return None, (), c
 
 
 def _contributing(primary: Finding, rules: tuple[Rule, ...], s: Signals, c: Context, th: Thresholds) -> tuple[Contribution, ...]:
