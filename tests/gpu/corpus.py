@@ -23,6 +23,7 @@ from collections import Counter
 from pathlib import Path
 
 from flopwatch.thresholds import Thresholds
+from tests.gpu.gpus import wait_until_free
 from tests.gpu.labels import HOST_SIDE, LABELS, PHASES, Label
 
 REPO = Path(__file__).resolve().parents[2]
@@ -126,6 +127,7 @@ def window_record(key: str, label: Label, index: int, gpu: dict) -> dict:
 def measure(key: str, out: Path, windows: int, window_seconds: float, warmup: float) -> list[dict]:
     label = LABELS[key]
     logs = out / "logs"
+    wait_until_free(GPU)
     procs = launch(key, logs)
     try:
         failure = wait_ready(procs, logs, key, timeout=2 * label.start_seconds + 30)

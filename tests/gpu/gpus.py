@@ -41,3 +41,22 @@ def report(lines: list[str], filename: str) -> None:
     out = os.environ.get("OUT")
     if out:
         Path(out, filename).write_text(text)
+
+
+def wait_until_free(index: int = 0, timeout: float = 30.0) -> None:
+    """Return once no process holds GPU ``index``; else stop the run, naming the holders: a
+    leftover process (an earlier run's orphan) would be read into every window that follows."""
+    import time
+
+    import pynvml
+
+    pynvml.nvmlInit()
+    handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+    deadline = time.monotonic() + timeout
+    while True:
+        pids = sorted({p.pid for p in pynvml.nvmlDeviceGetComputeRunningProcesses(handle)})
+        if not pids:
+            return
+        if time.monotonic() > deadline:
+            raise SystemExit(f"GPU {index} is not free after {timeout:.0f} s: pids {pids}")
+        time.sleep(0.5)

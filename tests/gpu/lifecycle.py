@@ -31,9 +31,11 @@ from pathlib import Path
 from sqlalchemy import create_engine, select
 
 from flopwatch.history.schema import gpu_raw
+from tests.gpu.gpus import wait_until_free
 
 REPO = Path(__file__).resolve().parents[2]
 IDLE_SECONDS = 10.0
+GPU = 0
 # What each segment's below-threshold time should be charged to; a phase not listed is its own
 # name. `training`: nothing (a healthy job wastes no time, so any charge there is wrong).
 LABELS = {"idle": "idle", "exiting": "idle", "training": None}
@@ -130,6 +132,7 @@ def main() -> None:
     out = args.out.resolve()
     url = f"sqlite:///{out / 'history.db'}"
     if not args.read:
+        wait_until_free(GPU)
         out.mkdir(parents=True, exist_ok=True)
         for name in ("history.db", "phases.jsonl"):
             (out / name).unlink(missing_ok=True)

@@ -20,6 +20,7 @@ from flopwatch.config import Config, StacksConfig
 from flopwatch.model import Finding, StackProfile, StackShare
 from flopwatch.sources.stacks import StackSampler, find_py_spy, ptrace_denied, read_source_line
 from flopwatch.judge.evidence import evidence_document
+from flopwatch.judge.stackclass import read_stacks
 from flopwatch.outputs.status_document import status_document
 from flopwatch.commands.tables import status_table
 from tests.store_ticks import tick
@@ -125,6 +126,19 @@ def test_an_unavailable_sampler_answers_at_once_without_running_anything():
     sampler.request(3, [100000])
     assert (sampler.latest(3).unavailable, sampler.latest(3).timestamp) == ("simulated", 1.8e9)
 
+
+
+def test_a_phase_spread_over_many_short_stacks_is_read_from_every_stack_sampled(tmp_path):
+    # Twenty imports, each its own stack of 5 %: the eight shown hold 40 %, all of them 100 %.
+    binary = stand_in(tmp_path, """
+        lines = [f'process 7:"python3 job.py";thread (7): MainThread;<module> (/job.py:1);'
+                 f'_find_and_load (<frozen importlib._bootstrap>:1360);<module> (/site-packages/m{i}.py:1) 1'
+                 for i in range(20)]
+        open(out, 'w').write('\\n'.join(lines) + '\\n')
+    """)
+    profile = StackSampler(StacksConfig(), binary=binary, ptrace_check=lambda: None).sample((7,))
+    assert (len(profile.stacks), len(profile.sampled)) == (8, 20)
+    assert read_stacks(profile).share("main", "starting") == 1.0
 
 # -- the real py-spy on real processes -----------------------------------------------------------
 

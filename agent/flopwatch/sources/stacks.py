@@ -20,6 +20,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -235,9 +236,8 @@ class StackSampler:
         if not texts:
             return StackProfile(pids=pids, samples=0, unavailable=reasons[0] if reasons else "nothing sampled",
                                 timestamp=self.wall_clock())
-        profile = parse_raw("\n".join(texts), pids, self.settings, read_source_line)
-        return StackProfile(pids=profile.pids, samples=profile.samples, stacks=profile.stacks,
-                            timestamp=self.wall_clock())
+        return replace(parse_raw("\n".join(texts), pids, self.settings, read_source_line),
+                       timestamp=self.wall_clock())
 
     def _record(self, pid: int) -> tuple[str, str | None]:
         s = self.settings
