@@ -69,3 +69,14 @@ def test_the_history_charges_each_tick_as_the_counter_did(tmp_path):
         if row.wasted_seconds:
             charged[row.cause] = charged.get(row.cause, 0.0) + row.wasted_seconds
     assert charged == {cause: seconds for cause, seconds in gpu.wasted_seconds.items()}
+
+
+def test_a_healthy_job_that_starts_to_stall_charges_the_stall_from_its_first_tick_to_its_cause():
+    # The regime tracker needs a few ticks on the new side to see the change: those ticks wait in
+    # the healthy segment, then join the new one, instead of going to `unknown`.
+    lib, run = agent("healthy")
+    run(40)
+    lib.set_scenario(0, "input_starved")
+    gpu = run(30)
+    assert gpu.finding.cause == "input_starved"
+    assert set(gpu.wasted_seconds) == {"input_starved"}

@@ -329,7 +329,7 @@ class Agent:
         kept = per.diagnosis.finding if change.reason == "utilization" else None
         per.diagnosis = DiagnosisState(finding=kept)
         per.named = False
-        return per.ledger.new_segment()
+        return per.ledger.new_segment(change.start)
 
     def _with_stacks(self, per: _PerGpu, sample: GpuSample, finding: Finding | None) -> Finding | None:
         """The finding, corroborated by its processes' stacks where a host-side cause is current:

@@ -38,7 +38,7 @@ IDLE_SECONDS = 10.0
 GPU = 0
 # What each segment's below-threshold time should be charged to; a phase not listed is its own
 # name. `training`: nothing (a healthy job wastes no time, so any charge there is wrong).
-LABELS = {"idle": "idle", "exiting": "idle", "training": None}
+LABELS = {"idle": "idle", "launching": "idle", "exiting": "idle", "training": None}
 
 
 @dataclass(frozen=True)

@@ -23,10 +23,14 @@ def phase(name: str) -> None:
         log.write(json.dumps({"t": time.time(), "phase": name, "job": JOB}) + "\n")
 
 
-phase("starting")
+# Until the job's CUDA context exists its process is not on the GPU, which is idle as far as any
+# reader of the GPU can tell: `launching` is labelled idle, `starting` begins with the context.
+phase("launching")
 import torch  # noqa: E402
 
 torch.cuda.set_device(0)  # the context first, as a launcher's local-rank set-up does
+torch.zeros(1, device="cuda")  # (a context really made, not only asked for)
+phase("starting")
 import transformers  # noqa: E402, F401
 from transformers import LlamaForCausalLM  # noqa: E402
 

@@ -22,10 +22,27 @@ def test_ticks_over_the_threshold_are_never_charged():
     assert ledger.totals == {}
 
 
-def test_a_tick_under_the_threshold_with_no_cause_found_is_unknown():
+def test_a_tick_under_the_threshold_with_no_cause_found_is_unknown_once_its_hold_passes():
+    ledger = WasteLedger(hold_seconds=3.0)
+    assert ledger.tick(1.0, 1.0, under=True, named=True, cause=None) == ()
+    assert ledger.tick(4.0, 1.0, under=False, named=True, cause=None) == (Charge(1.0, "unknown", 1.0),)
+
+
+def test_ticks_under_the_threshold_at_the_end_of_a_healthy_segment_join_the_segment_that_follows():
     ledger = WasteLedger(hold_seconds=15.0)
-    ledger.tick(1.0, 1.0, under=True, named=True, cause=None)
-    assert ledger.totals == {"unknown": 1.0}
+    for t in (1.0, 2.0, 3.0):  # the regime tracker sees the new side only after a few ticks
+        ledger.tick(t, 1.0, under=True, named=True, cause=None)
+    assert ledger.new_segment(start=1.0) == ()
+    assert ledger.tick(6.0, 1.0, under=True, named=True, cause="checkpointing") == tuple(
+        Charge(t, "checkpointing", 1.0) for t in (1.0, 2.0, 3.0, 6.0))
+
+
+def test_a_new_segment_leaves_the_ticks_from_before_its_start_to_unknown():
+    ledger = WasteLedger(hold_seconds=15.0)
+    ledger.tick(1.0, 1.0, under=True, named=False, cause=None)
+    ledger.tick(2.0, 1.0, under=True, named=False, cause=None)
+    assert ledger.new_segment(start=2.0) == (Charge(1.0, "unknown", 1.0),)
+    assert ledger.pending == [(2.0, 1.0)]
 
 
 def test_the_hold_is_bounded():

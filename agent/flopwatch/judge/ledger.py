@@ -3,7 +3,9 @@
 A tick under the threshold is charged to the cause its segment (judge/regime.py) is given. A new
 segment is named only once it has ``min_window_seconds`` of ticks, so its first ticks wait for that
 name — at most ``charge_hold_seconds`` — instead of being charged to the verdict on what came
-before. Charges are only ever added, so the Prometheus counter stays monotonic, and each settled
+before. A tick under the threshold in a segment judged healthy waits as long: it is most often the
+first of a new segment that the regime tracker has not yet seen (it needs a few ticks on the new
+side), and joins that segment when it is. Charges are only ever added, so the Prometheus counter stays monotonic, and each settled
 tick is handed on with its cause so the history writes the same charge the counter made.
 """
 
@@ -31,18 +33,19 @@ class WasteLedger:
     totals: dict[str, float] = field(default_factory=dict)
     pending: list[tuple[float, float]] = field(default_factory=list)  # (timestamp, seconds), oldest first
 
-    def new_segment(self) -> tuple[Charge, ...]:
-        """The segment ended before it was named: its waiting ticks are charged to ``unknown``."""
-        return self._charge(self._take(len(self.pending)), UNKNOWN)
+    def new_segment(self, start: float = float("inf")) -> tuple[Charge, ...]:
+        """A segment starts at ``start``: the ticks still waiting from before it are charged to
+        ``unknown`` (their segment ended without a cause); its own wait for its name."""
+        return self._charge(self._take(sum(1 for t, _ in self.pending if t < start)), UNKNOWN)
 
     def tick(self, timestamp: float, seconds: float, under: bool, named: bool, cause: str | None) -> tuple[Charge, ...]:
         """Account one tick; the charges settled by it (its own, and earlier ones its segment's
         name settles). ``named``: the segment has been judged; ``cause``: its verdict (None: no
-        cause found, so an under-threshold tick is ``unknown``)."""
+        cause found, so an under-threshold tick is ``unknown`` once it has waited its hold)."""
         if under:
             self.pending.append((timestamp, seconds))
-        if named:
-            return self._charge(self._take(len(self.pending)), cause or UNKNOWN)
+        if named and cause is not None:
+            return self._charge(self._take(len(self.pending)), cause)
         overdue = sum(1 for t, _ in self.pending if timestamp - t >= self.hold_seconds)
         return self._charge(self._take(overdue), UNKNOWN)
 
