@@ -90,14 +90,22 @@ def tree(pid: int) -> list:
 def cpu_seconds(pid: int) -> float:
     """User + system CPU of a process and its descendants so far: the live ones', and the children
     it has reaped (a py-spy run that came and went between two reads still counts)."""
-    total = 0.0
+    return sum(cpu_parts(pid))
+
+
+def cpu_parts(pid: int) -> tuple[float, float]:
+    """(the process's own CPU seconds, its descendants' — live and reaped) so far."""
+    own = children = 0.0
     for i, p in enumerate(tree(pid)):
         try:
             t = p.cpu_times()
-            total += t.user + t.system + (t.children_user + t.children_system if i == 0 else 0.0)
         except Exception:  # a child that just exited
-            pass
-    return total
+            continue
+        if i == 0:
+            own, children = t.user + t.system, children + t.children_user + t.children_system
+        else:
+            children += t.user + t.system
+    return own, children
 
 
 def _status_kib(pid: int, *fields: str) -> dict[str, int]:
@@ -127,10 +135,11 @@ def rss_parts(pid: int) -> tuple[int, int, int]:
 
 
 def measure(process: subprocess.Popen, seconds: float) -> dict:
-    """Steady-state cost of a running process over ``seconds``: CPU share of one core (its tree's),
+    """Steady-state cost of a running process over ``seconds``: CPU share of one core (its tree's,
+    and its own apart from its children's, e.g. py-spy),
     peak RSS of the tree, and apart: the process's own (VmHWM; VmRSS sampled each second, its
     largest) and its children's (the largest sum of their VmHWM seen at a sample)."""
-    cpu_start, wall_start = cpu_seconds(process.pid), time.monotonic()
+    (own_start, children_start), wall_start = cpu_parts(process.pid), time.monotonic()
     peak = own_hwm = own_rss = children = 0
     deadline = wall_start + seconds
     while time.monotonic() < deadline:
@@ -140,9 +149,13 @@ def measure(process: subprocess.Popen, seconds: float) -> dict:
         peak = max(peak, peak_rss_bytes(process.pid))
         hwm, rss, kids = rss_parts(process.pid)
         own_hwm, own_rss, children = max(own_hwm, hwm), max(own_rss, rss), max(children, kids)
-    cpu = cpu_seconds(process.pid) - cpu_start
+    own_end, children_end = cpu_parts(process.pid)
+    own_cpu, children_cpu = own_end - own_start, children_end - children_start
+    cpu = own_cpu + children_cpu
     wall = time.monotonic() - wall_start
-    return {"cpu_seconds": cpu, "wall_seconds": wall, "core_percent": 100.0 * cpu / wall, "peak_rss_mb": peak / MB,
+    return {"cpu_seconds": cpu, "wall_seconds": wall, "core_percent": 100.0 * cpu / wall,
+            "own_core_percent": 100.0 * own_cpu / wall, "children_cpu_seconds": children_cpu,
+            "peak_rss_mb": peak / MB,
             "own_peak_rss_mb": own_hwm / MB, "own_max_rss_mb": own_rss / MB, "children_peak_rss_mb": children / MB}
 
 

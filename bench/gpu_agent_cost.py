@@ -102,15 +102,16 @@ def main() -> None:
             finally:
                 stop(process)
             results[name] = cost
-            rows.append([name, cost["cpu_seconds"], cost["core_percent"], cost["own_peak_rss_mb"], cost["own_max_rss_mb"],
+            rows.append([name, cost["cpu_seconds"], cost["core_percent"], cost["own_core_percent"],
+                         cost["children_cpu_seconds"], cost["own_peak_rss_mb"], cost["own_max_rss_mb"],
                          cost["children_peak_rss_mb"], cost["peak_rss_mb"]])
     finally:
         if load is not None:
             stop(load)
     print(f"each alone for {args.seconds:g} s at 1 Hz, measured from outside (CPU of the process tree; RSS of the "
           "process alone, of its children, of the tree)")
-    print(table(["tool", "CPU s", "% of one core", "own VmHWM MB", "own VmRSS max MB", "children VmHWM MB",
-                 "tree VmHWM MB"], rows))
+    print(table(["tool", "CPU s", "% of one core", "own % of one core", "children CPU s", "own VmHWM MB",
+                 "own VmRSS max MB", "children VmHWM MB", "tree VmHWM MB"], rows))
     for line in skipped:
         print(line)
     target = f"≤ {TARGET_CORE_PERCENT:g} %, ≤ {TARGET_RSS_MB:g} MB"
@@ -118,8 +119,12 @@ def main() -> None:
     if ours is None:
         final("gpu_agent_cost", "not measured: flopwatch run failed to start", target)
     else:
-        final("gpu_agent_cost", f"{ours['core_percent']:.2f} % of one core, {ours['own_peak_rss_mb']:.0f} MB of its "
-              f"own (children {ours['children_peak_rss_mb']:.0f} MB) without the history store", target)
+        nvitop = results.get("nvitop-exporter --interval 1")
+        beside = (f", {ours['core_percent'] / nvitop['core_percent']:.2f}× nvitop-exporter's CPU"
+                  if nvitop and nvitop["core_percent"] > 0 else "")
+        final("gpu_agent_cost", f"{ours['core_percent']:.2f} % of one core ({ours['own_core_percent']:.2f} % its own, "
+              f"{ours['children_cpu_seconds']:.2f} CPU s its py-spy children){beside}, {ours['own_peak_rss_mb']:.0f} MB of "
+              f"its own (children {ours['children_peak_rss_mb']:.0f} MB) without the history store", target)
 
 
 if __name__ == "__main__":

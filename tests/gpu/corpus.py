@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 from flopwatch.thresholds import Thresholds
@@ -31,19 +32,41 @@ GPU = 0
 THRESHOLD = Thresholds().utilization_threshold  # what the windows are read with
 
 
-def launch(key: str, logs: Path) -> list[subprocess.Popen]:
-    """Start the workload(s) of ``key``, each in its own process group with its log file."""
+@dataclass
+class Started:
+    """A workload's processes, started and held at their gate: imported, nothing on the GPU yet."""
+
+    key: str
+    procs: list[subprocess.Popen]
+    gate: Path  # the workloads go on once this file exists
+
+
+def slug(key: str) -> str:
+    return key.replace(" ", "_")
+
+
+def launch(key: str, logs: Path) -> Started:
+    """Start the workload(s) of ``key``, each in its own process group with its log file, held at
+    the gate until ``go``: their imports can overlap the previous workload's windows."""
     name, _, copies = key.partition(" x")
     names = key.split("+") if "+" in key else [name] * int(copies or 1)
     logs.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    gate = logs / f"{slug(key)}.go"
+    gate.unlink(missing_ok=True)
+    env = dict(os.environ, PYTHONUNBUFFERED="1", FLOPWATCH_WORKLOAD_GATE=str(gate))
     procs = []
     for i, n in enumerate(names):
-        log = open(logs / f"{key.replace(' ', '_')}.{i}.log", "w")
+        log = open(logs / f"{slug(key)}.{i}.log", "w")
         procs.append(subprocess.Popen([sys.executable, "-m", "tests.gpu.workloads", n], cwd=REPO, env=env,
                                       stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
         log.close()
-    return procs
+    return Started(key, procs, gate)
+
+
+def go(started: Started) -> None:
+    """Open the gate once the GPU is free: nothing of the last workload is left on it."""
+    wait_until_free(GPU)
+    started.gate.touch()
 
 
 def wait_ready(procs: list[subprocess.Popen], logs: Path, key: str, timeout: float) -> str | None:
@@ -52,7 +75,7 @@ def wait_ready(procs: list[subprocess.Popen], logs: Path, key: str, timeout: flo
     pending = set(range(len(procs)))
     while pending:
         for i in list(pending):
-            text = (logs / f"{key.replace(' ', '_')}.{i}.log").read_text(errors="replace")
+            text = (logs / f"{slug(key)}.{i}.log").read_text(errors="replace")
             if "\nready\n" in "\n" + text:
                 pending.discard(i)
             elif procs[i].poll() is not None:
@@ -124,28 +147,31 @@ def window_record(key: str, label: Label, index: int, gpu: dict) -> dict:
     }
 
 
-def measure(key: str, out: Path, windows: int, window_seconds: float, warmup: float) -> list[dict]:
-    label = LABELS[key]
+def measure(started: Started, out: Path, windows: int, window_seconds: float, warmup: float,
+            following: str | None = None) -> tuple[list[dict], Started | None]:
+    """``started``'s windows, and the ``following`` workload launched (held at its gate) once this
+    one is ready, so that its start-up overlaps these windows."""
+    key, label = started.key, LABELS[started.key]
     logs = out / "logs"
-    wait_until_free(GPU)
-    procs = launch(key, logs)
+    go(started)
     try:
-        failure = wait_ready(procs, logs, key, timeout=2 * label.start_seconds + 30)
+        failure = wait_ready(started.procs, logs, key, timeout=2 * label.start_seconds + 30)
         if failure:
-            return [{"workload": key, "expected": label.cause, "window": None, "failed": failure, "right": False}]
+            return [{"workload": key, "expected": label.cause, "window": None, "failed": failure, "right": False}], None
+        nxt = launch(following, logs) if following else None
         time.sleep(warmup)
-        return [window_record(key, label, i, read_window(window_seconds)) for i in range(windows)]
+        return [window_record(key, label, i, read_window(window_seconds)) for i in range(windows)], nxt
     finally:
-        stop(procs)
-        time.sleep(2.0)  # let the contexts go before the next workload
+        stop(started.procs)
 
 
 def estimate(key: str, windows: int, window_seconds: float, warmup: float) -> float:
-    """Seconds from launch to the next workload: start, warm-up, windows (each with status's start,
-    and for a host-side cause its ~2 s stack sample and one more tick), the kill and its pause."""
+    """Seconds from the gate to the next workload: start (its imports overlapped the last one's
+    windows, so about half of it), warm-up, windows (each with status's start, and for a host-side
+    cause its ~2 s stack sample and one more tick), the kill and the contexts' release."""
     label = LABELS[key]
     stacks = 2.5 if label.cause in HOST_SIDE else 0.0
-    return label.start_seconds + warmup + windows * (window_seconds + 1.5 + stacks) + 3.0
+    return label.start_seconds / 2 + warmup + windows * (window_seconds + 1.5 + stacks) + 1.0
 
 
 def plan(windows: int, window_seconds: float, warmup: float, budget: float, batches: int | None = None
@@ -240,7 +266,8 @@ def main() -> None:
     parser.add_argument("--out", default=os.environ.get("OUT", "/tmp/flopwatch-corpus"))
     parser.add_argument("--windows", type=int, default=3)
     parser.add_argument("--window", type=float, default=8.0, help="seconds per window")
-    parser.add_argument("--warmup", type=float, default=3.0, help="seconds after the first step")
+    parser.add_argument("--warmup", type=float, default=2.0,
+                        help="seconds after the first step (status's own start-up adds ~1.5)")
     parser.add_argument("--budget", type=float, default=540.0,
                         help="seconds: a workload that would end past this is skipped")
     parser.add_argument("--plan", action="store_true", help="print the batches, their estimated seconds and the total")
@@ -281,12 +308,19 @@ def main() -> None:
     started = time.monotonic()
     records: list[dict] = []
     with open(out / f"corpus-{tag}.jsonl", "w") as jsonl:
-        for key in keys:
+        waiting: Started | None = None
+        for i, key in enumerate(keys):
             elapsed = time.monotonic() - started
+            current, waiting = (waiting, None) if waiting is not None and waiting.key == key else (None, waiting)
             if elapsed + estimate(key, args.windows, args.window, args.warmup) > args.budget:
                 print(f"skipped {key}: would pass the {args.budget:.0f} s budget at {elapsed:.0f} s", flush=True)
+                if current is not None:
+                    stop(current.procs)
                 continue
-            for r in measure(key, out, args.windows, args.window, args.warmup):
+            following = keys[i + 1] if i + 1 < len(keys) else None
+            window_records, waiting = measure(current or launch(key, out / "logs"), out, args.windows, args.window,
+                                              args.warmup, following)
+            for r in window_records:
                 records.append(r)
                 jsonl.write(json.dumps(r, default=str) + "\n")
                 jsonl.flush()

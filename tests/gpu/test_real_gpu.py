@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.gpu.corpus import launch, stop, wait_ready
+from tests.gpu.corpus import go, launch, stop, wait_ready
 from tests.gpu.gpus import mean, needs_gpus, report
 from tests.gpu.labels import LABELS
 
@@ -64,7 +64,9 @@ class Run:
 def _measure(name: str, copies: int) -> Run:
     key = name if copies == 1 else f"{name} x{copies}"
     logs = Path(os.environ.get("OUT", "/tmp/flopwatch-gpu"), "logs")
-    procs = launch(key, logs)
+    workload = launch(key, logs)
+    procs = workload.procs
+    go(workload)
     try:
         failure = wait_ready(procs, logs, key, timeout=120)
         assert failure is None, f"{key}: {failure}"
@@ -114,7 +116,6 @@ def _measure(name: str, copies: int) -> Run:
         return run
     finally:
         stop(procs)
-        time.sleep(2.0)  # let the context go before the next workload
 
 
 _runs: dict[str, Run] = {}
