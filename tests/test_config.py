@@ -1,5 +1,9 @@
 """Configuration: file, environment and flags; mistakes name the key."""
 
+import re
+import tomllib
+from pathlib import Path
+
 import pytest
 
 from flopwatch import config
@@ -66,3 +70,19 @@ def test_invalid_toml_says_so(tmp_path):
 def test_missing_file_says_so(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         config.load(tmp_path / "nope.toml", env={})
+
+
+
+def test_the_readmes_configuration_block_loads_and_shows_each_default(tmp_path):
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = re.search(r"## Configuration.*?```toml\n(.*?)```", readme, re.S).group(1)
+    (tmp_path / "config.toml").write_text(block)
+    config.load(tmp_path / "config.toml", env={})  # every key known, every value valid
+    defaults = config.Config()
+    shown_otherwise = {(section, key) for section, keys in tomllib.loads(block).items() for key, value in keys.items()
+                       if _plain(getattr(getattr(defaults, section), key)) != value}
+    assert shown_otherwise == {("alerting", "alertmanager_urls")}  # an example address: none by default
+
+
+def _plain(value):
+    return list(value) if isinstance(value, tuple) else value
