@@ -136,7 +136,7 @@ def main() -> None:
         out.mkdir(parents=True, exist_ok=True)
         for name in ("history.db", "phases.jsonl"):
             (out / name).unlink(missing_ok=True)
-        env = dict(os.environ, PYTHONUNBUFFERED="1",
+        env = dict(os.environ, PYTHONUNBUFFERED="1", FLOPWATCH_TOKENS_PUSH_LISTEN="127.0.0.1:0",
                    PYTHONPATH=os.pathsep.join(filter(None, [str(REPO / "agent"), str(REPO), os.environ.get("PYTHONPATH")])))
         # The model on disk before the agent starts: writing it is no phase of the jobs.
         subprocess.run([sys.executable, "-c", "from tests.gpu.workloads.lifecycle import checkpoint_dir; checkpoint_dir()"],

@@ -91,7 +91,7 @@ def run(out: Path, measure_seconds: float = 15.0) -> list[RankSeen]:
     db = out / "history.db"
     db.unlink(missing_ok=True)
     port = free_port()
-    env = dict(os.environ, PYTHONUNBUFFERED="1",
+    env = dict(os.environ, PYTHONUNBUFFERED="1", FLOPWATCH_TOKENS_PUSH_LISTEN="127.0.0.1:0",
                PYTHONPATH=os.pathsep.join(filter(None, [str(REPO / "agent"), str(REPO), os.environ.get("PYTHONPATH")])))
     with open(out / "agent.log", "w") as log:
         agent = subprocess.Popen([sys.executable, "-m", "flopwatch", "run", "--listen", f"127.0.0.1:{port}",
