@@ -69,6 +69,12 @@ def status(port: int) -> dict:
         return {}
 
 
+def ranks_seen(port: int) -> list[dict]:
+    """The processes on the GPU that the agent's status gives a rank."""
+    gpu = next((g for g in status(port).get("gpus", []) if g["index"] == GPU), {"processes": []})
+    return [p for p in gpu["processes"] if (p.get("identity") or {}).get("rank") is not None]
+
+
 def stop_job(job: subprocess.Popen, workers: list[int]) -> None:
     """torchrun starts each worker in a session of its own: SIGTERM to torchrun, which stops them,
     then SIGKILL to any worker left, so no rank outlives the job on the GPU."""
@@ -105,14 +111,9 @@ def run(out: Path, measure_seconds: float = 15.0) -> list[RankSeen]:
         wait_for(lambda: (out / "job.log").read_text().count("ready") >= 2 or job.poll() is not None, 180, "ready")
         if job.poll() is not None:
             raise RuntimeError(f"the job exited {job.returncode}: {(out / 'job.log').read_text()[-1500:]}")
-        gpu = wait_for(lambda: next((g for g in status(port).get("gpus", []) if g["index"] == GPU
-                                     and sum(1 for p in g["processes"] if (p.get("identity") or {}).get("rank") is not None) >= 2),
-                                    None), 60, "two ranks in the agent's status")
+        wait_for(lambda: len(ranks_seen(port)) >= 2, 60, "two ranks in the agent's status")
         time.sleep(measure_seconds)
-        gpu = next(g for g in status(port)["gpus"] if g["index"] == GPU)
-        (out / "status.json").write_text(json.dumps(gpu, indent=2))
-        seen = [RankSeen(p["pid"], environ_of(p["pid"]), p["job"], p.get("identity") or {})
-                for p in gpu["processes"] if (p.get("identity") or {}).get("rank") is not None]
+        seen = [RankSeen(p["pid"], environ_of(p["pid"]), p["job"], p["identity"]) for p in ranks_seen(port)]
     finally:
         stop_job(job, [int(m) for m in re.findall(r"pid (\d+) ready", (out / "job.log").read_text())])
         time.sleep(3.0)  # the agent sees the job's processes go
