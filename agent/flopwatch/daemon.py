@@ -346,9 +346,9 @@ class Agent:
         turn = math.floor(sample.timestamp / self.config.stacks.segment_interval_seconds) if in_phase else None
         asked = (finding.cause, pids, per.regime.started, turn)
         if per.stacks_asked != asked:
-            changed = per.stacks_asked is not None and per.stacks_asked[2:] != asked[2:]
-            per.stacks_asked = asked
-            self.stacks.request(sample.info.index, pids, new_segment=changed)
+            before, per.stacks_asked = per.stacks_asked, asked
+            self.stacks.request(sample.info.index, pids, new_segment=before is not None and before[2] != asked[2],
+                                phase=before is not None and turn is not None and before[3] != turn)
         profile = self.stacks.latest(sample.info.index)
         if profile is not None and (not set(profile.pids) <= set(pids) or
                                     sample.timestamp - profile.timestamp > self.config.stacks.min_interval_seconds or

@@ -73,6 +73,40 @@ def test_a_new_segment_of_the_gpus_work_samples_a_process_again_sooner(tmp_path)
     assert calls.read_text().split() == ["4242", "4242"]  # at 0 s, and at 40 s for the new segment
 
 
+
+def sampled_at(tmp_path, requests) -> list[float]:
+    """The times a counting stand-in was run for ``requests``: (time, new_segment, phase) each."""
+    binary, calls = counting(tmp_path)
+    clock = VirtualClock(0.0)
+    sampler = StackSampler(StacksConfig(min_interval_seconds=600.0, segment_interval_seconds=10.0), binary=binary,
+                           clock=clock, ptrace_check=lambda: None)
+    taken = []
+    for now, new_segment, phase in requests:
+        clock.now = now
+        before = len(calls.read_text().split()) if calls.exists() else 0
+        sampler.request(0, [4242], new_segment=new_segment, phase=phase)
+        assert sampler.wait(30)
+        if len(calls.read_text().split()) > before:
+            taken.append(now)
+    return taken
+
+
+def test_a_job_whose_work_keeps_changing_is_sampled_ever_less_often(tmp_path):
+    # A new segment every 5 s: each early sample doubles the wait for the next.
+    requests = [(0.0, False, False)] + [(float(t), True, False) for t in range(5, 200, 5)]
+    assert sampled_at(tmp_path, requests) == [0.0, 10.0, 30.0, 70.0, 150.0]
+
+
+def test_after_a_calm_stretch_a_new_segment_is_sampled_soon_again(tmp_path):
+    requests = [(0.0, False, False), (10.0, True, False), (100.0, True, False), (110.0, True, False)]
+    assert sampled_at(tmp_path, requests) == [0.0, 10.0, 100.0, 110.0]
+
+
+def test_a_named_phase_is_sampled_every_segment_interval_whatever_came_before(tmp_path):
+    requests = [(0.0, False, False), (10.0, True, False), (20.0, True, False)] + \
+               [(float(t), False, True) for t in range(30, 80, 10)]
+    assert sampled_at(tmp_path, requests) == [0.0, 10.0, 30.0, 40.0, 50.0, 60.0, 70.0]
+
 def test_a_new_process_on_the_gpu_is_sampled_while_the_old_one_waits_its_turn(tmp_path):
     binary, calls = counting(tmp_path)
     clock = VirtualClock(0.0)

@@ -154,6 +154,7 @@ class StackSampler:
         self.unavailable = unavailable or (None if self.binary else "py-spy is not installed") or ptrace_check()
         self._logged: set[str] = set()
         self._sampled_at: dict[int, float] = {}
+        self._segment_wait: dict[int, float] = {}  # per process: the wait a new segment allows now
         self._latest: dict[int, StackProfile] = {}
         self._queue: queue.Queue[tuple[int, tuple[int, ...]] | None] = queue.Queue()
         self._pending: set[int] = set()
@@ -162,27 +163,51 @@ class StackSampler:
         if self.unavailable and unavailable is None:
             self._log_once(self.unavailable)
 
-    def request(self, key: int, pids: Iterable[int], new_segment: bool = False) -> None:
-        """Ask for a sample of ``pids`` (up to two: the GPU's busiest) under ``key`` (a GPU index);
-        ``new_segment``: the GPU's work changed since their last sample, which a shorter wait allows."""
+    def request(self, key: int, pids: Iterable[int], new_segment: bool = False, phase: bool = False) -> None:
+        """Ask for a sample of ``pids`` (up to two: the GPU's busiest) under ``key`` (a GPU index).
+        ``new_segment``: the GPU's work changed since their last sample, which allows a shorter
+        wait; ``phase``: a phase of the job's life is named, sampled again every
+        ``segment_interval_seconds`` to see it end."""
         pids = tuple(pids)[:2]
-        interval = self.settings.segment_interval_seconds if new_segment else self.settings.min_interval_seconds
         now = self.clock()
         with self._lock:
             if self.unavailable:
                 self._latest[key] = StackProfile(pids=pids, samples=0, unavailable=self.unavailable,
                                                  timestamp=self.wall_clock())
                 return
-            due = tuple(p for p in pids if now - self._sampled_at.get(p, -float("inf")) >= interval)
+            due = tuple(p for p in pids if now - self._sampled_at.get(p, -float("inf")) >= self._wait(p, new_segment, phase))
             if not due or key in self._pending:
                 return
             for pid in due:
+                if new_segment and not phase:
+                    self._back_off(pid, now)
                 self._sampled_at[pid] = now
             self._pending.add(key)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._work, name="flopwatch-stacks", daemon=True)
                 self._thread.start()
         self._queue.put((key, due))
+
+    def _wait(self, pid: int, new_segment: bool, phase: bool) -> float:
+        s = self.settings
+        if phase:
+            return s.segment_interval_seconds
+        if new_segment:
+            return self._segment_wait.get(pid, s.segment_interval_seconds)
+        return s.min_interval_seconds
+
+    def _back_off(self, pid: int, now: float) -> None:
+        """A job whose work changes again soon after its last early sample (one that alternates
+        every few seconds) is sampled ever less often on each change — the wait doubles, up to
+        ``min_interval_seconds`` — instead of having py-spy attached a fifth of the time; after a
+        calm stretch the wait starts over."""
+        s = self.settings
+        last = self._sampled_at.get(pid)
+        if last is None or now - last >= s.min_interval_seconds:
+            return
+        wait = self._segment_wait.get(pid, s.segment_interval_seconds)
+        self._segment_wait[pid] = min(2 * wait, s.min_interval_seconds) if now - last < 2 * wait \
+            else s.segment_interval_seconds
 
     def latest(self, key: int) -> StackProfile | None:
         """The last profile taken under ``key``, or None."""
