@@ -58,5 +58,5 @@ def wait_until_free(index: int = 0, timeout: float = 30.0) -> None:
         if not pids:
             return
         if time.monotonic() > deadline:
-            raise SystemExit(f"GPU {index} is not free after {timeout:.0f} s: pids {pids}")
+            raise RuntimeError(f"GPU {index} is not free after {timeout:.0f} s: pids {pids}")
         time.sleep(0.5)
