@@ -402,6 +402,19 @@ def test_two_processes_launching_work_whose_shares_nvml_did_not_report_are_conte
     assert found.cause == "contention" and found.evidence["launching_without_share"] == "1 ? 1.00 cores, 2 ? 1.00 cores"
 
 
+
+def test_two_processes_each_launching_at_a_core_with_real_shares_are_contention():
+    found = finding(TWO_INFERENCE, process_shares={1: 0.15, 2: 0.14}, process_cpu={1: 1.0, 2: 0.98})
+    assert found.cause == "contention"
+
+
+def test_two_quiet_servers_sharing_a_gpu_are_low_demand_with_the_sharing_contributing():
+    # Each wakes for a burst now and then: their turns seldom meet, and consolidating them is the
+    # fix that giving each its own GPU would undo.
+    found = finding(LIGHT_SERVER, processes=2, process_shares={1: 0.08, 2: 0.07}, process_cpu={1: 0.08, 2: 0.07})
+    assert found.cause == "low_demand"
+    assert [c.cause for c in found.contributing] == ["contention"]
+
 def test_one_process_launching_beside_a_quiet_one_stays_launch_bound():
     assert finding(TWO_INFERENCE, unknown_shares=frozenset({1, 2}), process_cpu={1: 1.0, 2: 0.01}).cause == "launch_bound"
 

@@ -35,8 +35,8 @@ SUMMARY = {cause.name: cause.summary for cause in TAXONOMY}
 UNDER_THRESHOLD: tuple[Rule, ...] = (
     idle.idle,
     idle.held_idle,
-    # Before launch_bound: two jobs of small kernels time-slicing look launch-bound too, and giving
-    # each its own GPU comes first.
+    # Before launch_bound: two jobs of small kernels time-slicing a GPU they keep in kernels look
+    # launch-bound too, and giving each its own GPU comes first.
     kernels.contention,
     communication.over_nvlink,
     # Before io_bound and host_transfer_bound: PCIe traffic while the job's GPUs wait together is
@@ -91,7 +91,7 @@ class DiagnosisState:
 # memory bandwidth, the node), tried beside every primary cause; and, where the primary is
 # contention, what each sharing job suffers from besides (the rules after it in its table).
 ALONGSIDE: tuple[Rule, ...] = (
-    kernels.contention, kernels.contention_busy, kernels.memory_bound, kernels.memory_bound_busy,
+    kernels.sharing, kernels.contention_busy, kernels.memory_bound, kernels.memory_bound_busy,
     clocks.power_capped, clocks.thermal_throttled, clocks.clocks_capped, system.system,
 )
 MAX_CONTRIBUTING = 2

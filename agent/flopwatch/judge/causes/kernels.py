@@ -29,9 +29,22 @@ CONTENTION = Cause(
 # Under the threshold.
 
 def contention(s: Signals, c: Context, th: Thresholds) -> Finding | None:
-    """Time-slicing: each context runs in turn, switches cost, and each job's input pipeline also
-    stalls the other. Processes with a share of their own, or (their shares unknown) busy
-    launching work on the CPU while kernels run."""
+    """Time-slicing holds the GPU back: each context runs in turn and switches cost, so processes
+    that each keep launching work wait for each other's turns (two eager inference loops on an
+    H200, each alone at 0.22 kernel time: together 0.30, each slowed by a third). Sharers that
+    mostly wait on their own side (a quiet server, a loader) seldom meet: their own cause leads,
+    and the sharing contributes (``sharing``). Where a sharer's CPU is unknown, sharing leads."""
+    found = sharing(s, c, th)
+    sharers = {*c.busy_shares, *c.launching}
+    if found is None or not sharers <= s.process_cpu.keys():
+        return found
+    launching = sum(1 for pid in sharers if s.process_cpu[pid] >= th.cpu_busy_ratio)
+    return found if launching >= th.contention_processes else None
+
+
+def sharing(s: Signals, c: Context, th: Thresholds) -> Finding | None:
+    """Several processes share the GPU: each with a share of its own, or (their shares unknown)
+    busy launching work on the CPU while kernels run."""
     if len(c.busy_shares) + len(c.launching) >= th.contention_processes and s.processes >= th.contention_processes:
         return _contention(s, "page", 0.8 if len(c.busy_shares) >= th.contention_processes else 0.6, c.launching)
     return None
