@@ -5,6 +5,7 @@ from flopwatch.commands.build import VirtualClock, build_agent
 from flopwatch.config import Config
 from flopwatch.history.report import read_history
 from flopwatch.history.store import HistoryStore, query_history
+from flopwatch.model import StackProfile, StackShare
 
 
 def agent(first: str, sinks=()):
@@ -80,3 +81,41 @@ def test_a_healthy_job_that_starts_to_stall_charges_the_stall_from_its_first_tic
     gpu = run(30)
     assert gpu.finding.cause == "input_starved"
     assert set(gpu.wasted_seconds) == {"input_starved"}
+
+
+class ScriptedStacks:
+    """Stacks taken at once when asked for, in the phase the job is in at that moment."""
+
+    def __init__(self, wall, phase_at):
+        self.wall, self.phase_at, self.profiles = wall, phase_at, {}
+
+    FRAMES = {"loading_weights": ("from_pretrained (transformers/modeling_utils.py:4000)", "/srv/job.py"),
+              "compiling": ("_compile (torch/_dynamo/convert_frame.py:900)", "/site-packages/torch/_dynamo/convert_frame.py")}
+
+    def request(self, key, pids, new_segment=False, phase=False):
+        frame, path = self.FRAMES[self.phase_at(self.wall.now)]
+        stacks = tuple(StackShare(1.0, (frame,), "MainThread", pid, (path,)) for pid in pids)
+        self.profiles[key] = StackProfile(tuple(pids), 40, stacks, stacks, timestamp=self.wall.now)
+
+    def latest(self, key):
+        return self.profiles.get(key)
+
+    def taking(self, key):
+        return False
+
+
+def test_a_phase_that_follows_another_is_charged_from_the_nearer_stack_sample():
+    # A job holding the GPU idle loads its weights, then compiles from 33 s on; stacks are taken
+    # again every 10 s while a phase is named. The ticks from 35 s on are nearer the sample at
+    # 40 s (compiling) than the one at 30 s, and wait for it.
+    config = Config()
+    config.agent.simulate = ["held_idle"]
+    clock, wall = VirtualClock(0.0), VirtualClock(1.8e9)
+    built = build_agent(config, clock=clock, wall_clock=wall)
+    built.agent.stacks = ScriptedStacks(wall, lambda now: "loading_weights" if now - 1.8e9 <= 33 else "compiling")
+    for _ in range(60):
+        clock.now += 1.0
+        wall.now += 1.0
+        gpu = built.agent.tick().gpus[0]
+    assert gpu.finding.cause == "compiling"
+    assert gpu.wasted_seconds == {"loading_weights": 34.0, "compiling": 26.0}

@@ -57,7 +57,7 @@ class TokenReader(Protocol):
 
 
 class StackReader(Protocol):
-    def request(self, key: int, pids: Iterable[int], new_segment: bool = False) -> None: ...
+    def request(self, key: int, pids: Iterable[int], new_segment: bool = False, phase: bool = False) -> None: ...
 
     def latest(self, key: int) -> StackProfile | None: ...
 
@@ -107,6 +107,7 @@ class _PerGpu:
         self.culprits: tuple[tuple, tuple[int, ...]] = ((), ())
         # The diagnosis's finding and the stacks it was corroborated with, and the result.
         self.corroborated: tuple[Finding | None, StackProfile | None, Finding | None] = (None, None, None)
+        self.in_force: Finding | None = None  # the finding the last tick was charged by
 
 
 class Agent:
@@ -284,10 +285,12 @@ class Agent:
         free = holding is not None and holding.free and not sample.processes
         under = not free and figures.utilization is not None and figures.utilization < th.utilization_threshold
         # A host-side verdict waits for the stacks asked for it (a few seconds): they may name
-        # the phase the counters cannot tell.
-        named = per.named and not per.stacks_pending
+        # the phase the counters cannot tell; in a phase, the ticks nearer the next sample than
+        # the last wait for it.
+        named = per.named and not per.stacks_pending and not self._nearer_next_sample(finding, sample)
         charges += per.ledger.tick(sample.timestamp, figures.interval_seconds, under, named,
                                    finding.cause if finding is not None else None)
+        per.in_force = finding if per.named else None
         return GpuState(
             sample=sample, figures=figures, finding=finding, below_threshold=under,
             wasted_seconds=per.ledger.totals, processes=self._views(per, sample, host), window=per.diagnosis.window,
@@ -329,7 +332,8 @@ class Agent:
         kept = per.diagnosis.finding if change.reason == "utilization" else None
         per.diagnosis = DiagnosisState(finding=kept)
         per.named = False
-        return per.ledger.new_segment(change.start)
+        # The ticks still waiting from before the change are the old segment's, named or not.
+        return per.ledger.new_segment(change.start, per.in_force.cause if per.in_force is not None else None)
 
     def _with_stacks(self, per: _PerGpu, sample: GpuSample, finding: Finding | None) -> Finding | None:
         """The finding, corroborated by its processes' stacks where a host-side cause is current:
@@ -354,7 +358,9 @@ class Agent:
                                     sample.timestamp - profile.timestamp > self.config.stacks.min_interval_seconds or
                                     profile.timestamp < (per.regime.started or -math.inf)):
             profile = None  # another job's, too old, or from before the GPU's work changed
-        per.stacks_pending = profile is None and self.stacks.taking(sample.info.index)
+        # A sample being taken is waited for where there is none, and in a phase, where the next
+        # may name another.
+        per.stacks_pending = (profile is None or in_phase) and self.stacks.taking(sample.info.index)
         seen, seen_profile, result = per.corroborated
         if seen is not finding or seen_profile is not profile:
             if profile is not seen_profile and profile is not None and profile.sampled and log.isEnabledFor(logging.DEBUG):
@@ -362,6 +368,15 @@ class Agent:
             result = corroborate(finding, profile)
             per.corroborated = (finding, profile, result)
         return result
+
+    def _nearer_next_sample(self, finding: Finding | None, sample: GpuSample) -> bool:
+        """In a named phase, stacks are taken again at each ``segment_interval_seconds`` turn: a
+        tick in a turn's second half is nearer the next sample than the last, so it waits for it
+        (the phase may have changed) rather than take the last one's phase."""
+        if self.stacks is None or finding is None or finding.cause not in PHASES:
+            return False
+        interval = self.config.stacks.segment_interval_seconds
+        return sample.timestamp % interval >= interval / 2
 
     @staticmethod
     def _views(per: _PerGpu, sample: GpuSample, host: HostSample) -> tuple[ProcessView, ...]:

@@ -66,3 +66,10 @@ def test_totals_only_grow():
         ledger.tick(float(t), 1.0, under=True, named=cause is not None, cause=cause)
         seen.append(sum(ledger.totals.values()))
     assert seen == sorted(seen)
+
+
+def test_ticks_waiting_when_a_segment_ends_go_to_the_cause_it_was_given():
+    ledger = WasteLedger(hold_seconds=15.0)
+    ledger.tick(1.0, 1.0, under=True, named=False, cause="checkpointing")  # waiting for the next stack sample
+    ledger.tick(2.0, 1.0, under=True, named=False, cause="checkpointing")
+    assert ledger.new_segment(start=2.0, cause="checkpointing") == (Charge(1.0, "checkpointing", 1.0),)

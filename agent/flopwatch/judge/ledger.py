@@ -33,10 +33,10 @@ class WasteLedger:
     totals: dict[str, float] = field(default_factory=dict)
     pending: list[tuple[float, float]] = field(default_factory=list)  # (timestamp, seconds), oldest first
 
-    def new_segment(self, start: float = float("inf")) -> tuple[Charge, ...]:
+    def new_segment(self, start: float = float("inf"), cause: str | None = None) -> tuple[Charge, ...]:
         """A segment starts at ``start``: the ticks still waiting from before it are charged to
-        ``unknown`` (their segment ended without a cause); its own wait for its name."""
-        return self._charge(self._take(sum(1 for t, _ in self.pending if t < start)), UNKNOWN)
+        the cause the old segment was given (``unknown`` where none); its own wait for its name."""
+        return self._charge(self._take(sum(1 for t, _ in self.pending if t < start)), cause or UNKNOWN)
 
     def tick(self, timestamp: float, seconds: float, under: bool, named: bool, cause: str | None) -> tuple[Charge, ...]:
         """Account one tick; the charges settled by it (its own, and earlier ones its segment's
