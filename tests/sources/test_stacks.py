@@ -107,6 +107,21 @@ def test_a_named_phase_is_sampled_every_segment_interval_whatever_came_before(tm
                [(float(t), False, True) for t in range(30, 80, 10)]
     assert sampled_at(tmp_path, requests) == [0.0, 10.0, 30.0, 40.0, 50.0, 60.0, 70.0]
 
+
+def test_what_is_kept_of_processes_sampled_long_ago_is_let_go():
+    # Short-lived processes one after another, each sampled once (a failing stand-in answers fast).
+    clock = VirtualClock(0.0)
+    sampler = StackSampler(StacksConfig(min_interval_seconds=600.0), binary="/bin/false", clock=clock,
+                           ptrace_check=lambda: None)
+    for pid in range(300):
+        clock.now = float(pid)
+        sampler.request(0, [10_000 + pid])
+        assert sampler.wait(30)
+    clock.now = 1000.0
+    sampler.request(0, [99_999])
+    assert sampler.wait(30)
+    assert list(sampler._sampled_at) == [99_999]
+
 def test_a_new_process_on_the_gpu_is_sampled_while_the_old_one_waits_its_turn(tmp_path):
     binary, calls = counting(tmp_path)
     clock = VirtualClock(0.0)

@@ -5,8 +5,9 @@ segment is named only once it has ``min_window_seconds`` of ticks, so its first 
 name — at most ``charge_hold_seconds`` — instead of being charged to the verdict on what came
 before. A tick under the threshold in a segment judged healthy waits as long: it is most often the
 first of a new segment that the regime tracker has not yet seen (it needs a few ticks on the new
-side), and joins that segment when it is. Charges are only ever added, so the Prometheus counter stays monotonic, and each settled
-tick is handed on with its cause so the history writes the same charge the counter made.
+side), and joins that segment when it is. Charges are only ever added, so the Prometheus counter
+stays monotonic, and each settled tick is handed on with its cause so the history writes the same
+charge the counter made.
 """
 
 from __future__ import annotations

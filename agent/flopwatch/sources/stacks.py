@@ -28,6 +28,7 @@ from flopwatch.config import StacksConfig
 from flopwatch.model import StackProfile, StackShare
 
 log = logging.getLogger(__name__)
+_REMEMBERED_PROCESSES = 256  # past this many, those sampled over min_interval_seconds ago are forgotten
 
 CAP_SYS_PTRACE = 19
 GRANT = "run as root or grant CAP_SYS_PTRACE (systemd: AmbientCapabilities=CAP_SYS_PTRACE)"
@@ -178,6 +179,8 @@ class StackSampler:
             due = tuple(p for p in pids if now - self._sampled_at.get(p, -float("inf")) >= self._wait(p, new_segment, phase))
             if not due or key in self._pending:
                 return
+            if len(self._sampled_at) > _REMEMBERED_PROCESSES:
+                self._forget(now)
             for pid in due:
                 if new_segment and not phase:
                     self._back_off(pid, now)
@@ -208,6 +211,13 @@ class StackSampler:
         wait = self._segment_wait.get(pid, s.segment_interval_seconds)
         self._segment_wait[pid] = min(2 * wait, s.min_interval_seconds) if now - last < 2 * wait \
             else s.segment_interval_seconds
+
+    def _forget(self, now: float) -> None:
+        """Processes last sampled a whole ``min_interval_seconds`` ago are due again whatever they
+        did: what was kept of them goes (pids come and go for as long as the agent runs)."""
+        for pid in [p for p, t in self._sampled_at.items() if now - t >= self.settings.min_interval_seconds]:
+            del self._sampled_at[pid]
+            self._segment_wait.pop(pid, None)
 
     def latest(self, key: int) -> StackProfile | None:
         """The last profile taken under ``key``, or None."""
