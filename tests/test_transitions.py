@@ -8,11 +8,15 @@ from flopwatch.history.store import HistoryStore, query_history
 from flopwatch.model import StackProfile, StackShare
 
 
-def agent(first: str, sinks=()):
+def agent(first: str, sinks=(), stacks=None):
+    """A simulated GPU starting on scenario ``first``, ticked ``run(seconds)`` at a time; ``stacks``
+    makes its stack reader from the wall clock."""
     config = Config()
     config.agent.simulate = [first]
     clock, wall = VirtualClock(0.0), VirtualClock(1.8e9)
     built = build_agent(config, clock=clock, wall_clock=wall, sinks=list(sinks))
+    if stacks is not None:
+        built.agent.stacks = stacks(wall)
 
     def run(seconds: int):
         state = None
@@ -108,14 +112,8 @@ def test_a_phase_that_follows_another_is_charged_from_the_nearer_stack_sample():
     # A job holding the GPU idle loads its weights, then compiles from 33 s on; stacks are taken
     # again every 10 s while a phase is named. The ticks from 35 s on are nearer the sample at
     # 40 s (compiling) than the one at 30 s, and wait for it.
-    config = Config()
-    config.agent.simulate = ["held_idle"]
-    clock, wall = VirtualClock(0.0), VirtualClock(1.8e9)
-    built = build_agent(config, clock=clock, wall_clock=wall)
-    built.agent.stacks = ScriptedStacks(wall, lambda now: "loading_weights" if now - 1.8e9 <= 33 else "compiling")
-    for _ in range(60):
-        clock.now += 1.0
-        wall.now += 1.0
-        gpu = built.agent.tick().gpus[0]
+    _, run = agent("held_idle", stacks=lambda wall: ScriptedStacks(
+        wall, lambda now: "loading_weights" if now - 1.8e9 <= 33 else "compiling"))
+    gpu = run(60)
     assert gpu.finding.cause == "compiling"
     assert gpu.wasted_seconds == {"loading_weights": 34.0, "compiling": 26.0}

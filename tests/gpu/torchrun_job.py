@@ -11,7 +11,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,7 +21,9 @@ from pathlib import Path
 from sqlalchemy import create_engine, select
 
 from flopwatch.history.schema import job_spans, processes
+from tests.agent_process import wait_for
 from tests.gpu.gpus import wait_until_free
+from tests.servers import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 GPU = 0
@@ -39,26 +40,15 @@ class RankSeen:
     history_rank: int | None = None
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def environ_of(pid: int) -> dict[str, str]:
     raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
     pairs = dict(item.decode(errors="replace").split("=", 1) for item in raw if b"=" in item)
     return {k: pairs[k] for k in TRUTH_KEYS if k in pairs}
 
 
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise TimeoutError(f"no {what} after {timeout:.0f} s")
+def wait_until(predicate, timeout: float, what: str) -> None:
+    if not wait_for(predicate, timeout, every=0.5):
+        raise TimeoutError(f"no {what} after {timeout:.0f} s")
 
 
 def status(port: int) -> dict:
@@ -108,10 +98,10 @@ def run(out: Path, measure_seconds: float = 15.0) -> list[RankSeen]:
                                 str(REPO / "tests/gpu/gloo_job.py")], cwd=REPO, env=env, stdout=log,
                                stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        wait_for(lambda: (out / "job.log").read_text().count("ready") >= 2 or job.poll() is not None, 180, "ready")
+        wait_until(lambda: (out / "job.log").read_text().count("ready") >= 2 or job.poll() is not None, 180, "ready")
         if job.poll() is not None:
             raise RuntimeError(f"the job exited {job.returncode}: {(out / 'job.log').read_text()[-1500:]}")
-        wait_for(lambda: len(ranks_seen(port)) >= 2, 60, "two ranks in the agent's status")
+        wait_until(lambda: len(ranks_seen(port)) >= 2, 60, "two ranks in the agent's status")
         time.sleep(measure_seconds)
         seen = [RankSeen(p["pid"], environ_of(p["pid"]), p["job"], p["identity"]) for p in ranks_seen(port)]
     finally:
