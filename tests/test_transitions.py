@@ -1,16 +1,20 @@
 """A GPU whose work changes is judged segment by segment: each side of a change has its own
 verdict, and its waste is charged to it (simulated GPUs whose scenario is switched mid-run)."""
 
+import sys
+
 from flopwatch.commands.build import VirtualClock, build_agent
 from flopwatch.config import Config
 from flopwatch.history.report import read_history
 from flopwatch.history.store import HistoryStore, query_history
+from flopwatch.config import StacksConfig
 from flopwatch.model import StackProfile, StackShare
+from flopwatch.sources.stacks import StackSampler
 
 
-def agent(first: str, sinks=(), stacks=None):
+def agent(first: str, sinks=(), stacks=None, before_tick=None):
     """A simulated GPU starting on scenario ``first``, ticked ``run(seconds)`` at a time; ``stacks``
-    makes its stack reader from the wall clock."""
+    makes its stack reader from the wall clock; ``before_tick(wall_seconds)`` runs before each tick."""
     config = Config()
     config.agent.simulate = [first]
     clock, wall = VirtualClock(0.0), VirtualClock(1.8e9)
@@ -23,6 +27,8 @@ def agent(first: str, sinks=(), stacks=None):
         for _ in range(seconds):
             clock.now += 1.0
             wall.now += 1.0
+            if before_tick is not None:
+                before_tick(wall.now)
             state = built.agent.tick()
         return state.gpus[0]
     return built.lib, run
@@ -100,6 +106,7 @@ class ScriptedStacks:
         frame, path = self.FRAMES[self.phase_at(self.wall.now)]
         stacks = tuple(StackShare(1.0, (frame,), "MainThread", pid, (path,)) for pid in pids)
         self.profiles[key] = StackProfile(tuple(pids), 40, stacks, stacks, timestamp=self.wall.now)
+        return True
 
     def latest(self, key):
         return self.profiles.get(key)
@@ -117,3 +124,37 @@ def test_a_phase_that_follows_another_is_charged_from_the_nearer_stack_sample():
     gpu = run(60)
     assert gpu.finding.cause == "compiling"
     assert gpu.wasted_seconds == {"loading_weights": 34.0, "compiling": 26.0}
+
+
+def test_a_new_jobs_first_seconds_are_seen_by_a_stack_sample_taken_as_its_process_appears(tmp_path):
+    # The job's process appears at 21 s, imports until 23 s, then loads its weights. Its segment
+    # is named seconds later; the sample taken as it appeared saw it start. (py-spy's stand-in
+    # writes the frames of the phase the job is in when it runs; each tick waits for the last.)
+    phase = tmp_path / "phase"
+    script = tmp_path / "py-spy"
+    script.write_text(f"#!{sys.executable}\nimport sys\nargs = sys.argv\n"
+                      "pid, out = args[args.index('--pid') + 1], args[args.index('--output') + 1]\n"
+                      f"frame = open({str(phase)!r}).read()\n"
+                      "open(out, 'w').write(f'process {pid}:\"python3 job.py\";thread ({pid}): MainThread;"
+                      "<module> (/srv/job.py:1);' + frame + ' 40\\n')\n")
+    script.chmod(0o755)
+    frames = {"starting": "_find_and_load (<frozen importlib._bootstrap>:1360)",
+              "loading_weights": "from_pretrained (/usr/lib/python3/site-packages/transformers/modeling_utils.py:4000)"}
+    sampler: list[StackSampler] = []
+
+    def before_tick(wall_seconds: float) -> None:
+        sampler[0].wait(30)
+        phase.write_text(frames["starting" if wall_seconds - 1.8e9 <= 23 else "loading_weights"])
+
+    def stacks(wall):
+        sampler.append(StackSampler(StacksConfig(), binary=str(script), clock=wall, wall_clock=wall,
+                                    ptrace_check=lambda: None))
+        return sampler[0]
+
+    lib, run = agent("idle", stacks=stacks, before_tick=before_tick)
+    run(20)
+    lib.set_scenario(0, "held_idle")
+    gpu = run(20)
+    assert gpu.finding.cause == "loading_weights"
+    # Its first 5 s: the 3 it imported, and 2 nearer that sample than the next; 7 s wait for the next.
+    assert gpu.wasted_seconds == {"idle": 20.0, "starting": 5.0, "loading_weights": 8.0}

@@ -57,7 +57,7 @@ class TokenReader(Protocol):
 
 
 class StackReader(Protocol):
-    def request(self, key: int, pids: Iterable[int], new_segment: bool = False, phase: bool = False) -> None: ...
+    def request(self, key: int, pids: Iterable[int], new_segment: bool = False, phase: bool = False) -> bool: ...
 
     def latest(self, key: int) -> StackProfile | None: ...
 
@@ -101,7 +101,7 @@ class _PerGpu:
         self.named = False  # whether the current segment has been judged
         self.ledger = WasteLedger(hold_seconds)
         # (cause, pids, the segment's start, the turn while in a phase) a sample was last asked for
-        self.stacks_asked: tuple[str, tuple[int, ...], float | None, int | None] | None = None
+        self.stacks_asked: tuple[str | None, tuple[int, ...], float | None, int | None] | None = None
         self.stacks_pending = False  # asked for this segment and not yet taken
         # The processes the culprits were picked from, and them: the same until NVML's next read.
         self.culprits: tuple[tuple, tuple[int, ...]] = ((), ())
@@ -280,16 +280,16 @@ class Agent:
                 charges += self._new_segment(per, change, th)
                 per.diagnosis = diagnose(per.window, th, per.diagnosis)
                 per.named = per.diagnosis.window is not None
-        finding = self._with_stacks(per, sample, per.diagnosis.finding)
         # A GPU no job holds and nothing runs on is spare capacity, not waste.
         free = holding is not None and holding.free and not sample.processes
         under = not free and figures.utilization is not None and figures.utilization < th.utilization_threshold
+        finding = self._with_stacks(per, sample, per.diagnosis.finding, under)
         # A host-side verdict waits for the stacks asked for it (a few seconds): they may name
         # the phase the counters cannot tell; in a phase, the ticks nearer the next sample than
         # the last wait for it.
-        named = per.named and not per.stacks_pending and not self._nearer_next_sample(finding, sample)
+        named = per.named and not per.stacks_pending
         charges += per.ledger.tick(sample.timestamp, figures.interval_seconds, under, named,
-                                   finding.cause if finding is not None else None)
+                                   finding.cause if finding is not None else None, self._phase_until(finding, sample))
         per.in_force = finding if per.named else None
         return GpuState(
             sample=sample, figures=figures, finding=finding, below_threshold=under,
@@ -335,32 +335,36 @@ class Agent:
         # The ticks still waiting from before the change are the old segment's, named or not.
         return per.ledger.new_segment(change.start, per.in_force.cause if per.in_force is not None else None)
 
-    def _with_stacks(self, per: _PerGpu, sample: GpuSample, finding: Finding | None) -> Finding | None:
+    def _with_stacks(self, per: _PerGpu, sample: GpuSample, finding: Finding | None, under: bool) -> Finding | None:
         """The finding, corroborated by its processes' stacks where a host-side cause is current:
         asked for once per cause, set of processes and segment, taken off this thread, attached
         when done. A phase of a job's life passes: while one is named, they are asked for again
         every ``segment_interval_seconds`` to see it end."""
         per.stacks_pending = False
-        if self.stacks is None or finding is None or finding.cause not in HOST_SIDE:
+        # A job's first seconds (imports, CUDA start-up) are often over by the time its segment is
+        # named, and py-spy takes seconds more: new processes under the threshold are sampled at once.
+        starting = finding is None and not per.named and under and bool(sample.processes)
+        if self.stacks is None or not (starting or (finding is not None and finding.cause in HOST_SIDE)):
             return finding
         if per.culprits[0] is not sample.processes:
             per.culprits = (sample.processes, _culprits(sample))
         pids = per.culprits[1]
         in_phase = per.corroborated[2] is not None and per.corroborated[2].cause in PHASES
         turn = math.floor(sample.timestamp / self.config.stacks.segment_interval_seconds) if in_phase else None
-        asked = (finding.cause, pids, per.regime.started, turn)
-        if per.stacks_asked != asked:
-            before, per.stacks_asked = per.stacks_asked, asked
-            self.stacks.request(sample.info.index, pids, new_segment=before is not None and before[2] != asked[2],
-                                phase=before is not None and turn is not None and before[3] != turn)
+        asked = (finding.cause if finding is not None else None, pids, per.regime.started, turn)
+        before = per.stacks_asked
+        if before != asked and self.stacks.request(
+                sample.info.index, pids, new_segment=before is not None and before[2] != asked[2],
+                phase=before is not None and turn is not None and before[3] != turn):
+            per.stacks_asked = asked  # else a sample is still being taken: asked again next tick
         profile = self.stacks.latest(sample.info.index)
         if profile is not None and (not set(profile.pids) <= set(pids) or
                                     sample.timestamp - profile.timestamp > self.config.stacks.min_interval_seconds or
                                     profile.timestamp < (per.regime.started or -math.inf)):
             profile = None  # another job's, too old, or from before the GPU's work changed
-        # A sample being taken is waited for where there is none, and in a phase, where the next
-        # may name another.
-        per.stacks_pending = (profile is None or in_phase) and self.stacks.taking(sample.info.index)
+        # A sample being taken is waited for where there is none (in a phase, _phase_until says
+        # which ticks wait for the next).
+        per.stacks_pending = profile is None and self.stacks.taking(sample.info.index)
         seen, seen_profile, result = per.corroborated
         if seen is not finding or seen_profile is not profile:
             if profile is not seen_profile and profile is not None and profile.sampled and log.isEnabledFor(logging.DEBUG):
@@ -369,14 +373,17 @@ class Agent:
             per.corroborated = (finding, profile, result)
         return result
 
-    def _nearer_next_sample(self, finding: Finding | None, sample: GpuSample) -> bool:
-        """In a named phase, stacks are taken again at each ``segment_interval_seconds`` turn: a
-        tick in a turn's second half is nearer the next sample than the last, so it waits for it
-        (the phase may have changed) rather than take the last one's phase."""
-        if self.stacks is None or finding is None or finding.cause not in PHASES:
-            return False
+    def _phase_until(self, finding: Finding | None, sample: GpuSample) -> float:
+        """In a named phase, the last tick its stack sample speaks for: stacks are taken again at
+        each ``segment_interval_seconds`` turn, and a tick nearer the next sample (being taken now,
+        or due at the next turn) than the last waits for it — the phase may have changed."""
+        if self.stacks is None or finding is None or finding.cause not in PHASES or finding.stacks is None:
+            return math.inf
         interval = self.config.stacks.segment_interval_seconds
-        return sample.timestamp % interval >= interval / 2
+        last = finding.stacks.timestamp - self.config.stacks.duration_seconds / 2  # the sample's middle
+        following = sample.timestamp if self.stacks.taking(sample.info.index) else \
+            (math.floor(sample.timestamp / interval) + 1) * interval
+        return (last + following) / 2
 
     @staticmethod
     def _views(per: _PerGpu, sample: GpuSample, host: HostSample) -> tuple[ProcessView, ...]:

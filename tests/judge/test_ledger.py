@@ -73,3 +73,13 @@ def test_ticks_waiting_when_a_segment_ends_go_to_the_cause_it_was_given():
     ledger.tick(1.0, 1.0, under=True, named=False, cause="checkpointing")  # waiting for the next stack sample
     ledger.tick(2.0, 1.0, under=True, named=False, cause="checkpointing")
     assert ledger.new_segment(start=2.0, cause="checkpointing") == (Charge(1.0, "checkpointing", 1.0),)
+
+
+def test_a_verdict_settles_only_the_ticks_it_speaks_for_the_later_ones_wait_for_the_next():
+    ledger = WasteLedger(hold_seconds=15.0)
+    for t in (1.0, 2.0, 3.0):
+        ledger.tick(t, 1.0, under=True, named=False, cause=None)
+    settled = ledger.tick(4.0, 1.0, under=True, named=True, cause="loading_weights", until=2.5)
+    assert [(c.timestamp, c.cause) for c in settled] == [(1.0, "loading_weights"), (2.0, "loading_weights")]
+    settled = ledger.tick(5.0, 1.0, under=True, named=True, cause="compiling")
+    assert [(c.timestamp, c.cause) for c in settled] == [(3.0, "compiling"), (4.0, "compiling"), (5.0, "compiling")]

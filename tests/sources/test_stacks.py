@@ -108,6 +108,12 @@ def test_a_named_phase_is_sampled_every_segment_interval_whatever_came_before(tm
     assert sampled_at(tmp_path, requests) == [0.0, 10.0, 30.0, 40.0, 50.0, 60.0, 70.0]
 
 
+def test_a_phase_asked_for_soon_after_the_last_sample_is_still_taken_in_its_turn(tmp_path):
+    # A sample at 18 s (a new segment), the phase's turns asked for at 25 s and 30 s, 40 s: none skipped.
+    requests = [(18.0, True, False), (25.0, False, True), (30.0, False, True), (40.0, False, True)]
+    assert sampled_at(tmp_path, requests) == [18.0, 25.0, 30.0, 40.0]
+
+
 def test_what_is_kept_of_processes_sampled_long_ago_is_let_go():
     # Short-lived processes one after another, each sampled once (a failing stand-in answers fast).
     clock = VirtualClock(0.0)

@@ -39,16 +39,19 @@ class WasteLedger:
         the cause the old segment was given (``unknown`` where none); its own wait for its name."""
         return self._charge(self._take(sum(1 for t, _ in self.pending if t < start)), cause or UNKNOWN)
 
-    def tick(self, timestamp: float, seconds: float, under: bool, named: bool, cause: str | None) -> tuple[Charge, ...]:
+    def tick(self, timestamp: float, seconds: float, under: bool, named: bool, cause: str | None,
+             until: float = float("inf")) -> tuple[Charge, ...]:
         """Account one tick; the charges settled by it (its own, and earlier ones its segment's
         name settles). ``named``: the segment has been judged; ``cause``: its verdict (None: no
-        cause found, so an under-threshold tick is ``unknown`` once it has waited its hold)."""
+        cause found, so an under-threshold tick is ``unknown`` once it has waited its hold);
+        ``until``: the verdict holds for the ticks up to then, later ones wait for the next."""
         if under:
             self.pending.append((timestamp, seconds))
+        settled: tuple[Charge, ...] = ()
         if named and cause is not None:
-            return self._charge(self._take(len(self.pending)), cause)
+            settled = self._charge(self._take(sum(1 for t, _ in self.pending if t <= until)), cause)
         overdue = sum(1 for t, _ in self.pending if timestamp - t >= self.hold_seconds)
-        return self._charge(self._take(overdue), UNKNOWN)
+        return settled + self._charge(self._take(overdue), UNKNOWN)
 
     def _take(self, count: int) -> list[tuple[float, float]]:
         taken, self.pending = self.pending[:count], self.pending[count:]

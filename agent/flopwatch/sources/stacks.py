@@ -164,21 +164,24 @@ class StackSampler:
         if self.unavailable and unavailable is None:
             self._log_once(self.unavailable)
 
-    def request(self, key: int, pids: Iterable[int], new_segment: bool = False, phase: bool = False) -> None:
+    def request(self, key: int, pids: Iterable[int], new_segment: bool = False, phase: bool = False) -> bool:
         """Ask for a sample of ``pids`` (up to two: the GPU's busiest) under ``key`` (a GPU index).
         ``new_segment``: the GPU's work changed since their last sample, which allows a shorter
-        wait; ``phase``: a phase of the job's life is named, sampled again every
-        ``segment_interval_seconds`` to see it end."""
+        wait; ``phase``: a phase of the job's life is named, sampled again each
+        ``segment_interval_seconds`` turn to see it end. False only while a sample under ``key``
+        is still being taken: ask again."""
         pids = tuple(pids)[:2]
         now = self.clock()
         with self._lock:
             if self.unavailable:
                 self._latest[key] = StackProfile(pids=pids, samples=0, unavailable=self.unavailable,
                                                  timestamp=self.wall_clock())
-                return
+                return True
+            if key in self._pending:
+                return False
             due = tuple(p for p in pids if now - self._sampled_at.get(p, -float("inf")) >= self._wait(p, new_segment, phase))
-            if not due or key in self._pending:
-                return
+            if not due:
+                return True
             if len(self._sampled_at) > _REMEMBERED_PROCESSES:
                 self._forget(now)
             for pid in due:
@@ -190,11 +193,14 @@ class StackSampler:
                 self._thread = threading.Thread(target=self._work, name="flopwatch-stacks", daemon=True)
                 self._thread.start()
         self._queue.put((key, due))
+        return True
 
     def _wait(self, pid: int, new_segment: bool, phase: bool) -> float:
         s = self.settings
         if phase:
-            return s.segment_interval_seconds
+            # The agent asks once a turn; a turn's request that comes a few seconds after the last
+            # turn's sample must not wait for the turn after (every 20 s instead of 10).
+            return s.segment_interval_seconds / 2
         if new_segment:
             return self._segment_wait.get(pid, s.segment_interval_seconds)
         return s.min_interval_seconds
