@@ -8,6 +8,9 @@ import subprocess
 
 import pytest
 
+from flopwatch.commands.build import VirtualClock, build_agent
+from flopwatch.commands.status import look
+from flopwatch.config import Config
 from tests.agent_process import flopwatch, get, running_agent, wait_for
 
 CONTRACT_PER_GPU = [
@@ -56,6 +59,25 @@ def test_status_shows_the_finding_beside_the_means_of_the_window_it_was_made_fro
     assert gpu["window_seconds"] == 5.0
     assert gpu["finding"]["evidence"]["utilization"] == round(gpu["utilization"], 3) < 0.6
     assert gpu["last_tick"]["utilization"] != gpu["utilization"]  # a starved GPU's seconds differ from its mean
+
+
+def test_status_gives_a_verdict_on_work_that_changed_in_the_windows_last_seconds():
+    # A job's process appears on an idle GPU 1 s before the window ends: its segment is named
+    # once it has min_window_seconds, a few seconds past the window, not left without a verdict.
+    config = Config()
+    config.agent.simulate = ["idle"]
+    clock, wall = VirtualClock(0.0), VirtualClock(1.8e9)
+    built = build_agent(config, clock=clock, wall_clock=wall)
+
+    def wait(seconds: float) -> None:
+        clock.now += seconds
+        wall.now += seconds
+        if clock.now == 7.0:
+            built.lib.set_scenario(0, "held_idle")
+
+    state = look(built.agent, config, 8.0, wait, lambda: clock.now)
+    assert state.gpus[0].finding.cause == "held_idle"
+    assert clock.now <= 8.0 + config.diagnosis.min_window_seconds
 
 
 def test_status_table_labels_the_last_tick_apart_from_the_window_means():

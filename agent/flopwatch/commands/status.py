@@ -6,7 +6,7 @@ import json
 import time
 import urllib.error
 import urllib.request
-from typing import Any
+from typing import Any, Callable
 
 import click
 
@@ -45,28 +45,44 @@ def status(config_path: str | None, from_url: str | None, window: float, simulat
 
 
 def _sample(config: Config, window: float) -> Any:
-    interval = config.agent.interval_seconds
     if config.agent.simulate:
         clock, wall = VirtualClock(0.0), VirtualClock(time.time())
         agent = build_agent(config, clock=clock, wall_clock=wall).agent
-        for _ in range(max(int(round(window / interval)), 1)):
-            clock.now += interval
-            wall.now += interval
-            state = agent.tick()
+
+        def wait(seconds: float) -> None:
+            clock.now += seconds
+            wall.now += seconds
+        state = look(agent, config, window, wait, lambda: clock.now)
     else:
         agent = build_agent(config).agent
-        deadline = time.monotonic() + window
-        state = agent.tick()
-        while time.monotonic() < deadline:
-            time.sleep(interval)
-            state = agent.tick()
-        if agent.stacks is not None and agent.stacks.busy:
-            # Stacks asked for late in the window are the strongest evidence status can show:
-            # worth the seconds of one more sample.
-            agent.stacks.wait(config.stacks.timeout_seconds)
-            state = agent.tick()
+        agent.tick()  # the counters' first reading: the window's figures are deltas from it
+        state = look(agent, config, window, time.sleep, time.monotonic)
     agent.close()
     return state
+
+
+def look(agent: Any, config: Config, window: float, wait: Callable[[float], None], now: Callable[[], float]) -> Any:
+    """Tick ``agent`` once an interval for ``window`` seconds; its last state. A GPU whose work
+    changed in the window's last seconds has no verdict yet: up to ``min_window_seconds`` more give
+    its new segment one."""
+    interval = config.agent.interval_seconds
+    deadline = now() + window
+    latest = deadline + config.diagnosis.min_window_seconds
+    while True:
+        wait(interval)
+        state = agent.tick()
+        if now() >= deadline and not (_unjudged(state) and now() < latest):
+            break
+    if agent.stacks is not None and agent.stacks.busy:
+        # Stacks asked for late in the window are the strongest evidence status can show:
+        # worth the seconds of one more sample.
+        agent.stacks.wait(config.stacks.timeout_seconds)
+        state = agent.tick()
+    return state
+
+
+def _unjudged(state: Any) -> bool:
+    return any(g.figures is not None and g.window is None for g in state.gpus)
 
 
 def _fetch_status(url: str) -> dict:
