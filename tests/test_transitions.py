@@ -1,8 +1,6 @@
 """A GPU whose work changes is judged segment by segment: each side of a change has its own
 verdict, and its waste is charged to it (simulated GPUs whose scenario is switched mid-run)."""
 
-import sys
-
 from flopwatch.commands.build import VirtualClock, build_agent
 from flopwatch.config import Config
 from flopwatch.history.report import read_history
@@ -10,6 +8,7 @@ from flopwatch.history.store import HistoryStore, query_history
 from flopwatch.config import StacksConfig
 from flopwatch.model import StackProfile, StackShare
 from flopwatch.sources.stacks import StackSampler
+from tests.sources.test_stacks import stand_in
 
 
 def agent(first: str, sinks=(), stacks=None, before_tick=None):
@@ -131,13 +130,12 @@ def test_a_new_jobs_first_seconds_are_seen_by_a_stack_sample_taken_as_its_proces
     # is named seconds later; the sample taken as it appeared saw it start. (py-spy's stand-in
     # writes the frames of the phase the job is in when it runs; each tick waits for the last.)
     phase = tmp_path / "phase"
-    script = tmp_path / "py-spy"
-    script.write_text(f"#!{sys.executable}\nimport sys\nargs = sys.argv\n"
-                      "pid, out = args[args.index('--pid') + 1], args[args.index('--output') + 1]\n"
-                      f"frame = open({str(phase)!r}).read()\n"
-                      "open(out, 'w').write(f'process {pid}:\"python3 job.py\";thread ({pid}): MainThread;"
-                      "<module> (/srv/job.py:1);' + frame + ' 40\\n')\n")
-    script.chmod(0o755)
+    script = stand_in(tmp_path, f"""
+        pid = args[args.index('--pid') + 1]
+        frame = open({str(phase)!r}).read()
+        open(out, 'w').write(f'process {{pid}}:"python3 job.py";thread ({{pid}}): MainThread;<module> (/srv/job.py:1);'
+                             + frame + ' 40\\n')
+    """)
     frames = {"starting": "_find_and_load (<frozen importlib._bootstrap>:1360)",
               "loading_weights": "from_pretrained (/usr/lib/python3/site-packages/transformers/modeling_utils.py:4000)"}
     sampler: list[StackSampler] = []
@@ -147,7 +145,7 @@ def test_a_new_jobs_first_seconds_are_seen_by_a_stack_sample_taken_as_its_proces
         phase.write_text(frames["starting" if wall_seconds - 1.8e9 <= 23 else "loading_weights"])
 
     def stacks(wall):
-        sampler.append(StackSampler(StacksConfig(), binary=str(script), clock=wall, wall_clock=wall,
+        sampler.append(StackSampler(StacksConfig(), binary=script, clock=wall, wall_clock=wall,
                                     ptrace_check=lambda: None))
         return sampler[0]
 
