@@ -14,7 +14,7 @@ samples a stack, and the tree's):
   nvitop-exporter          --interval 1, if importable (wheels from --wheels-dir)
 A GPU process (bf16 matmuls in bursts) runs throughout so the per-process readers have one to read.
 
-    python3 bench/gpu_agent_cost.py [--seconds 60] [--wheels-dir DIR]
+    python3 bench/gpu_agent_cost.py [--seconds 60] [--wheels-dir DIR] [--tools 'every 10 s,nvitop']
 """
 
 from __future__ import annotations
@@ -68,6 +68,8 @@ def main() -> None:
     parser.add_argument("--wheels-dir", help="wheels to install (pip --target) first: APScheduler, nvitop, …")
     parser.add_argument("--no-load", action="store_true", help="do not start a GPU process")
     parser.add_argument("--only-flopwatch", action="store_true", help="measure flopwatch alone, not the others")
+    parser.add_argument("--tools", help="only the tools whose names contain one of these comma-separated words, "
+                                        "e.g. 'every 10 s,nvitop' (the default agent beside nvitop-exporter)")
     args = parser.parse_args()
     skip_without_gpu()
     install_wheels(args.wheels_dir)
@@ -87,6 +89,9 @@ def main() -> None:
     else:
         skipped.append("nvitop-exporter: skipped: not installed")
 
+    if args.tools:
+        words = [w.strip() for w in args.tools.split(",") if w.strip()]
+        tools = [(name, start) for name, start in tools if any(w in name for w in words)]
     load = None if args.no_load else start_gpu_load()
     rows, results = [], {}
     try:

@@ -34,8 +34,8 @@ def raw(*stacks: tuple[str, int], pid: int = 4242, code: str = "") -> StackProfi
     return parse_raw(text, (pid,), source_line=lambda pid, path, line: code)
 
 
-def finding(cause: str, confidence: float = 0.6) -> Finding:
-    return Finding(cause=cause, severity="page", confidence=confidence, evidence={"utilization": 0.2},
+def finding(cause: str, confidence: float = 0.6, utilization: float = 0.2) -> Finding:
+    return Finding(cause=cause, severity="page", confidence=confidence, evidence={"utilization": utilization},
                    advice="", summary="")
 
 
@@ -200,7 +200,7 @@ def test_unknown_with_the_loader_workers_busy_decoding_is_input_starved():
 
 
 def test_weak_stack_evidence_leaves_the_cause_and_attaches_the_stacks():
-    profile = raw((FORWARD, 15), (COLLATE, 15), (TRAIN_LOOP, 10))
+    profile = raw((FORWARD, 15), (COLLATE, 8), (TRAIN_LOOP, 17))
     result = corroborate(finding("input_starved"), profile)
     assert (result.cause, result.confidence, result.stacks) == ("input_starved", 0.6, profile)
 
@@ -217,6 +217,23 @@ def test_a_main_thread_tokenizing_longer_than_it_launches_the_model_is_input_sta
                    f"_tokenize ({SITE}/transformers/models/bert/tokenization_bert.py:{100 + i})", 3) for i in range(10)]
     result = corroborate(finding("launch_bound"), raw(*tokenizing, (FORWARD, 12), (BACKWARD, 10), (TRAIN_LOOP, 20)))
     assert result.cause == "input_starved"
+
+
+def bert_window(utilization: float) -> Finding:
+    """An H100 window of that loop: its py-spy sample caught 46 % tokenizing, 54 % in backward."""
+    tokenizing = [(f"{TRAIN_LOOP};__call__ ({SITE}/transformers/tokenization_utils_base.py:2512);"
+                   f"_tokenize ({SITE}/transformers/models/bert/tokenization_bert.py:{100 + i})", 5) for i in range(7)]
+    return corroborate(finding("unknown", utilization=utilization), raw(*tokenizing, (BACKWARD, 41)))
+
+
+def test_a_loop_launching_longer_than_it_tokenizes_is_input_starved_when_its_kernels_fill_the_launching():
+    # The GPU busy 0.55 of the window: its kernels ran while the thread launched them, so the GPU's
+    # idle time is the thread's tokenizing.
+    assert bert_window(utilization=0.55).cause == "input_starved"
+
+
+def test_the_same_loop_with_the_gpu_idle_while_it_launches_is_launch_bound():
+    assert bert_window(utilization=0.05).cause == "launch_bound"
 
 
 def test_an_import_inside_from_pretrained_is_part_of_loading_the_weights():

@@ -222,9 +222,10 @@ def _said(part: str, activity: str, share: float) -> str:
     return f"{who} {share:.0%} in {ACTIVITIES[activity]}"
 
 
-def _verdict(cause: str, r: StackReading) -> tuple[str, str] | None:
+def _verdict(cause: str, r: StackReading, utilization: float) -> tuple[str, str] | None:
     """(the cause the stacks support, what they show) for a host-side cause, or None if they say
-    nothing strong about it. Each line reads what the frames mean for where the time goes."""
+    nothing strong about it. Each line reads what the frames mean for where the time goes;
+    ``utilization``: the share of the window the GPU's SMs had work."""
     main, share = r.strongest("main")
     part = "main" if r.share("main", *PHASES) >= r.share("threads", *PHASES) else "threads"
     if r.share(part, *PHASES) >= STRONG:
@@ -248,10 +249,13 @@ def _verdict(cause: str, r: StackReading) -> tuple[str, str] | None:
         # Preparing input on the thread that should launch the model, or waiting for loaders to.
         return "input_starved", f"main thread {feeding_main:.0%} in data loading, tokenizing or its queue"
     model_main = r.share("main", "model", "gpu_sync")
-    if feeding_main >= FEEDING_SHARE and feeding_main > model_main and cause in ("input_starved", "launch_bound", "unknown"):
-        # A serial loop (tokenize, then step): neither half saturates, but input comes first.
+    # A serial loop (prepare input, then step): the GPU drains while the thread prepares input, but
+    # runs kernels while the thread launches them, so launching leaves it idle only for the part of
+    # that time its kernels do not fill.
+    launch_gaps = max(model_main - utilization, 0.0)
+    if feeding_main >= FEEDING_SHARE and feeding_main > launch_gaps and cause in ("input_starved", "launch_bound", "unknown"):
         return "input_starved", (f"main thread {feeding_main:.0%} in data loading or tokenizing, "
-                                 f"{model_main:.0%} launching the model")
+                                 f"{model_main:.0%} launching the model while the GPU was busy {utilization:.0%}")
     if feeding_elsewhere >= STRONG and cause in ("input_starved", "unknown") and r.share("main", "model") < STRONG:
         part = "threads" if r.share("threads", "data_loading", "tokenizing") >= STRONG else "workers"
         activity, value = r.strongest(part)
@@ -273,7 +277,7 @@ def corroborate(finding: Finding | None, profile: StackProfile | None,
         return finding
     if profile.unavailable or not profile.stacks:
         return replace(finding, stacks=profile)
-    verdict = _verdict(finding.cause, reading or read_stacks(profile))
+    verdict = _verdict(finding.cause, reading or read_stacks(profile), finding.evidence.get("utilization") or 0.0)
     if verdict is None:
         return replace(finding, stacks=profile)
     cause, said = verdict

@@ -99,13 +99,28 @@ class Llama8B:
 def llama8b_decode() -> None:
     """A hand-written chat server answering one user at a time: batch-1 greedy decode, answers of
     up to 1024 tokens, each token sent to the client as it is made."""
-    model = Llama8B()
     with torch.no_grad():
-        while True:
-            token = torch.tensor([1], device=DEV)
-            for pos in range(dim(1024)):
-                token = torch.tensor([model.decode_token(token, pos)], device=DEV)
-                ready()
+        answer_forever(Llama8B())
+
+
+def answer_forever(model: Llama8B) -> None:
+    """Answers of up to 1024 tokens, one after the other, each token read back as it is made."""
+    while True:
+        token = torch.tensor([1], device=DEV)
+        for pos in range(dim(1024)):
+            token = torch.tensor([model.decode_token(token, pos)], device=DEV)
+            ready()
+
+
+def llama_decode_half_busy() -> None:
+    """llama8b_decode with SDPA kept off cuDNN attention (whose planning for each new cache length
+    took most of the host's time a token) and an MLP twice as wide (28672, a 12.6B-parameter model):
+    a batch-1 eager decode whose kernels keep the SMs busy about half of each token."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with torch.no_grad(), sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
+                                       SDPBackend.MATH]):
+        answer_forever(Llama8B(mlp=28672))
 
 
 def sentences(count: int, rng: np.random.Generator, words: list[str]) -> list[str]:
@@ -192,4 +207,5 @@ def bert_fast_tokenizer() -> None:
     bert_step_loop(tokenize)
 
 
-WORKLOADS = (llama_train_bf16, llama_greedy_decode, llama8b_decode, bert_slow_tokenizer, bert_fast_tokenizer)
+WORKLOADS = (llama_train_bf16, llama_greedy_decode, llama8b_decode, llama_decode_half_busy, bert_slow_tokenizer,
+             bert_fast_tokenizer)
