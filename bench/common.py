@@ -134,6 +134,25 @@ def rss_parts(pid: int) -> tuple[int, int, int]:
     return own.get("VmHWM", 0), own.get("VmRSS", 0), sum(_status_kib(c.pid, "VmHWM").get("VmHWM", 0) for c in children)
 
 
+def rss_by_mapping(pid: int, count: int = 8) -> list[tuple[str, float]]:
+    """The process's resident MB by what is mapped (a library's file, [heap], [anon]), largest
+    first: where its own RSS goes."""
+    sizes: dict[str, int] = {}
+    name = "[anon]"
+    try:
+        with open(f"/proc/{pid}/smaps") as f:
+            for line in f:
+                field, _, rest = line.partition(" ")
+                if "-" in field and not field.endswith(":"):  # a mapping's header: range perms offset dev inode [path]
+                    parts = rest.split(None, 4)
+                    name = parts[4].strip() if len(parts) > 4 else "[anon]"
+                elif field == "Rss:":
+                    sizes[name] = sizes.get(name, 0) + int(rest.split()[0]) * 1024
+    except OSError:
+        return []
+    return [(n, b / MB) for n, b in sorted(sizes.items(), key=lambda kv: -kv[1])[:count]]
+
+
 def measure(process: subprocess.Popen, seconds: float) -> dict:
     """Steady-state cost of a running process over ``seconds``: CPU share of one core (its tree's,
     and its own apart from its children's, e.g. py-spy),
@@ -149,6 +168,7 @@ def measure(process: subprocess.Popen, seconds: float) -> dict:
         peak = max(peak, peak_rss_bytes(process.pid))
         hwm, rss, kids = rss_parts(process.pid)
         own_hwm, own_rss, children = max(own_hwm, hwm), max(own_rss, rss), max(children, kids)
+    mappings = rss_by_mapping(process.pid)
     own_end, children_end = cpu_parts(process.pid)
     own_cpu, children_cpu = own_end - own_start, children_end - children_start
     cpu = own_cpu + children_cpu
@@ -156,7 +176,8 @@ def measure(process: subprocess.Popen, seconds: float) -> dict:
     return {"cpu_seconds": cpu, "wall_seconds": wall, "core_percent": 100.0 * cpu / wall,
             "own_core_percent": 100.0 * own_cpu / wall, "children_cpu_seconds": children_cpu,
             "peak_rss_mb": peak / MB,
-            "own_peak_rss_mb": own_hwm / MB, "own_max_rss_mb": own_rss / MB, "children_peak_rss_mb": children / MB}
+            "own_peak_rss_mb": own_hwm / MB, "own_max_rss_mb": own_rss / MB, "children_peak_rss_mb": children / MB,
+            "own_rss_by_mapping": mappings}
 
 
 @contextlib.contextmanager

@@ -121,6 +121,9 @@ def main() -> None:
         print(line)
     target = f"≤ {TARGET_CORE_PERCENT:g} %, ≤ {TARGET_RSS_MB:g} MB"
     ours = results.get(tools[0][0])
+    if ours is not None:
+        print(f"{tools[0][0]}: its own resident MB by mapping at the window's end: "
+              + ", ".join(f"{name} {mb:.1f}" for name, mb in ours["own_rss_by_mapping"]))
     if ours is None:
         final("gpu_agent_cost", "not measured: flopwatch run failed to start", target)
     else:
