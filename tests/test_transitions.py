@@ -1,6 +1,8 @@
 """A GPU whose work changes is judged segment by segment: each side of a change has its own
 verdict, and its waste is charged to it (simulated GPUs whose scenario is switched mid-run)."""
 
+import logging
+
 from flopwatch.commands.build import VirtualClock, build_agent
 from flopwatch.config import Config
 from flopwatch.history.report import read_history
@@ -31,6 +33,14 @@ def agent(first: str, sinks=(), stacks=None, before_tick=None):
             state = built.agent.tick()
         return state.gpus[0]
     return built.lib, run
+
+
+def sampling(script, made: list):
+    """agent()'s ``stacks``: a sampler running ``script`` as py-spy, kept in ``made`` for the test."""
+    def stacks(wall):
+        made.append(StackSampler(StacksConfig(), binary=script, clock=wall, wall_clock=wall, ptrace_check=lambda: None))
+        return made[0]
+    return stacks
 
 
 def test_a_job_that_starts_on_an_idle_gpu_is_charged_to_its_own_cause_not_to_idle():
@@ -144,15 +154,27 @@ def test_a_new_jobs_first_seconds_are_seen_by_a_stack_sample_taken_as_its_proces
         sampler[0].wait(30)
         phase.write_text(frames["starting" if wall_seconds - 1.8e9 <= 23 else "loading_weights"])
 
-    def stacks(wall):
-        sampler.append(StackSampler(StacksConfig(), binary=script, clock=wall, wall_clock=wall,
-                                    ptrace_check=lambda: None))
-        return sampler[0]
-
-    lib, run = agent("idle", stacks=stacks, before_tick=before_tick)
+    lib, run = agent("idle", stacks=sampling(script, sampler), before_tick=before_tick)
     run(20)
     lib.set_scenario(0, "held_idle")
     gpu = run(20)
     assert gpu.finding.cause == "loading_weights"
     # Its first 5 s: the 3 it imported, and 2 nearer that sample than the next; 7 s wait for the next.
     assert gpu.wasted_seconds == {"idle": 20.0, "starting": 5.0, "loading_weights": 8.0}
+
+
+def test_the_debug_log_shows_a_stack_samples_top_stack_beside_its_reading(tmp_path, caplog):
+    # A reading of "other" says only that no activity was recognised: the line names what ran.
+    script = stand_in(tmp_path, """
+        pid = args[args.index('--pid') + 1]
+        open(out, 'w').write(f'process {pid}:"python3 job.py";thread ({pid}): MainThread;'
+                             '<module> (/srv/job.py:1);spin (/srv/job.py:9) 40\\n')
+    """)
+    sampler: list[StackSampler] = []
+
+    caplog.set_level(logging.DEBUG, logger="flopwatch.daemon")
+    _, run = agent("held_idle", stacks=sampling(script, sampler),
+                   before_tick=lambda wall_seconds: sampler[0].wait(30))
+    run(20)
+    lines = [r.getMessage() for r in caplog.records if "stacks of" in r.getMessage()]
+    assert lines and "'other': 1.0" in lines[0] and "100 % in spin" in lines[0]

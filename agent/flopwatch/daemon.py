@@ -24,7 +24,7 @@ from flopwatch.judge.diagnose import PHASES, DiagnosisState, diagnose, primary
 from flopwatch.judge.ledger import Charge, WasteLedger
 from flopwatch.judge.regime import Change, RegimeTracker
 from flopwatch.judge.signals import Peers, Tick, TickWindow, job_peers, loader_saturated_pids, signals
-from flopwatch.judge.stackclass import corroborate, read_stacks
+from flopwatch.judge.stackclass import corroborate, read_stacks, stack_summary
 from flopwatch.judge.tokencost import Prices, TokenAccount
 from flopwatch.model import (AgentState, Allocation, Finding, GpuFigures, GpuSample, GpuState, HostSample, PodContainer, ProcessView,
                              StackProfile, TokenCount)
@@ -368,7 +368,9 @@ class Agent:
         seen, seen_profile, result = per.corroborated
         if seen is not finding or seen_profile is not profile:
             if profile is not seen_profile and profile is not None and profile.sampled and log.isEnabledFor(logging.DEBUG):
-                log.debug("GPU %d: stacks of %s: %s", sample.info.index, profile.pids, read_stacks(profile))
+                # The top stack beside the reading: what an activity the reading calls "other" was.
+                log.debug("GPU %d: stacks of %s: %s; %s", sample.info.index, profile.pids, read_stacks(profile),
+                          stack_summary(profile))
             result = corroborate(finding, profile)
             per.corroborated = (finding, profile, result)
         return result
