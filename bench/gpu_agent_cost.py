@@ -33,6 +33,7 @@ from common import (agent_env, final, free_port, history_store_args, install_whe
 TARGET_CORE_PERCENT = 0.5
 TARGET_RSS_MB = 60.0
 QUERY = "utilization.gpu,utilization.memory,memory.used,power.draw,temperature.gpu,clocks.sm,clocks.mem"
+DEFAULT_AGENT = "flopwatch run (counters every 10 s)"  # the one the targets are for
 SETTLE_SECONDS = 3.0  # after start-up, before the window: imports and first reads are not steady state
 
 
@@ -74,7 +75,7 @@ def main() -> None:
     skip_without_gpu()
     install_wheels(args.wheels_dir)
 
-    tools = [("flopwatch run (counters every 10 s)", flopwatch()),
+    tools = [(DEFAULT_AGENT, flopwatch()),
              ("flopwatch run (counters every tick)", flopwatch(energy_every_tick=True)),
              ("flopwatch run (+ SQLite history store)", flopwatch(history=True))]
     smi = None if args.only_flopwatch else shutil.which("nvidia-smi")
@@ -120,13 +121,12 @@ def main() -> None:
     for line in skipped:
         print(line)
     target = f"≤ {TARGET_CORE_PERCENT:g} %, ≤ {TARGET_RSS_MB:g} MB"
-    ours = results.get(tools[0][0])
-    if ours is not None:
-        print(f"{tools[0][0]}: its own resident MB by mapping at the window's end: "
-              + ", ".join(f"{name} {mb:.1f}" for name, mb in ours["own_rss_by_mapping"]))
+    ours = results.get(DEFAULT_AGENT)
     if ours is None:
-        final("gpu_agent_cost", "not measured: flopwatch run failed to start", target)
+        final("gpu_agent_cost", f"not measured: {DEFAULT_AGENT} failed to start or was left out", target)
     else:
+        print(f"{DEFAULT_AGENT}: its own resident MB by mapping at the window's end: "
+              + ", ".join(f"{name} {mb:.1f}" for name, mb in ours["own_rss_by_mapping"]))
         nvitop = results.get("nvitop-exporter --interval 1")
         beside = (f", {ours['core_percent'] / nvitop['core_percent']:.2f}× nvitop-exporter's CPU"
                   if nvitop and nvitop["core_percent"] > 0 else "")
