@@ -171,7 +171,6 @@ def test_the_debug_log_shows_a_stack_samples_top_stack_beside_its_reading(tmp_pa
                              '<module> (/srv/job.py:1);spin (/srv/job.py:9) 40\\n')
     """)
     sampler: list[StackSampler] = []
-
     caplog.set_level(logging.DEBUG, logger="flopwatch.daemon")
     _, run = agent("held_idle", stacks=sampling(script, sampler),
                    before_tick=lambda wall_seconds: sampler[0].wait(30))
