@@ -9,7 +9,7 @@ import subprocess
 import pytest
 
 from flopwatch.commands.build import VirtualClock, build_agent
-from flopwatch.commands.status import look
+from flopwatch.commands.status import look, one_look
 from flopwatch.config import Config
 from tests.agent_process import flopwatch, get, running_agent, wait_for
 
@@ -78,6 +78,26 @@ def test_status_gives_a_verdict_on_work_that_changed_in_the_windows_last_seconds
     state = look(built.agent, config, 8.0, wait, lambda: clock.now)
     assert state.gpus[0].finding.cause == "held_idle"
     assert clock.now <= 8.0 + config.diagnosis.min_window_seconds
+
+
+def test_status_reads_the_processes_sm_shares_three_times_in_its_window():
+    # Read once a counter interval (10 s), an 8 s window would hold only its first tick's shares:
+    # one NVML sample period, from before the window (a training process read 0.0 beside its peer).
+    config = Config()
+    config.agent.simulate = ["contention"]
+    one_look(config, 8.0)
+    clock, wall = VirtualClock(0.0), VirtualClock(1.8e9)
+    built = build_agent(config, clock=clock, wall_clock=wall)
+    reads = []
+    real_read = built.lib.nvmlDeviceGetProcessUtilization
+    built.lib.nvmlDeviceGetProcessUtilization = lambda *a: reads.append(clock.now) or real_read(*a)
+
+    def wait(seconds: float) -> None:
+        clock.now += seconds
+        wall.now += seconds
+
+    look(built.agent, config, 8.0, wait, lambda: clock.now)
+    assert len(reads) >= 3
 
 
 def test_status_table_labels_the_last_tick_apart_from_the_window_means():

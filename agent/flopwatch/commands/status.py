@@ -31,17 +31,26 @@ def status(config_path: str | None, from_url: str | None, window: float, simulat
     else:
         config = load_config(config_path, {("agent", "simulate"): simulate_list(simulate),
                                            ("agent", "simulate_gpus"): simulate_gpus})
-        config.diagnosis.min_window_seconds = min(config.diagnosis.min_window_seconds, window)
-        # One look is one verdict on the whole window: the last tick's, held back by nothing earlier.
-        config.diagnosis.evaluation_interval_seconds = 0.0
-        config.diagnosis.switch_after_seconds = 0.0
-        doc = status_document(_sample(config, window))
+        doc = status_document(_sample(one_look(config, window), window))
     if as_json:
         click.echo(json.dumps(doc, indent=2, default=str))
     else:
         from flopwatch.commands.tables import status_table
 
         click.echo(status_table(doc))
+
+
+def one_look(config: Config, window: float) -> Config:
+    """``config`` set for one verdict on a window of ``window`` seconds."""
+    config.diagnosis.min_window_seconds = min(config.diagnosis.min_window_seconds, window)
+    # One look is one verdict on the whole window: the last tick's, held back by nothing earlier.
+    config.diagnosis.evaluation_interval_seconds = 0.0
+    config.diagnosis.switch_after_seconds = 0.0
+    # The costly counters (processes' SM shares, host CPU and I/O rates) read three times a window,
+    # as the agent's 30 s window reads them: read every 10 s, a few seconds' window would hold one
+    # read from its first tick, and a process's share one NVML sample period from before it.
+    config.agent.counter_interval_seconds = min(config.agent.counter_interval_seconds, window / 3)
+    return config
 
 
 def _sample(config: Config, window: float) -> Any:
