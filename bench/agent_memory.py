@@ -17,14 +17,18 @@ import sys
 # Each step's code, run in order in the measured process; None where NVML is not there.
 STEPS = (
     ("python started", "pass"),
-    ("import pynvml", "import pynvml"),
+    ("import pynvml", "import pynvml; note = 'pynvml ' + pynvml.__file__"),
     ("nvmlInit, GPU count", "pynvml.nvmlInit(); pynvml.nvmlDeviceGetCount()"),
     ("every GPU opened (NvmlSource)",
      "from flopwatch.sources.nvml import NvmlSource; source = NvmlSource(counter_interval_seconds=10.0)"),
     ("{reads} reads, 0.1 s apart", "import time\nfor _ in range({reads}):\n    source.read(); time.sleep(0.1)"),
-    ("the agent's modules (flopwatch run's imports)",
+    ("import psutil", "import psutil"),
+    ("import click", "import click"),
+    ("import prometheus_client", "import prometheus_client"),
+    ("import apscheduler's scheduler", "import apscheduler.schedulers.background"),
+    ("the agent's other modules (flopwatch run's imports)",
      "import flopwatch.commands.run, flopwatch.daemon, flopwatch.outputs.exporter, flopwatch.sources.host, "
-     "flopwatch.sources.tokens, flopwatch.sources.stacks, apscheduler.schedulers.background"),
+     "flopwatch.sources.tokens, flopwatch.sources.stacks"),
     ("the history store's modules", "import flopwatch.history.store"),
 )
 
@@ -36,23 +40,25 @@ def child() -> None:
         code = json.loads(line)
         try:
             exec(code, scope)  # noqa: S102 - the steps above, nothing from outside
-            print(json.dumps({"ok": True}), flush=True)
+            print(json.dumps({"ok": True, "note": scope.pop("note", None)}), flush=True)
         except Exception as e:  # NVML missing, no GPU: the step is reported, the rest go on
             print(json.dumps({"ok": False, "error": f"{type(e).__name__}: {e}"}), flush=True)
 
 
 def measure(reads: int) -> None:
     # Here, not at the top: the measured process runs this file too, and must load none of it.
-    from common import AGENT_DIR, MB, _status_kib, rss_by_mapping, table
+    from common import MB, _status_kib, agent_env, compile_imports, rss_by_mapping, table
 
+    compile_imports()
     process = subprocess.Popen([sys.executable, __file__, "--child"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                               text=True, env={"PYTHONPATH": str(AGENT_DIR), "MALLOC_ARENA_MAX": "2"})
-    rows, before = [], {}
+                               text=True, env={**agent_env(), "MALLOC_ARENA_MAX": "2"})
+    rows, notes, before = [], [], {}
     previous = 0.0
     for name, code in STEPS:
         process.stdin.write(json.dumps(code.format(reads=reads)) + "\n")
         process.stdin.flush()
         answer = json.loads(process.stdout.readline())
+        notes += [answer["note"]] if answer.get("note") else []
         kib = _status_kib(process.pid, "VmRSS", "RssAnon", "RssFile")
         rss = kib["VmRSS"] / MB
         mappings = dict(rss_by_mapping(process.pid, count=1000))
@@ -63,6 +69,7 @@ def measure(reads: int) -> None:
                      grew_text))
         before, previous = mappings, rss
     print(table(("step", "done", "VmRSS MB", "Δ MB", "anon MB", "file MB", "grew most (MB)"), rows))
+    print("\n".join(notes))
     print("largest mappings at the end:", ", ".join(f"{m} {v:.1f}" for m, v in rss_by_mapping(process.pid)))
     process.stdin.close()
     process.wait(timeout=30)

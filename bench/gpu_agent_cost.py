@@ -27,7 +27,7 @@ import subprocess
 import sys
 import time
 
-from common import (agent_env, final, free_port, history_store_args, install_wheels, measure, skip_without_gpu,
+from common import (agent_env, compile_imports, final, free_port, history_store_args, install_wheels, measure, skip_without_gpu,
                     start_agent, start_gpu_load, stop, table, wait_ready)
 
 TARGET_CORE_PERCENT = 0.5
@@ -74,6 +74,7 @@ def main() -> None:
     args = parser.parse_args()
     skip_without_gpu()
     install_wheels(args.wheels_dir)
+    compile_imports()  # as installed: bytecode compiled, for the agent and the tools beside it
 
     tools = [(DEFAULT_AGENT, flopwatch()),
              ("flopwatch run (counters every tick)", flopwatch(energy_every_tick=True)),
