@@ -2,7 +2,10 @@
 turn (pynvml, NVML's start, every GPU opened, reads, the agent's own modules) and is measured from
 outside after each (VmRSS, its anonymous and file-backed parts, and the mappings that grew).
 
-    python3 bench/agent_memory.py [--reads 20]
+    python3 bench/agent_memory.py [--reads 20] [--as-found]
+
+First the imports' bytecode is compiled beside their sources, as `pip install` leaves it (--as-found:
+not, to see what an install without bytecode costs).
 
 Without a GPU the NVML steps are reported as unavailable and the import steps still run.
 """
@@ -45,11 +48,12 @@ def child() -> None:
             print(json.dumps({"ok": False, "error": f"{type(e).__name__}: {e}"}), flush=True)
 
 
-def measure(reads: int) -> None:
+def measure(reads: int, as_found: bool) -> None:
     # Here, not at the top: the measured process runs this file too, and must load none of it.
     from common import MB, _status_kib, agent_env, compile_imports, rss_by_mapping, table
 
-    compile_imports()
+    if not as_found:
+        compile_imports()
     process = subprocess.Popen([sys.executable, __file__, "--child"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                text=True, env={**agent_env(), "MALLOC_ARENA_MAX": "2"})
     rows, notes, before = [], [], {}
@@ -78,9 +82,11 @@ def measure(reads: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--reads", type=int, default=20)
+    parser.add_argument("--as-found", action="store_true",
+                        help="do not compile the imports' bytecode first (where there is none, each import compiles its source)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    child() if args.child else measure(args.reads)
+    child() if args.child else measure(args.reads, args.as_found)
 
 
 if __name__ == "__main__":
