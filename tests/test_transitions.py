@@ -8,16 +8,20 @@ from flopwatch.config import Config
 from flopwatch.history.report import read_history
 from flopwatch.history.store import HistoryStore, query_history
 from flopwatch.config import StacksConfig
+from flopwatch.thresholds import Thresholds
 from flopwatch.model import StackProfile, StackShare
 from flopwatch.sources.stacks import StackSampler
 from tests.sources.test_stacks import stand_in
 
 
-def agent(first: str, sinks=(), stacks=None, before_tick=None):
+def agent(first: str, sinks=(), stacks=None, before_tick=None, settle_seconds=0.0):
     """A simulated GPU starting on scenario ``first``, ticked ``run(seconds)`` at a time; ``stacks``
-    makes its stack reader from the wall clock; ``before_tick(wall_seconds)`` runs before each tick."""
+    makes its stack reader from the wall clock; ``before_tick(wall_seconds)`` runs before each tick.
+    A segment's ticks are charged once it is named (``settle_seconds``: that long after, as the
+    agent does by default), so the totals at a moment hold every tick before it."""
     config = Config()
     config.agent.simulate = [first]
+    config.diagnosis.charge_settle_seconds = settle_seconds
     clock, wall = VirtualClock(0.0), VirtualClock(1.8e9)
     built = build_agent(config, clock=clock, wall_clock=wall, sinks=list(sinks))
     if stacks is not None:
@@ -71,6 +75,19 @@ def test_a_change_of_activity_on_the_same_side_of_the_threshold_is_named_alone()
     gpu = run(25)
     assert gpu.finding.cause == "held_idle"
     assert gpu.wasted_seconds.get("unknown", 0.0) == 0.0
+
+
+def test_a_change_of_activity_seen_late_takes_the_ticks_since_it_began_for_its_own_cause():
+    # A loader waiting on storage, then the same process launching tiny kernels. Host evidence is
+    # read every 10 s, so the change shows at the read at 50 s and is confirmed at a second
+    # evaluation, 10 s later: the ticks from 50 s on wait that long, and take the new cause.
+    charges = []
+    lib, run = agent("io_bound", settle_seconds=Thresholds().charge_settle_seconds)
+    run(40)
+    lib.set_scenario(0, "launch_bound")
+    for _ in range(40):
+        charges += run(1).charges
+    assert {c.cause for c in charges if c.timestamp - 1.8e9 > 50} == {"launch_bound"}
 
 
 def test_the_history_charges_each_tick_as_the_counter_did(tmp_path):

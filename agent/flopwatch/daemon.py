@@ -88,7 +88,7 @@ class Sink(Protocol):
 class _PerGpu:
     """What the agent carries from tick to tick for one GPU."""
 
-    def __init__(self, hold_seconds: float) -> None:
+    def __init__(self, hold_seconds: float, settle_seconds: float) -> None:
         self.previous: GpuSample | None = None
         self.window = TickWindow()
         self.recent = TickWindow()  # the last regime_change_seconds, judged alone to see a change of activity
@@ -99,7 +99,7 @@ class _PerGpu:
         self.diagnosis = DiagnosisState()
         self.regime = RegimeTracker()
         self.named = False  # whether the current segment has been judged
-        self.ledger = WasteLedger(hold_seconds)
+        self.ledger = WasteLedger(hold_seconds, settle_seconds)
         # (cause, pids, the segment's start, the turn while in a phase) a sample was last asked for
         self.stacks_asked: tuple[str | None, tuple[int, ...], float | None, int | None] | None = None
         self.stacks_pending = False  # asked for this segment and not yet taken
@@ -248,7 +248,7 @@ class Agent:
         th = self.config.diagnosis
         per = self._gpus.get(sample.info.index)
         if per is None:
-            per = self._gpus[sample.info.index] = _PerGpu(th.charge_hold_seconds)
+            per = self._gpus[sample.info.index] = _PerGpu(th.charge_hold_seconds, th.charge_settle_seconds)
         if sample.error is not None:
             per.previous = None
             per.window.clear()

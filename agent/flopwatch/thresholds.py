@@ -20,6 +20,9 @@ class Thresholds:
     regime_margin: float = 0.1
     # A new segment's ticks under the threshold wait at most this long for its cause (judge/ledger.py).
     charge_hold_seconds: float = 15.0
+    # A named segment's ticks are charged this long after they happened, so that a change of work
+    # seen within it moves them to the segment it starts (judge/ledger.py). Below charge_hold_seconds.
+    charge_settle_seconds: float = 10.0
     # Every tick enters the window; the window is diagnosed this often.
     evaluation_interval_seconds: float = 5.0
     # A new cause must lead for this long before it replaces the current one (no flapping).

@@ -14,12 +14,13 @@ from flopwatch.sources.simulated import SCENARIOS
 
 
 def with_findings(config: Config) -> Built:
-    """An agent on ``config``'s simulated GPUs, ticked on a virtual clock until the first findings:
-    past the shortest window, at the next evaluation."""
+    """An agent on ``config``'s simulated GPUs, ticked on a virtual clock until the first findings
+    and their first charges: past the shortest window, at the next evaluation, and the charges'
+    settling."""
     clock, wall = VirtualClock(0.0), VirtualClock(1.8e9)
     built = build_agent(config, clock=clock, wall_clock=wall)
     th = config.diagnosis
-    for _ in range(int(th.min_window_seconds + th.evaluation_interval_seconds) + 1):
+    for _ in range(int(th.min_window_seconds + th.evaluation_interval_seconds + th.charge_settle_seconds) + 1):
         clock.now += 1.0
         wall.now += 1.0
         built.agent.tick()

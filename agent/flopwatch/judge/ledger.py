@@ -5,7 +5,9 @@ segment is named only once it has ``min_window_seconds`` of ticks, so its first 
 name — at most ``charge_hold_seconds`` — instead of being charged to the verdict on what came
 before. A tick under the threshold in a segment judged healthy waits as long: it is most often the
 first of a new segment that the regime tracker has not yet seen (it needs a few ticks on the new
-side), and joins that segment when it is. Charges are only ever added, so the Prometheus counter
+side), and joins that segment when it is. A named segment's ticks settle ``settle_seconds`` after
+they happened, so that a change of activity, confirmed seconds after it began, takes its ticks for
+the new segment. Charges are only ever added, so the Prometheus counter
 stays monotonic, and each settled tick is handed on with its cause so the history writes the same
 charge the counter made.
 """
@@ -31,6 +33,10 @@ class WasteLedger:
     """One GPU's waste by cause since the agent started, and the ticks waiting for their segment's name."""
 
     hold_seconds: float
+    # A named segment's ticks settle this long after they happened: a change of work found within
+    # that time (an activity change is seen ~10 s late, on two evaluations) takes its ticks for the
+    # segment it starts, instead of the verdict it replaces.
+    settle_seconds: float = 0.0
     totals: dict[str, float] = field(default_factory=dict)
     pending: list[tuple[float, float]] = field(default_factory=list)  # (timestamp, seconds), oldest first
 
@@ -49,7 +55,8 @@ class WasteLedger:
             self.pending.append((timestamp, seconds))
         settled: tuple[Charge, ...] = ()
         if named and cause is not None:
-            settled = self._charge(self._take(sum(1 for t, _ in self.pending if t <= until)), cause)
+            ripe = min(until, timestamp - self.settle_seconds)
+            settled = self._charge(self._take(sum(1 for t, _ in self.pending if t <= ripe)), cause)
         overdue = sum(1 for t, _ in self.pending if timestamp - t >= self.hold_seconds)
         return settled + self._charge(self._take(overdue), UNKNOWN)
 
