@@ -12,7 +12,8 @@ name, written before any run (LABELS). From the history's raw rows (a row per ti
 tick was charged to), the table gives per segment its below-threshold seconds by charged cause,
 and in total the share charged to `unknown` and the share charged to a cause other than the
 segment's label (issue 29's targets: ≤ 5 % each). A tick belongs to the segment holding the
-middle of its interval. Full logs: DIR/agent.log, DIR/job-*.log; the table: DIR/lifecycle.txt.
+middle of its interval. Full logs: DIR/agent.log, DIR/job-*.log; the table: DIR/lifecycle.txt; each finding with its evidence:
+DIR/findings.txt.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from pathlib import Path
 
 from sqlalchemy import create_engine, select
 
-from flopwatch.history.schema import gpu_raw
+from flopwatch.history.schema import findings, gpu_raw
 from tests.gpu.gpus import wait_until_free
 
 REPO = Path(__file__).resolve().parents[2]
@@ -113,6 +114,27 @@ def read_charges(url: str, gpu: int = 0) -> list[Charge]:
     return [Charge(ts, wasted, cause or "unknown") for ts, cause, wasted in rows]
 
 
+def finding_lines(rows: list[tuple], origin: float) -> list[str]:
+    """The history's findings (start, end, cause, confidence, evidence JSON), seconds from
+    ``origin``, each with its evidence but the stacks' frames: why each segment was named."""
+    lines = []
+    for start, end, cause, confidence, evidence in rows:
+        shown = {k: v for k, v in json.loads(evidence).items() if k != "stacks" and v not in (None, "", [], {})}
+        until = f"{end - origin:6.1f}" if end is not None else "   now"
+        lines.append(f"{start - origin:6.1f}–{until} {cause} ({confidence}): {json.dumps(shown, default=str)}")
+    return lines
+
+
+def read_findings(url: str, gpu: int = 0) -> list[tuple]:
+    engine = create_engine(url)
+    with engine.connect() as connection:
+        rows = connection.execute(select(findings.c.start_ts, findings.c.end_ts, findings.c.cause, findings.c.confidence,
+                                         findings.c.evidence).where(findings.c.gpu == gpu)
+                                  .order_by(findings.c.start_ts)).all()
+    engine.dispose()
+    return [tuple(row) for row in rows]
+
+
 def mark(log: Path, phase: str) -> None:
     with open(log, "a") as out:
         out.write(json.dumps({"t": time.time(), "phase": phase, "job": "-"}) + "\n")
@@ -158,8 +180,11 @@ def main() -> None:
         finally:
             agent.send_signal(signal.SIGTERM)  # flushes the history
             agent.wait(timeout=60)
-    lines = score(read_segments(out / "phases.jsonl"), read_charges(url))
+    segments = read_segments(out / "phases.jsonl")
+    lines = score(segments, read_charges(url))
     (out / "lifecycle.txt").write_text("\n".join(lines) + "\n")
+    origin = segments[0].start if segments else 0.0
+    (out / "findings.txt").write_text("\n".join(finding_lines(read_findings(url), origin)) + "\n")
     print("\n".join(lines))
 
 

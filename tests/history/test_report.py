@@ -56,7 +56,7 @@ def write_history(stores: list[HistoryStore]) -> None:
             store.record(state, tokens)
     built.agent.close()
     for store in stores:
-        store.flush()
+        store.close()  # as the agent stops: the ticks still settling are written as they were read
         store.rollup(now=wall.now)
 
 
