@@ -17,7 +17,7 @@ import json
 import subprocess
 import sys
 
-# Each step's code, run in order in the measured process; None where NVML is not there.
+# Each step's code, run in order in the measured process.
 STEPS = (
     ("python started", "pass"),
     ("import pynvml", "import pynvml; note = 'pynvml ' + pynvml.__file__"),

@@ -27,8 +27,8 @@ import subprocess
 import sys
 import time
 
-from common import (agent_env, compile_imports, final, free_port, history_store_args, install_wheels, measure, skip_without_gpu,
-                    start_agent, start_gpu_load, stop, table, wait_ready)
+from common import (agent_env, compile_imports, final, free_port, history_store_args, install_wheels, measure,
+                    skip_without_gpu, start_agent, start_gpu_load, stop, table, wait_ready)
 
 TARGET_CORE_PERCENT = 0.5
 TARGET_RSS_MB = 60.0
