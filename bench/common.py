@@ -28,7 +28,7 @@ MB = 1e6
 # `pip install` leaves it: a process that compiles its imports from source keeps the compiler's heap
 # (pynvml's 8,000 lines alone leave ~14 MB resident).
 MEASURED_IMPORTS = ("flopwatch", "pynvml", "prometheus_client", "apscheduler", "tzlocal", "psutil", "click",
-                 "sqlalchemy", "alembic", "mako", "nvitop", "nvitop_exporter")
+                    "sqlalchemy", "alembic", "mako", "nvitop", "nvitop_exporter")
 
 
 def agent_env() -> dict[str, str]:

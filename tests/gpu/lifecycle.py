@@ -12,8 +12,8 @@ name, written before any run (LABELS). From the history's raw rows (a row per ti
 tick was charged to), the table gives per segment its below-threshold seconds by charged cause,
 and in total the share charged to `unknown` and the share charged to a cause other than the
 segment's label (issue 29's targets: ≤ 5 % each). A tick belongs to the segment holding the
-middle of its interval. Full logs: DIR/agent.log, DIR/job-*.log; the table: DIR/lifecycle.txt; each finding with its evidence:
-DIR/findings.txt.
+middle of its interval. Full logs: DIR/agent.log, DIR/job-*.log; the table: DIR/lifecycle.txt;
+each finding with its evidence: DIR/findings.txt.
 """
 
 from __future__ import annotations
@@ -105,12 +105,8 @@ def read_segments(path: Path) -> list[Segment]:
 
 def read_charges(url: str, gpu: int = 0) -> list[Charge]:
     """Every below-threshold tick of ``gpu`` in the history's raw rows."""
-    engine = create_engine(url)
-    with engine.connect() as connection:
-        rows = connection.execute(select(gpu_raw.c.ts, gpu_raw.c.cause, gpu_raw.c.wasted_seconds)
-                                  .where(gpu_raw.c.gpu == gpu, gpu_raw.c.below_threshold)
-                                  .order_by(gpu_raw.c.ts)).all()
-    engine.dispose()
+    rows = _query(url, select(gpu_raw.c.ts, gpu_raw.c.cause, gpu_raw.c.wasted_seconds)
+                  .where(gpu_raw.c.gpu == gpu, gpu_raw.c.below_threshold).order_by(gpu_raw.c.ts))
     return [Charge(ts, wasted, cause or "unknown") for ts, cause, wasted in rows]
 
 
@@ -126,11 +122,14 @@ def finding_lines(rows: list[tuple], origin: float) -> list[str]:
 
 
 def read_findings(url: str, gpu: int = 0) -> list[tuple]:
+    return _query(url, select(findings.c.start_ts, findings.c.end_ts, findings.c.cause, findings.c.confidence,
+                              findings.c.evidence).where(findings.c.gpu == gpu).order_by(findings.c.start_ts))
+
+
+def _query(url: str, statement) -> list[tuple]:
     engine = create_engine(url)
     with engine.connect() as connection:
-        rows = connection.execute(select(findings.c.start_ts, findings.c.end_ts, findings.c.cause, findings.c.confidence,
-                                         findings.c.evidence).where(findings.c.gpu == gpu)
-                                  .order_by(findings.c.start_ts)).all()
+        rows = connection.execute(statement).all()
     engine.dispose()
     return [tuple(row) for row in rows]
 
