@@ -86,3 +86,16 @@ def test_the_readmes_configuration_block_loads_and_shows_each_default(tmp_path):
 
 def _plain(value):
     return list(value) if isinstance(value, tuple) else value
+
+
+def test_waste_settling_past_its_hold_is_refused_naming_both_keys(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('[diagnosis]\ncharge_hold_seconds = 8\n')
+    with pytest.raises(ConfigError, match=r"\[diagnosis\]\.charge_settle_seconds: 10\.0; .*charge_hold_seconds \(8\.0\)"):
+        config.load(path, env={})
+
+
+def test_keys_checked_together_may_be_set_in_any_order(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('[diagnosis]\ncharge_hold_seconds = 8\ncharge_settle_seconds = 4\n')
+    assert config.load(path, env={}).diagnosis.charge_settle_seconds == 4.0

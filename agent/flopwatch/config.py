@@ -243,7 +243,17 @@ def load(path: str | os.PathLike | None = None, env: Mapping[str, str] | None = 
     if path is not None or DEFAULT_PATH.exists():
         _apply_file(config, Path(path) if path is not None else DEFAULT_PATH)
     _apply_env(config, os.environ if env is None else env)
+    check_relations(config)
     return config
+
+
+def check_relations(config: Config) -> None:
+    """Checks between keys, once all are set (a key alone is checked as it is set)."""
+    th = config.diagnosis
+    if not th.charge_settle_seconds < th.charge_hold_seconds:
+        # Else the ticks of a named segment settling past the hold would go to `unknown`.
+        raise ConfigError(f"bad value for [diagnosis].charge_settle_seconds: {th.charge_settle_seconds!r}; it must "
+                          f"be below [diagnosis].charge_hold_seconds ({th.charge_hold_seconds!r})")
 
 
 def override(config: Config, section: str, key: str, value: Any) -> None:

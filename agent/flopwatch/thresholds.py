@@ -21,7 +21,8 @@ class Thresholds:
     # A new segment's ticks under the threshold wait at most this long for its cause (judge/ledger.py).
     charge_hold_seconds: float = 15.0
     # A named segment's ticks are charged this long after they happened, so that a change of work
-    # seen within it moves them to the segment it starts (judge/ledger.py). Below charge_hold_seconds.
+    # seen within it moves them to the segment it starts (judge/ledger.py). Below charge_hold_seconds
+    # (config.check_relations).
     charge_settle_seconds: float = 10.0
     # Every tick enters the window; the window is diagnosed this often.
     evaluation_interval_seconds: float = 5.0

@@ -21,6 +21,7 @@ def load_config(path: str | None, overrides: dict[tuple[str, str], Any]) -> Conf
         for (section, key), value in overrides.items():
             if value is not None:
                 config_mod.override(config, section, key, value)
+        config_mod.check_relations(config)
     except ConfigError as e:
         raise UsageError(str(e)) from None
     return config
