@@ -194,6 +194,16 @@ def plan(windows: int, window_seconds: float, warmup: float, budget: float, batc
         count += 1
 
 
+def merged(runs: list[list[dict]]) -> list[dict]:
+    """The runs' records, a workload's from the last run that measured it (a rerun after a fix)."""
+    latest: dict[str, list[dict]] = {}
+    for records in runs:
+        keys = {r["workload"] for r in records}
+        for key in keys:
+            latest[key] = [r for r in records if r["workload"] == key]
+    return [r for rs in latest.values() for r in rs]
+
+
 def summary(records: list[dict], windows: int) -> list[str]:
     """Per-workload table, confusion matrix and totals, as text lines."""
     by_key: dict[str, list[dict]] = {}
@@ -272,7 +282,9 @@ def main() -> None:
                         help="seconds: a workload that would end past this is skipped")
     parser.add_argument("--plan", action="store_true", help="print the batches, their estimated seconds and the total")
     parser.add_argument("--labels", action="store_true", help="print the labels as a Markdown table (--doc: into it)")
-    parser.add_argument("--merge", nargs="+", metavar="JSONL", help="combine batches' windows into one report")
+    parser.add_argument("--merge", nargs="+", metavar="JSONL",
+                        help="combine batches' windows into one report; a workload rerun in a later file replaces "
+                             "its windows from the earlier ones")
     parser.add_argument("--doc", type=Path, help="with --merge or --labels: write into this file's block")
     args = parser.parse_args()
     if args.labels:
@@ -281,7 +293,8 @@ def main() -> None:
             write_block(args.doc, "labels", "\n".join(labels_table()))
         return
     if args.merge:
-        records = [json.loads(line) for path in args.merge for line in Path(path).read_text().splitlines() if line]
+        records = merged([[json.loads(line) for line in Path(path).read_text().splitlines() if line]
+                          for path in args.merge])
         lines = summary(records, args.windows)
         print("\n".join(lines))
         if args.doc:

@@ -4,7 +4,7 @@ import ast
 from pathlib import Path
 
 from flopwatch.judge.diagnose import CAUSES
-from tests.gpu.corpus import estimate, plan, summary, window_record
+from tests.gpu.corpus import estimate, merged, plan, summary, window_record
 from tests.gpu.labels import LABELS, PHASES, Label
 
 WORKLOADS = Path(__file__).parent / "workloads"
@@ -49,6 +49,14 @@ def test_a_page_over_the_threshold_is_counted_and_one_under_it_is_not():
     lines = summary([record("a", "input_starved", "input_starved", "page", utilization=0.65),
                      record("b", "input_starved", "input_starved", "page", utilization=0.2)], windows=1)
     assert "pages whose own window's utilization is ≥ 0.6: 1" in lines
+
+
+def test_a_workload_rerun_in_a_later_file_counts_only_its_rerun_windows():
+    first = [record("a", "input_starved", "launch_bound"), record("a", "input_starved", "input_starved"),
+             record("b", None, None)]
+    rerun = [record("a", "input_starved", "input_starved")]
+    lines = summary(merged([first, rerun]), windows=1)
+    assert any(line.startswith("windows right: 2/2 = 100.0%") for line in lines)
 
 
 def test_a_workload_that_never_started_counts_its_windows_wrong():
