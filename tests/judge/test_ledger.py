@@ -42,7 +42,7 @@ def test_a_new_segment_leaves_the_ticks_from_before_its_start_to_unknown():
     ledger.tick(1.0, 1.0, under=True, named=False, cause=None)
     ledger.tick(2.0, 1.0, under=True, named=False, cause=None)
     assert ledger.new_segment(start=2.0) == (Charge(1.0, "unknown", 1.0),)
-    assert ledger.pending == [(2.0, 1.0)]
+    assert [w.timestamp for w in ledger.pending] == [2.0]
 
 
 def test_the_hold_is_bounded():
@@ -83,3 +83,20 @@ def test_a_verdict_settles_only_the_ticks_it_speaks_for_the_later_ones_wait_for_
     assert [(c.timestamp, c.cause) for c in settled] == [(1.0, "loading_weights"), (2.0, "loading_weights")]
     settled = ledger.tick(5.0, 1.0, under=True, named=True, cause="compiling")
     assert [(c.timestamp, c.cause) for c in settled] == [(3.0, "compiling"), (4.0, "compiling"), (5.0, "compiling")]
+
+
+def test_a_tick_keeps_the_verdict_it_was_given_when_a_later_one_of_its_segment_differs():
+    ledger = WasteLedger(hold_seconds=15.0, settle_seconds=10.0)
+    ledger.tick(1.0, 1.0, under=True, named=True, cause="starting")
+    ledger.tick(2.0, 1.0, under=True, named=True, cause="loading_weights", until=1.5)  # the next phase's sample
+    settled = ledger.tick(12.0, 1.0, under=True, named=True, cause="loading_weights")
+    assert [(c.timestamp, c.cause) for c in settled] == [(1.0, "starting"), (2.0, "loading_weights")]
+
+
+def test_a_new_segment_takes_its_ticks_from_the_verdict_they_were_given_before_it_was_seen():
+    ledger = WasteLedger(hold_seconds=15.0, settle_seconds=10.0)
+    for t in (1.0, 2.0, 3.0):
+        ledger.tick(t, 1.0, under=True, named=True, cause="io_bound")
+    assert ledger.new_segment(start=2.0, cause="io_bound") == (Charge(1.0, "io_bound", 1.0),)
+    settled = ledger.tick(13.0, 1.0, under=True, named=True, cause="launch_bound")
+    assert [(c.timestamp, c.cause) for c in settled] == [(2.0, "launch_bound"), (3.0, "launch_bound")]

@@ -118,6 +118,11 @@ def test_input_starved_whose_busy_thread_is_the_models_forward_is_launch_bound()
     assert result.evidence["stacks_corrected_from"] == "input_starved"
 
 
+def test_io_bound_whose_main_thread_runs_the_models_loop_is_launch_bound():
+    result = corroborate(finding("io_bound"), raw((FORWARD, 30), (BACKWARD, 10)))
+    assert (result.cause, result.evidence["stacks_corrected_from"]) == ("launch_bound", "io_bound")
+
+
 def test_input_starved_with_the_main_thread_tokenizing_is_confirmed():
     result = corroborate(finding("input_starved", 0.6), raw((COLLATE, 34), (FORWARD, 6)))
     assert (result.cause, result.confidence) == ("input_starved", 0.75)
@@ -178,6 +183,13 @@ def test_a_main_thread_in_a_phase_of_the_jobs_life_names_the_phase(stack, cause)
     result = corroborate(finding("io_bound"), raw((stack, 30), (FORWARD, 5)))
     assert (result.cause, result.severity) == (cause, "ticket")
     assert result.evidence["stacks_corrected_from"] == "io_bound"
+
+
+def test_a_phase_spread_over_stacks_too_small_to_show_still_names_it():
+    imports = [(IMPORTS.replace("conv.py:1", f"module_{i}.py:1"), 1) for i in range(30)]  # 3 % each
+    profile = raw(*imports)
+    assert profile.stacks == ()
+    assert corroborate(finding("input_starved"), profile).cause == "starting"
 
 
 def test_a_compiled_models_steady_steps_are_not_compiling():

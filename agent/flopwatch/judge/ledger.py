@@ -5,9 +5,9 @@ segment is named only once it has ``min_window_seconds`` of ticks, so its first 
 name — at most ``charge_hold_seconds`` — instead of being charged to the verdict on what came
 before. A tick under the threshold in a segment judged healthy waits as long: it is most often the
 first of a new segment that the regime tracker has not yet seen (it needs a few ticks on the new
-side), and joins that segment when it is. A named segment's ticks settle ``settle_seconds`` after
-they happened, so that a change of activity, confirmed seconds after it began, takes its ticks for
-the new segment. Charges are only ever added, so the Prometheus counter
+side), and joins that segment when it is. A tick takes the first verdict that speaks for it, but
+is charged ``settle_seconds`` after it happened, so that a change of activity, confirmed seconds
+after it began, takes its ticks for the new segment. Charges are only ever added, so the Prometheus counter
 stays monotonic, and each settled tick is handed on with its cause so the history writes the same
 charge the counter made.
 """
@@ -29,21 +29,35 @@ class Charge:
 
 
 @dataclass
+class _Waiting:
+    """A tick under the threshold not yet charged, and the verdict it was given, if any."""
+
+    timestamp: float
+    seconds: float
+    cause: str | None = None
+
+
+@dataclass
 class WasteLedger:
     """One GPU's waste by cause since the agent started, and the ticks waiting for their segment's name."""
 
     hold_seconds: float
-    # A named segment's ticks settle this long after they happened: a change of work found within
+    # A tick given its verdict is charged this long after it happened: a change of work found within
     # that time (an activity change is seen ~10 s late, on two evaluations) takes its ticks for the
-    # segment it starts, instead of the verdict it replaces.
+    # segment it starts, instead of the verdict it replaces. A later verdict of the same segment
+    # does not (the next phase of a job's life is not the one its ticks were in).
     settle_seconds: float = 0.0
     totals: dict[str, float] = field(default_factory=dict)
-    pending: list[tuple[float, float]] = field(default_factory=list)  # (timestamp, seconds), oldest first
+    pending: list[_Waiting] = field(default_factory=list)  # oldest first; those given a verdict lead
 
     def new_segment(self, start: float = float("inf"), cause: str | None = None) -> tuple[Charge, ...]:
         """A segment starts at ``start``: the ticks still waiting from before it are charged to
-        the cause the old segment was given (``unknown`` where none); its own wait for its name."""
-        return self._charge(self._take(sum(1 for t, _ in self.pending if t < start)), cause or UNKNOWN)
+        their verdict, else to the cause the old segment was given (``unknown`` where none); its
+        own wait for its name, whatever verdict the old segment gave them."""
+        before = self._take(sum(1 for w in self.pending if w.timestamp < start))
+        for waiting in self.pending:
+            waiting.cause = None
+        return self._charge(before, cause or UNKNOWN)
 
     def tick(self, timestamp: float, seconds: float, under: bool, named: bool, cause: str | None,
              until: float = float("inf")) -> tuple[Charge, ...]:
@@ -52,20 +66,26 @@ class WasteLedger:
         cause found, so an under-threshold tick is ``unknown`` once it has waited its hold);
         ``until``: the verdict holds for the ticks up to then, later ones wait for the next."""
         if under:
-            self.pending.append((timestamp, seconds))
-        settled: tuple[Charge, ...] = ()
+            self.pending.append(_Waiting(timestamp, seconds))
         if named and cause is not None:
-            ripe = min(until, timestamp - self.settle_seconds)
-            settled = self._charge(self._take(sum(1 for t, _ in self.pending if t <= ripe)), cause)
-        overdue = sum(1 for t, _ in self.pending if timestamp - t >= self.hold_seconds)
+            for waiting in self.pending:
+                if waiting.cause is None and waiting.timestamp <= until:
+                    waiting.cause = cause
+        ripe = sum(1 for w in self.pending if w.cause is not None and w.timestamp <= timestamp - self.settle_seconds)
+        settled = self._charge(self._take(ripe))
+        overdue = sum(1 for w in self.pending if timestamp - w.timestamp >= self.hold_seconds)
         return settled + self._charge(self._take(overdue), UNKNOWN)
 
-    def _take(self, count: int) -> list[tuple[float, float]]:
+    def _take(self, count: int) -> list[_Waiting]:
         taken, self.pending = self.pending[:count], self.pending[count:]
         return taken
 
-    def _charge(self, ticks: list[tuple[float, float]], cause: str) -> tuple[Charge, ...]:
+    def _charge(self, ticks: list[_Waiting], default: str | None = None) -> tuple[Charge, ...]:
         if not ticks:
             return ()
-        self.totals = {**self.totals, cause: self.totals.get(cause, 0.0) + sum(s for _, s in ticks)}
-        return tuple(Charge(t, cause, s) for t, s in ticks)
+        charges = tuple(Charge(w.timestamp, w.cause or default or UNKNOWN, w.seconds) for w in ticks)
+        totals = dict(self.totals)
+        for charge in charges:
+            totals[charge.cause] = totals.get(charge.cause, 0.0) + charge.seconds
+        self.totals = totals
+        return charges

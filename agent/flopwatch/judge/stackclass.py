@@ -260,9 +260,10 @@ def _verdict(cause: str, r: StackReading, utilization: float) -> tuple[str, str]
         part = "threads" if r.share("threads", "data_loading", "tokenizing") >= STRONG else "workers"
         activity, value = r.strongest(part)
         return "input_starved", _said(part, activity, value)
-    if r.share("main", "model", "gpu_sync") >= STRONG and cause in ("input_starved", "launch_bound", "unknown") \
+    if r.share("main", "model", "gpu_sync") >= STRONG and cause in ("input_starved", "launch_bound", "unknown", "io_bound") \
             and feeding_elsewhere < STRONG:
         # The busy thread is the model's own loop: launches (or syncs) too small to fill the GPU.
+        # Storage traffic beside it (a checkpoint's writeback) is not what the GPU waits for.
         return "launch_bound", f"main thread {r.share('main', 'model', 'gpu_sync'):.0%} in model code or GPU syncs"
     if cause == "io_bound" and r.share("workers", "file_read") >= STRONG:
         return "io_bound", _said("workers", "file_read", r.share("workers", "file_read"))
@@ -275,7 +276,7 @@ def corroborate(finding: Finding | None, profile: StackProfile | None,
     where the stacks speak strongly; ``reading`` is read_stacks(profile), if already made."""
     if finding is None or profile is None:
         return finding
-    if profile.unavailable or not profile.stacks:
+    if profile.unavailable or not profile.sampled:
         return replace(finding, stacks=profile)
     verdict = _verdict(finding.cause, reading or read_stacks(profile), finding.evidence.get("utilization") or 0.0)
     if verdict is None:
