@@ -126,7 +126,9 @@ class ScriptedStacks:
         self.wall, self.phase_at, self.profiles = wall, phase_at, {}
 
     FRAMES = {"loading_weights": ("from_pretrained (transformers/modeling_utils.py:4000)", "/srv/job.py"),
-              "compiling": ("_compile (torch/_dynamo/convert_frame.py:900)", "/site-packages/torch/_dynamo/convert_frame.py")}
+              "compiling": ("_compile (torch/_dynamo/convert_frame.py:900)", "/site-packages/torch/_dynamo/convert_frame.py"),
+              "training": ("_engine_run_backward (torch/autograd/graph.py:825)", "/site-packages/torch/autograd/graph.py"),
+              "forward only": ("forward (torch/nn/modules/linear.py:125)", "/site-packages/torch/nn/modules/linear.py")}
 
     def request(self, key, pids, new_segment=False, phase=False):
         frame, path = self.FRAMES[self.phase_at(self.wall.now)]
@@ -150,6 +152,26 @@ def test_a_phase_that_follows_another_is_charged_from_the_nearer_stack_sample():
     gpu = run(60)
     assert gpu.finding.cause == "compiling"
     assert gpu.wasted_seconds == {"loading_weights": 34.0, "compiling": 26.0}
+
+
+def test_a_phase_keeps_its_ticks_when_the_next_phase_is_named_before_they_settle():
+    # As above, with waste settling 10 s after each tick (the default): the ticks the loading
+    # sample spoke for stay loading's when the compiling sample comes within their settle.
+    _, run = agent("held_idle", settle_seconds=Thresholds().charge_settle_seconds, stacks=lambda wall: ScriptedStacks(
+        wall, lambda now: "loading_weights" if now - 1.8e9 <= 33 else "compiling"))
+    gpu = run(70)
+    assert gpu.wasted_seconds == {"loading_weights": 34.0, "compiling": 26.0}
+
+
+def test_a_training_job_whose_stacks_turn_to_the_forward_pass_only_is_evaluating():
+    # Launch-bound training (backward passes in its stacks) until 30 s; then its loop runs the
+    # model forward only, the GPU waiting as storage is written beside it.
+    lib, run = agent("launch_bound", stacks=lambda wall: ScriptedStacks(
+        wall, lambda now: "training" if now - 1.8e9 <= 30 else "forward only"))
+    assert run(30).finding.cause == "launch_bound"
+    lib.set_scenario(0, "io_bound")
+    gpu = run(30)
+    assert (gpu.finding.cause, gpu.finding.evidence["stacks_corrected_from"]) == ("evaluating", "io_bound")
 
 
 def test_a_new_jobs_first_seconds_are_seen_by_a_stack_sample_taken_as_its_process_appears(tmp_path):

@@ -24,7 +24,7 @@ from flopwatch.judge.diagnose import PHASES, DiagnosisState, diagnose, primary
 from flopwatch.judge.ledger import Charge, WasteLedger
 from flopwatch.judge.regime import Change, RegimeTracker
 from flopwatch.judge.signals import Peers, Tick, TickWindow, job_peers, loader_saturated_pids, signals
-from flopwatch.judge.stackclass import corroborate, read_stacks, stack_summary
+from flopwatch.judge.stackclass import TRAINING_SEEN, corroborate, read_stacks, stack_summary
 from flopwatch.judge.tokencost import Prices, TokenAccount
 from flopwatch.model import (AgentState, Allocation, Finding, GpuFigures, GpuSample, GpuState, HostSample, PodContainer, ProcessView,
                              StackProfile, TokenCount)
@@ -108,6 +108,7 @@ class _PerGpu:
         # The diagnosis's finding and the stacks it was corroborated with, and the result.
         self.corroborated: tuple[Finding | None, StackProfile | None, Finding | None] = (None, None, None)
         self.in_force: Finding | None = None  # the finding the last tick was charged by
+        self.trained: frozenset[int] = frozenset()  # processes on the GPU whose stacks showed them training
 
 
 class Agent:
@@ -367,11 +368,15 @@ class Agent:
         per.stacks_pending = profile is None and self.stacks.taking(sample.info.index)
         seen, seen_profile, result = per.corroborated
         if seen is not finding or seen_profile is not profile:
-            if profile is not seen_profile and profile is not None and profile.sampled and log.isEnabledFor(logging.DEBUG):
+            reading = read_stacks(profile) if profile is not None and profile.sampled else None
+            if profile is not seen_profile and reading is not None:
                 # The top stack beside the reading: what an activity the reading calls "other" was.
-                log.debug("GPU %d: stacks of %s: %s; %s", sample.info.index, profile.pids, read_stacks(profile),
-                          stack_summary(profile))
-            result = corroborate(finding, profile)
+                log.debug("GPU %d: stacks of %s: %s; %s", sample.info.index, profile.pids, reading, stack_summary(profile))
+                on_gpu = {p.pid for p in sample.processes}
+                per.trained = frozenset(p for p in per.trained if p in on_gpu) | \
+                    (frozenset(profile.pids) if reading.training >= TRAINING_SEEN else frozenset())
+            result = corroborate(finding, profile, reading,
+                                 trained=profile is not None and bool(per.trained.intersection(profile.pids)))
             per.corroborated = (finding, profile, result)
         return result
 

@@ -123,6 +123,22 @@ def test_io_bound_whose_main_thread_runs_the_models_loop_is_launch_bound():
     assert (result.cause, result.evidence["stacks_corrected_from"]) == ("launch_bound", "io_bound")
 
 
+def test_a_main_threads_backward_passes_and_optimizer_steps_are_its_training_share():
+    step = f"{TRAIN_LOOP};step ({SITE}/torch/optim/adamw.py:200)"
+    assert read_stacks(raw((FORWARD, 20), (BACKWARD, 15), (step, 5))).training == 0.5
+
+
+def test_a_job_seen_training_that_runs_its_model_forward_only_is_evaluating():
+    assert corroborate(finding("launch_bound"), raw((FORWARD, 30)), trained=False).cause == "launch_bound"
+    result = corroborate(finding("launch_bound"), raw((FORWARD, 30)), trained=True)
+    assert (result.cause, result.severity) == ("evaluating", "ticket")
+
+
+def test_a_job_seen_training_whose_sample_holds_a_backward_pass_is_still_training():
+    result = corroborate(finding("launch_bound"), raw((FORWARD, 30), (BACKWARD, 10)), trained=True)
+    assert result.cause == "launch_bound"
+
+
 def test_input_starved_with_the_main_thread_tokenizing_is_confirmed():
     result = corroborate(finding("input_starved", 0.6), raw((COLLATE, 34), (FORWARD, 6)))
     assert (result.cause, result.confidence) == ("input_starved", 0.75)

@@ -38,6 +38,8 @@ STRONG = 0.5  # a thread spending at least this share of its samples in one acti
 # The thread that launches the model prepares its input for at least this share of its samples:
 # for that long no new kernel is enqueued and the GPU drains.
 FEEDING_SHARE = 0.25
+# A sample whose main thread is this share in a backward pass or optimizer step shows a job training.
+TRAINING_SEEN = 0.1
 
 _WAIT, _EVENT_LOOP = "wait", "event_loop"  # a blocking frame: its callers say what it waits for
 _STDLIB_MARKERS = ("/site-packages/", "/dist-packages/", "/lib/python3")
@@ -122,6 +124,18 @@ _PHASE_FRAMES = (
 )
 
 
+# A backward pass or an optimizer step: the thread is training, not running the model forward only.
+_TRAINING_FUNCTIONS = ("backward", "_engine_run_backward", "run_backward")
+_TRAINING_PATHS = ("torch/optim/",)
+
+
+def stack_trains(stack: StackShare) -> bool:
+    """Whether a stack is in a backward pass or an optimizer step."""
+    paths = stack.paths or ("",) * len(stack.frames)
+    return any(frame.split(" (", 1)[0].rsplit(".", 1)[-1] in _TRAINING_FUNCTIONS or
+               any(marker in path for marker in _TRAINING_PATHS) for frame, path in zip(stack.frames, paths))
+
+
 def stack_phase(stack: StackShare) -> str | None:
     """The phase of a job's life a stack is in, by any of its frames, or None."""
     paths = stack.paths or ("",) * len(stack.frames)
@@ -182,6 +196,7 @@ class StackReading:
     main: Mapping[str, float]
     threads: Mapping[str, float]
     workers: Mapping[str, float]
+    training: float = 0.0  # the main threads' share in a backward pass or an optimizer step
 
     def strongest(self, part: str) -> tuple[str, float]:
         shares = getattr(self, part)
@@ -194,17 +209,21 @@ class StackReading:
 
 def read_stacks(profile: StackProfile) -> StackReading:
     per_thread: dict[tuple[int, str], dict[str, float]] = {}
+    training: dict[int, float] = {}
     for stack in profile.sampled or profile.stacks:
         shares = per_thread.setdefault((stack.pid, stack.thread), {})
         activity = stack_activity(stack)
         shares[activity] = shares.get(activity, 0.0) + stack.share
+        if stack.pid in profile.pids and stack.thread == "MainThread" and stack_trains(stack):
+            training[stack.pid] = training.get(stack.pid, 0.0) + stack.share
     main, threads, workers = [], [], []
     for (pid, thread), shares in per_thread.items():
         if pid in profile.pids:
             (main if thread == "MainThread" else threads).append(shares)
         elif thread == "MainThread":  # a worker's other threads only ferry its results back
             workers.append(shares)
-    return StackReading(main=_mean(main), threads=_max(threads), workers=_mean(workers))
+    return StackReading(main=_mean(main), threads=_max(threads), workers=_mean(workers),
+                        training=round(sum(training.values()) / max(len(main), 1), 3))
 
 
 def _mean(parts: list[dict[str, float]]) -> dict[str, float]:
@@ -222,10 +241,11 @@ def _said(part: str, activity: str, share: float) -> str:
     return f"{who} {share:.0%} in {ACTIVITIES[activity]}"
 
 
-def _verdict(cause: str, r: StackReading, utilization: float) -> tuple[str, str] | None:
+def _verdict(cause: str, r: StackReading, utilization: float, trained: bool) -> tuple[str, str] | None:
     """(the cause the stacks support, what they show) for a host-side cause, or None if they say
     nothing strong about it. Each line reads what the frames mean for where the time goes;
-    ``utilization``: the share of the window the GPU's SMs had work."""
+    ``utilization``: the share of the window the GPU's SMs had work; ``trained``: an earlier sample
+    of these processes showed them training."""
     main, share = r.strongest("main")
     part = "main" if r.share("main", *PHASES) >= r.share("threads", *PHASES) else "threads"
     if r.share(part, *PHASES) >= STRONG:
@@ -260,25 +280,32 @@ def _verdict(cause: str, r: StackReading, utilization: float) -> tuple[str, str]
         part = "threads" if r.share("threads", "data_loading", "tokenizing") >= STRONG else "workers"
         activity, value = r.strongest(part)
         return "input_starved", _said(part, activity, value)
-    if r.share("main", "model", "gpu_sync") >= STRONG and cause in ("input_starved", "launch_bound", "unknown", "io_bound") \
+    if trained and r.training == 0.0 and model_main >= STRONG and feeding_elsewhere < STRONG \
+            and cause in ("input_starved", "launch_bound", "unknown", "io_bound"):
+        # A training job that runs its model forward only, with no backward pass or optimizer step
+        # in the sample, is in its evaluation loop, whatever the loop is called.
+        return "evaluating", f"main thread {model_main:.0%} in the model's forward only, in a job seen training"
+    if model_main >= STRONG and cause in ("input_starved", "launch_bound", "unknown", "io_bound") \
             and feeding_elsewhere < STRONG:
         # The busy thread is the model's own loop: launches (or syncs) too small to fill the GPU.
         # Storage traffic beside it (a checkpoint's writeback) is not what the GPU waits for.
-        return "launch_bound", f"main thread {r.share('main', 'model', 'gpu_sync'):.0%} in model code or GPU syncs"
+        return "launch_bound", f"main thread {model_main:.0%} in model code or GPU syncs"
     if cause == "io_bound" and r.share("workers", "file_read") >= STRONG:
         return "io_bound", _said("workers", "file_read", r.share("workers", "file_read"))
     return None
 
 
 def corroborate(finding: Finding | None, profile: StackProfile | None,
-                reading: StackReading | None = None) -> Finding | None:
+                reading: StackReading | None = None, trained: bool = False) -> Finding | None:
     """The finding with its stacks attached, its cause confirmed (higher confidence) or corrected
-    where the stacks speak strongly; ``reading`` is read_stacks(profile), if already made."""
+    where the stacks speak strongly; ``reading`` is read_stacks(profile), if already made;
+    ``trained``: an earlier sample of the profile's processes showed them training."""
     if finding is None or profile is None:
         return finding
     if profile.unavailable or not profile.sampled:
         return replace(finding, stacks=profile)
-    verdict = _verdict(finding.cause, reading or read_stacks(profile), finding.evidence.get("utilization") or 0.0)
+    verdict = _verdict(finding.cause, reading or read_stacks(profile), finding.evidence.get("utilization") or 0.0,
+                       trained)
     if verdict is None:
         return replace(finding, stacks=profile)
     cause, said = verdict
