@@ -371,7 +371,9 @@ class Agent:
             reading = read_stacks(profile) if profile is not None and profile.sampled else None
             if profile is not seen_profile and reading is not None:
                 # The top stack beside the reading: what an activity the reading calls "other" was.
-                log.debug("GPU %d: stacks of %s: %s; %s", sample.info.index, profile.pids, reading, stack_summary(profile))
+                log.debug("GPU %d: stacks of %s: %s; %s", sample.info.index, profile.pids, reading,
+                          stack_summary(profile))
+                # Remembered while they stay on the GPU: run forward only later, they are evaluating.
                 on_gpu = {p.pid for p in sample.processes}
                 per.trained = frozenset(p for p in per.trained if p in on_gpu) | \
                     (frozenset(profile.pids) if reading.training >= TRAINING_SEEN else frozenset())

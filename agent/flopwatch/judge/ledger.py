@@ -7,9 +7,9 @@ before. A tick under the threshold in a segment judged healthy waits as long: it
 first of a new segment that the regime tracker has not yet seen (it needs a few ticks on the new
 side), and joins that segment when it is. A tick takes the first verdict that speaks for it, but
 is charged ``settle_seconds`` after it happened, so that a change of activity, confirmed seconds
-after it began, takes its ticks for the new segment. Charges are only ever added, so the Prometheus counter
-stays monotonic, and each settled tick is handed on with its cause so the history writes the same
-charge the counter made.
+after it began, takes its ticks for the new segment. Charges are only ever added, so the
+Prometheus counter stays monotonic, and each settled tick is handed on with its cause so the
+history writes the same charge the counter made.
 """
 
 from __future__ import annotations
