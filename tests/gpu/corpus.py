@@ -198,9 +198,10 @@ def merged(runs: list[list[dict]]) -> list[dict]:
     """The runs' records, a workload's from the last run that measured it (a rerun after a fix)."""
     latest: dict[str, list[dict]] = {}
     for records in runs:
-        keys = {r["workload"] for r in records}
-        for key in keys:
-            latest[key] = [r for r in records if r["workload"] == key]
+        run: dict[str, list[dict]] = {}
+        for r in records:
+            run.setdefault(r["workload"], []).append(r)
+        latest.update(run)
     return [r for rs in latest.values() for r in rs]
 
 

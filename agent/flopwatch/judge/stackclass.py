@@ -129,21 +129,30 @@ _TRAINING_FUNCTIONS = ("backward", "_engine_run_backward", "run_backward")
 _TRAINING_PATHS = ("torch/optim/",)
 
 
+def _function(frame: str) -> str:
+    """A frame's function's own name: ``Class.method (path:line)`` → ``method``."""
+    return frame.split(" (", 1)[0].rsplit(".", 1)[-1]
+
+
+def _frames(stack: StackShare) -> list[tuple[str, str]]:
+    """(frame, its path) from the innermost out; the path is "" where the stack has none."""
+    return list(zip(stack.frames, stack.paths or ("",) * len(stack.frames)))
+
+
 def stack_trains(stack: StackShare) -> bool:
     """Whether a stack is in a backward pass or an optimizer step."""
-    paths = stack.paths or ("",) * len(stack.frames)
-    return any(frame.split(" (", 1)[0].rsplit(".", 1)[-1] in _TRAINING_FUNCTIONS or
-               any(marker in path for marker in _TRAINING_PATHS) for frame, path in zip(stack.frames, paths))
+    return any(_function(frame) in _TRAINING_FUNCTIONS or any(marker in path for marker in _TRAINING_PATHS)
+               for frame, path in _frames(stack))
 
 
 def stack_phase(stack: StackShare) -> str | None:
     """The phase of a job's life a stack is in, by any of its frames, or None."""
-    paths = stack.paths or ("",) * len(stack.frames)
+    frames = _frames(stack)
     for phase, marker, names in _PHASE_FRAMES:
-        for frame, path in zip(stack.frames, paths):
+        for frame, path in frames:
             if marker and marker not in path and marker not in frame:
                 continue
-            if frame.split(" (", 1)[0].rsplit(".", 1)[-1] in names:
+            if _function(frame) in names:
                 return phase
     return None
 
@@ -153,7 +162,7 @@ def frame_activity(frame: str, path: str, code: str = "") -> str | None:
     for marker, activity in _PATHS:
         if marker in path:
             return activity
-    name = frame.split(" (", 1)[0].rsplit(".", 1)[-1]
+    name = _function(frame)
     if name in _FUNCTIONS:
         return _FUNCTIONS[name]
     for calls, activity in _CALLS:
@@ -170,8 +179,7 @@ def stack_activity(stack: StackShare) -> str:
     if phase is not None:
         return phase
     blocked: str | None = None
-    paths = stack.paths or ("",) * len(stack.frames)
-    for depth, (frame, path) in enumerate(zip(stack.frames, paths)):
+    for depth, (frame, path) in enumerate(_frames(stack)):
         activity = frame_activity(frame, path, stack.code if depth == 0 else "")
         if activity is None:
             continue
@@ -280,13 +288,12 @@ def _verdict(cause: str, r: StackReading, utilization: float, trained: bool) -> 
         part = "threads" if r.share("threads", "data_loading", "tokenizing") >= STRONG else "workers"
         activity, value = r.strongest(part)
         return "input_starved", _said(part, activity, value)
-    if trained and r.training == 0.0 and model_main >= STRONG and feeding_elsewhere < STRONG \
-            and cause in ("input_starved", "launch_bound", "unknown", "io_bound"):
-        # A training job that runs its model forward only, with no backward pass or optimizer step
-        # in the sample, is in its evaluation loop, whatever the loop is called.
-        return "evaluating", f"main thread {model_main:.0%} in the model's forward only, in a job seen training"
     if model_main >= STRONG and cause in ("input_starved", "launch_bound", "unknown", "io_bound") \
             and feeding_elsewhere < STRONG:
+        if trained and r.training == 0.0:
+            # A training job that runs its model forward only, with no backward pass or optimizer
+            # step in the sample, is in its evaluation loop, whatever the loop is called.
+            return "evaluating", f"main thread {model_main:.0%} in the model's forward only, in a job seen training"
         # The busy thread is the model's own loop: launches (or syncs) too small to fill the GPU.
         # Storage traffic beside it (a checkpoint's writeback) is not what the GPU waits for.
         return "launch_bound", f"main thread {model_main:.0%} in model code or GPU syncs"
@@ -323,10 +330,9 @@ def _user_code(path: str) -> bool:
 
 
 def _line(stack: StackShare) -> str:
-    frames = list(stack.frames)
-    paths = list(stack.paths) or [""] * len(frames)
-    shown = frames[:1]
-    caller = next((f for f, p in zip(frames[1:], paths[1:]) if _user_code(p)), frames[1] if len(frames) > 1 else None)
+    frames = _frames(stack)
+    shown = [frame for frame, _ in frames[:1]]
+    caller = next((f for f, p in frames[1:] if _user_code(p)), frames[1][0] if len(frames) > 1 else None)
     if caller is not None:
         shown.append(caller)
     return f"{stack.share * 100:.0f} % in " + " ← ".join(shown)
