@@ -108,6 +108,24 @@ def test_the_history_charges_each_tick_as_the_counter_did(tmp_path):
     assert charged == {cause: seconds for cause, seconds in gpu.wasted_seconds.items()}
 
 
+def test_an_agent_stopping_writes_the_ticks_still_settling_with_their_verdict(tmp_path):
+    url = f"sqlite:///{tmp_path}/history.db"
+    config = Config()
+    config.agent.simulate = ["input_starved"]
+    config.diagnosis.charge_settle_seconds = 10.0
+    clock, wall = VirtualClock(0.0), VirtualClock(1.8e9)
+    built = build_agent(config, clock=clock, wall_clock=wall, sinks=[HistoryStore(url, "node1")])
+    for second in range(1, 51):
+        if second == 41:
+            built.lib.set_scenario(0, "idle")  # the job exits
+        clock.now += 1.0
+        wall.now += 1.0
+        built.agent.tick()
+    built.agent.close()  # the idle segment is named, its last ticks not yet charged
+    rows = query_history(url, 0, 2e9, level="raw")
+    assert {row.cause for row in rows if row.ts > 1.8e9 + 40} == {"idle"}
+
+
 def test_a_healthy_job_that_starts_to_stall_charges_the_stall_from_its_first_tick_to_its_cause():
     # The regime tracker needs a few ticks on the new side to see the change: those ticks wait in
     # the healthy segment, then join the new one, instead of going to `unknown`.

@@ -80,6 +80,8 @@ class SlurmReader(Protocol):
 
 
 class Sink(Protocol):
+    """Also, where it keeps ticks: ``settle(charges by GPU index)``, the last charges at stop."""
+
     name: str
 
     def record(self, state: AgentState) -> None: ...
@@ -410,13 +412,18 @@ class Agent:
     def close(self) -> None:
         with self._lock:  # a tick publishing finishes first; one still reading is dropped
             self._closed = True
+            # The ticks still waiting for their segment's name or to settle are charged as they
+            # stand (their verdict, else their segment's), not left for a sink to guess.
+            settled = {index: per.ledger.new_segment(cause=per.in_force.cause if per.in_force is not None else None)
+                       for index, per in self._gpus.items()}
         for sink in self.sinks:
-            close = getattr(sink, "close", None)
-            if close is not None:
-                try:
-                    close()
-                except Exception:
-                    log.exception("closing %s failed", sink.name)
+            for method, args in (("settle", (settled,)), ("close", ())):
+                call = getattr(sink, method, None)
+                if call is not None:
+                    try:
+                        call(*args)
+                    except Exception:
+                        log.exception("%s of %s failed", method, sink.name)
         for source in (self.tokens, self.gpu_source, self.host_source, self.stacks):
             closer = getattr(source, "close", None)
             if closer is not None:

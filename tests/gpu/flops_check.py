@@ -1,10 +1,10 @@
 """On a real NVIDIA GPU: flopwatch's flops utilization against work timed by the GPU itself, before
 and after `flopwatch calibrate`'s fit, and what the fit should ship.
 
-    python3 -m tests.gpu.flops_check LOGDIR        # about 1.5 minutes; the full log in LOGDIR
+    python3 -m tests.gpu.flops_check LOGDIR        # about 2.5 minutes; the full log in LOGDIR
 
 First the calibration itself (commands/calibrate.py's ``time_products``: bf16, fp16, fp8 where the
-card has it, TF32 and FP32 at 4096³ and 8192³), then the checks on other shapes: bf16, fp16 and FP32
+card has it, TF32 and FP32 at calibrate's five SHAPES), then the checks on other shapes: bf16, fp16 and FP32
 products at two sizes and a bf16 training step of an MLP whose FLOPs are counted (6 × parameters
 × tokens, less the first layer's input gradient that autograd skips), each kept on the GPU a few seconds and timed with CUDA events
 while the agent's NVML reader reads every half second over the same seconds. Per check: the timed

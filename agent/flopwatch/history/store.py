@@ -41,6 +41,7 @@ from flopwatch.history import schema as schema
 from flopwatch.config import ConfigError, HistoryConfig
 from flopwatch.model import AgentState, Finding
 from flopwatch.judge.evidence import contributing_document, evidence_document
+from flopwatch.judge.ledger import Charge
 
 log = logging.getLogger(__name__)
 
@@ -431,10 +432,7 @@ class HistoryStore:
         for g in state.gpus:
             sample, figures, finding = g.sample, g.figures, g.finding
             index = sample.info.index
-            for charge in g.charges:
-                held = self._held.pop((index, charge.timestamp), None)
-                if held is not None:
-                    rows.append((_RAW, {**held[1], "cause": charge.cause, "wasted_seconds": charge.seconds}))
+            rows += self._charged(index, g.charges)
             if figures is None:  # the GPU could not be read this tick
                 continue
             gpu = figures.index
@@ -487,6 +485,22 @@ class HistoryStore:
                                       lambda: {"job": job, "rank": rank})
         with self._lock:
             self._buffer.extend(rows)
+            self._trim()
+
+    def _charged(self, gpu: int, charges: Iterable[Charge]) -> list[tuple]:
+        """The held rows of ``gpu``'s ticks these charges settle, with their cause."""
+        rows = []
+        for charge in charges:
+            held = self._held.pop((gpu, charge.timestamp), None)
+            if held is not None:
+                rows.append((_RAW, {**held[1], "cause": charge.cause, "wasted_seconds": charge.seconds}))
+        return rows
+
+    def settle(self, charges: Mapping[int, Iterable[Charge]]) -> None:
+        """The agent's last charges as it stops, by GPU index: its held ticks, written with close()."""
+        with self._lock:
+            for gpu, settled in charges.items():
+                self._buffer.extend(self._charged(gpu, settled))
             self._trim()
 
     def record_reclaim(self, row: Mapping[str, Any]) -> None:
@@ -697,7 +711,7 @@ class HistoryStore:
         """Flush what is buffered and release the connections. On SIGTERM, call it from the main
         flow once sampling has stopped, not inside the signal handler: the handler may have
         interrupted ``record`` while it held the buffer's lock."""
-        with self._lock:  # ticks still waiting for their cause are written as they were read
+        with self._lock:  # ticks no charge settled (the agent did not say) are written as they were read
             self._buffer.extend(self._held.values())
             self._held.clear()
         flushed = self.flush()
