@@ -2,6 +2,7 @@
 verdict, and its waste is charged to it (simulated GPUs whose scenario is switched mid-run)."""
 
 import logging
+from dataclasses import replace
 
 from flopwatch.commands.build import VirtualClock, build_agent
 from flopwatch.config import Config
@@ -161,6 +162,50 @@ class ScriptedStacks:
         return False
 
 
+class UnreadableAtFirst(ScriptedStacks):
+    """py-spy cannot read the job on its first two tries (seconds into its imports)."""
+
+    tries = 0
+
+    def request(self, key, pids, new_segment=False, phase=False):
+        self.tries += 1
+        if self.tries <= 2:
+            self.profiles[key] = StackProfile(tuple(pids), 0, unavailable="not a Python process", timestamp=self.wall.now)
+            return True
+        return super().request(key, pids, new_segment, phase)
+
+
+def test_a_job_py_spy_could_not_read_at_first_is_asked_for_again_and_its_phase_named():
+    _, run = agent("held_idle", stacks=lambda wall: UnreadableAtFirst(wall, lambda now: "loading_weights"))
+    gpu = run(30)
+    assert gpu.finding.cause == "loading_weights"
+
+
+def test_a_new_verdict_within_a_segment_asks_for_stacks_of_its_own():
+    # Host counters read every 10 s can turn the whole window's verdict at once, with no change
+    # of activity seen: the new verdict's stacks are asked for as a new segment's are.
+    asks = []
+
+    class Recording(ScriptedStacks):
+        def request(self, key, pids, new_segment=False, phase=False):
+            asks.append(new_segment)
+            return super().request(key, pids, new_segment, phase)
+
+    config = Config()
+    config.agent.simulate = ["input_starved"]
+    clock, wall = VirtualClock(0.0), VirtualClock(1.8e9)
+    built = build_agent(config, clock=clock, wall_clock=wall)
+    built.agent.stacks = Recording(wall, lambda now: "forward only")
+    for _ in range(30):
+        clock.now += 1.0
+        wall.now += 1.0
+        state = built.agent.tick()
+    per = built.agent._gpus[0]
+    asks.clear()
+    built.agent._with_stacks(per, state.gpus[0].sample, replace(per.diagnosis.finding, cause="io_bound"), True)
+    assert asks == [True]
+
+
 def test_a_phase_that_follows_another_is_charged_from_the_nearer_stack_sample():
     # A job holding the GPU idle loads its weights, then compiles from 33 s on; stacks are taken
     # again every 10 s while a phase is named. The ticks from 35 s on are nearer the sample at
@@ -187,6 +232,17 @@ def test_a_training_job_whose_stacks_turn_to_the_forward_pass_only_is_evaluating
     lib, run = agent("launch_bound", stacks=lambda wall: ScriptedStacks(
         wall, lambda now: "training" if now - 1.8e9 <= 30 else "forward only"))
     assert run(30).finding.cause == "launch_bound"
+    lib.set_scenario(0, "io_bound")
+    gpu = run(30)
+    assert (gpu.finding.cause, gpu.finding.evidence["stacks_corrected_from"]) == ("evaluating", "io_bound")
+
+
+def test_a_job_seen_training_while_healthy_that_then_runs_its_model_forward_only_is_evaluating():
+    # Healthy training (backward passes in its stacks, sampled once while healthy) until 40 s; then
+    # its loop runs the model forward only, the GPU waiting, as after a checkpoint.
+    lib, run = agent("healthy", stacks=lambda wall: ScriptedStacks(
+        wall, lambda now: "training" if now - 1.8e9 <= 40 else "forward only"))
+    assert run(40).finding is None
     lib.set_scenario(0, "io_bound")
     gpu = run(30)
     assert (gpu.finding.cause, gpu.finding.evidence["stacks_corrected_from"]) == ("evaluating", "io_bound")

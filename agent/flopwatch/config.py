@@ -101,7 +101,8 @@ class TokensConfig:
 
 @dataclass
 class StacksConfig:
-    """Python stacks of a GPU's processes, sampled with py-spy when a host-side cause leads."""
+    """Python stacks of a GPU's processes, sampled with py-spy when a host-side cause leads (and a
+    healthy job once a segment, until seen training)."""
 
     enabled: bool = True
     duration_seconds: float = 2.0

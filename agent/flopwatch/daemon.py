@@ -105,6 +105,7 @@ class _PerGpu:
         # (cause, pids, the segment's start, the turn while in a phase) a sample was last asked for
         self.stacks_asked: tuple[str | None, tuple[int, ...], float | None, int | None] | None = None
         self.stacks_pending = False  # asked for this segment and not yet taken
+        self.stacks_asked_at = -math.inf  # the tick a new cause or segment asked for stacks at
         # The processes the culprits were picked from, and them: the same until NVML's next read.
         self.culprits: tuple[tuple, tuple[int, ...]] = ((), ())
         # The diagnosis's finding and the stacks it was corroborated with, and the result.
@@ -347,7 +348,11 @@ class Agent:
         # A job's first seconds (imports, CUDA start-up) are often over by the time its segment is
         # named, and py-spy takes seconds more: new processes under the threshold are sampled at once.
         starting = finding is None and not per.named and under and bool(sample.processes)
-        if self.stacks is None or not (starting or (finding is not None and finding.cause in HOST_SIDE)):
+        # A healthy job is sampled too, once a segment until it is seen training: a job that trained
+        # and then runs its model forward only, the GPU waiting, is evaluating.
+        healthy = finding is None and per.named and not under and bool(sample.processes) and \
+            not {p.pid for p in sample.processes} <= per.trained
+        if self.stacks is None or not (starting or healthy or (finding is not None and finding.cause in HOST_SIDE)):
             return finding
         if per.culprits[0] is not sample.processes:
             per.culprits = (sample.processes, _culprits(sample))
@@ -356,18 +361,33 @@ class Agent:
         turn = math.floor(sample.timestamp / self.config.stacks.segment_interval_seconds) if in_phase else None
         asked = (finding.cause if finding is not None else None, pids, per.regime.started, turn)
         before = per.stacks_asked
-        if before != asked and self.stacks.request(
-                sample.info.index, pids, new_segment=before is not None and before[2] != asked[2],
+        # A new verdict within a segment is a change of work as much as a new segment: its stacks
+        # are taken anew (a job's loading then compiling both read input_starved by the counters).
+        # The segment's first verdict is what a sample taken before it was named was for.
+        changed = before is not None and (before[1:3] != asked[1:3] or before[0] not in (None, asked[0]))
+        # A sample that failed (py-spy could not read the process yet) is asked for again; the
+        # sampler says when it is due.
+        failed = self.stacks.latest(sample.info.index)
+        failed = failed is not None and failed.unavailable is not None and before == asked
+        if (before != asked or failed) and self.stacks.request(
+                sample.info.index, pids, new_segment=changed,
                 phase=before is not None and turn is not None and before[3] != turn):
             per.stacks_asked = asked  # else a sample is still being taken: asked again next tick
+            if before is None or changed:
+                per.stacks_asked_at = sample.timestamp
         profile = self.stacks.latest(sample.info.index)
+        taking = self.stacks.taking(sample.info.index)
         if profile is not None and (not set(profile.pids) <= set(pids) or
                                     sample.timestamp - profile.timestamp > self.config.stacks.min_interval_seconds or
-                                    profile.timestamp < (per.regime.started or -math.inf)):
-            profile = None  # another job's, too old, or from before the GPU's work changed
+                                    profile.timestamp < (per.regime.started or -math.inf) or
+                                    (taking and (profile.unavailable is not None or
+                                                 profile.timestamp < per.stacks_asked_at))):
+            # another job's, too old, from before the GPU's work changed; or, while the next is
+            # taken, a failed one or one taken for the verdict before
+            profile = None
         # A sample being taken is waited for where there is none (in a phase, _phase_until says
         # which ticks wait for the next).
-        per.stacks_pending = profile is None and self.stacks.taking(sample.info.index)
+        per.stacks_pending = profile is None and taking
         seen, seen_profile, result = per.corroborated
         if seen is not finding or seen_profile is not profile:
             reading = read_stacks(profile) if profile is not None and profile.sampled else None

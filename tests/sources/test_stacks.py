@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import subprocess
 import sys
 import textwrap
@@ -89,6 +90,52 @@ def sampled_at(tmp_path, requests) -> list[float]:
         if len(calls.read_text().split()) > before:
             taken.append(now)
     return taken
+
+
+def test_a_process_py_spy_cannot_read_as_python_yet_is_tried_again_ever_less_often(tmp_path):
+    # As a job seconds into its imports can read: py-spy finds no version, the process lives on.
+    calls = tmp_path / "calls"
+    binary = stand_in(tmp_path, f"""
+        open({str(calls)!r}, 'a').write(str(time.monotonic()) + '\\n')
+        print('Error: Failed to find python version from target process', file=sys.stderr)
+        sys.exit(1)
+    """)
+    clock = VirtualClock(0.0)
+    sampler = StackSampler(StacksConfig(duration_seconds=2.0, min_interval_seconds=600.0), binary=binary,
+                           clock=clock, ptrace_check=lambda: None)
+    pid = os.getpid()  # a process that exists
+    tried = []
+    for now in range(0, 40):
+        clock.now = float(now)
+        before = len(calls.read_text().split()) if calls.exists() else 0
+        sampler.request(0, [pid])
+        assert sampler.wait(30)
+        if len(calls.read_text().split()) > before:
+            tried.append(now)
+    assert tried == [0, 2, 6, 14, 30]
+    assert sampler.latest(0).unavailable == "not a Python process"
+
+
+def test_a_process_read_after_a_failed_try_is_sampled_at_the_usual_pace_again(tmp_path):
+    attempts = tmp_path / "attempts"
+    binary = stand_in(tmp_path, f"""
+        pid = args[args.index('--pid') + 1]
+        with open({str(attempts)!r}, 'a') as f:
+            f.write('x')
+        if len(open({str(attempts)!r}).read()) == 1:
+            print('Error: Failed to find python version from target process', file=sys.stderr)
+            sys.exit(1)
+        open(out, 'w').write(f'process {{pid}}:"python3 x.py";thread ({{pid}}): MainThread;<module> (/x.py:1) 20\\n')
+    """)
+    clock = VirtualClock(0.0)
+    sampler = StackSampler(StacksConfig(duration_seconds=2.0, min_interval_seconds=600.0), binary=binary,
+                           clock=clock, ptrace_check=lambda: None)
+    for now in (0.0, 2.0, 4.0, 8.0):
+        clock.now = now
+        sampler.request(0, [os.getpid()])
+        assert sampler.wait(30)
+    assert len(attempts.read_text()) == 2  # failed at 0 s, read at 2 s; then not before 602 s
+    assert sampler.latest(0).samples == 20
 
 
 def test_a_job_whose_work_keeps_changing_is_sampled_ever_less_often(tmp_path):
@@ -275,9 +322,16 @@ def test_simulated_gpus_say_their_stacks_are_simulated():
     assert agent.state.gpus[0].finding.stacks.unavailable == "simulated"
 
 
-def test_a_healthy_gpu_asks_for_no_stacks():
-    agent, run = simulated("healthy")
-    assert agent.state.gpus[0].finding is None and agent.stacks.latest(0) is None
+def test_a_healthy_job_is_sampled_once_in_its_segment_and_still_has_no_finding(tmp_path):
+    # Once, to learn whether it trains (what a later stall running its model forward only is).
+    binary, calls = counting(tmp_path)
+    agent, run = simulated("healthy", stacks=lambda clock, wall: StackSampler(
+        binary=binary, clock=clock, wall_clock=wall, ptrace_check=lambda: None))
+    for _ in range(60):
+        agent.stacks.wait(30)
+        run(1)
+    assert agent.state.gpus[0].finding is None
+    assert len(calls.read_text().split()) == 1
 
 
 def test_the_agent_goes_on_and_its_finding_says_why_when_py_spy_cannot_run(tmp_path):

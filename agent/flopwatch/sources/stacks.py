@@ -28,6 +28,10 @@ from flopwatch.config import StacksConfig
 from flopwatch.model import StackProfile, StackShare
 
 log = logging.getLogger(__name__)
+# py-spy reads the interpreter's version from a buffer Python fills when it is first asked for
+# (sys.version), else from the binary's path: a Python job seconds into its imports, run by a
+# python3 without the version in its path, can read as this for a while.
+NOT_PYTHON = "not a Python process"
 _REMEMBERED_PROCESSES = 256  # past this many, those sampled over min_interval_seconds ago are forgotten
 
 CAP_SYS_PTRACE = 19
@@ -136,7 +140,7 @@ def _why(pid: int, stderr: str, returncode: int) -> str:
     if "check that the process is running" in text or "no such process" in text:
         return "the process has exited"
     if "failed to find python version" in text or "no python processes found" in text:
-        return "not a Python process" if os.path.exists(f"/proc/{pid}") else "the process has exited"
+        return NOT_PYTHON if os.path.exists(f"/proc/{pid}") else "the process has exited"
     error = next((line for line in stderr.splitlines() if line.startswith("Error:")), None)
     return f"py-spy failed: {(error or f'exit status {returncode}')[:120]}"
 
@@ -156,6 +160,7 @@ class StackSampler:
         self._logged: set[str] = set()
         self._sampled_at: dict[int, float] = {}
         self._segment_wait: dict[int, float] = {}  # per process: the wait a new segment allows now
+        self._retry_wait: dict[int, float] = {}  # per process py-spy did not read as Python: when to try again
         self._latest: dict[int, StackProfile] = {}
         self._queue: queue.Queue[tuple[int, tuple[int, ...]] | None] = queue.Queue()
         self._pending: set[int] = set()
@@ -174,8 +179,10 @@ class StackSampler:
         now = self.clock()
         with self._lock:
             if self.unavailable:
-                self._latest[key] = StackProfile(pids=pids, samples=0, unavailable=self.unavailable,
-                                                 timestamp=self.wall_clock())
+                last = self._latest.get(key)
+                if last is None or last.pids != pids:  # the same answer kept, however often asked
+                    self._latest[key] = StackProfile(pids=pids, samples=0, unavailable=self.unavailable,
+                                                     timestamp=self.wall_clock())
                 return True
             if key in self._pending:
                 return False
@@ -197,6 +204,8 @@ class StackSampler:
 
     def _wait(self, pid: int, new_segment: bool, phase: bool) -> float:
         s = self.settings
+        if pid in self._retry_wait:
+            return self._retry_wait[pid]
         if phase:
             # The agent asks once a turn; a turn's request that comes a few seconds after the last
             # turn's sample must not wait for the turn after (every 20 s instead of 10).
@@ -218,12 +227,25 @@ class StackSampler:
         self._segment_wait[pid] = min(2 * wait, s.min_interval_seconds) if now - last < 2 * wait \
             else s.segment_interval_seconds
 
+    def _retry_later(self, pid: int, failed: bool) -> None:
+        """A process not read as Python is tried again after ``duration_seconds``, the wait
+        doubling on each failure up to ``min_interval_seconds``: one that is not Python costs a
+        few quick failures, then one each ``min_interval_seconds``."""
+        with self._lock:
+            if not failed:
+                self._retry_wait.pop(pid, None)
+                return
+            wait = self._retry_wait.get(pid)
+            s = self.settings
+            self._retry_wait[pid] = min(2 * wait, s.min_interval_seconds) if wait else s.duration_seconds
+
     def _forget(self, now: float) -> None:
         """Processes last sampled a whole ``min_interval_seconds`` ago are due again whatever they
         did: what was kept of them goes (pids come and go for as long as the agent runs)."""
         for pid in [p for p, t in self._sampled_at.items() if now - t >= self.settings.min_interval_seconds]:
             del self._sampled_at[pid]
             self._segment_wait.pop(pid, None)
+            self._retry_wait.pop(pid, None)
 
     def latest(self, key: int) -> StackProfile | None:
         """The last profile taken under ``key``, or None."""
@@ -268,6 +290,7 @@ class StackSampler:
         texts, reasons = [], []
         for pid in pids:
             text, reason = self._record(pid)
+            self._retry_later(pid, reason == NOT_PYTHON)
             if reason:
                 reasons.append(reason)
                 if reason != "the process has exited":

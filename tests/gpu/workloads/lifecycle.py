@@ -45,6 +45,9 @@ def checkpoint_dir() -> Path:
         model.save_pretrained(path)
         torch.save(model.state_dict(), path / "state_dict.pt")
         del model
+        # Written back before any job runs: dirty pages would make drop_cached wait on the disk
+        # (14 GB at its pace) inside the job's loading phase, and would not be dropped.
+        os.sync()
         done.touch()
     return path
 
