@@ -10,21 +10,26 @@ from flopwatch import config
 from flopwatch.config import ConfigError
 
 
+def written(tmp_path: Path, text: str) -> Path:
+    """A configuration file holding ``text``."""
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    return path
+
+
 def test_defaults_without_a_file():
     c = config.load(env={})
     assert c.agent.listen == "0.0.0.0:9765" and c.diagnosis.utilization_threshold == 0.6
 
 
 def test_file_sets_keys(tmp_path):
-    path = tmp_path / "c.toml"
-    path.write_text('[agent]\ninterval_seconds = 2\n[diagnosis]\nutilization_threshold = 0.5\n')
+    path = written(tmp_path, '[agent]\ninterval_seconds = 2\n[diagnosis]\nutilization_threshold = 0.5\n')
     c = config.load(path, env={})
     assert c.agent.interval_seconds == 2.0 and c.diagnosis.utilization_threshold == 0.5
 
 
 def test_environment_overrides_the_file(tmp_path):
-    path = tmp_path / "c.toml"
-    path.write_text('[history]\nurl = "sqlite:////tmp/a.db"\n')
+    path = written(tmp_path, '[history]\nurl = "sqlite:////tmp/a.db"\n')
     c = config.load(path, env={"FLOPWATCH_HISTORY_URL": "none"})
     assert c.history.url == "none"
 
@@ -35,15 +40,13 @@ def test_environment_lists_are_comma_separated():
 
 
 def test_unknown_key_is_named(tmp_path):
-    path = tmp_path / "c.toml"
-    path.write_text('[agent]\nintervall = 2\n')
+    path = written(tmp_path, '[agent]\nintervall = 2\n')
     with pytest.raises(ConfigError, match=r"\[agent\]\.intervall"):
         config.load(path, env={})
 
 
 def test_wrong_type_is_named(tmp_path):
-    path = tmp_path / "c.toml"
-    path.write_text('[diagnosis]\nutilization_threshold = "high"\n')
+    path = written(tmp_path, '[diagnosis]\nutilization_threshold = "high"\n')
     with pytest.raises(ConfigError, match=r"\[diagnosis\]\.utilization_threshold"):
         config.load(path, env={})
 
@@ -54,15 +57,13 @@ def test_bad_environment_value_is_named():
 
 
 def test_unknown_section_is_named(tmp_path):
-    path = tmp_path / "c.toml"
-    path.write_text('[agnet]\nlisten = "x"\n')
+    path = written(tmp_path, '[agnet]\nlisten = "x"\n')
     with pytest.raises(ConfigError, match=r"\[agnet\]"):
         config.load(path, env={})
 
 
 def test_invalid_toml_says_so(tmp_path):
-    path = tmp_path / "c.toml"
-    path.write_text('[agent\n')
+    path = written(tmp_path, '[agent\n')
     with pytest.raises(ConfigError, match="not valid TOML"):
         config.load(path, env={})
 
@@ -89,13 +90,11 @@ def _plain(value):
 
 
 def test_waste_settling_past_its_hold_is_refused_naming_both_keys(tmp_path):
-    path = tmp_path / "c.toml"
-    path.write_text('[diagnosis]\ncharge_hold_seconds = 8\n')
+    path = written(tmp_path, '[diagnosis]\ncharge_hold_seconds = 8\n')
     with pytest.raises(ConfigError, match=r"\[diagnosis\]\.charge_settle_seconds: 10\.0; .*charge_hold_seconds \(8\.0\)"):
         config.load(path, env={})
 
 
 def test_keys_checked_together_may_be_set_in_any_order(tmp_path):
-    path = tmp_path / "c.toml"
-    path.write_text('[diagnosis]\ncharge_hold_seconds = 8\ncharge_settle_seconds = 4\n')
+    path = written(tmp_path, '[diagnosis]\ncharge_hold_seconds = 8\ncharge_settle_seconds = 4\n')
     assert config.load(path, env={}).diagnosis.charge_settle_seconds == 4.0
