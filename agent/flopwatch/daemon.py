@@ -110,9 +110,8 @@ class _PerGpu:
         self.culprits: tuple[tuple, tuple[int, ...]] = ((), ())
         # The diagnosis's finding and the stacks it was corroborated with, and the result.
         self.corroborated: tuple[Finding | None, StackProfile | None, Finding | None] = (None, None, None)
-        self.in_force: Finding | None = None  # the finding the last tick was charged by
+        self.cause_in_force: str | None = None  # the cause the last tick was charged by, if any
         self.trained: frozenset[int] = frozenset()  # processes on the GPU whose stacks showed them training
-
 
 class Agent:
     def __init__(
@@ -294,7 +293,7 @@ class Agent:
         named = per.named and not per.stacks_pending
         charges += per.ledger.tick(sample.timestamp, figures.interval_seconds, under, named,
                                    finding.cause if finding is not None else None, self._phase_until(finding, sample))
-        per.in_force = finding if per.named else None
+        per.cause_in_force = finding.cause if per.named and finding is not None else None
         return GpuState(
             sample=sample, figures=figures, finding=finding, below_threshold=under,
             wasted_seconds=per.ledger.totals, processes=self._views(per, sample, host), window=per.diagnosis.window,
@@ -337,7 +336,7 @@ class Agent:
         per.diagnosis = DiagnosisState(finding=kept)
         per.named = False
         # The ticks still waiting from before the change are the old segment's, named or not.
-        return per.ledger.new_segment(change.start, per.in_force.cause if per.in_force is not None else None)
+        return per.ledger.new_segment(change.start, per.cause_in_force)
 
     def _with_stacks(self, per: _PerGpu, sample: GpuSample, finding: Finding | None, under: bool) -> Finding | None:
         """The finding, corroborated by its processes' stacks where a host-side cause is current:
@@ -367,8 +366,8 @@ class Agent:
         changed = before is not None and (before[1:3] != asked[1:3] or before[0] not in (None, asked[0]))
         # A sample that failed (py-spy could not read the process yet) is asked for again; the
         # sampler says when it is due.
-        failed = self.stacks.latest(sample.info.index)
-        failed = failed is not None and failed.unavailable is not None and before == asked
+        last = self.stacks.latest(sample.info.index)
+        failed = last is not None and last.unavailable is not None and before == asked
         if (before != asked or failed) and self.stacks.request(
                 sample.info.index, pids, new_segment=changed,
                 phase=before is not None and turn is not None and before[3] != turn):
@@ -434,8 +433,7 @@ class Agent:
             self._closed = True
             # The ticks still waiting for their segment's name or to settle are charged as they
             # stand (their verdict, else their segment's), not left for a sink to guess.
-            settled = {index: per.ledger.new_segment(cause=per.in_force.cause if per.in_force is not None else None)
-                       for index, per in self._gpus.items()}
+            settled = {index: per.ledger.new_segment(cause=per.cause_in_force) for index, per in self._gpus.items()}
         for sink in self.sinks:
             for method, args in (("settle", (settled,)), ("close", ())):
                 call = getattr(sink, method, None)
