@@ -269,3 +269,13 @@ def test_an_import_inside_from_pretrained_is_part_of_loading_the_weights():
                    f"_find_and_load (<frozen importlib._bootstrap>:1360);<module> ({SITE}/pandas/__init__.py:1)")
     result = corroborate(finding("input_starved"), raw((lazy_import, 20), (LOAD, 15), (FORWARD, 5)))
     assert result.cause == "loading_weights"
+
+
+def test_the_imports_a_first_torch_compile_call_makes_are_compiling_not_starting_up():
+    # An H100 lifecycle run: right after from_pretrained, Module.compile on each decoder layer spent
+    # seconds importing the compiler, which the import frames alone read as starting up.
+    first_compile = (f"{TRAIN_LOOP};compile ({SITE}/torch/nn/modules/module.py:2990);"
+                     f"compile ({SITE}/torch/__init__.py:2640);_find_and_load (<frozen importlib._bootstrap>:1360);"
+                     f"<module> ({SITE}/torch/_dynamo/__init__.py:1)")
+    result = corroborate(finding("input_starved"), raw((first_compile, 25), (LOAD, 15)))
+    assert result.cause == "compiling"

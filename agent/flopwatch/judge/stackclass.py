@@ -109,7 +109,12 @@ _PHASE_FRAMES = (
     ("loading_weights", "safetensors/", ("load_file", "load", "safe_open", "get_tensor")),
     ("loading_weights", "", ("from_pretrained", "load_state_dict", "_load_from_state_dict", "load_checkpoint",
                              "load_checkpoint_in_model", "load_sharded_checkpoint", "_load_pretrained_model")),
-    ("compiling", "torch/_dynamo/", ("_compile", "compile_inner", "_convert_frame", "_convert_frame_assert")),
+    ("compiling", "torch/_dynamo/", ("_compile", "compile_inner", "_convert_frame", "_convert_frame_assert",
+                                     "optimize", "_optimize")),
+    # torch.compile and Module.compile return at once, but the first call imports the compiler:
+    # seconds of a job's compile warm-up that the import frames beneath would call starting up.
+    ("compiling", "torch/__init__.py", ("compile",)),
+    ("compiling", "torch/nn/modules/module.py", ("compile",)),
     ("compiling", "torch/_inductor/", ("compile_fx", "compile_fx_inner", "fx_codegen_and_compile", "autotune",
                                        "benchmark_example_value", "precompile")),
     ("compiling", "triton/runtime/autotuner.py", ("_bench", "benchmark", "prune_configs", "run")),
