@@ -16,7 +16,8 @@ from tests.sources.test_stacks import stand_in
 
 
 def agent(first: str, sinks=(), stacks=None, before_tick=None, settle_seconds=0.0):
-    """A simulated GPU starting on scenario ``first``, ticked ``run(seconds)`` at a time; ``stacks``
+    """The agent built on a simulated GPU starting on scenario ``first`` (its ``lib`` switches the
+    scenario), ticked ``run(seconds)`` at a time; ``stacks``
     makes its stack reader from the wall clock; ``before_tick(wall_seconds)`` runs before each tick.
     A segment's ticks are charged once it is named (``settle_seconds``: that long after, as the
     agent does by default), so the totals at a moment hold every tick before it."""
@@ -37,7 +38,7 @@ def agent(first: str, sinks=(), stacks=None, before_tick=None, settle_seconds=0.
                 before_tick(wall.now)
             state = built.agent.tick()
         return state.gpus[0]
-    return built.lib, run
+    return built, run
 
 
 def sampling(script, made: list):
@@ -49,9 +50,9 @@ def sampling(script, made: list):
 
 
 def test_a_job_that_starts_on_an_idle_gpu_is_charged_to_its_own_cause_not_to_idle():
-    lib, run = agent("idle")
+    built, run = agent("idle")
     run(40)
-    lib.set_scenario(0, "input_starved")
+    built.lib.set_scenario(0, "input_starved")
     gpu = run(30)
     assert gpu.finding.cause == "input_starved"
     # Every tick of the job under the threshold (its loader stalls three seconds in four) is its own.
@@ -59,9 +60,9 @@ def test_a_job_that_starts_on_an_idle_gpu_is_charged_to_its_own_cause_not_to_idl
 
 
 def test_a_healthy_run_after_a_stall_loses_the_stalls_finding_within_seconds():
-    lib, run = agent("input_starved")
+    built, run = agent("input_starved")
     run(40)
-    lib.set_scenario(0, "healthy")
+    built.lib.set_scenario(0, "healthy")
     gpu = run(10)
     assert gpu.finding is None
     assert not gpu.below_threshold
@@ -70,9 +71,9 @@ def test_a_healthy_run_after_a_stall_loses_the_stalls_finding_within_seconds():
 def test_a_change_of_activity_on_the_same_side_of_the_threshold_is_named_alone():
     # The same process, starved, then holding its memory and doing nothing: under the threshold
     # throughout. Its CPU is read every 10 s, so the change shows within two reads.
-    lib, run = agent("input_starved")
+    built, run = agent("input_starved")
     run(40)
-    lib.set_scenario(0, "held_idle")
+    built.lib.set_scenario(0, "held_idle")
     gpu = run(25)
     assert gpu.finding.cause == "held_idle"
     assert gpu.wasted_seconds.get("unknown", 0.0) == 0.0
@@ -83,9 +84,9 @@ def test_a_change_of_activity_seen_late_takes_the_ticks_since_it_began_for_its_o
     # read every 10 s, so the change shows at the read at 50 s and is confirmed at a second
     # evaluation, 10 s later: the ticks from 50 s on wait that long, and take the new cause.
     charges = []
-    lib, run = agent("io_bound", settle_seconds=Thresholds().charge_settle_seconds)
+    built, run = agent("io_bound", settle_seconds=Thresholds().charge_settle_seconds)
     run(40)
-    lib.set_scenario(0, "launch_bound")
+    built.lib.set_scenario(0, "launch_bound")
     for _ in range(40):
         charges += run(1).charges
     assert {c.cause for c in charges if c.timestamp - 1.8e9 > 50} == {"launch_bound"}
@@ -94,11 +95,11 @@ def test_a_change_of_activity_seen_late_takes_the_ticks_since_it_began_for_its_o
 def test_the_history_charges_each_tick_as_the_counter_did(tmp_path):
     url = f"sqlite:///{tmp_path}/history.db"
     store = HistoryStore(url, "node1")
-    lib, run = agent("idle", sinks=[store])
+    built, run = agent("idle", sinks=[store])
     run(20)
-    lib.set_scenario(0, "input_starved")
+    built.lib.set_scenario(0, "input_starved")
     run(20)
-    lib.set_scenario(0, "held_idle")
+    built.lib.set_scenario(0, "held_idle")
     gpu = run(25)
     store.close()
     rows = query_history(url, 0, 2e9, level="raw")
@@ -111,17 +112,10 @@ def test_the_history_charges_each_tick_as_the_counter_did(tmp_path):
 
 def test_an_agent_stopping_writes_the_ticks_still_settling_with_their_verdict(tmp_path):
     url = f"sqlite:///{tmp_path}/history.db"
-    config = Config()
-    config.agent.simulate = ["input_starved"]
-    config.diagnosis.charge_settle_seconds = 10.0
-    clock, wall = VirtualClock(0.0), VirtualClock(1.8e9)
-    built = build_agent(config, clock=clock, wall_clock=wall, sinks=[HistoryStore(url, "node1")])
-    for second in range(1, 51):
-        if second == 41:
-            built.lib.set_scenario(0, "idle")  # the job exits
-        clock.now += 1.0
-        wall.now += 1.0
-        built.agent.tick()
+    built, run = agent("input_starved", sinks=[HistoryStore(url, "node1")], settle_seconds=10.0)
+    run(40)
+    built.lib.set_scenario(0, "idle")  # the job exits
+    run(10)
     built.agent.close()  # the idle segment is named, its last ticks not yet charged
     rows = query_history(url, 0, 2e9, level="raw")
     assert {row.cause for row in rows if row.ts > 1.8e9 + 40} == {"idle"}
@@ -130,9 +124,9 @@ def test_an_agent_stopping_writes_the_ticks_still_settling_with_their_verdict(tm
 def test_a_healthy_job_that_starts_to_stall_charges_the_stall_from_its_first_tick_to_its_cause():
     # The regime tracker needs a few ticks on the new side to see the change: those ticks wait in
     # the healthy segment, then join the new one, instead of going to `unknown`.
-    lib, run = agent("healthy")
+    built, run = agent("healthy")
     run(40)
-    lib.set_scenario(0, "input_starved")
+    built.lib.set_scenario(0, "input_starved")
     gpu = run(30)
     assert gpu.finding.cause == "input_starved"
     assert set(gpu.wasted_seconds) == {"input_starved"}
@@ -191,18 +185,12 @@ def test_a_new_verdict_within_a_segment_asks_for_stacks_of_its_own():
             asks.append(new_segment)
             return super().request(key, pids, new_segment, phase)
 
-    config = Config()
-    config.agent.simulate = ["input_starved"]
-    clock, wall = VirtualClock(0.0), VirtualClock(1.8e9)
-    built = build_agent(config, clock=clock, wall_clock=wall)
-    built.agent.stacks = Recording(wall, lambda now: "forward only")
-    for _ in range(30):
-        clock.now += 1.0
-        wall.now += 1.0
-        state = built.agent.tick()
+    built, run = agent("input_starved", settle_seconds=Thresholds().charge_settle_seconds,
+                       stacks=lambda wall: Recording(wall, lambda now: "forward only"))
+    gpu = run(30)
     per = built.agent._gpus[0]
     asks.clear()
-    built.agent._with_stacks(per, state.gpus[0].sample, replace(per.diagnosis.finding, cause="io_bound"), True)
+    built.agent._with_stacks(per, gpu.sample, replace(per.diagnosis.finding, cause="io_bound"), True)
     assert asks == [True]
 
 
@@ -229,10 +217,10 @@ def test_a_phase_keeps_its_ticks_when_the_next_phase_is_named_before_they_settle
 def test_a_training_job_whose_stacks_turn_to_the_forward_pass_only_is_evaluating():
     # Launch-bound training (backward passes in its stacks) until 30 s; then its loop runs the
     # model forward only, the GPU waiting as storage is written beside it.
-    lib, run = agent("launch_bound", stacks=lambda wall: ScriptedStacks(
+    built, run = agent("launch_bound", stacks=lambda wall: ScriptedStacks(
         wall, lambda now: "training" if now - 1.8e9 <= 30 else "forward only"))
     assert run(30).finding.cause == "launch_bound"
-    lib.set_scenario(0, "io_bound")
+    built.lib.set_scenario(0, "io_bound")
     gpu = run(30)
     assert (gpu.finding.cause, gpu.finding.evidence["stacks_corrected_from"]) == ("evaluating", "io_bound")
 
@@ -240,10 +228,10 @@ def test_a_training_job_whose_stacks_turn_to_the_forward_pass_only_is_evaluating
 def test_a_job_seen_training_while_healthy_that_then_runs_its_model_forward_only_is_evaluating():
     # Healthy training (backward passes in its stacks, sampled once while healthy) until 40 s; then
     # its loop runs the model forward only, the GPU waiting, as after a checkpoint.
-    lib, run = agent("healthy", stacks=lambda wall: ScriptedStacks(
+    built, run = agent("healthy", stacks=lambda wall: ScriptedStacks(
         wall, lambda now: "training" if now - 1.8e9 <= 40 else "forward only"))
     assert run(40).finding is None
-    lib.set_scenario(0, "io_bound")
+    built.lib.set_scenario(0, "io_bound")
     gpu = run(30)
     assert (gpu.finding.cause, gpu.finding.evidence["stacks_corrected_from"]) == ("evaluating", "io_bound")
 
@@ -267,9 +255,9 @@ def test_a_new_jobs_first_seconds_are_seen_by_a_stack_sample_taken_as_its_proces
         sampler[0].wait(30)
         phase.write_text(frames["starting" if wall_seconds - 1.8e9 <= 23 else "loading_weights"])
 
-    lib, run = agent("idle", stacks=sampling(script, sampler), before_tick=before_tick)
+    built, run = agent("idle", stacks=sampling(script, sampler), before_tick=before_tick)
     run(20)
-    lib.set_scenario(0, "held_idle")
+    built.lib.set_scenario(0, "held_idle")
     gpu = run(20)
     assert gpu.finding.cause == "loading_weights"
     # Its first 5 s: the 3 it imported, and 2 nearer that sample than the next; 7 s wait for the next.

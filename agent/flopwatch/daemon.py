@@ -113,6 +113,7 @@ class _PerGpu:
         self.cause_in_force: str | None = None  # the cause the last tick was charged by, if any
         self.trained: frozenset[int] = frozenset()  # processes on the GPU whose stacks showed them training
 
+
 class Agent:
     def __init__(
         self,
