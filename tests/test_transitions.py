@@ -141,7 +141,8 @@ class ScriptedStacks:
     FRAMES = {"loading_weights": ("from_pretrained (transformers/modeling_utils.py:4000)", "/srv/job.py"),
               "compiling": ("_compile (torch/_dynamo/convert_frame.py:900)", "/site-packages/torch/_dynamo/convert_frame.py"),
               "training": ("_engine_run_backward (torch/autograd/graph.py:825)", "/site-packages/torch/autograd/graph.py"),
-              "forward only": ("forward (torch/nn/modules/linear.py:125)", "/site-packages/torch/nn/modules/linear.py")}
+              "forward only": ("forward (torch/nn/modules/linear.py:125)", "/site-packages/torch/nn/modules/linear.py"),
+              "checkpointing": ("_save (torch/serialization.py:900)", "/site-packages/torch/serialization.py")}
 
     def request(self, key, pids, new_segment=False, phase=False):
         frame, path = self.FRAMES[self.phase_at(self.wall.now)]
@@ -196,13 +197,13 @@ def test_a_new_verdict_within_a_segment_asks_for_stacks_of_its_own():
 
 def test_a_phase_that_follows_another_is_charged_from_the_nearer_stack_sample():
     # A job holding the GPU idle loads its weights, then compiles from 33 s on; stacks are taken
-    # again every 10 s while a phase is named. The ticks from 35 s on are nearer the sample at
-    # 40 s (compiling) than the one at 30 s, and wait for it.
+    # again every 5 s while a phase is named. The ticks from 33 s on are nearer the sample at
+    # 35 s (compiling) than the one at 30 s, and wait for it.
     _, run = agent("held_idle", stacks=lambda wall: ScriptedStacks(
         wall, lambda now: "loading_weights" if now - 1.8e9 <= 33 else "compiling"))
     gpu = run(60)
     assert gpu.finding.cause == "compiling"
-    assert gpu.wasted_seconds == {"loading_weights": 34.0, "compiling": 26.0}
+    assert gpu.wasted_seconds == {"loading_weights": 32.0, "compiling": 28.0}
 
 
 def test_a_phase_keeps_its_ticks_when_the_next_phase_is_named_before_they_settle():
@@ -211,7 +212,19 @@ def test_a_phase_keeps_its_ticks_when_the_next_phase_is_named_before_they_settle
     _, run = agent("held_idle", settle_seconds=Thresholds().charge_settle_seconds, stacks=lambda wall: ScriptedStacks(
         wall, lambda now: "loading_weights" if now - 1.8e9 <= 33 else "compiling"))
     gpu = run(70)
-    assert gpu.wasted_seconds == {"loading_weights": 34.0, "compiling": 26.0}
+    assert gpu.wasted_seconds == {"loading_weights": 32.0, "compiling": 28.0}
+
+
+def test_a_checkpoints_first_seconds_before_a_last_burst_of_steps_are_the_checkpoints():
+    # Healthy training until 40 s, then a checkpoint written for 12 s: its first two ticks come
+    # before one more burst of work, after which the GPU stays under the threshold.
+    built, run = agent("healthy", stacks=lambda wall: ScriptedStacks(
+        wall, lambda now: "checkpointing" if 40 < now - 1.8e9 <= 52 else "training"))
+    run(40)
+    built.lib.set_scenario(0, "io_bound")
+    run(12)
+    built.lib.set_scenario(0, "healthy")
+    assert run(30).wasted_seconds == {"checkpointing": 10.0}
 
 
 def test_a_training_job_whose_stacks_turn_to_the_forward_pass_only_is_evaluating():
@@ -260,8 +273,8 @@ def test_a_new_jobs_first_seconds_are_seen_by_a_stack_sample_taken_as_its_proces
     built.lib.set_scenario(0, "held_idle")
     gpu = run(20)
     assert gpu.finding.cause == "loading_weights"
-    # Its first 5 s: the 3 it imported, and 2 nearer that sample than the next; 7 s wait for the next.
-    assert gpu.wasted_seconds == {"idle": 20.0, "starting": 5.0, "loading_weights": 8.0}
+    # Its first 5 s: the 3 it imported, and 2 nearer that sample than the next; 3 s wait for the next.
+    assert gpu.wasted_seconds == {"idle": 20.0, "starting": 5.0, "loading_weights": 12.0}
 
 
 def test_the_debug_log_shows_a_stack_samples_top_stack_beside_its_reading(tmp_path, caplog):

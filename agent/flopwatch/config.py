@@ -108,9 +108,11 @@ class StacksConfig:
     duration_seconds: float = 2.0
     rate_hz: int = 20
     min_interval_seconds: float = 600.0  # a process is sampled again only after this long
-    # ...unless the GPU's work changed (a new segment: judge/regime.py) or a passing phase of the
-    # job's life (loading, compiling, saving) is named, then after this long.
+    # ...unless the GPU's work changed (a new segment: judge/regime.py), then after this long,
     segment_interval_seconds: float = 10.0
+    # ...or while a passing phase of the job's life (loading, compiling, saving) is named, at each
+    # turn of this many seconds: a phase's end only its stacks show is placed between two samples.
+    phase_interval_seconds: float = 5.0
     timeout_seconds: float = 15.0  # py-spy is stopped after this long (attaching can hang)
     top_stacks: int = 8
     min_share: float = 0.05  # stacks below this share of their thread's samples are left out

@@ -262,7 +262,7 @@ class Agent:
             per.regime = RegimeTracker()
             per.named = False
             return GpuState(sample=sample, figures=None, finding=None, below_threshold=False,
-                            wasted_seconds=per.ledger.totals, pods=pods, charges=per.ledger.new_segment(),
+                            wasted_seconds=per.ledger.totals, pods=pods, charges=per.ledger.settle(),
                             allocation=holding and holding.allocation)
         figures = derive(sample, per.previous, self.calibrations)
         per.previous = sample
@@ -343,7 +343,7 @@ class Agent:
         """The finding, corroborated by its processes' stacks where a host-side cause is current:
         asked for once per cause, set of processes and segment, taken off this thread, attached
         when done. A phase of a job's life passes: while one is named, they are asked for again
-        every ``segment_interval_seconds`` to see it end."""
+        every ``phase_interval_seconds`` to see it end."""
         per.stacks_pending = False
         # A job's first seconds (imports, CUDA start-up) are often over by the time its segment is
         # named, and py-spy takes seconds more: new processes under the threshold are sampled at once.
@@ -358,7 +358,7 @@ class Agent:
             per.culprits = (sample.processes, _culprits(sample))
         pids = per.culprits[1]
         in_phase = per.corroborated[2] is not None and per.corroborated[2].cause in PHASES
-        turn = math.floor(sample.timestamp / self.config.stacks.segment_interval_seconds) if in_phase else None
+        turn = math.floor(sample.timestamp / self.config.stacks.phase_interval_seconds) if in_phase else None
         asked = (finding.cause if finding is not None else None, pids, per.regime.started, turn)
         before = per.stacks_asked
         # A new verdict within a segment is a change of work as much as a new segment: its stacks
@@ -406,11 +406,11 @@ class Agent:
 
     def _phase_until(self, finding: Finding | None, sample: GpuSample) -> float:
         """In a named phase, the last tick its stack sample speaks for: stacks are taken again at
-        each ``segment_interval_seconds`` turn, and a tick nearer the next sample (being taken now,
+        each ``phase_interval_seconds`` turn, and a tick nearer the next sample (being taken now,
         or due at the next turn) than the last waits for it — the phase may have changed."""
         if self.stacks is None or finding is None or finding.cause not in PHASES or finding.stacks is None:
             return math.inf
-        interval = self.config.stacks.segment_interval_seconds
+        interval = self.config.stacks.phase_interval_seconds
         last = finding.stacks.timestamp - self.config.stacks.duration_seconds / 2  # the sample's middle
         following = sample.timestamp if self.stacks.taking(sample.info.index) else \
             (math.floor(sample.timestamp / interval) + 1) * interval
@@ -434,7 +434,7 @@ class Agent:
             self._closed = True
             # The ticks still waiting for their segment's name or to settle are charged as they
             # stand (their verdict, else their segment's), not left for a sink to guess.
-            settled = {index: per.ledger.new_segment(cause=per.cause_in_force) for index, per in self._gpus.items()}
+            settled = {index: per.ledger.settle(per.cause_in_force) for index, per in self._gpus.items()}
         for sink in self.sinks:
             for method, args in (("settle", (settled,)), ("close", ())):
                 call = getattr(sink, method, None)

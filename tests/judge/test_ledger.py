@@ -37,11 +37,23 @@ def test_ticks_under_the_threshold_at_the_end_of_a_healthy_segment_join_the_segm
         Charge(t, "checkpointing", 1.0) for t in (1.0, 2.0, 3.0, 6.0))
 
 
-def test_a_new_segment_leaves_the_ticks_from_before_its_start_to_unknown():
+def test_ticks_under_the_threshold_before_a_new_segments_start_join_it_when_the_old_had_no_cause():
+    # A checkpoint's first second, then the training step still running: the tracker's stretch
+    # of ticks all under the threshold starts after that burst.
+    ledger = WasteLedger(hold_seconds=15.0)
+    ledger.tick(1.0, 1.0, under=True, named=True, cause=None)
+    ledger.tick(2.0, 1.0, under=False, named=True, cause=None)
+    ledger.tick(3.0, 1.0, under=True, named=True, cause=None)
+    assert ledger.new_segment(start=3.0) == ()
+    assert ledger.tick(4.0, 1.0, under=True, named=True, cause="checkpointing") == tuple(
+        Charge(t, "checkpointing", 1.0) for t in (1.0, 3.0, 4.0))
+
+
+def test_a_new_segment_charges_the_ticks_from_before_its_start_to_the_old_segments_cause():
     ledger = WasteLedger(hold_seconds=15.0)
     ledger.tick(1.0, 1.0, under=True, named=False, cause=None)
     ledger.tick(2.0, 1.0, under=True, named=False, cause=None)
-    assert ledger.new_segment(start=2.0) == (Charge(1.0, "unknown", 1.0),)
+    assert ledger.new_segment(start=2.0, cause="idle") == (Charge(1.0, "idle", 1.0),)
     assert [w.timestamp for w in ledger.pending] == [2.0]
 
 
@@ -52,10 +64,10 @@ def test_the_hold_is_bounded():
     assert ledger.tick(3.0, 1.0, under=True, named=False, cause=None) == (Charge(0.0, "unknown", 1.0),)
 
 
-def test_a_segment_that_ends_unnamed_leaves_its_ticks_to_unknown():
+def test_settling_charges_every_waiting_tick_unnamed_ones_to_unknown():
     ledger = WasteLedger(hold_seconds=15.0)
     ledger.tick(1.0, 1.0, under=True, named=False, cause=None)
-    assert ledger.new_segment() == (Charge(1.0, "unknown", 1.0),)
+    assert ledger.settle() == (Charge(1.0, "unknown", 1.0),)
     assert ledger.pending == []
 
 

@@ -79,8 +79,8 @@ def sampled_at(tmp_path, requests) -> list[float]:
     """The times a counting stand-in was run for ``requests``: (time, new_segment, phase) each."""
     binary, calls = counting(tmp_path)
     clock = VirtualClock(0.0)
-    sampler = StackSampler(StacksConfig(min_interval_seconds=600.0, segment_interval_seconds=10.0), binary=binary,
-                           clock=clock, ptrace_check=lambda: None)
+    sampler = StackSampler(StacksConfig(min_interval_seconds=600.0, segment_interval_seconds=10.0,
+                                        phase_interval_seconds=10.0), binary=binary, clock=clock, ptrace_check=lambda: None)
     taken = []
     for now, new_segment, phase in requests:
         clock.now = now
@@ -149,7 +149,7 @@ def test_after_a_calm_stretch_a_new_segment_is_sampled_soon_again(tmp_path):
     assert sampled_at(tmp_path, requests) == [0.0, 10.0, 100.0, 110.0]
 
 
-def test_a_named_phase_is_sampled_every_segment_interval_whatever_came_before(tmp_path):
+def test_a_named_phase_is_sampled_every_phase_interval_whatever_came_before(tmp_path):
     requests = [(0.0, False, False), (10.0, True, False), (20.0, True, False)] + \
                [(float(t), False, True) for t in range(30, 80, 10)]
     assert sampled_at(tmp_path, requests) == [0.0, 10.0, 30.0, 40.0, 50.0, 60.0, 70.0]

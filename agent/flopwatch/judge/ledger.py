@@ -50,14 +50,22 @@ class WasteLedger:
     totals: dict[str, float] = field(default_factory=dict)
     pending: list[_Waiting] = field(default_factory=list)  # oldest first; those given a verdict lead
 
-    def new_segment(self, start: float = float("inf"), cause: str | None = None) -> tuple[Charge, ...]:
+    def new_segment(self, start: float, cause: str | None = None) -> tuple[Charge, ...]:
         """A segment starts at ``start``: the ticks still waiting from before it are charged to
-        their verdict, else to the cause the old segment was given (``unknown`` where none); its
-        own wait for its name, whatever verdict the old segment gave them."""
-        before = self._take(sum(1 for w in self.pending if w.timestamp < start))
+        their verdict, else to the cause the old segment was given. Where it was given none
+        (healthy, or too short to be named) they join the new segment: they are most often its
+        first ticks, cut from the rest by a last burst of work (a checkpoint's first second, then
+        the step that was still running). Its own ticks wait for its name, whatever verdict the old
+        segment gave them."""
+        before = self._take(sum(1 for w in self.pending if w.timestamp < start and (w.cause or cause)))
         for waiting in self.pending:
             waiting.cause = None
-        return self._charge(before, cause or UNKNOWN)
+        return self._charge(before, cause)
+
+    def settle(self, cause: str | None = None) -> tuple[Charge, ...]:
+        """Every tick still waiting, charged as it stands: to its verdict, else ``cause``, else
+        ``unknown`` (the agent stops, or the GPU is lost)."""
+        return self._charge(self._take(len(self.pending)), cause)
 
     def tick(self, timestamp: float, seconds: float, under: bool, named: bool, cause: str | None,
              until: float = float("inf")) -> tuple[Charge, ...]:

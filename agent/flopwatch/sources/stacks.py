@@ -173,7 +173,7 @@ class StackSampler:
         """Ask for a sample of ``pids`` (up to two: the GPU's busiest) under ``key`` (a GPU index).
         ``new_segment``: the GPU's work changed since their last sample, which allows a shorter
         wait; ``phase``: a phase of the job's life is named, sampled again each
-        ``segment_interval_seconds`` turn to see it end. False only while a sample under ``key``
+        ``phase_interval_seconds`` turn to see it end. False only while a sample under ``key``
         is still being taken: ask again."""
         pids = tuple(pids)[:2]
         now = self.clock()
@@ -208,8 +208,8 @@ class StackSampler:
             return self._retry_wait[pid]
         if phase:
             # The agent asks once a turn; a turn's request that comes a few seconds after the last
-            # turn's sample must not wait for the turn after (every 20 s instead of 10).
-            return s.segment_interval_seconds / 2
+            # turn's sample must not wait for the turn after (every 10 s instead of 5).
+            return s.phase_interval_seconds / 2
         if new_segment:
             return self._segment_wait.get(pid, s.segment_interval_seconds)
         return s.min_interval_seconds
