@@ -51,6 +51,12 @@ def test_wrong_type_is_named(tmp_path):
         config.load(path, env={})
 
 
+def test_a_stack_sampling_interval_of_zero_is_named(tmp_path):
+    path = written(tmp_path, '[stacks]\nphase_interval_seconds = 0\n')
+    with pytest.raises(ConfigError, match=r"\[stacks\]\.phase_interval_seconds: 0(\.0)?; it must be > 0"):
+        config.load(path, env={})
+
+
 def test_bad_environment_value_is_named():
     with pytest.raises(ConfigError, match="FLOPWATCH_AGENT_INTERVAL_SECONDS"):
         config.load(env={"FLOPWATCH_AGENT_INTERVAL_SECONDS": "soon"})

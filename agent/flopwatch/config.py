@@ -117,6 +117,12 @@ class StacksConfig:
     top_stacks: int = 8
     min_share: float = 0.05  # stacks below this share of their thread's samples are left out
 
+    def check(self) -> None:
+        for key in ("duration_seconds", "rate_hz", "segment_interval_seconds", "phase_interval_seconds",
+                    "timeout_seconds"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"bad value for [stacks].{key}: {getattr(self, key)!r}; it must be > 0")
+
 
 @dataclass
 class KubernetesConfig:
