@@ -17,8 +17,8 @@ from tests.sources.test_stacks import stand_in
 
 def agent(first: str, sinks=(), stacks=None, before_tick=None, settle_seconds=0.0):
     """The agent built on a simulated GPU starting on scenario ``first`` (its ``lib`` switches the
-    scenario), ticked ``run(seconds)`` at a time; ``stacks``
-    makes its stack reader from the wall clock; ``before_tick(wall_seconds)`` runs before each tick.
+    scenario), ticked ``run(seconds)`` at a time; ``stacks`` makes its stack reader from the wall
+    clock; ``before_tick(wall_seconds)`` runs before each tick.
     A segment's ticks are charged once it is named (``settle_seconds``: that long after, as the
     agent does by default), so the totals at a moment hold every tick before it."""
     config = Config()

@@ -33,6 +33,13 @@ class ConfigError(ValueError):
     """A user's configuration mistake; the message names the key."""
 
 
+def _require_positive(section: Any, name: str, keys: tuple[str, ...]) -> None:
+    """Refuse a setting of ``[name]`` that must be > 0 and is not, naming it."""
+    for key in keys:
+        if getattr(section, key) <= 0:
+            raise ConfigError(f"bad value for [{name}].{key}: {getattr(section, key)!r}; it must be > 0")
+
+
 @dataclass
 class AgentConfig:
     listen: str = "0.0.0.0:9765"
@@ -118,10 +125,8 @@ class StacksConfig:
     min_share: float = 0.05  # stacks below this share of their thread's samples are left out
 
     def check(self) -> None:
-        for key in ("duration_seconds", "rate_hz", "segment_interval_seconds", "phase_interval_seconds",
-                    "timeout_seconds"):
-            if getattr(self, key) <= 0:
-                raise ConfigError(f"bad value for [stacks].{key}: {getattr(self, key)!r}; it must be > 0")
+        _require_positive(self, "stacks", ("duration_seconds", "rate_hz", "segment_interval_seconds",
+                                          "phase_interval_seconds", "timeout_seconds"))
 
 
 @dataclass
@@ -155,9 +160,7 @@ class KubernetesConfig:
                               "non-empty and differ in more than characters outside [a-zA-Z0-9_]")
         if self.api_url and not self.api_url.startswith("https://"):
             raise ConfigError(f"bad value for [kubernetes].api_url: {self.api_url!r}; it must start with https://")
-        for key in ("api_timeout_seconds", "event_interval_seconds"):
-            if getattr(self, key) <= 0:
-                raise ConfigError(f"bad value for [kubernetes].{key}: {getattr(self, key)!r}; it must be > 0")
+        _require_positive(self, "kubernetes", ("api_timeout_seconds", "event_interval_seconds"))
 
 
 @dataclass
