@@ -2,6 +2,8 @@
 verdict, and its waste is charged to it (simulated GPUs whose scenario is switched mid-run)."""
 
 import logging
+import math
+from collections import Counter
 from dataclasses import replace
 
 from flopwatch.commands.build import VirtualClock, build_agent
@@ -155,6 +157,62 @@ class ScriptedStacks:
 
     def taking(self, key):
         return False
+
+
+class SampledOverTime(ScriptedStacks):
+    """As py-spy is run: a sample spans the two seconds after it is asked for, in the phases the job
+    passes through meanwhile, and is there at the first tick after; asked again, a process is due
+    after the sampler's waits (a phase's turn 2.5 s, a new segment 10 s, else 600 s)."""
+
+    def __init__(self, wall, phase_at):
+        super().__init__(wall, phase_at)
+        self.asked, self.last = {}, -math.inf
+
+    def request(self, key, pids, new_segment=False, phase=False):
+        if key in self.asked:
+            return False
+        if self.wall.now - self.last < (2.5 if phase else 10.0 if new_segment else 600.0):
+            return not phase
+        self.asked[key], self.last = (self.wall.now, tuple(pids)), self.wall.now
+        return True
+
+    def latest(self, key):
+        if key in self.asked and self.wall.now >= self.asked[key][0] + 2:
+            start, pids = self.asked.pop(key)
+            seen = Counter(self.phase_at(start + (i + 0.5) / 10) for i in range(20))
+            stacks = tuple(StackShare(n / 20, (self.FRAMES[phase][0],), "MainThread", pid, (self.FRAMES[phase][1],))
+                           for phase, n in seen.most_common() for pid in pids)
+            self.profiles[key] = StackProfile(pids, 40, stacks, stacks, timestamp=start + 2)
+        return self.profiles.get(key)
+
+    def taking(self, key):
+        return key in self.asked
+
+
+def checkpoint(seconds: int, counters: str):
+    """Healthy training for 40 s, then a checkpoint of ``seconds`` that the counters read as
+    ``counters``, then training again; the waste charged 30 s later."""
+    built, run = agent("healthy", stacks=lambda wall: SampledOverTime(
+        wall, lambda now: "checkpointing" if 40 < now - 1.8e9 <= 40 + seconds else "training"))
+    run(40)
+    built.lib.set_scenario(0, counters)
+    run(seconds)
+    built.lib.set_scenario(0, "healthy")
+    return run(30).wasted_seconds
+
+
+def test_a_checkpoint_over_before_its_segment_is_named_is_seen_by_a_sample_taken_as_the_gpu_fell_idle():
+    # Named after five ticks, then two seconds of py-spy: a sample asked for then sees the steps
+    # running again. The one taken at the first tick under the threshold saw the checkpoint.
+    assert checkpoint(5, "host_transfer_bound") == {"checkpointing": 5.0}
+
+
+def test_a_sample_taken_once_the_gpu_is_busy_again_does_not_name_the_wait_before_it():
+    # The checkpoint's reads come in bursts: its segment starts after the first burst, three
+    # seconds after the sample taken at the first tick under, and is named as the checkpoint
+    # ends; the stacks taken then show training, with the GPU busy, which says nothing of why it
+    # waited (here it said launch_bound).
+    assert checkpoint(8, "io_bound") == {"checkpointing": 7.0}
 
 
 class UnreadableAtFirst(ScriptedStacks):

@@ -14,6 +14,7 @@ import logging
 import math
 import threading
 import time
+from collections import deque
 from typing import Any, Callable, Iterable, Mapping, Protocol
 
 from flopwatch.config import Config
@@ -24,7 +25,8 @@ from flopwatch.judge.diagnose import PHASES, DiagnosisState, diagnose, primary
 from flopwatch.judge.ledger import Charge, WasteLedger
 from flopwatch.judge.regime import Change, RegimeTracker
 from flopwatch.judge.signals import Peers, Tick, TickWindow, job_peers, loader_saturated_pids, signals
-from flopwatch.judge.stackclass import TRAINING_SEEN, corroborate, read_stacks, stack_summary
+from flopwatch.judge.stackclass import (QUIET_SHARE, TRAINING_SEEN, GpuDuring, GpuTick, corroborate, gpu_during, read_stacks,
+                                        stack_summary)
 from flopwatch.judge.tokencost import Prices, TokenAccount
 from flopwatch.model import (AgentState, Allocation, Finding, GpuFigures, GpuSample, GpuState, HostSample, PodContainer, ProcessView,
                              StackProfile, TokenCount)
@@ -34,6 +36,11 @@ log = logging.getLogger(__name__)
 
 _ALONE = Peers()  # a GPU sharing no job with another
 # Causes on the host's side of the GPU: the culprit's Python stacks can say what it does instead.
+def _quiet(during: GpuDuring | None) -> bool:
+    return during is not None and during.under_share < QUIET_SHARE
+
+
+_DIP = "dip"  # what a sample is asked for when a healthy segment's GPU falls under the threshold
 HOST_SIDE = frozenset({"input_starved", "launch_bound", "io_bound", "host_transfer_bound", "held_idle",
                        "low_demand", "unknown", *PHASES})
 
@@ -105,13 +112,21 @@ class _PerGpu:
         # (cause, pids, the segment's start, the turn while in a phase) a sample was last asked for
         self.stacks_asked: tuple[str | None, tuple[int, ...], float | None, int | None] | None = None
         self.stacks_pending = False  # asked for this segment and not yet taken
+        self.asking = False  # a sample asked for and not yet begun: the last tick's ask was not taken
         self.stacks_asked_at = -math.inf  # the tick a new cause or segment asked for stacks at
+        self.dip_at = -math.inf  # the tick a healthy segment's GPU last fell under the threshold at, sampled
         # The processes the culprits were picked from, and them: the same until NVML's next read.
         self.culprits: tuple[tuple, tuple[int, ...]] = ((), ())
         # The diagnosis's finding and the stacks it was corroborated with, and the result.
         self.corroborated: tuple[Finding | None, StackProfile | None, Finding | None] = (None, None, None)
         self.cause_in_force: str | None = None  # the cause the last tick was charged by, if any
         self.trained: frozenset[int] = frozenset()  # processes on the GPU whose stacks showed them training
+        # The last ticks, as long as a stack sample can take (it is read against the ticks it
+        # spanned), and the last profile read with the GPU while it was taken.
+        self.ticks: deque[GpuTick] = deque()
+        self.during: tuple[StackProfile | None, GpuDuring | None] = (None, None)
+        self.spoke: tuple[StackProfile | None, GpuDuring | None] = (None, None)  # the last taken as it waited
+        self.read: StackProfile | None = None  # the last profile read for its training frames
 
 
 class Agent:
@@ -287,13 +302,16 @@ class Agent:
         # A GPU no job holds and nothing runs on is spare capacity, not waste.
         free = holding is not None and holding.free and not sample.processes
         under = not free and figures.utilization is not None and figures.utilization < th.utilization_threshold
+        per.ticks.append(GpuTick(sample.timestamp, figures.interval_seconds, figures.utilization, under))
+        while sample.timestamp - per.ticks[0].timestamp > self.config.stacks.timeout_seconds:
+            per.ticks.popleft()
         finding = self._with_stacks(per, sample, per.diagnosis.finding, under)
         # A host-side verdict waits for the stacks asked for it (a few seconds): they may name
         # the phase the counters cannot tell; in a phase, the ticks nearer the next sample than
         # the last wait for it.
         named = per.named and not per.stacks_pending
         charges += per.ledger.tick(sample.timestamp, figures.interval_seconds, under, named,
-                                   finding.cause if finding is not None else None, self._phase_until(finding, sample))
+                                   finding.cause if finding is not None else None, self._phase_until(per, finding, sample))
         per.cause_in_force = finding.cause if per.named and finding is not None else None
         return GpuState(
             sample=sample, figures=figures, finding=finding, below_threshold=under,
@@ -352,34 +370,58 @@ class Agent:
         # and then runs its model forward only, the GPU waiting, is evaluating.
         healthy = finding is None and per.named and not under and bool(sample.processes) and \
             not {p.pid for p in sample.processes} <= per.trained
-        if self.stacks is None or not (starting or healthy or (finding is not None and finding.cause in HOST_SIDE)):
+        # So is a healthy job's GPU falling under the threshold: a checkpoint or an evaluation of a
+        # few seconds is over by the time its segment is named (five ticks) and py-spy is done.
+        dip = finding is None and per.named and under and bool(sample.processes)
+        if self.stacks is None or not (starting or healthy or dip or (finding is not None and finding.cause in HOST_SIDE)):
             return finding
         if per.culprits[0] is not sample.processes:
             per.culprits = (sample.processes, _culprits(sample))
         pids = per.culprits[1]
         in_phase = per.corroborated[2] is not None and per.corroborated[2].cause in PHASES
         turn = math.floor(sample.timestamp / self.config.stacks.phase_interval_seconds) if in_phase else None
-        asked = (finding.cause if finding is not None else None, pids, per.regime.started, turn)
+        asked = (finding.cause if finding is not None else _DIP if dip else None, pids, per.regime.started, turn)
         before = per.stacks_asked
         # A new verdict within a segment is a change of work as much as a new segment: its stacks
         # are taken anew (a job's loading then compiling both read input_starved by the counters).
-        # The segment's first verdict is what a sample taken before it was named was for.
-        changed = before is not None and (before[1:3] != asked[1:3] or before[0] not in (None, asked[0]))
+        # The segment's first verdict is what a sample taken before it was named was for; so is
+        # a dip's sample the segment's that the dip began (seen ticks later, and started a few
+        # ticks later still where a last burst of work followed the dip: judge/regime.py).
+        started = per.regime.started if per.regime.started is not None else -math.inf
+        if started - self.config.diagnosis.regime_change_seconds <= per.dip_at:
+            started = min(started, per.dip_at)
+        dipped_into = before is not None and before[0] == _DIP and per.dip_at >= started
+        changed = before is not None and (before[1] != asked[1] or (before[2] != asked[2] and not dipped_into) or
+                                          before[0] not in (None, _DIP, asked[0]))
         # A sample that failed (py-spy could not read the process yet) is asked for again; the
         # sampler says when it is due.
         last = self.stacks.latest(sample.info.index)
         failed = last is not None and last.unavailable is not None and before == asked
         if (before != asked or failed) and self.stacks.request(
-                sample.info.index, pids, new_segment=changed,
+                sample.info.index, pids, new_segment=changed or asked[0] == _DIP,
                 phase=before is not None and turn is not None and before[3] != turn):
             per.stacks_asked = asked  # else a sample is still being taken: asked again next tick
-            if before is None or changed:
+            if before is None or changed or asked[0] == _DIP:
                 per.stacks_asked_at = sample.timestamp
-        profile = self.stacks.latest(sample.info.index)
+            if asked[0] == _DIP:
+                per.dip_at = sample.timestamp
+        per.asking = per.stacks_asked != asked
+        latest = profile = self.stacks.latest(sample.info.index)
+        if latest is not None and per.during[0] is not latest:
+            # What the GPU did while the sample was taken, not over the whole window: a phase's
+            # end, or a job's input stalls beside its launches, are read against the same seconds.
+            per.during = (latest, gpu_during(per.ticks, latest.timestamp - self.config.stacks.duration_seconds,
+                                             latest.timestamp))
+            if not _quiet(per.during[1]):
+                per.spoke = per.during
+        if _quiet(per.during[1]) and per.spoke[0] is not None:
+            # Taken while the GPU was busy, it shows what kept it busy, not why it waited: the last
+            # sample that saw it wait speaks for its ticks under the threshold.
+            profile = per.spoke[0]
         taking = self.stacks.taking(sample.info.index)
         if profile is not None and (not set(profile.pids) <= set(pids) or
                                     sample.timestamp - profile.timestamp > self.config.stacks.min_interval_seconds or
-                                    profile.timestamp < (per.regime.started or -math.inf) or
+                                    profile.timestamp < started or
                                     (taking and (profile.unavailable is not None or
                                                  profile.timestamp < per.stacks_asked_at))):
             # another job's, too old, from before the GPU's work changed; or, while the next is
@@ -389,30 +431,34 @@ class Agent:
         # which ticks wait for the next).
         per.stacks_pending = profile is None and taking
         seen, seen_profile, result = per.corroborated
+        if latest is not None and latest is not per.read and latest.sampled:
+            per.read = latest
+            reading = read_stacks(latest)
+            # The top stack beside the reading: what an activity the reading calls "other" was.
+            log.debug("GPU %d: stacks of %s: %s; %s", sample.info.index, latest.pids, reading, stack_summary(latest))
+            # Remembered while they stay on the GPU: run forward only later, they are evaluating.
+            on_gpu = {p.pid for p in sample.processes}
+            per.trained = frozenset(p for p in per.trained if p in on_gpu) | \
+                (frozenset(latest.pids) if reading.training >= TRAINING_SEEN else frozenset())
         if seen is not finding or seen_profile is not profile:
             reading = read_stacks(profile) if profile is not None and profile.sampled else None
-            if profile is not seen_profile and reading is not None:
-                # The top stack beside the reading: what an activity the reading calls "other" was.
-                log.debug("GPU %d: stacks of %s: %s; %s", sample.info.index, profile.pids, reading,
-                          stack_summary(profile))
-                # Remembered while they stay on the GPU: run forward only later, they are evaluating.
-                on_gpu = {p.pid for p in sample.processes}
-                per.trained = frozenset(p for p in per.trained if p in on_gpu) | \
-                    (frozenset(profile.pids) if reading.training >= TRAINING_SEEN else frozenset())
+            during = per.during[1] if profile is per.during[0] else per.spoke[1]
             result = corroborate(finding, profile, reading,
-                                 trained=profile is not None and bool(per.trained.intersection(profile.pids)))
+                                 trained=profile is not None and bool(per.trained.intersection(profile.pids)),
+                                 during=during if profile is not None else None)
             per.corroborated = (finding, profile, result)
         return result
 
-    def _phase_until(self, finding: Finding | None, sample: GpuSample) -> float:
+    def _phase_until(self, per: _PerGpu, finding: Finding | None, sample: GpuSample) -> float:
         """In a named phase, the last tick its stack sample speaks for: stacks are taken again at
-        each ``phase_interval_seconds`` turn, and a tick nearer the next sample (being taken now,
-        or due at the next turn) than the last waits for it — the phase may have changed."""
+        each ``phase_interval_seconds`` turn, and a tick nearer the next sample (asked for or
+        being taken now, or due at the next turn) than the last waits for it — the phase may have
+        changed."""
         if self.stacks is None or finding is None or finding.cause not in PHASES or finding.stacks is None:
             return math.inf
         interval = self.config.stacks.phase_interval_seconds
         last = finding.stacks.timestamp - self.config.stacks.duration_seconds / 2  # the sample's middle
-        following = sample.timestamp if self.stacks.taking(sample.info.index) else \
+        following = sample.timestamp if per.asking or self.stacks.taking(sample.info.index) else \
             (math.floor(sample.timestamp / interval) + 1) * interval
         return (last + following) / 2
 

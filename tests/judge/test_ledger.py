@@ -112,3 +112,16 @@ def test_a_new_segment_takes_its_ticks_from_the_verdict_they_were_given_before_i
     assert ledger.new_segment(start=2.0, cause="io_bound") == (Charge(1.0, "io_bound", 1.0),)
     settled = ledger.tick(13.0, 1.0, under=True, named=True, cause="launch_bound")
     assert [(c.timestamp, c.cause) for c in settled] == [(2.0, "launch_bound"), (3.0, "launch_bound")]
+
+
+def test_a_phase_the_stacks_placed_a_tick_in_keeps_it_when_a_change_of_activity_is_dated_before_it():
+    # Stacks saw the checkpoint until 3.5 s; the counters see the evaluation after it on a 5 s
+    # stretch and start its segment at the stretch's first tick, 2 s.
+    ledger = WasteLedger(hold_seconds=15.0, settle_seconds=10.0)
+    for t in (1.0, 2.0, 3.0):
+        ledger.tick(t, 1.0, under=True, named=True, cause="checkpointing", until=3.5)
+    ledger.tick(4.0, 1.0, under=True, named=False, cause=None)
+    assert ledger.new_segment(start=2.0, cause="checkpointing") == (Charge(1.0, "checkpointing", 1.0),)
+    settled = ledger.tick(14.0, 1.0, under=True, named=True, cause="evaluating")
+    assert [(c.timestamp, c.cause) for c in settled] == [(2.0, "checkpointing"), (3.0, "checkpointing"),
+                                                         (4.0, "evaluating")]

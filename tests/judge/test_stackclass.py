@@ -14,7 +14,7 @@ import pytest
 
 from flopwatch.model import Finding, StackProfile
 from flopwatch.sources.stacks import parse_raw
-from flopwatch.judge.stackclass import corroborate, read_stacks, stack_summary
+from flopwatch.judge.stackclass import GpuDuring, GpuTick, corroborate, gpu_during, read_stacks, stack_summary
 
 STACKS = Path(__file__).resolve().parents[1] / "stacks"
 PY = "/usr/lib/python3.11"
@@ -279,3 +279,41 @@ def test_the_imports_a_first_torch_compile_call_makes_are_compiling_not_starting
                      f"<module> ({SITE}/torch/_dynamo/__init__.py:1)")
     result = corroborate(finding("input_starved"), raw((first_compile, 25), (LOAD, 15)))
     assert result.cause == "compiling"
+
+
+# -- read against the GPU while the sample was taken -------------------------------------------
+
+def test_a_sample_that_outlasted_a_checkpoint_names_it_from_the_part_the_gpu_waited():
+    # Taken as a 7 s checkpoint ended (H100, a 3.6B model): 41 % saving, then the steps again,
+    # the GPU under the threshold 40 % of the sample. The checkpoint filled that part.
+    sample = raw((SAVE, 8), (BACKWARD, 12))
+    assert corroborate(finding("host_transfer_bound"), sample, during=GpuDuring(0.55, 0.4)).cause == "checkpointing"
+
+
+def test_the_same_share_of_a_phase_in_a_sample_taken_wholly_under_the_threshold_is_not_enough():
+    sample = raw((SAVE, 8), (BACKWARD, 12))
+    assert corroborate(finding("host_transfer_bound"), sample, during=GpuDuring(0.0, 1.0)).cause == "host_transfer_bound"
+
+
+def test_a_sample_taken_while_the_gpu_was_busy_says_nothing_of_why_it_waited_before():
+    # The model's loop, sampled once the GPU ran it again: not launch-bound, the counters' cause stands.
+    result = corroborate(finding("io_bound"), raw((FORWARD, 30), (BACKWARD, 10)), during=GpuDuring(0.9, 0.1))
+    assert result.cause == "io_bound" and "stacks_corrected_from" not in result.evidence
+
+
+def test_a_loop_is_judged_against_the_gpus_utilization_while_it_was_sampled_not_the_windows():
+    # A fine-tune's first steps after loading: the window's mean holds the idle loading (0.00),
+    # the sample's own seconds had the GPU busy 40 % as the thread launched its kernels.
+    assert bert_window(utilization=0.0).cause == "launch_bound"
+    tokenizing = [(f"{TRAIN_LOOP};__call__ ({SITE}/transformers/tokenization_utils_base.py:2512);"
+                   f"_tokenize ({SITE}/transformers/models/bert/tokenization_bert.py:{100 + i})", 5) for i in range(7)]
+    result = corroborate(finding("unknown", utilization=0.0), raw(*tokenizing, (BACKWARD, 41)),
+                         during=GpuDuring(0.4, 1.0))
+    assert result.cause == "input_starved"
+
+
+def test_the_gpu_during_a_sample_is_the_ticks_it_spanned_weighted_by_their_overlap():
+    ticks = [GpuTick(10.0, 1.0, 0.0, True), GpuTick(11.0, 1.0, 0.9, False), GpuTick(12.0, 1.0, 0.9, False)]
+    assert gpu_during(ticks, start=9.0, end=11.0) == GpuDuring(utilization=0.45, under_share=0.5)
+    assert gpu_during(ticks, start=9.5, end=11.5) == GpuDuring(utilization=0.675, under_share=0.25)
+    assert gpu_during(ticks, start=20.0, end=22.0) is None

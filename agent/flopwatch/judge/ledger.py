@@ -15,6 +15,7 @@ history writes the same charge the counter made.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 UNKNOWN = "unknown"
 
@@ -35,6 +36,7 @@ class _Waiting:
     timestamp: float
     seconds: float
     cause: str | None = None
+    seen: bool = False  # the verdict is a phase a stack sample placed the tick in
 
 
 @dataclass
@@ -48,7 +50,7 @@ class WasteLedger:
     # does not (the next phase of a job's life is not the one its ticks were in).
     settle_seconds: float = 0.0
     totals: dict[str, float] = field(default_factory=dict)
-    pending: list[_Waiting] = field(default_factory=list)  # oldest first; those given a verdict lead
+    pending: list[_Waiting] = field(default_factory=list)  # oldest first
 
     def new_segment(self, start: float, cause: str | None = None) -> tuple[Charge, ...]:
         """A segment starts at ``start``: the ticks still waiting from before it are charged to
@@ -56,36 +58,39 @@ class WasteLedger:
         (healthy, or too short to be named) they join the new segment: they are most often its
         first ticks, cut from the rest by a last burst of work (a checkpoint's first second, then
         the step that was still running). Its own ticks wait for its name, whatever verdict the old
-        segment gave them."""
-        before = self._take(sum(1 for w in self.pending if w.timestamp < start and (w.cause or cause)))
+        segment gave them, but for a phase the stacks placed them in: a change of activity is seen
+        on a stretch of several seconds and starts where it began, the stacks' edge is nearer."""
+        before = self._take(lambda w: w.timestamp < start and bool(w.cause or cause))
         for waiting in self.pending:
-            waiting.cause = None
+            if not waiting.seen:
+                waiting.cause = None
         return self._charge(before, cause)
 
     def settle(self, cause: str | None = None) -> tuple[Charge, ...]:
         """Every tick still waiting, charged as it stands: to its verdict, else ``cause``, else
         ``unknown`` (the agent stops, or the GPU is lost)."""
-        return self._charge(self._take(len(self.pending)), cause)
+        return self._charge(self._take(lambda w: True), cause)
 
     def tick(self, timestamp: float, seconds: float, under: bool, named: bool, cause: str | None,
              until: float = float("inf")) -> tuple[Charge, ...]:
         """Account one tick; the charges settled by it (its own, and earlier ones its segment's
         name settles). ``named``: the segment has been judged; ``cause``: its verdict (None: no
         cause found, so an under-threshold tick is ``unknown`` once it has waited its hold);
-        ``until``: the verdict holds for the ticks up to then, later ones wait for the next."""
+        ``until``: the verdict is a phase the stacks saw, and holds for the ticks up to then; later
+        ones wait for the next sample."""
         if under:
             self.pending.append(_Waiting(timestamp, seconds))
         if named and cause is not None:
             for waiting in self.pending:
                 if waiting.cause is None and waiting.timestamp <= until:
-                    waiting.cause = cause
-        ripe = sum(1 for w in self.pending if w.cause is not None and w.timestamp <= timestamp - self.settle_seconds)
-        settled = self._charge(self._take(ripe))
-        overdue = sum(1 for w in self.pending if timestamp - w.timestamp >= self.hold_seconds)
-        return settled + self._charge(self._take(overdue), UNKNOWN)
+                    waiting.cause, waiting.seen = cause, until != float("inf")
+        ripe = self._take(lambda w: w.cause is not None and w.timestamp <= timestamp - self.settle_seconds)
+        overdue = self._take(lambda w: timestamp - w.timestamp >= self.hold_seconds)
+        return self._charge(ripe) + self._charge(overdue, UNKNOWN)
 
-    def _take(self, count: int) -> list[_Waiting]:
-        taken, self.pending = self.pending[:count], self.pending[count:]
+    def _take(self, which: Callable[[_Waiting], bool]) -> list[_Waiting]:
+        taken = [w for w in self.pending if which(w)]
+        self.pending = [w for w in self.pending if not which(w)]
         return taken
 
     def _charge(self, ticks: list[_Waiting], default: str | None = None) -> tuple[Charge, ...]:

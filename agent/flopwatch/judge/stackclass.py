@@ -9,7 +9,7 @@ preparing input, whatever its CPU share says.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Mapping
+from typing import Iterable, Mapping
 
 from flopwatch.judge.diagnose import ADVICE, PHASES, SUMMARY
 from flopwatch.model import Finding, StackProfile, StackShare
@@ -38,6 +38,8 @@ STRONG = 0.5  # a thread spending at least this share of its samples in one acti
 # The thread that launches the model prepares its input for at least this share of its samples:
 # for that long no new kernel is enqueued and the GPU drains.
 FEEDING_SHARE = 0.25
+# A sample less than this share of whose time the GPU was under the threshold speaks for the busy part.
+QUIET_SHARE = 0.25
 # A sample whose main thread is this share in a backward pass or optimizer step shows a job training.
 TRAINING_SEEN = 0.1
 
@@ -249,19 +251,58 @@ def _max(parts: list[dict[str, float]]) -> dict[str, float]:
     return {k: max(p.get(k, 0.0) for p in parts) for k in keys}
 
 
+@dataclass(frozen=True, slots=True)
+class GpuTick:
+    """One tick of the GPU a sample's processes ran on: what a stack sample is read against."""
+
+    timestamp: float  # the tick's end
+    seconds: float
+    utilization: float | None
+    under: bool  # under the utilization threshold
+
+
+@dataclass(frozen=True, slots=True)
+class GpuDuring:
+    """The GPU while a stack sample was taken."""
+
+    utilization: float  # the SMs' mean share busy
+    under_share: float  # the share of the sample's time the GPU was under the threshold
+
+
+def gpu_during(ticks: Iterable[GpuTick], start: float, end: float) -> GpuDuring | None:
+    """The ticks' overlap with ``start``–``end`` (a sample's time), weighted by it; None if none."""
+    weight = busy = under = 0.0
+    for tick in ticks:
+        overlap = min(tick.timestamp, end) - max(tick.timestamp - tick.seconds, start)
+        if overlap <= 0 or tick.utilization is None:
+            continue
+        weight += overlap
+        busy += overlap * tick.utilization
+        under += overlap * tick.under
+    return GpuDuring(round(busy / weight, 3), round(under / weight, 3)) if weight > 0 else None
+
+
 def _said(part: str, activity: str, share: float) -> str:
     who = {"main": "main thread", "threads": "a thread", "workers": "loader workers"}[part]
     return f"{who} {share:.0%} in {ACTIVITIES[activity]}"
 
 
-def _verdict(cause: str, r: StackReading, utilization: float, trained: bool) -> tuple[str, str] | None:
+def _verdict(cause: str, r: StackReading, utilization: float, under_share: float,
+             trained: bool) -> tuple[str, str] | None:
     """(the cause the stacks support, what they show) for a host-side cause, or None if they say
     nothing strong about it. Each line reads what the frames mean for where the time goes;
-    ``utilization``: the share of the window the GPU's SMs had work; ``trained``: an earlier sample
-    of these processes showed them training."""
+    ``utilization``: the share of the sample's time the GPU's SMs had work; ``under_share``: the
+    share of it the GPU was under the threshold; ``trained``: an earlier sample of these processes
+    showed them training."""
+    if under_share < QUIET_SHARE:
+        # Taken while the GPU was busy: the stacks show what kept it busy, not why it waited before.
+        return None
     main, share = r.strongest("main")
     part = "main" if r.share("main", *PHASES) >= r.share("threads", *PHASES) else "threads"
-    if r.share(part, *PHASES) >= STRONG:
+    # A sample that outlasted the stretch under the threshold (a checkpoint over and the steps
+    # running again before py-spy was done) holds the phase only in the part the stretch had: it
+    # need only fill most of that part, and a sample mostly over busy ticks says too little.
+    if r.share(part, *PHASES) >= STRONG * max(under_share, 0.5):
         # Loading, compiling, saving, starting, evaluating: the phase, not the bottleneck it shows
         # on the counters (a read, a busy thread), is what its owner can change. A thread moving
         # from one phase to the next shows both: the larger names it.
@@ -307,16 +348,19 @@ def _verdict(cause: str, r: StackReading, utilization: float, trained: bool) -> 
     return None
 
 
-def corroborate(finding: Finding | None, profile: StackProfile | None,
-                reading: StackReading | None = None, trained: bool = False) -> Finding | None:
+def corroborate(finding: Finding | None, profile: StackProfile | None, reading: StackReading | None = None,
+                trained: bool = False, during: GpuDuring | None = None) -> Finding | None:
     """The finding with its stacks attached, its cause confirmed (higher confidence) or corrected
     where the stacks speak strongly; ``reading`` is read_stacks(profile), if already made;
-    ``trained``: an earlier sample of the profile's processes showed them training."""
+    ``trained``: an earlier sample of the profile's processes showed them training; ``during``:
+    the GPU while the sample was taken (else the finding's window stands for it)."""
     if finding is None or profile is None:
         return finding
     if profile.unavailable or not profile.sampled:
         return replace(finding, stacks=profile)
-    verdict = _verdict(finding.cause, reading or read_stacks(profile), finding.evidence.get("utilization") or 0.0,
+    if during is None:
+        during = GpuDuring(finding.evidence.get("utilization") or 0.0, 1.0)
+    verdict = _verdict(finding.cause, reading or read_stacks(profile), during.utilization, during.under_share,
                        trained)
     if verdict is None:
         return replace(finding, stacks=profile)

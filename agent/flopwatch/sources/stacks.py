@@ -173,8 +173,8 @@ class StackSampler:
         """Ask for a sample of ``pids`` (up to two: the GPU's busiest) under ``key`` (a GPU index).
         ``new_segment``: the GPU's work changed since their last sample, which allows a shorter
         wait; ``phase``: a phase of the job's life is named, sampled again each
-        ``phase_interval_seconds`` turn to see it end. False only while a sample under ``key``
-        is still being taken: ask again."""
+        ``phase_interval_seconds`` turn to see it end. False while a sample under ``key`` is
+        still being taken, or a phase's turn is not yet due: ask again."""
         pids = tuple(pids)[:2]
         now = self.clock()
         with self._lock:
@@ -188,7 +188,7 @@ class StackSampler:
                 return False
             due = tuple(p for p in pids if now - self._sampled_at.get(p, -float("inf")) >= self._wait(p, new_segment, phase))
             if not due:
-                return True
+                return not phase  # a phase's turn that came too soon after the last sample is due later
             if len(self._sampled_at) > _REMEMBERED_PROCESSES:
                 self._forget(now)
             for pid in due:
