@@ -36,13 +36,14 @@ log = logging.getLogger(__name__)
 
 _ALONE = Peers()  # a GPU sharing no job with another
 # Causes on the host's side of the GPU: the culprit's Python stacks can say what it does instead.
-def _quiet(during: GpuDuring | None) -> bool:
-    return during is not None and during.under_share < QUIET_SHARE
-
-
-_DIP = "dip"  # what a sample is asked for when a healthy segment's GPU falls under the threshold
 HOST_SIDE = frozenset({"input_starved", "launch_bound", "io_bound", "host_transfer_bound", "held_idle",
                        "low_demand", "unknown", *PHASES})
+_DIP = "dip"  # what a sample is asked for when a healthy segment's GPU falls under the threshold
+
+
+def _quiet(during: GpuDuring | None) -> bool:
+    """Whether a sample was taken with the GPU busy nearly throughout."""
+    return during is not None and during.under_share < QUIET_SHARE
 
 
 class GpuSource(Protocol):
