@@ -288,7 +288,14 @@ class Agent:
                                     frozenset(p.pid for p in sample.processes), th)
         if change is not None:
             charges = self._new_segment(per, change, th)
-            evaluate = True  # the new segment is named as soon as it has min_window_seconds
+            evaluate = True  # its ticks since the change (back-dated: several) may name it at once
+        # A new segment is judged each tick until named, as soon as it has min_window_seconds: a
+        # new job's first phase, named at the next turn of the evaluation cadence instead, waited up
+        # to that long more for its name and its phase's stack samples. (Past that age the cadence
+        # has judged it anyway: a GPU whose window never fills is not judged every tick.)
+        young = per.regime.started is not None and \
+            sample.timestamp - per.regime.started < th.min_window_seconds + th.evaluation_interval_seconds
+        evaluate = evaluate or (young and not per.named)
         if evaluate:
             # Ticks enter the window together and are diagnosed once: run once a second, each
             # tick's pass over the window and its rules costs several times what it does in a batch.
