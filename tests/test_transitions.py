@@ -215,6 +215,21 @@ def test_a_sample_taken_once_the_gpu_is_busy_again_does_not_name_the_wait_before
     assert checkpoint(8, "io_bound") == {"checkpointing": 7.0}
 
 
+def test_a_checkpoint_too_short_to_be_a_segment_is_charged_to_the_phase_its_dip_sample_saw():
+    # Six seconds of bursty writes: never five ticks in a row under the threshold, so the
+    # healthy segment goes on; its ticks under it went `unknown` before.
+    assert checkpoint(6, "io_bound") == {"checkpointing": 5.0}
+
+
+def test_a_healthy_jobs_short_stall_whose_dip_sample_shows_no_phase_is_not_charged_to_one():
+    built, run = agent("healthy", stacks=lambda wall: SampledOverTime(wall, lambda now: "training"))
+    run(40)
+    built.lib.set_scenario(0, "io_bound")
+    run(6)
+    built.lib.set_scenario(0, "healthy")
+    assert run(30).wasted_seconds == {"unknown": 5.0}
+
+
 class UnreadableAtFirst(ScriptedStacks):
     """py-spy cannot read the job on its first two tries (seconds into its imports)."""
 

@@ -25,8 +25,8 @@ from flopwatch.judge.diagnose import PHASES, DiagnosisState, diagnose, primary
 from flopwatch.judge.ledger import Charge, WasteLedger
 from flopwatch.judge.regime import Change, RegimeTracker
 from flopwatch.judge.signals import Peers, Tick, TickWindow, job_peers, loader_saturated_pids, signals
-from flopwatch.judge.stackclass import (QUIET_SHARE, TRAINING_SEEN, GpuDuring, GpuTick, corroborate, gpu_during, read_stacks,
-                                        stack_summary)
+from flopwatch.judge.stackclass import (QUIET_SHARE, TRAINING_SEEN, GpuDuring, GpuTick, corroborate, gpu_during, phase_shown,
+                                        read_stacks, stack_summary)
 from flopwatch.judge.tokencost import Prices, TokenAccount
 from flopwatch.model import (AgentState, Allocation, Finding, GpuFigures, GpuSample, GpuState, HostSample, PodContainer, ProcessView,
                              StackProfile, TokenCount)
@@ -128,6 +128,7 @@ class _PerGpu:
         self.during: tuple[StackProfile | None, GpuDuring | None] = (None, None)
         self.spoke: tuple[StackProfile | None, GpuDuring | None] = (None, None)  # the last taken as it waited
         self.read: StackProfile | None = None  # the last profile read for its training frames
+        self.dip_phase: tuple[StackProfile | None, str | None] = (None, None)  # a dip's sample and the phase it saw
 
 
 class Agent:
@@ -318,8 +319,10 @@ class Agent:
         # the phase the counters cannot tell; in a phase, the ticks nearer the next sample than
         # the last wait for it.
         named = per.named and not per.stacks_pending
-        charges += per.ledger.tick(sample.timestamp, figures.interval_seconds, under, named,
-                                   finding.cause if finding is not None else None, self._phase_until(per, finding, sample))
+        cause, until = self._dip_phase(per) if finding is None and per.named else (None, math.inf)
+        if finding is not None:
+            cause, until = finding.cause, self._phase_until(per, finding, sample)
+        charges += per.ledger.tick(sample.timestamp, figures.interval_seconds, under, named, cause, until)
         per.cause_in_force = finding.cause if per.named and finding is not None else None
         return GpuState(
             sample=sample, figures=figures, finding=finding, below_threshold=under,
@@ -456,6 +459,21 @@ class Agent:
                                  during=during if profile is not None else None)
             per.corroborated = (finding, profile, result)
         return result
+
+    def _dip_phase(self, per: _PerGpu) -> tuple[str | None, float]:
+        """In a healthy segment, the phase its last dip's stack sample saw, and the last tick it
+        speaks for: a stretch under the threshold too short to be a segment of its own (a
+        checkpoint of a few seconds, its writes in bursts) is that phase's for one phase turn after
+        the sample's middle — were it a segment, its stacks would have been taken again by then."""
+        profile, during = per.spoke
+        if profile is None or not profile.sampled or profile.timestamp < per.dip_at or \
+                per.dip_at < (per.regime.started if per.regime.started is not None else -math.inf):
+            return None, math.inf
+        if per.dip_phase[0] is not profile:
+            shown = phase_shown(read_stacks(profile), during.under_share if during is not None else 1.0)
+            per.dip_phase = (profile, shown[0] if shown is not None else None)
+        middle = profile.timestamp - self.config.stacks.duration_seconds / 2
+        return per.dip_phase[1], middle + self.config.stacks.phase_interval_seconds
 
     def _phase_until(self, per: _PerGpu, finding: Finding | None, sample: GpuSample) -> float:
         """In a named phase, the last tick its stack sample speaks for: stacks are taken again at

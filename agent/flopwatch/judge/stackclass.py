@@ -287,6 +287,20 @@ def _said(part: str, activity: str, share: float) -> str:
     return f"{who} {share:.0%} in {ACTIVITIES[activity]}"
 
 
+def phase_shown(r: StackReading, under_share: float = 1.0) -> tuple[str, str] | None:
+    """(the phase of a job's life the stacks show, what they show), or None; ``under_share``: the
+    share of the sample's time the GPU was under the threshold. A thread moving from one phase to
+    the next shows both: the larger names it."""
+    part = "main" if r.share("main", *PHASES) >= r.share("threads", *PHASES) else "threads"
+    # A sample that outlasted the stretch under the threshold (a checkpoint over and the steps
+    # running again before py-spy was done) holds the phase only in the part the stretch had: it
+    # need only fill most of that part, and a sample mostly over busy ticks says too little.
+    if r.share(part, *PHASES) < STRONG * max(under_share, 0.5):
+        return None
+    phase = max(PHASES, key=lambda p: r.share(part, p))
+    return phase, f"{'main thread' if part == 'main' else 'a thread'} {r.share(part, phase):.0%} {ACTIVITIES[phase]}"
+
+
 def _verdict(cause: str, r: StackReading, utilization: float, under_share: float,
              trained: bool) -> tuple[str, str] | None:
     """(the cause the stacks support, what they show) for a host-side cause, or None if they say
@@ -297,17 +311,12 @@ def _verdict(cause: str, r: StackReading, utilization: float, under_share: float
     if under_share < QUIET_SHARE:
         # Taken while the GPU was busy: the stacks show what kept it busy, not why it waited before.
         return None
+    # Loading, compiling, saving, starting, evaluating: the phase, not the bottleneck it shows on
+    # the counters (a read, a busy thread), is what its owner can change.
+    shown = phase_shown(r, under_share)
+    if shown is not None:
+        return shown
     main, share = r.strongest("main")
-    part = "main" if r.share("main", *PHASES) >= r.share("threads", *PHASES) else "threads"
-    # A sample that outlasted the stretch under the threshold (a checkpoint over and the steps
-    # running again before py-spy was done) holds the phase only in the part the stretch had: it
-    # need only fill most of that part, and a sample mostly over busy ticks says too little.
-    if r.share(part, *PHASES) >= STRONG * max(under_share, 0.5):
-        # Loading, compiling, saving, starting, evaluating: the phase, not the bottleneck it shows
-        # on the counters (a read, a busy thread), is what its owner can change. A thread moving
-        # from one phase to the next shows both: the larger names it.
-        phase = max(PHASES, key=lambda p: r.share(part, p))
-        return phase, f"{'main thread' if part == 'main' else 'a thread'} {r.share(part, phase):.0%} {ACTIVITIES[phase]}"
     feeding_main = r.share("main", *FEEDING)
     feeding_elsewhere = max(r.share("threads", "data_loading", "tokenizing"),
                             r.share("workers", "data_loading", "tokenizing", "file_read"))
