@@ -25,8 +25,8 @@ from flopwatch.judge.diagnose import PHASES, DiagnosisState, diagnose, primary
 from flopwatch.judge.ledger import Charge, WasteLedger
 from flopwatch.judge.regime import Change, RegimeTracker
 from flopwatch.judge.signals import Peers, Tick, TickWindow, job_peers, loader_saturated_pids, signals
-from flopwatch.judge.stackclass import (QUIET_SHARE, TRAINING_SEEN, GpuDuring, GpuTick, corroborate, gpu_during, phase_shown,
-                                        read_stacks, stack_summary)
+from flopwatch.judge.stackclass import (QUIET_SHARE, TRAINING_SEEN, GpuDuring, GpuTick, corroborate, gpu_during,
+                                        phase_shown, read_stacks, stack_summary)
 from flopwatch.judge.tokencost import Prices, TokenAccount
 from flopwatch.model import (AgentState, Allocation, Finding, GpuFigures, GpuSample, GpuState, HostSample, PodContainer, ProcessView,
                              StackProfile, TokenCount)
@@ -319,9 +319,12 @@ class Agent:
         # the phase the counters cannot tell; in a phase, the ticks nearer the next sample than
         # the last wait for it.
         named = per.named and not per.stacks_pending
-        cause, until = self._dip_phase(per) if finding is None and per.named else (None, math.inf)
         if finding is not None:
             cause, until = finding.cause, self._phase_until(per, finding, sample)
+        elif per.named:  # healthy, its ticks under the threshold too few to be a segment: a phase?
+            cause, until = self._dip_phase(per)
+        else:
+            cause, until = None, math.inf
         charges += per.ledger.tick(sample.timestamp, figures.interval_seconds, under, named, cause, until)
         per.cause_in_force = finding.cause if per.named and finding is not None else None
         return GpuState(
@@ -384,7 +387,8 @@ class Agent:
         # So is a healthy job's GPU falling under the threshold: a checkpoint or an evaluation of a
         # few seconds is over by the time its segment is named (five ticks) and py-spy is done.
         dip = finding is None and per.named and under and bool(sample.processes)
-        if self.stacks is None or not (starting or healthy or dip or (finding is not None and finding.cause in HOST_SIDE)):
+        host_side = finding is not None and finding.cause in HOST_SIDE
+        if self.stacks is None or not (starting or healthy or dip or host_side):
             return finding
         if per.culprits[0] is not sample.processes:
             per.culprits = (sample.processes, _culprits(sample))

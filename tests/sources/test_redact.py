@@ -105,9 +105,10 @@ def test_redact_value_keeps_a_harmless_value():
 def test_a_real_process_is_shown_with_its_secrets_hidden():
     from flopwatch.sources.host import HostSource
 
-    process = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()", "--token=abc123",
-                                "PASSWORD=hunter2"], stdin=subprocess.PIPE)
+    process = subprocess.Popen([sys.executable, "-c", "import sys; print(flush=True); sys.stdin.read()",
+                                "--token=abc123", "PASSWORD=hunter2"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     try:
+        process.stdout.readline()  # running its own command line (until exec, /proc showed the parent's)
         seen = HostSource().read([process.pid], timestamp=0.0).processes[process.pid]
     finally:
         process.communicate(b"")
