@@ -25,7 +25,7 @@ from flopwatch.judge.diagnose import PHASES, DiagnosisState, diagnose, primary
 from flopwatch.judge.ledger import Charge, WasteLedger
 from flopwatch.judge.regime import Change, RegimeTracker
 from flopwatch.judge.signals import Peers, Tick, TickWindow, job_peers, loader_saturated_pids, signals
-from flopwatch.judge.stackclass import (QUIET_SHARE, TRAINING_SEEN, GpuDuring, GpuTick, corroborate, gpu_during,
+from flopwatch.judge.stackclass import (TRAINING_SEEN, GpuDuring, GpuTick, corroborate, gpu_during,
                                         phase_shown, read_stacks, stack_summary)
 from flopwatch.judge.tokencost import Prices, TokenAccount
 from flopwatch.model import (AgentState, Allocation, Finding, GpuFigures, GpuSample, GpuState, HostSample, PodContainer, ProcessView,
@@ -41,9 +41,8 @@ HOST_SIDE = frozenset({"input_starved", "launch_bound", "io_bound", "host_transf
 _DIP = "dip"  # what a sample is asked for when a healthy segment's GPU falls under the threshold
 
 
-def _quiet(during: GpuDuring | None) -> bool:
-    """Whether a sample was taken with the GPU busy nearly throughout."""
-    return during is not None and during.under_share < QUIET_SHARE
+def _busy(during: GpuDuring | None) -> bool:
+    return during is not None and during.busy
 
 
 class GpuSource(Protocol):
@@ -127,7 +126,6 @@ class _PerGpu:
         self.ticks: deque[GpuTick] = deque()
         self.during: tuple[StackProfile | None, GpuDuring | None] = (None, None)
         self.spoke: tuple[StackProfile | None, GpuDuring | None] = (None, None)  # the last taken as it waited
-        self.read: StackProfile | None = None  # the last profile read for its training frames
         self.dip_phase: tuple[StackProfile | None, str | None] = (None, None)  # a dip's sample and the phase it saw
 
 
@@ -427,9 +425,18 @@ class Agent:
             # end, or a job's input stalls beside its launches, are read against the same seconds.
             per.during = (latest, gpu_during(per.ticks, latest.timestamp - self.config.stacks.duration_seconds,
                                              latest.timestamp))
-            if not _quiet(per.during[1]):
+            if not _busy(per.during[1]):
                 per.spoke = per.during
-        if _quiet(per.during[1]) and per.spoke[0] is not None:
+            if latest.sampled:
+                reading = read_stacks(latest)
+                # The top stack beside the reading: what an activity the reading calls "other" was.
+                log.debug("GPU %d: stacks of %s: %s; %s", sample.info.index, latest.pids, reading,
+                          stack_summary(latest))
+                # Remembered while they stay on the GPU: run forward only later, they are evaluating.
+                on_gpu = {p.pid for p in sample.processes}
+                per.trained = frozenset(p for p in per.trained if p in on_gpu) | \
+                    (frozenset(latest.pids) if reading.training >= TRAINING_SEEN else frozenset())
+        if _busy(per.during[1]) and per.spoke[0] is not None:
             # Taken while the GPU was busy, it shows what kept it busy, not why it waited: the last
             # sample that saw it wait speaks for its ticks under the threshold.
             profile = per.spoke[0]
@@ -446,15 +453,6 @@ class Agent:
         # which ticks wait for the next).
         per.stacks_pending = profile is None and taking
         seen, seen_profile, result = per.corroborated
-        if latest is not None and latest is not per.read and latest.sampled:
-            per.read = latest
-            reading = read_stacks(latest)
-            # The top stack beside the reading: what an activity the reading calls "other" was.
-            log.debug("GPU %d: stacks of %s: %s; %s", sample.info.index, latest.pids, reading, stack_summary(latest))
-            # Remembered while they stay on the GPU: run forward only later, they are evaluating.
-            on_gpu = {p.pid for p in sample.processes}
-            per.trained = frozenset(p for p in per.trained if p in on_gpu) | \
-                (frozenset(latest.pids) if reading.training >= TRAINING_SEEN else frozenset())
         if seen is not finding or seen_profile is not profile:
             reading = read_stacks(profile) if profile is not None and profile.sampled else None
             during = per.during[1] if profile is per.during[0] else per.spoke[1]

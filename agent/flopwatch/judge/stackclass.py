@@ -268,6 +268,12 @@ class GpuDuring:
     utilization: float  # the SMs' mean share busy
     under_share: float  # the share of the sample's time the GPU was under the threshold
 
+    @property
+    def busy(self) -> bool:
+        """Taken with the GPU busy nearly throughout: the stacks show what kept it busy, not why it
+        waited before."""
+        return self.under_share < QUIET_SHARE
+
 
 def gpu_during(ticks: Iterable[GpuTick], start: float, end: float) -> GpuDuring | None:
     """The ticks' overlap with ``start``–``end`` (a sample's time), weighted by it; None if none."""
@@ -301,19 +307,17 @@ def phase_shown(r: StackReading, under_share: float = 1.0) -> tuple[str, str] | 
     return phase, f"{'main thread' if part == 'main' else 'a thread'} {r.share(part, phase):.0%} {ACTIVITIES[phase]}"
 
 
-def _verdict(cause: str, r: StackReading, utilization: float, under_share: float,
-             trained: bool) -> tuple[str, str] | None:
+def _verdict(cause: str, r: StackReading, during: GpuDuring, trained: bool) -> tuple[str, str] | None:
     """(the cause the stacks support, what they show) for a host-side cause, or None if they say
     nothing strong about it. Each line reads what the frames mean for where the time goes;
-    ``utilization``: the share of the sample's time the GPU's SMs had work; ``under_share``: the
-    share of it the GPU was under the threshold; ``trained``: an earlier sample of these processes
-    showed them training."""
-    if under_share < QUIET_SHARE:
-        # Taken while the GPU was busy: the stacks show what kept it busy, not why it waited before.
+    ``during``: the GPU while the sample was taken; ``trained``: an earlier sample of these
+    processes showed them training."""
+    if during.busy:
         return None
+    utilization = during.utilization
     # Loading, compiling, saving, starting, evaluating: the phase, not the bottleneck it shows on
     # the counters (a read, a busy thread), is what its owner can change.
-    shown = phase_shown(r, under_share)
+    shown = phase_shown(r, during.under_share)
     if shown is not None:
         return shown
     main, share = r.strongest("main")
@@ -369,8 +373,7 @@ def corroborate(finding: Finding | None, profile: StackProfile | None, reading: 
         return replace(finding, stacks=profile)
     if during is None:
         during = GpuDuring(finding.evidence.get("utilization") or 0.0, 1.0)
-    verdict = _verdict(finding.cause, reading or read_stacks(profile), during.utilization, during.under_share,
-                       trained)
+    verdict = _verdict(finding.cause, reading or read_stacks(profile), during, trained)
     if verdict is None:
         return replace(finding, stacks=profile)
     cause, said = verdict
