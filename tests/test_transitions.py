@@ -13,6 +13,7 @@ from flopwatch.history.store import HistoryStore, query_history
 from flopwatch.config import StacksConfig
 from flopwatch.thresholds import Thresholds
 from flopwatch.model import StackProfile, StackShare
+from flopwatch.sources import simulated
 from flopwatch.sources.stacks import StackSampler
 from tests.sources.test_stacks import stand_in
 
@@ -144,7 +145,9 @@ class ScriptedStacks:
               "compiling": ("_compile (torch/_dynamo/convert_frame.py:900)", "/site-packages/torch/_dynamo/convert_frame.py"),
               "training": ("_engine_run_backward (torch/autograd/graph.py:825)", "/site-packages/torch/autograd/graph.py"),
               "forward only": ("forward (torch/nn/modules/linear.py:125)", "/site-packages/torch/nn/modules/linear.py"),
-              "checkpointing": ("_save (torch/serialization.py:900)", "/site-packages/torch/serialization.py")}
+              "checkpointing": ("_save (torch/serialization.py:900)", "/site-packages/torch/serialization.py"),
+              "exiting": ("shutdown_compile_workers (torch/_inductor/async_compile.py:130)",
+                          "/site-packages/torch/_inductor/async_compile.py")}
 
     def request(self, key, pids, new_segment=False, phase=False):
         frame, path = self.FRAMES[self.phase_at(self.wall.now)]
@@ -320,6 +323,47 @@ def test_a_job_seen_training_while_healthy_that_then_runs_its_model_forward_only
     built.lib.set_scenario(0, "io_bound")
     gpu = run(30)
     assert (gpu.finding.cause, gpu.finding.evidence["stacks_corrected_from"]) == ("evaluating", "io_bound")
+
+
+def test_an_evaluations_last_seconds_are_not_charged_to_the_exit_whose_sample_follows_them(monkeypatch):
+    # An H100 lifecycle run: an evaluation loop (the GPU busy 0.2) ends, the job exits for 2-3 s (no
+    # kernel), its process leaves. The exit's sample, asked at the next phase turn, speaks for the
+    # ticks after the last kernel, not for the evaluation's last ticks waiting for it.
+    monkeypatch.setitem(simulated.SCENARIOS, "eval_loop", replace(simulated.SCENARIOS["io_bound"], burst_period_seconds=0.0))
+    monkeypatch.setitem(simulated.SCENARIOS, "exit", replace(simulated.SCENARIOS["eval_loop"], sm_active=0.0,
+                                                             sm_occupancy=0.0, nvml_utilization=0.0, tensor_active=0.0,
+                                                             hmma_active=0.0))
+    built, run = agent("healthy", stacks=lambda wall: SampledOverTime(
+        wall, lambda now: "training" if now - 1.8e9 <= 40 else "forward only" if now - 1.8e9 <= 70 else "exiting"))
+    run(40)
+    built.lib.set_scenario(0, "eval_loop")
+    run(30)
+    built.lib.set_scenario(0, "exit")
+    run(3)
+    built.lib.set_scenario(0, "idle")
+    assert run(20).wasted_seconds == {"evaluating": 30.0, "exiting": 3.0, "idle": 20.0}
+
+
+class FirstCompiledStep(ScriptedStacks):
+    """A compiled model's first step after its compile: the main thread waits in backward while
+    autograd's own thread compiles the backward graph for a fifth of the sample."""
+
+    def request(self, key, pids, new_segment=False, phase=False):
+        if self.phase_at(self.wall.now) != "first step":
+            return super().request(key, pids, new_segment, phase)
+        backward, compile_ = self.FRAMES["training"], self.FRAMES["compiling"]
+        stacks = tuple(s for pid in pids for s in (
+            StackShare(1.0, (backward[0],), "MainThread", pid, (backward[1],)),
+            StackShare(0.2, (compile_[0],), "Thread-3", pid, (compile_[1],)),
+            StackShare(0.8, (backward[0],), "Thread-3", pid, (backward[1],))))
+        self.profiles[key] = StackProfile(tuple(pids), 40, stacks, stacks, timestamp=self.wall.now)
+        return True
+
+
+def test_a_compile_named_by_its_stacks_goes_on_while_a_thread_still_compiles_in_the_first_step():
+    _, run = agent("held_idle", stacks=lambda wall: FirstCompiledStep(
+        wall, lambda now: "compiling" if now - 1.8e9 <= 30 else "first step"))
+    assert run(40).wasted_seconds == {"compiling": 40.0}
 
 
 def test_a_new_jobs_first_seconds_are_seen_by_a_stack_sample_taken_as_its_process_appears(tmp_path):

@@ -39,6 +39,7 @@ _ALONE = Peers()  # a GPU sharing no job with another
 HOST_SIDE = frozenset({"input_starved", "launch_bound", "io_bound", "host_transfer_bound", "held_idle",
                        "low_demand", "unknown", *PHASES})
 _DIP = "dip"  # what a sample is asked for when a healthy segment's GPU falls under the threshold
+EXITING = "exiting"
 
 
 def _busy(during: GpuDuring | None) -> bool:
@@ -121,6 +122,7 @@ class _PerGpu:
         self.corroborated: tuple[Finding | None, StackProfile | None, Finding | None] = (None, None, None)
         self.cause_in_force: str | None = None  # the cause the last tick was charged by, if any
         self.trained: frozenset[int] = frozenset()  # processes on the GPU whose stacks showed them training
+        self.scripts: frozenset[int] = frozenset()  # and those seen running a script (not embedded)
         # The last ticks, as long as a stack sample can take (it is read against the ticks it
         # spanned), and the last profile read with the GPU while it was taken.
         self.ticks: deque[GpuTick] = deque()
@@ -317,13 +319,16 @@ class Agent:
         # the phase the counters cannot tell; in a phase, the ticks nearer the next sample than
         # the last wait for it.
         named = per.named and not per.stacks_pending
+        since = -math.inf
         if finding is not None:
             cause, until = finding.cause, self._phase_until(per, finding, sample)
+            if cause == EXITING:
+                since = self._last_kernels(per, th)
         elif per.named:  # healthy, its ticks under the threshold too few to be a segment: a phase?
             cause, until = self._dip_phase(per)
         else:
             cause, until = None, math.inf
-        charges += per.ledger.tick(sample.timestamp, figures.interval_seconds, under, named, cause, until)
+        charges += per.ledger.tick(sample.timestamp, figures.interval_seconds, under, named, cause, until, since)
         per.cause_in_force = finding.cause if per.named and finding is not None else None
         return GpuState(
             sample=sample, figures=figures, finding=finding, below_threshold=under,
@@ -428,7 +433,7 @@ class Agent:
             if not _busy(per.during[1]):
                 per.spoke = per.during
             if latest.sampled:
-                reading = read_stacks(latest)
+                reading = read_stacks(latest, per.scripts)
                 # The top stack beside the reading: what an activity the reading calls "other" was.
                 log.debug("GPU %d: stacks of %s: %s; %s", sample.info.index, latest.pids, reading,
                           stack_summary(latest))
@@ -436,6 +441,7 @@ class Agent:
                 on_gpu = {p.pid for p in sample.processes}
                 per.trained = frozenset(p for p in per.trained if p in on_gpu) | \
                     (frozenset(latest.pids) if reading.training >= TRAINING_SEEN else frozenset())
+                per.scripts = frozenset(p for p in per.scripts if p in on_gpu) | reading.scripts
         if _busy(per.during[1]) and per.spoke[0] is not None:
             # Taken while the GPU was busy, it shows what kept it busy, not why it waited: the last
             # sample that saw it wait speaks for its ticks under the threshold.
@@ -454,11 +460,14 @@ class Agent:
         per.stacks_pending = profile is None and taking
         seen, seen_profile, result = per.corroborated
         if seen is not finding or seen_profile is not profile:
-            reading = read_stacks(profile) if profile is not None and profile.sampled else None
+            reading = read_stacks(profile, per.scripts) if profile is not None and profile.sampled else None
             during = per.during[1] if profile is per.during[0] else per.spoke[1]
+            # The phase these processes' last sample named, which this one may show going on.
+            going_on = result.cause if result is not None and result.cause in PHASES and result.stacks is not None \
+                and profile is not None and result.stacks.pids == profile.pids else None
             result = corroborate(finding, profile, reading,
                                  trained=profile is not None and bool(per.trained.intersection(profile.pids)),
-                                 during=during if profile is not None else None)
+                                 during=during if profile is not None else None, going_on=going_on)
             per.corroborated = (finding, profile, result)
         return result
 
@@ -472,10 +481,18 @@ class Agent:
                 per.dip_at < (per.regime.started if per.regime.started is not None else -math.inf):
             return None, math.inf
         if per.dip_phase[0] is not profile:
-            shown = phase_shown(read_stacks(profile), during.under_share if during is not None else 1.0)
+            shown = phase_shown(read_stacks(profile, per.scripts), during.under_share if during is not None else 1.0)
             per.dip_phase = (profile, shown[0] if shown is not None else None)
         middle = profile.timestamp - self.config.stacks.duration_seconds / 2
         return per.dip_phase[1], middle + self.config.stacks.phase_interval_seconds
+
+    @staticmethod
+    def _last_kernels(per: _PerGpu, th: Thresholds) -> float:
+        """The last tick the GPU ran kernels in (SM activity at least ``idle_sm_active``): an exiting
+        job launches none, so its exit began after it. The sample that saw the exit may be seconds
+        after the job's last step: the ticks between are not the exit's."""
+        return max((t.timestamp for t in per.ticks if t.utilization is not None and t.utilization >= th.idle_sm_active),
+                   default=-math.inf)
 
     def _phase_until(self, per: _PerGpu, finding: Finding | None, sample: GpuSample) -> float:
         """In a named phase, the last tick its stack sample speaks for: stacks are taken again at

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-PHASES = ("starting", "loading_weights", "compiling", "checkpointing", "evaluating")
+PHASES = ("starting", "loading_weights", "compiling", "checkpointing", "evaluating", "exiting")
 HOST_SIDE = frozenset({"input_starved", "launch_bound", "io_bound", "host_transfer_bound", "held_idle", "low_demand",
                        *PHASES})
 

@@ -39,7 +39,9 @@ IDLE_SECONDS = 10.0
 GPU = 0
 # What each segment's below-threshold time should be charged to; a phase not listed is its own
 # name. `training`: nothing (a healthy job wastes no time, so any charge there is wrong).
-LABELS = {"idle": "idle", "launching": "idle", "exiting": "idle", "training": None}
+# `launching`: the process is not on the GPU until its CUDA context exists. (`exiting` was labelled
+# idle until the agent had an exiting phase, run k on: its process is on the GPU throughout.)
+LABELS = {"idle": "idle", "launching": "idle", "training": None}
 
 
 @dataclass(frozen=True)

@@ -281,6 +281,56 @@ def test_the_imports_a_first_torch_compile_call_makes_are_compiling_not_starting
     assert result.cause == "compiling"
 
 
+def test_a_main_thread_with_no_python_frame_has_returned_from_its_script_and_is_exiting():
+    # py-spy's line for a main thread after its script returned: the thread, no frame, a count.
+    text = ('process 4242:"python3 train.py";thread (4242): MainThread;<module> (/home/ada/train.py:80) 8\n'
+            'process 4242:"python3 train.py";thread (4242): MainThread 32')
+    profile = parse_raw(text, (4242,))
+    assert read_stacks(profile).main == {"other": 0.2, "exiting": 0.8}
+    assert corroborate(finding("input_starved"), profile).cause == "exiting"
+    assert stack_summary(profile) == "80 % with no Python frame"
+
+
+def test_a_main_thread_with_no_python_frame_is_exiting_only_in_a_process_seen_running_a_script():
+    # An interpreter embedded in a native server: its main thread runs native code between calls
+    # into Python (the outermost frame a function, not a module's top level).
+    embedded = parse_raw('process 4242:"tritonserver_stub";thread (4242): MainThread;execute (/models/m/model.py:40) 8\n'
+                         'process 4242:"tritonserver_stub";thread (4242): MainThread 32', (4242,))
+    assert read_stacks(embedded).main == {"other": 1.0}
+    finalizing = parse_raw('process 4242:"python3 train.py";thread (4242): MainThread 32', (4242,))
+    assert read_stacks(finalizing).main == {"other": 1.0}
+    assert read_stacks(finalizing, ran_script=(4242,)).main == {"exiting": 1.0}
+
+
+def test_another_thread_with_no_python_frame_is_a_native_thread_not_an_exit():
+    text = (f'process 4242:"python3 train.py";thread (4242): MainThread;{FORWARD} 30\n'
+            'process 4242:"python3 train.py";thread (0x7f3a): Thread-2 30')
+    assert read_stacks(parse_raw(text, (4242,))).threads == {"other": 1.0}
+
+
+def test_an_atexit_handler_joining_the_compile_workers_is_exiting():
+    # An H100 lifecycle run: a compiled job's exit spent seconds in inductor's atexit hook, which
+    # the torch/_inductor path alone reads as model code.
+    shutdown = (f"shutdown_compile_workers ({SITE}/torch/_inductor/async_compile.py:130);"
+                f"shutdown ({SITE}/torch/_inductor/compile_worker/subproc_pool.py:290);"
+                f"wait ({PY}/subprocess.py:1264);_wait ({PY}/subprocess.py:2047)")
+    assert corroborate(finding("input_starved"), raw((shutdown, 30), (FORWARD, 10))).cause == "exiting"
+
+
+def test_a_phase_named_by_the_last_sample_goes_on_while_a_thread_still_spends_a_tenth_in_it():
+    # An H100 lifecycle run: a compiled model's first step; the main thread waits in backward while
+    # autograd's thread compiles the backward graph (18 % of the sample), the GPU under throughout.
+    backward_compile = (f"backward ({SITE}/torch/_functorch/_aot_autograd/runtime_wrappers.py:2100);"
+                        f"compile_fx_inner ({SITE}/torch/_inductor/compile_fx.py:700)")
+    text = (f'process 4242:"python3 train.py";thread (4242): MainThread;{BACKWARD} 40\n'
+            f'process 4242:"python3 train.py";thread (0x7f3a): Thread-3;{backward_compile} 7\n'
+            f'process 4242:"python3 train.py";thread (0x7f3a): Thread-3;backward ({SITE}/torch/_functorch/x.py:1) 33')
+    sample = parse_raw(text, (4242,))
+    going = corroborate(finding("input_starved"), sample, going_on="compiling")
+    assert (going.cause, going.evidence["stacks_say"]) == ("compiling", "a thread still 18% compiling the model")
+    assert corroborate(finding("input_starved"), sample).cause == "launch_bound"  # not named before: not enough
+
+
 # -- read against the GPU while the sample was taken -------------------------------------------
 
 def test_a_sample_that_outlasted_a_checkpoint_names_it_from_the_part_the_gpu_waited():

@@ -278,6 +278,23 @@ def test_py_spy_finds_the_function_a_real_process_is_busy_in(busy_child):
 
 
 @needs_py_spy
+@pytest.mark.parametrize("exit_work", [
+    "atexit.register(time.sleep, 10)",  # a C function run at exit: the main thread has no Python frame
+    "threading.Thread(target=time.sleep, args=(10,)).start()",  # joined by threading._shutdown
+])
+def test_a_real_process_that_has_finished_its_script_is_read_as_exiting(exit_work):
+    child = subprocess.Popen([sys.executable, "-c", f"import atexit, threading, time; {exit_work}; print('done')"],
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        child.stdout.readline()  # its script's last line: the rest is the interpreter exiting
+        # (as the agent knows it from the samples it took while the script ran)
+        assert read_stacks(StackSampler(FAST).sample((child.pid,)), ran_script=(child.pid,)).main["exiting"] >= 0.9
+    finally:
+        child.kill()
+        child.wait()
+
+
+@needs_py_spy
 def test_a_pid_that_does_not_exist_says_the_process_has_exited():
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     child.wait()

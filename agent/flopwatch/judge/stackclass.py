@@ -31,6 +31,7 @@ ACTIVITIES = {
     "compiling": "compiling the model",
     "checkpointing": "saving a checkpoint",
     "evaluating": "an evaluation loop",
+    "exiting": "exiting (atexit handlers, interpreter finalization)",
 }
 
 FEEDING = ("data_loading", "tokenizing", "loader_wait")
@@ -42,6 +43,10 @@ FEEDING_SHARE = 0.25
 QUIET_SHARE = 0.25
 # A sample whose main thread is this share in a backward pass or optimizer step shows a job training.
 TRAINING_SEEN = 0.1
+# A phase named by the last sample goes on while a thread spends this share in it and the GPU still
+# waits: a phase's end is spread over threads (a compiled model's backward is compiled on autograd's
+# own thread while the main thread waits in backward), so the sample over it shows little of it.
+PHASE_GOING_ON = 0.1
 
 _WAIT, _EVENT_LOOP = "wait", "event_loop"  # a blocking frame: its callers say what it waits for
 _STDLIB_MARKERS = ("/site-packages/", "/dist-packages/", "/lib/python3")
@@ -125,6 +130,13 @@ _PHASE_FRAMES = (
     ("evaluating", "", ("evaluate", "evaluation_loop", "_evaluation_loop", "validate", "validation_step",
                         "validation_loop", "eval_step", "eval_loop", "evaluate_model", "test_step",
                         "prediction_step", "prediction_loop")),
+    # Run only as the interpreter exits (atexit, finalization), or to end a distributed job. A main
+    # thread with no Python frame at all has returned from its script: read_stacks names it so too.
+    ("exiting", "/threading.py", ("_shutdown",)),
+    ("exiting", "concurrent/futures/", ("_python_exit",)),
+    ("exiting", "multiprocessing/util.py", ("_exit_function",)),
+    ("exiting", "torch/_inductor/", ("shutdown_compile_workers",)),
+    ("exiting", "torch/distributed/", ("destroy_process_group",)),
     # Last: an import inside from_pretrained or a compile is part of that phase.
     ("starting", "", ("_find_and_load", "_find_and_load_unlocked")),  # import machinery
     ("starting", "torch/cuda/__init__.py", ("_lazy_init", "init")),
@@ -212,6 +224,7 @@ class StackReading:
     threads: Mapping[str, float]
     workers: Mapping[str, float]
     training: float = 0.0  # the main threads' share in a backward pass or an optimizer step
+    scripts: frozenset[int] = frozenset()  # processes whose main thread was seen running a script
 
     def strongest(self, part: str) -> tuple[str, float]:
         shares = getattr(self, part)
@@ -222,12 +235,27 @@ class StackReading:
         return sum(shares.get(a, 0.0) for a in activities)
 
 
-def read_stacks(profile: StackProfile) -> StackReading:
+def _runs_script(stack: StackShare) -> bool:
+    """Whether a main thread's stack is a Python program's (``python train.py``, ``-m``, ``-c``, a
+    console script): its outermost frame is a module's top level, not a call from native code."""
+    return stack.thread == "MainThread" and bool(stack.frames) and \
+        _function(stack.frames[-1]) in ("<module>", "_run_module_as_main")
+
+
+def read_stacks(profile: StackProfile, ran_script: Iterable[int] = ()) -> StackReading:
+    """``ran_script``: processes an earlier sample saw running a script."""
+    stacks = profile.sampled or profile.stacks
+    scripts = frozenset(s.pid for s in stacks if _runs_script(s))
+    ran = scripts.union(ran_script)
     per_thread: dict[tuple[int, str], dict[str, float]] = {}
     training: dict[int, float] = {}
-    for stack in profile.sampled or profile.stacks:
+    for stack in stacks:
         shares = per_thread.setdefault((stack.pid, stack.thread), {})
-        activity = stack_activity(stack)
+        # A program's main thread runs Python from its script's start to its end: without a frame
+        # it is finalizing. (One that native code calls into, an embedded interpreter's, and
+        # other threads without a frame are native code between calls into Python.)
+        activity = "exiting" if not stack.frames and stack.thread == "MainThread" and stack.pid in ran \
+            else stack_activity(stack)
         shares[activity] = shares.get(activity, 0.0) + stack.share
         if stack.pid in profile.pids and stack.thread == "MainThread" and stack_trains(stack):
             training[stack.pid] = training.get(stack.pid, 0.0) + stack.share
@@ -238,7 +266,7 @@ def read_stacks(profile: StackProfile) -> StackReading:
         elif thread == "MainThread":  # a worker's other threads only ferry its results back
             workers.append(shares)
     return StackReading(main=_mean(main), threads=_max(threads), workers=_mean(workers),
-                        training=round(sum(training.values()) / max(len(main), 1), 3))
+                        training=round(sum(training.values()) / max(len(main), 1), 3), scripts=scripts)
 
 
 def _mean(parts: list[dict[str, float]]) -> dict[str, float]:
@@ -288,36 +316,47 @@ def gpu_during(ticks: Iterable[GpuTick], start: float, end: float) -> GpuDuring 
     return GpuDuring(round(busy / weight, 3), round(under / weight, 3)) if weight > 0 else None
 
 
+def _who(part: str) -> str:
+    return {"main": "main thread", "threads": "a thread", "workers": "loader workers"}[part]
+
+
 def _said(part: str, activity: str, share: float) -> str:
-    who = {"main": "main thread", "threads": "a thread", "workers": "loader workers"}[part]
-    return f"{who} {share:.0%} in {ACTIVITIES[activity]}"
+    return f"{_who(part)} {share:.0%} in {ACTIVITIES[activity]}"
 
 
-def phase_shown(r: StackReading, under_share: float = 1.0) -> tuple[str, str] | None:
+def phase_shown(r: StackReading, under_share: float = 1.0, going_on: str | None = None) -> tuple[str, str] | None:
     """(the phase of a job's life the stacks show, what they show), or None; ``under_share``: the
-    share of the sample's time the GPU was under the threshold. A thread moving from one phase to
-    the next shows both: the larger names it."""
-    part = "main" if r.share("main", *PHASES) >= r.share("threads", *PHASES) else "threads"
+    share of the sample's time the GPU was under the threshold; ``going_on``: the phase the last
+    sample named. A thread moving from one phase to the next shows both: the larger names it."""
+    part = _larger(r, *PHASES)
     # A sample that outlasted the stretch under the threshold (a checkpoint over and the steps
     # running again before py-spy was done) holds the phase only in the part the stretch had: it
     # need only fill most of that part, and a sample mostly over busy ticks says too little.
-    if r.share(part, *PHASES) < STRONG * max(under_share, 0.5):
-        return None
-    phase = max(PHASES, key=lambda p: r.share(part, p))
-    return phase, f"{'main thread' if part == 'main' else 'a thread'} {r.share(part, phase):.0%} {ACTIVITIES[phase]}"
+    if r.share(part, *PHASES) >= STRONG * max(under_share, 0.5):
+        phase = max(PHASES, key=lambda p: r.share(part, p))
+        return phase, f"{_who(part)} {r.share(part, phase):.0%} {ACTIVITIES[phase]}"
+    if going_on is not None and r.share(part := _larger(r, going_on), going_on) >= PHASE_GOING_ON:
+        return going_on, f"{_who(part)} still {r.share(part, going_on):.0%} {ACTIVITIES[going_on]}"
+    return None
 
 
-def _verdict(cause: str, r: StackReading, during: GpuDuring, trained: bool) -> tuple[str, str] | None:
+def _larger(r: StackReading, *activities: str) -> str:
+    """The part, the main threads or the others, spending more in ``activities``."""
+    return "main" if r.share("main", *activities) >= r.share("threads", *activities) else "threads"
+
+
+def _verdict(cause: str, r: StackReading, during: GpuDuring, trained: bool,
+             going_on: str | None = None) -> tuple[str, str] | None:
     """(the cause the stacks support, what they show) for a host-side cause, or None if they say
     nothing strong about it. Each line reads what the frames mean for where the time goes;
     ``during``: the GPU while the sample was taken; ``trained``: an earlier sample of these
-    processes showed them training."""
+    processes showed them training; ``going_on``: the phase the last sample named."""
     if during.busy:
         return None
     utilization = during.utilization
     # Loading, compiling, saving, starting, evaluating: the phase, not the bottleneck it shows on
     # the counters (a read, a busy thread), is what its owner can change.
-    shown = phase_shown(r, during.under_share)
+    shown = phase_shown(r, during.under_share, going_on)
     if shown is not None:
         return shown
     main, share = r.strongest("main")
@@ -362,18 +401,19 @@ def _verdict(cause: str, r: StackReading, during: GpuDuring, trained: bool) -> t
 
 
 def corroborate(finding: Finding | None, profile: StackProfile | None, reading: StackReading | None = None,
-                trained: bool = False, during: GpuDuring | None = None) -> Finding | None:
+                trained: bool = False, during: GpuDuring | None = None, going_on: str | None = None) -> Finding | None:
     """The finding with its stacks attached, its cause confirmed (higher confidence) or corrected
     where the stacks speak strongly; ``reading`` is read_stacks(profile), if already made;
     ``trained``: an earlier sample of the profile's processes showed them training; ``during``:
-    the GPU while the sample was taken (else the finding's window stands for it)."""
+    the GPU while the sample was taken (else the finding's window stands for it); ``going_on``: the
+    phase the last sample named, if any."""
     if finding is None or profile is None:
         return finding
     if profile.unavailable or not profile.sampled:
         return replace(finding, stacks=profile)
     if during is None:
         during = GpuDuring(finding.evidence.get("utilization") or 0.0, 1.0)
-    verdict = _verdict(finding.cause, reading or read_stacks(profile), during, trained)
+    verdict = _verdict(finding.cause, reading or read_stacks(profile), during, trained, going_on)
     if verdict is None:
         return replace(finding, stacks=profile)
     cause, said = verdict
@@ -392,6 +432,8 @@ def _user_code(path: str) -> bool:
 
 def _line(stack: StackShare) -> str:
     frames = _frames(stack)
+    if not frames:
+        return f"{stack.share * 100:.0f} % with no Python frame"
     shown = [frame for frame, _ in frames[:1]]
     caller = next((f for f, p in frames[1:] if _user_code(p)), frames[1][0] if len(frames) > 1 else None)
     if caller is not None:

@@ -41,9 +41,11 @@ GRANT = "run as root or grant CAP_SYS_PTRACE (systemd: AmbientCapabilities=CAP_S
 # A child's line names its parents first: the pid that counts is the last one. A command line
 # may hold newlines and quotes, so a record runs until the next line that starts one.
 _RECORD_START = re.compile(r'\n(?=process \d+:")')
+# A thread with no Python frame (a main thread once its script has returned, the interpreter
+# finalizing) is its name and the count alone: ``thread (8322): MainThread 12``.
 _LINE = re.compile(r'^(?:process (?P<pid>\d+):".*?";(?=thread \(|process ))*'
-                   r'(?:thread \((?P<tid>[0-9a-fx]+)\)(?:: (?P<thread>[^;\n]*))?;)?'
-                   r'(?P<frames>[^\n]*) (?P<count>\d+)$', re.S)
+                   r'(?:thread \((?P<tid>[0-9a-fx]+)\)(?:: (?P<thread>[^;\n]*?))?(?:;|(?= \d+$)))?'
+                   r'(?P<frames>[^\n]*?) ?(?P<count>\d+)$', re.S)
 _FRAME = re.compile(r'^(?P<fn>.*) \((?P<path>[^()]*):(?P<line>\d+)\)$')
 _SHORTEN = re.compile(r'^.*/(?:site-packages|dist-packages|lib/python3\.\d+)/')
 

@@ -1,5 +1,5 @@
 """Phases of a job's life that leave the GPU waiting: starting, loading_weights, compiling,
-checkpointing, evaluating. The counters show a read, a busy thread or a quiet GPU; the frames
+checkpointing, evaluating, exiting. The counters show a read, a busy thread or a quiet GPU; the frames
 around the work name the phase, so these are named from the culprit's stacks (judge/stackclass.py),
 not by a rule over the counters. Tickets: the job's owner shortens a phase, not on-call."""
 
@@ -34,4 +34,12 @@ EVALUATING = Cause(
     "idle. Evaluate under torch.inference_mode() with larger batches, keep metrics on the GPU and sync once per "
     "evaluation, or evaluate less often or on a subset.")
 
-PHASES = (STARTING, LOADING_WEIGHTS, COMPILING, CHECKPOINTING, EVALUATING)
+EXITING = Cause(
+    "exiting", "GPU waiting while the job exits",
+    "The job has finished its work and is exiting with its process still on the GPU: atexit handlers, joining "
+    "threads and worker processes, destroying the process group, freeing the CUDA context. A second or two is "
+    "normal; where it lasts, the stacks show the handler: give joins and uploads a timeout, make helper threads "
+    "daemons, shut loader workers and compile pools down before the end, and upload results after the process "
+    "has released the GPU.")
+
+PHASES = (STARTING, LOADING_WEIGHTS, COMPILING, CHECKPOINTING, EVALUATING, EXITING)
