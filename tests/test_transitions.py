@@ -3,6 +3,8 @@ verdict, and its waste is charged to it (simulated GPUs whose scenario is switch
 
 import logging
 import math
+
+import pytest
 from collections import Counter
 from dataclasses import replace
 
@@ -146,6 +148,7 @@ class ScriptedStacks:
               "training": ("_engine_run_backward (torch/autograd/graph.py:825)", "/site-packages/torch/autograd/graph.py"),
               "forward only": ("forward (torch/nn/modules/linear.py:125)", "/site-packages/torch/nn/modules/linear.py"),
               "checkpointing": ("_save (torch/serialization.py:900)", "/site-packages/torch/serialization.py"),
+              "starting": ("_find_and_load (<frozen importlib._bootstrap>:1176)", "<frozen importlib._bootstrap>"),
               "exiting": ("shutdown_compile_workers (torch/_inductor/async_compile.py:130)",
                           "/site-packages/torch/_inductor/async_compile.py")}
 
@@ -342,6 +345,26 @@ def test_an_evaluations_last_seconds_are_not_charged_to_the_exit_whose_sample_fo
     run(3)
     built.lib.set_scenario(0, "idle")
     assert run(20).wasted_seconds == {"evaluating": 30.0, "exiting": 3.0, "idle": 20.0}
+
+
+@pytest.mark.parametrize("loading_from", [30, 31, 34])
+def test_a_jobs_weights_begin_loading_where_the_gpus_memory_steps_up_not_halfway_between_samples(
+        monkeypatch, loading_from):
+    # A job's process appears at 20 s with its CUDA context (1 GB), imports, then loads 7 GB of
+    # weights onto the GPU at once; stack samples come a phase turn (5 s) apart.
+    held = simulated.SCENARIOS["held_idle"]
+    for name, gib in (("imports", 1), ("weights", 8)):
+        monkeypatch.setitem(simulated.SCENARIOS, name,
+                            replace(held, processes=(replace(held.processes[0], memory_bytes=gib * 2**30),)))
+    built, run = agent("idle", settle_seconds=10.0, stacks=lambda wall: SampledOverTime(
+        wall, lambda now: "starting" if now - 1.8e9 <= loading_from else "loading_weights"))
+    run(20)
+    built.lib.set_scenario(0, "imports")
+    run(loading_from - 20)
+    built.lib.set_scenario(0, "weights")
+    run(15)
+    built.lib.set_scenario(0, "idle")
+    assert run(20).wasted_seconds == {"idle": 30.0, "starting": loading_from - 20, "loading_weights": 15.0}
 
 
 class FirstCompiledStep(ScriptedStacks):

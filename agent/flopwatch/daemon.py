@@ -23,9 +23,9 @@ from flopwatch.judge.calibration import Calibrations
 from flopwatch.judge.derive import SHIPPED, derive
 from flopwatch.judge.diagnose import PHASES, DiagnosisState, diagnose, primary
 from flopwatch.judge.ledger import Charge, WasteLedger
-from flopwatch.judge.regime import Change, RegimeTracker
+from flopwatch.judge.regime import Change, GpuTick, RegimeTracker, phase_onset
 from flopwatch.judge.signals import Peers, Tick, TickWindow, job_peers, loader_saturated_pids, signals
-from flopwatch.judge.stackclass import (TRAINING_SEEN, GpuDuring, GpuTick, corroborate, gpu_during,
+from flopwatch.judge.stackclass import (TRAINING_SEEN, GpuDuring, corroborate, gpu_during,
                                         phase_shown, read_stacks, stack_summary)
 from flopwatch.judge.tokencost import Prices, TokenAccount
 from flopwatch.model import (AgentState, Allocation, Finding, GpuFigures, GpuSample, GpuState, HostSample, PodContainer, ProcessView,
@@ -39,7 +39,6 @@ _ALONE = Peers()  # a GPU sharing no job with another
 HOST_SIDE = frozenset({"input_starved", "launch_bound", "io_bound", "host_transfer_bound", "held_idle",
                        "low_demand", "unknown", *PHASES})
 _DIP = "dip"  # what a sample is asked for when a healthy segment's GPU falls under the threshold
-EXITING = "exiting"
 
 
 def _busy(during: GpuDuring | None) -> bool:
@@ -129,6 +128,9 @@ class _PerGpu:
         self.during: tuple[StackProfile | None, GpuDuring | None] = (None, None)
         self.spoke: tuple[StackProfile | None, GpuDuring | None] = (None, None)  # the last taken as it waited
         self.dip_phase: tuple[StackProfile | None, str | None] = (None, None)  # a dip's sample and the phase it saw
+        # A phase the stacks named after another, the GPU's counters placing its start: (the last
+        # tick of the phase before, its name), for the ledger at this tick.
+        self.handover: tuple[float, str] | None = None
 
 
 class Agent:
@@ -311,7 +313,8 @@ class Agent:
         # A GPU no job holds and nothing runs on is spare capacity, not waste.
         free = holding is not None and holding.free and not sample.processes
         under = not free and figures.utilization is not None and figures.utilization < th.utilization_threshold
-        per.ticks.append(GpuTick(sample.timestamp, figures.interval_seconds, figures.utilization, under))
+        per.ticks.append(GpuTick(sample.timestamp, figures.interval_seconds, figures.utilization, under,
+                                 sample.memory_used_bytes))
         while sample.timestamp - per.ticks[0].timestamp > self.config.stacks.timeout_seconds:
             per.ticks.popleft()
         finding = self._with_stacks(per, sample, per.diagnosis.finding, under)
@@ -319,16 +322,18 @@ class Agent:
         # the phase the counters cannot tell; in a phase, the ticks nearer the next sample than
         # the last wait for it.
         named = per.named and not per.stacks_pending
-        since = -math.inf
         if finding is not None:
             cause, until = finding.cause, self._phase_until(per, finding, sample)
-            if cause == EXITING:
-                since = self._last_kernels(per, th)
         elif per.named:  # healthy, its ticks under the threshold too few to be a segment: a phase?
             cause, until = self._dip_phase(per)
         else:
             cause, until = None, math.inf
-        charges += per.ledger.tick(sample.timestamp, figures.interval_seconds, under, named, cause, until, since)
+        if per.handover is not None:
+            boundary, before = per.handover
+            per.handover = None
+            if named and cause in PHASES:
+                per.ledger.hand_over(boundary, before, cause, until)
+        charges += per.ledger.tick(sample.timestamp, figures.interval_seconds, under, named, cause, until)
         per.cause_in_force = finding.cause if per.named and finding is not None else None
         return GpuState(
             sample=sample, figures=figures, finding=finding, below_threshold=under,
@@ -465,9 +470,15 @@ class Agent:
             # The phase these processes' last sample named, which this one may show going on.
             going_on = result.cause if result is not None and result.cause in PHASES and result.stacks is not None \
                 and profile is not None and result.stacks.pids == profile.pids else None
+            before = result.stacks if going_on is not None else None
             result = corroborate(finding, profile, reading,
                                  trained=profile is not None and bool(per.trained.intersection(profile.pids)),
                                  during=during if profile is not None else None, going_on=going_on)
+            if before is not None and result is not None and result.cause in PHASES and result.cause != going_on:
+                duration = self.config.stacks.duration_seconds
+                onset = phase_onset(result.cause, per.ticks, before.timestamp - duration,
+                                    profile.timestamp - duration / 2, self.config.diagnosis)
+                per.handover = (onset, going_on) if onset is not None else None
             per.corroborated = (finding, profile, result)
         return result
 
@@ -485,14 +496,6 @@ class Agent:
             per.dip_phase = (profile, shown[0] if shown is not None else None)
         middle = profile.timestamp - self.config.stacks.duration_seconds / 2
         return per.dip_phase[1], middle + self.config.stacks.phase_interval_seconds
-
-    @staticmethod
-    def _last_kernels(per: _PerGpu, th: Thresholds) -> float:
-        """The last tick the GPU ran kernels in (SM activity at least ``idle_sm_active``): an exiting
-        job launches none, so its exit began after it. The sample that saw the exit may be seconds
-        after the job's last step: the ticks between are not the exit's."""
-        return max((t.timestamp for t in per.ticks if t.utilization is not None and t.utilization >= th.idle_sm_active),
-                   default=-math.inf)
 
     def _phase_until(self, per: _PerGpu, finding: Finding | None, sample: GpuSample) -> float:
         """In a named phase, the last tick its stack sample speaks for: stacks are taken again at

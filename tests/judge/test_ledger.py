@@ -125,3 +125,24 @@ def test_a_phase_the_stacks_placed_a_tick_in_keeps_it_when_a_change_of_activity_
     settled = ledger.tick(14.0, 1.0, under=True, named=True, cause="evaluating")
     assert [(c.timestamp, c.cause) for c in settled] == [(2.0, "checkpointing"), (3.0, "checkpointing"),
                                                          (4.0, "evaluating")]
+
+
+def test_a_phase_the_gpus_counters_place_before_the_halfway_point_takes_the_ticks_after_its_start():
+    # A checkpoint's sample (middle 13 s) spoke for the ticks to 15 s, halfway to the next (middle
+    # 17 s, evaluating); the GPU's kernels started again in the tick ending at 15 s.
+    ledger = WasteLedger(hold_seconds=15.0, settle_seconds=10.0)
+    for t in (13.0, 14.0, 15.0):
+        ledger.tick(t, 1.0, under=True, named=True, cause="checkpointing", until=15.0)
+    ledger.tick(16.0, 1.0, under=True, named=True, cause="checkpointing", until=15.0)
+    ledger.hand_over(14.0, "checkpointing", "evaluating", until=19.0)
+    assert [(w.timestamp, w.cause) for w in ledger.pending] == [
+        (13.0, "checkpointing"), (14.0, "checkpointing"), (15.0, "evaluating"), (16.0, "evaluating")]
+
+
+def test_ticks_waiting_before_a_phases_start_on_the_gpus_counters_are_the_phase_befores():
+    ledger = WasteLedger(hold_seconds=15.0, settle_seconds=10.0)
+    ledger.tick(13.0, 1.0, under=True, named=True, cause="starting", until=13.5)
+    for t in (14.0, 15.0, 16.0):  # after the halfway point: waiting for the next sample
+        ledger.tick(t, 1.0, under=True, named=True, cause="starting", until=13.5)
+    ledger.hand_over(15.0, "starting", "loading_weights")
+    assert [w.cause for w in ledger.pending] == ["starting", "starting", "starting", "loading_weights"]

@@ -14,7 +14,8 @@ import pytest
 
 from flopwatch.model import Finding, StackProfile
 from flopwatch.sources.stacks import parse_raw
-from flopwatch.judge.stackclass import GpuDuring, GpuTick, corroborate, gpu_during, read_stacks, stack_summary
+from flopwatch.judge.regime import GpuTick
+from flopwatch.judge.stackclass import GpuDuring, corroborate, gpu_during, read_stacks, stack_summary
 
 STACKS = Path(__file__).resolve().parents[1] / "stacks"
 PY = "/usr/lib/python3.11"
@@ -132,6 +133,13 @@ def test_a_job_seen_training_that_runs_its_model_forward_only_is_evaluating():
     assert corroborate(finding("launch_bound"), raw((FORWARD, 30)), trained=False).cause == "launch_bound"
     result = corroborate(finding("launch_bound"), raw((FORWARD, 30)), trained=True)
     assert (result.cause, result.severity) == ("evaluating", "ticket")
+
+
+def test_an_evaluation_right_after_a_checkpoint_is_evaluating_whatever_the_counters_window_saw():
+    # An H100 lifecycle run: the window still held the checkpoint's copies to the host.
+    result = corroborate(finding("host_transfer_bound"), raw((FORWARD, 30)), trained=True)
+    assert (result.cause, result.evidence["stacks_corrected_from"]) == ("evaluating", "host_transfer_bound")
+    assert corroborate(finding("host_transfer_bound"), raw((FORWARD, 30))).cause == "host_transfer_bound"
 
 
 def test_a_job_seen_training_whose_sample_holds_a_backward_pass_is_still_training():

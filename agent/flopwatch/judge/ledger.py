@@ -51,7 +51,6 @@ class WasteLedger:
     settle_seconds: float = 0.0
     totals: dict[str, float] = field(default_factory=dict)
     pending: list[_Waiting] = field(default_factory=list)  # oldest first
-    given: tuple[str, bool] | None = None  # the segment's last verdict given to a tick, and whether seen
 
     def new_segment(self, start: float, cause: str | None = None) -> tuple[Charge, ...]:
         """A segment starts at ``start``: the ticks still waiting from before it are charged to
@@ -65,7 +64,6 @@ class WasteLedger:
         for waiting in self.pending:
             if not waiting.seen:
                 waiting.cause = None
-        self.given = None
         return self._charge(before, cause)
 
     def settle(self, cause: str | None = None) -> tuple[Charge, ...]:
@@ -73,23 +71,31 @@ class WasteLedger:
         ``unknown`` (the agent stops, or the GPU is lost)."""
         return self._charge(self._take(lambda w: True), cause)
 
+    def hand_over(self, boundary: float, before: str, after: str, until: float = float("inf")) -> None:
+        """A phase named by the stacks after another, the GPU's counters placing its start at
+        ``boundary`` (a tick's end): the ticks still waiting up to then are the phase before's, those
+        after it (up to ``until``) the new one's, whichever the halfway point between the two
+        samples gave them."""
+        for waiting in self.pending:
+            if waiting.timestamp <= boundary:
+                if waiting.cause is None:
+                    waiting.cause, waiting.seen = before, True
+            elif waiting.timestamp <= until and waiting.cause in (None, before):
+                waiting.cause, waiting.seen = after, True
+
     def tick(self, timestamp: float, seconds: float, under: bool, named: bool, cause: str | None,
-             until: float = float("inf"), since: float = -float("inf")) -> tuple[Charge, ...]:
+             until: float = float("inf")) -> tuple[Charge, ...]:
         """Account one tick; the charges settled by it (its own, and earlier ones its segment's
         name settles). ``named``: the segment has been judged; ``cause``: its verdict (None: no
         cause found, so an under-threshold tick is ``unknown`` once it has waited its hold);
         ``until``: the verdict is a phase the stacks saw, and holds for the ticks up to then; later
-        ones wait for the next sample; ``since``: it holds only for the ticks after then (an exit
-        begins after the job's last kernel), those before take the segment's verdict before it."""
+        ones wait for the next sample."""
         if under:
             self.pending.append(_Waiting(timestamp, seconds))
         if named and cause is not None:
-            seen = until != float("inf")
             for waiting in self.pending:
                 if waiting.cause is None and waiting.timestamp <= until:
-                    waiting.cause, waiting.seen = (cause, seen) if waiting.timestamp > since or self.given is None \
-                        else self.given
-            self.given = (cause, seen)
+                    waiting.cause, waiting.seen = cause, until != float("inf")
         ripe = self._take(lambda w: w.cause is not None and w.timestamp <= timestamp - self.settle_seconds)
         overdue = self._take(lambda w: timestamp - w.timestamp >= self.hold_seconds)
         return self._charge(ripe) + self._charge(overdue, UNKNOWN)

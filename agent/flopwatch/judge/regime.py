@@ -23,6 +23,8 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
+from itertools import pairwise
+from typing import Iterable
 
 from flopwatch.thresholds import Thresholds
 
@@ -97,3 +99,50 @@ class RegimeTracker:
     def _trailing_mean(self) -> float | None:
         weight = sum(s for _, _, s in self._recent)
         return sum(u * s for _, u, s in self._recent) / weight if weight > 0 else None
+
+
+# A tick's growth of GPU memory that marks weights landing on it (a 3.6B model's bf16 weights came
+# 6.7 GB in one tick on an H100; a CUDA context is ~0.5 GB, but comes before the job's first sample).
+WEIGHTS_LANDING_BYTES = 256 * 2**20
+
+
+@dataclass(frozen=True, slots=True)
+class GpuTick:
+    """One tick of a GPU, kept for a few seconds: what a stack sample is read against, and where a
+    phase's start shows on the GPU's own counters."""
+
+    timestamp: float  # the tick's end
+    seconds: float
+    utilization: float | None
+    under: bool  # under the utilization threshold
+    memory_used_bytes: int | None = None
+
+
+def phase_onset(phase: str, ticks: Iterable[GpuTick], start: float, end: float, th: Thresholds) -> float | None:
+    """Where the GPU's own counters place the start of ``phase`` between ``start`` and ``end`` (the
+    earlier stack sample's start and the later one's middle, which named the phase before and this
+    one): the end of the last tick before it, or None where they show no sign of it.
+
+    Stack samples a phase turn apart place a change of phase only halfway between them. Some
+    phases begin with a mark of their own on the GPU: weights loading land in its memory (its
+    first step up); an evaluation loop starts kernels on a GPU that ran none; a checkpoint or an
+    exit stops them (after the last tick that ran any). Compiling and starting up show none."""
+    def kernels(tick: GpuTick) -> bool:
+        return tick.utilization is not None and tick.utilization >= th.idle_sm_active
+
+    pairs = [(before, tick) for before, tick in pairwise(ticks) if start <= before.timestamp < end]
+    if phase == "loading_weights":
+        return next((before.timestamp for before, tick in pairs
+                     if before.memory_used_bytes is not None and tick.memory_used_bytes is not None
+                     and tick.memory_used_bytes - before.memory_used_bytes >= WEIGHTS_LANDING_BYTES), None)
+    if phase == "evaluating":
+        return next((before.timestamp for before, tick in pairs if not kernels(before) and kernels(tick)), None)
+    if phase in ("checkpointing", "exiting"):
+        stopped = None
+        for before, tick in pairs:
+            if kernels(tick):
+                stopped = None
+            elif kernels(before):
+                stopped = before.timestamp
+        return stopped
+    return None

@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 from typing import Iterable, Mapping
 
 from flopwatch.judge.diagnose import ADVICE, PHASES, SUMMARY
+from flopwatch.judge.regime import GpuTick
 from flopwatch.model import Finding, StackProfile, StackShare
 
 ACTIVITIES = {
@@ -245,7 +246,7 @@ def _runs_script(stack: StackShare) -> bool:
 def read_stacks(profile: StackProfile, ran_script: Iterable[int] = ()) -> StackReading:
     """``ran_script``: processes an earlier sample saw running a script."""
     stacks = profile.sampled or profile.stacks
-    scripts = frozenset(s.pid for s in stacks if _runs_script(s))
+    scripts = frozenset(s.pid for s in stacks if s.pid in profile.pids and _runs_script(s))
     ran = scripts.union(ran_script)
     per_thread: dict[tuple[int, str], dict[str, float]] = {}
     training: dict[int, float] = {}
@@ -277,16 +278,6 @@ def _mean(parts: list[dict[str, float]]) -> dict[str, float]:
 def _max(parts: list[dict[str, float]]) -> dict[str, float]:
     keys = {k for p in parts for k in p}
     return {k: max(p.get(k, 0.0) for p in parts) for k in keys}
-
-
-@dataclass(frozen=True, slots=True)
-class GpuTick:
-    """One tick of the GPU a sample's processes ran on: what a stack sample is read against."""
-
-    timestamp: float  # the tick's end
-    seconds: float
-    utilization: float | None
-    under: bool  # under the utilization threshold
 
 
 @dataclass(frozen=True, slots=True)
@@ -386,15 +377,17 @@ def _verdict(cause: str, r: StackReading, during: GpuDuring, trained: bool,
         part = "threads" if r.share("threads", "data_loading", "tokenizing") >= STRONG else "workers"
         activity, value = r.strongest(part)
         return "input_starved", _said(part, activity, value)
-    if model_main >= STRONG and cause in ("input_starved", "launch_bound", "unknown", "io_bound") \
-            and feeding_elsewhere < STRONG:
+    if model_main >= STRONG and feeding_elsewhere < STRONG:
         if trained and r.training == 0.0:
             # A training job that runs its model forward only, with no backward pass or optimizer
-            # step in the sample, is in its evaluation loop, whatever the loop is called.
+            # step in the sample, is in its evaluation loop, whatever the loop is called, and
+            # whatever the counters' window saw in it (a checkpoint's copies before it, still in
+            # the window, read host_transfer_bound): a phase, as above.
             return "evaluating", f"main thread {model_main:.0%} in the model's forward only, in a job seen training"
-        # The busy thread is the model's own loop: launches (or syncs) too small to fill the GPU.
-        # Storage traffic beside it (a checkpoint's writeback) is not what the GPU waits for.
-        return "launch_bound", f"main thread {model_main:.0%} in model code or GPU syncs"
+        if cause in ("input_starved", "launch_bound", "unknown", "io_bound"):
+            # The busy thread is the model's own loop: launches (or syncs) too small to fill the
+            # GPU. Storage traffic beside it (a checkpoint's writeback) is not what the GPU waits for.
+            return "launch_bound", f"main thread {model_main:.0%} in model code or GPU syncs"
     if cause == "io_bound" and r.share("workers", "file_read") >= STRONG:
         return "io_bound", _said("workers", "file_read", r.share("workers", "file_read"))
     return None
