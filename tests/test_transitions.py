@@ -367,6 +367,33 @@ def test_a_jobs_weights_begin_loading_where_the_gpus_memory_steps_up_not_halfway
     assert run(20).wasted_seconds == {"idle": 30.0, "starting": loading_from - 20, "loading_weights": 15.0}
 
 
+class UnreadableAt(ScriptedStacks):
+    """From ``unreadable_from`` on (wall seconds after 1.8e9), py-spy reads none of the job's threads."""
+
+    def __init__(self, wall, phase_at, unreadable_from):
+        super().__init__(wall, phase_at)
+        self.unreadable_from = unreadable_from
+
+    def request(self, key, pids, new_segment=False, phase=False):
+        if self.wall.now - 1.8e9 < self.unreadable_from:
+            return super().request(key, pids, new_segment, phase)
+        self.profiles[key] = StackProfile(tuple(pids), 0, unavailable="py-spy read none of the process's own threads",
+                                          timestamp=self.wall.now)
+        return True
+
+
+def test_a_sample_that_reads_none_of_the_jobs_threads_leaves_the_phase_the_last_one_saw():
+    # An H100 lifecycle run: the evaluation's second sample held only the compile workers' stacks,
+    # and its 20 s went to the counters' input_starved.
+    built, run = agent("healthy", stacks=lambda wall: UnreadableAt(
+        wall, lambda now: "training" if now - 1.8e9 <= 40 else "forward only", unreadable_from=50))
+    run(40)
+    built.lib.set_scenario(0, "io_bound")
+    gpu = run(30)
+    assert gpu.finding.cause == "evaluating"
+    assert set(gpu.wasted_seconds) == {"evaluating"}
+
+
 class FirstCompiledStep(ScriptedStacks):
     """A compiled model's first step after its compile: the main thread waits in backward while
     autograd's own thread compiles the backward graph for a fifth of the sample."""

@@ -435,7 +435,7 @@ class Agent:
             # end, or a job's input stalls beside its launches, are read against the same seconds.
             per.during = (latest, gpu_during(per.ticks, latest.timestamp - self.config.stacks.duration_seconds,
                                              latest.timestamp))
-            if not _busy(per.during[1]):
+            if latest.unavailable is None and not _busy(per.during[1]):
                 per.spoke = per.during
             if latest.sampled:
                 reading = read_stacks(latest, per.scripts)
@@ -447,9 +447,10 @@ class Agent:
                 per.trained = frozenset(p for p in per.trained if p in on_gpu) | \
                     (frozenset(latest.pids) if reading.training >= TRAINING_SEEN else frozenset())
                 per.scripts = frozenset(p for p in per.scripts if p in on_gpu) | reading.scripts
-        if _busy(per.during[1]) and per.spoke[0] is not None:
-            # Taken while the GPU was busy, it shows what kept it busy, not why it waited: the last
-            # sample that saw it wait speaks for its ticks under the threshold.
+        if per.spoke[0] is not None and (_busy(per.during[1]) or (latest is not None and latest.unavailable)):
+            # Taken while the GPU was busy, it shows what kept it busy, not why it waited; one that
+            # could not read the processes (py-spy read only their children) shows nothing: the last
+            # sample that saw the GPU wait speaks for its ticks under the threshold.
             profile = per.spoke[0]
         taking = self.stacks.taking(sample.info.index)
         if profile is not None and (not set(profile.pids) <= set(pids) or

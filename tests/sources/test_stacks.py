@@ -277,6 +277,17 @@ def test_py_spy_finds_the_function_a_real_process_is_busy_in(busy_child):
     assert profile.samples >= 20
 
 
+def test_a_sample_that_read_only_the_processes_children_says_it_read_none_of_their_threads(tmp_path):
+    # Seen once on an H100, mid-evaluation: py-spy's output held the compile workers' stacks alone.
+    binary = stand_in(tmp_path, """
+        pid = args[args.index('--pid') + 1]
+        open(out, 'w').write(f'process {pid}:"python3 x.py";process 9:"python3 worker.py";'
+                             f'thread (9): MainThread;_recv_msg (/torch/_inductor/pool.py:76) 20\\n')
+    """)
+    profile = StackSampler(FAST, binary=binary, ptrace_check=lambda: None).sample((os.getpid(),))
+    assert profile.unavailable == "py-spy read none of the process's own threads"
+
+
 @needs_py_spy
 @pytest.mark.parametrize("exit_work", [
     "atexit.register(time.sleep, 10)",  # a C function run at exit: the main thread has no Python frame

@@ -299,11 +299,15 @@ class StackSampler:
                     self._log_once(reason)
             else:
                 texts.append(text)
-        if not texts:
+        profile = parse_raw("\n".join(texts), pids, self.settings, read_source_line) if texts else None
+        if profile is not None and not any(s.pid in pids for s in profile.sampled):
+            # py-spy read only the processes' children (once on an H100, mid-evaluation): nothing
+            # of what the GPU's own processes do.
+            profile, reasons = None, [*reasons, "py-spy read none of the process's own threads"]
+        if profile is None:
             return StackProfile(pids=pids, samples=0, unavailable=reasons[0] if reasons else "nothing sampled",
                                 timestamp=self.wall_clock())
-        return replace(parse_raw("\n".join(texts), pids, self.settings, read_source_line),
-                       timestamp=self.wall_clock())
+        return replace(profile, timestamp=self.wall_clock())
 
     def _record(self, pid: int) -> tuple[str, str | None]:
         s = self.settings
