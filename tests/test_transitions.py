@@ -416,6 +416,31 @@ def test_a_compile_named_by_its_stacks_goes_on_while_a_thread_still_compiles_in_
     assert run(40).wasted_seconds == {"compiling": 40.0}
 
 
+def test_a_phase_goes_on_from_the_sample_before_through_a_verdict_given_without_stacks():
+    # An H100 lifecycle run: a compile named by its stacks; while the next sample was taken the
+    # verdict stood without stacks (io_bound); the next showed a thread still compiling.
+    class Held(FirstCompiledStep):
+        held = False
+
+        def request(self, key, pids, new_segment=False, phase=False):
+            return not self.held and super().request(key, pids, new_segment, phase)
+
+    stacks = []
+    built, run = agent("held_idle", stacks=lambda wall: stacks.append(Held(
+        wall, lambda now: "compiling" if now - 1.8e9 <= 30 else "first step")) or stacks[0])
+    gpu = run(30)
+    assert gpu.finding.cause == "compiling"
+    per, sampler = built.agent._gpus[0], stacks[0]
+    pids = sampler.profiles[0].pids
+    sampler.held, sampler.profiles[0] = True, replace(sampler.profiles[0], pids=(1,))  # no stacks of these processes
+    counters = replace(per.diagnosis.finding, cause="io_bound")
+    assert built.agent._with_stacks(per, gpu.sample, counters, True).cause == "io_bound"
+    sampler.held, sampler.wall.now = False, sampler.wall.now + 5
+    sampler.request(0, pids)  # the first compiled step: the main thread in backward
+    result = built.agent._with_stacks(per, gpu.sample, replace(counters), True)
+    assert (result.cause, result.evidence["stacks_say"]) == ("compiling", "a thread still 20% compiling the model")
+
+
 def test_a_new_jobs_first_seconds_are_seen_by_a_stack_sample_taken_as_its_process_appears(tmp_path):
     # The job's process appears at 21 s, imports until 23 s, then loads its weights. Its segment
     # is named seconds later; the sample taken as it appeared saw it start. (py-spy's stand-in

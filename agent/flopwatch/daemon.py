@@ -128,6 +128,8 @@ class _PerGpu:
         self.during: tuple[StackProfile | None, GpuDuring | None] = (None, None)
         self.spoke: tuple[StackProfile | None, GpuDuring | None] = (None, None)  # the last taken as it waited
         self.dip_phase: tuple[StackProfile | None, str | None] = (None, None)  # a dip's sample and the phase it saw
+        # The last two samples read, each with the phase of the job's life it named (or None).
+        self.samples_named: tuple[tuple[StackProfile, str | None], ...] = ()
         # A phase the stacks named after another, the GPU's counters placing its start: (the last
         # tick of the phase before, its name), for the ledger at this tick.
         self.handover: tuple[float, str] | None = None
@@ -468,18 +470,25 @@ class Agent:
         if seen is not finding or seen_profile is not profile:
             reading = read_stacks(profile, per.scripts) if profile is not None and profile.sampled else None
             during = per.during[1] if profile is per.during[0] else per.spoke[1]
-            # The phase these processes' last sample named, which this one may show going on.
-            going_on = result.cause if result is not None and result.cause in PHASES and result.stacks is not None \
-                and profile is not None and result.stacks.pids == profile.pids else None
-            before = result.stacks if going_on is not None else None
+            # The phase the sample before this one named (of the same processes), which this one may
+            # show going on; a verdict given without stacks between them (while one was taken)
+            # does not break the chain.
+            named = per.samples_named
+            read_before = named[:-1] if named and named[-1][0] is profile else named
+            prior = read_before[-1] if read_before else None
+            going_on = prior[1] if prior is not None and profile is not None and prior[0].pids == profile.pids \
+                else None
             result = corroborate(finding, profile, reading,
                                  trained=profile is not None and bool(per.trained.intersection(profile.pids)),
                                  during=during if profile is not None else None, going_on=going_on)
-            if before is not None and result is not None and result.cause in PHASES and result.cause != going_on:
-                duration = self.config.stacks.duration_seconds
-                onset = phase_onset(result.cause, per.ticks, before.timestamp - duration,
-                                    profile.timestamp - duration / 2, self.config.diagnosis)
-                per.handover = (onset, going_on) if onset is not None else None
+            if reading is not None and result is not None:
+                entry = (profile, result.cause if result.cause in PHASES else None)
+                per.samples_named = (*read_before[-1:], entry)
+                if going_on is not None and entry[1] not in (None, going_on):
+                    duration = self.config.stacks.duration_seconds
+                    onset = phase_onset(entry[1], per.ticks, prior[0].timestamp - duration,
+                                        profile.timestamp - duration / 2, self.config.diagnosis)
+                    per.handover = (onset, going_on) if onset is not None else None
             per.corroborated = (finding, profile, result)
         return result
 

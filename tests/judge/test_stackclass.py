@@ -375,3 +375,11 @@ def test_the_gpu_during_a_sample_is_the_ticks_it_spanned_weighted_by_their_overl
     assert gpu_during(ticks, start=9.0, end=11.0) == GpuDuring(utilization=0.45, under_share=0.5)
     assert gpu_during(ticks, start=9.5, end=11.5) == GpuDuring(utilization=0.675, under_share=0.25)
     assert gpu_during(ticks, start=20.0, end=22.0) is None
+
+
+def test_a_few_samples_of_a_running_programs_main_thread_without_a_frame_are_left_out():
+    # An H100 job compiling: 9 % of its main thread's samples had no frame (py-spy reads without
+    # stopping the process, as frames are pushed and popped): not an exit, and not time spent.
+    text = (f'process 4242:"python3 train.py";thread (4242): MainThread;{COMPILE} 91\n'
+            'process 4242:"python3 train.py";thread (4242): MainThread 9')
+    assert read_stacks(parse_raw(text, (4242,)), ran_script=(4242,)).main == {"compiling": 1.0}
