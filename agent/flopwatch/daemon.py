@@ -466,30 +466,37 @@ class Agent:
         # A sample being taken is waited for where there is none (in a phase, _phase_until says
         # which ticks wait for the next).
         per.stacks_pending = profile is None and taking
+        return self._corroborated(per, finding, profile)
+
+    def _corroborated(self, per: _PerGpu, finding: Finding | None, profile: StackProfile | None) -> Finding | None:
+        """The finding corroborated by ``profile``, which may show the phase the sample before it
+        named going on; a phase named after another hands the ticks over to it where the GPU's
+        counters mark its start."""
         seen, seen_profile, result = per.corroborated
-        if seen is not finding or seen_profile is not profile:
-            reading = read_stacks(profile, per.scripts) if profile is not None and profile.sampled else None
-            during = per.during[1] if profile is per.during[0] else per.spoke[1]
-            # The phase the sample before this one named (of the same processes), which this one may
-            # show going on; a verdict given without stacks between them (while one was taken)
-            # does not break the chain.
-            named = per.samples_named
-            read_before = named[:-1] if named and named[-1][0] is profile else named
-            prior = read_before[-1] if read_before else None
-            going_on = prior[1] if prior is not None and profile is not None and prior[0].pids == profile.pids \
-                else None
-            result = corroborate(finding, profile, reading,
-                                 trained=profile is not None and bool(per.trained.intersection(profile.pids)),
-                                 during=during if profile is not None else None, going_on=going_on)
-            if reading is not None and result is not None:
-                entry = (profile, result.cause if result.cause in PHASES else None)
-                per.samples_named = (*read_before[-1:], entry)
-                if going_on is not None and entry[1] not in (None, going_on):
-                    duration = self.config.stacks.duration_seconds
-                    onset = phase_onset(entry[1], per.ticks, prior[0].timestamp - duration,
-                                        profile.timestamp - duration / 2, self.config.diagnosis)
-                    per.handover = (onset, going_on) if onset is not None else None
-            per.corroborated = (finding, profile, result)
+        if seen is finding and seen_profile is profile:
+            return result
+        reading = read_stacks(profile, per.scripts) if profile is not None and profile.sampled else None
+        during = per.during[1] if profile is per.during[0] else per.spoke[1]
+        # The phase the sample before this one named (of the same processes), which this one may
+        # show going on; a verdict given without stacks between them (while one was taken)
+        # does not break the chain.
+        named = per.samples_named
+        read_before = named[:-1] if named and named[-1][0] is profile else named
+        prior = read_before[-1] if read_before else None
+        going_on = prior[1] if prior is not None and profile is not None and prior[0].pids == profile.pids \
+            else None
+        result = corroborate(finding, profile, reading,
+                             trained=profile is not None and bool(per.trained.intersection(profile.pids)),
+                             during=during if profile is not None else None, going_on=going_on)
+        if reading is not None and result is not None:
+            entry = (profile, result.cause if result.cause in PHASES else None)
+            per.samples_named = (*read_before[-1:], entry)
+            if going_on is not None and entry[1] not in (None, going_on):
+                duration = self.config.stacks.duration_seconds
+                onset = phase_onset(entry[1], per.ticks, prior[0].timestamp - duration,
+                                    profile.timestamp - duration / 2, self.config.diagnosis)
+                per.handover = (onset, going_on) if onset is not None else None
+        per.corroborated = (finding, profile, result)
         return result
 
     def _dip_phase(self, per: _PerGpu) -> tuple[str | None, float]:

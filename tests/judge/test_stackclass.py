@@ -140,6 +140,8 @@ def test_an_evaluation_right_after_a_checkpoint_is_evaluating_whatever_the_count
     result = corroborate(finding("host_transfer_bound"), raw((FORWARD, 30)), trained=True)
     assert (result.cause, result.evidence["stacks_corrected_from"]) == ("evaluating", "host_transfer_bound")
     assert corroborate(finding("host_transfer_bound"), raw((FORWARD, 30))).cause == "host_transfer_bound"
+    # The GPU busy on memory in it is not waiting: that finding stands.
+    assert corroborate(finding("memory_bound"), raw((FORWARD, 30)), trained=True).cause == "memory_bound"
 
 
 def test_a_job_seen_training_whose_sample_holds_a_backward_pass_is_still_training():

@@ -388,14 +388,15 @@ def _verdict(cause: str, r: StackReading, during: GpuDuring, trained: bool,
         part = "threads" if r.share("threads", "data_loading", "tokenizing") >= STRONG else "workers"
         activity, value = r.strongest(part)
         return "input_starved", _said(part, activity, value)
+    waiting = ("input_starved", "launch_bound", "unknown", "io_bound")
     if model_main >= STRONG and feeding_elsewhere < STRONG:
-        if trained and r.training == 0.0:
+        if trained and r.training == 0.0 and cause in (*waiting, "host_transfer_bound"):
             # A training job that runs its model forward only, with no backward pass or optimizer
             # step in the sample, is in its evaluation loop, whatever the loop is called, and
-            # whatever the counters' window saw in it (a checkpoint's copies before it, still in
-            # the window, read host_transfer_bound): a phase, as above.
+            # whichever wait the counters' window saw in it (a checkpoint's copies before it, still
+            # in the window, read host_transfer_bound): a phase, as above.
             return "evaluating", f"main thread {model_main:.0%} in the model's forward only, in a job seen training"
-        if cause in ("input_starved", "launch_bound", "unknown", "io_bound"):
+        if cause in waiting:
             # The busy thread is the model's own loop: launches (or syncs) too small to fill the
             # GPU. Storage traffic beside it (a checkpoint's writeback) is not what the GPU waits for.
             return "launch_bound", f"main thread {model_main:.0%} in model code or GPU syncs"
