@@ -288,6 +288,20 @@ def test_a_sample_that_read_only_the_processes_children_says_it_read_none_of_the
     assert profile.unavailable == "py-spy read none of the process's own threads"
 
 
+def test_py_spys_warning_of_why_it_could_not_read_the_process_is_kept_with_the_reason(tmp_path):
+    binary = stand_in(tmp_path, """
+        pid = args[args.index('--pid') + 1]
+        print(f'[2026-12-07T09:23:33Z WARN  py_spy::sampler] Failed to get stack trace from {pid}: Bad address '
+              f'(os error 14)', file=sys.stderr)
+        open(out, 'w').write(f'process {pid}:"python3 x.py";process 9:"python3 worker.py";'
+                             f'thread (9): MainThread;_recv_msg (/torch/_inductor/pool.py:76) 20\\n')
+    """)
+    pid = os.getpid()
+    profile = StackSampler(FAST, binary=binary, ptrace_check=lambda: None).sample((pid,))
+    assert profile.unavailable == (f"py-spy read none of the process's own threads "
+                                   f"(Failed to get stack trace from {pid}: Bad address (os error 14))")
+
+
 @needs_py_spy
 @pytest.mark.parametrize("exit_work", [
     "atexit.register(time.sleep, 10)",  # a C function run at exit: the main thread has no Python frame

@@ -289,9 +289,9 @@ class StackSampler:
 
     def sample(self, pids: tuple[int, ...]) -> StackProfile:
         """Record each of ``pids`` (and its children) for ``duration_seconds``; blocks that long."""
-        texts, reasons = [], []
+        texts, reasons, warnings = [], [], []
         for pid in pids:
-            text, reason = self._record(pid)
+            text, reason, warning = self._record(pid)
             self._retry_later(pid, reason == NOT_PYTHON)
             if reason:
                 reasons.append(reason)
@@ -299,17 +299,22 @@ class StackSampler:
                     self._log_once(reason)
             else:
                 texts.append(text)
+            if warning:
+                warnings.append(warning)
         profile = parse_raw("\n".join(texts), pids, self.settings, read_source_line) if texts else None
         if profile is not None and not any(s.pid in pids for s in profile.sampled):
             # py-spy read only the processes' children (once on an H100, mid-evaluation): nothing
-            # of what the GPU's own processes do.
-            profile, reasons = None, [*reasons, "py-spy read none of the process's own threads"]
+            # of what the GPU's own processes do. py-spy says why only in a warning.
+            why = "py-spy read none of the process's own threads" + (f" ({warnings[0]})" if warnings else "")
+            profile, reasons = None, [*reasons, why]
         if profile is None:
             return StackProfile(pids=pids, samples=0, unavailable=reasons[0] if reasons else "nothing sampled",
                                 timestamp=self.wall_clock())
         return replace(profile, timestamp=self.wall_clock())
 
-    def _record(self, pid: int) -> tuple[str, str | None]:
+    def _record(self, pid: int) -> tuple[str, str | None, str | None]:
+        """py-spy's raw output for ``pid`` and its children, or why there is none; and its first
+        warning (a process it could not read while it read the others is only a warning)."""
         s = self.settings
         with tempfile.TemporaryDirectory(prefix="flopwatch-stacks-") as folder:
             out = os.path.join(folder, "raw")
@@ -318,15 +323,16 @@ class StackSampler:
                     "--full-filenames", "--format", "raw", "--output", out]
             try:
                 done = subprocess.run(args, capture_output=True, text=True, timeout=s.timeout_seconds,
-                                      stdin=subprocess.DEVNULL)
+                                      stdin=subprocess.DEVNULL, env={**os.environ, "RUST_LOG": "warn"})
             except subprocess.TimeoutExpired:
-                return "", f"py-spy did not finish within {s.timeout_seconds:g} s"
+                return "", f"py-spy did not finish within {s.timeout_seconds:g} s", None
             except OSError as e:
-                return "", f"py-spy could not run: {e.strerror or e}"
+                return "", f"py-spy could not run: {e.strerror or e}", None
+            warning = next((line.split("] ", 1)[-1][:160] for line in done.stderr.splitlines() if " WARN " in line), None)
             if done.returncode != 0 or not os.path.exists(out):
-                return "", _why(pid, done.stderr, done.returncode)
+                return "", _why(pid, done.stderr, done.returncode), warning
             with open(out, encoding="utf-8", errors="replace") as f:
-                return f.read(), None
+                return f.read(), None, warning
 
     def _log_once(self, message: str) -> None:
         if message and message not in self._logged:
