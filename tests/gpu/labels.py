@@ -188,6 +188,11 @@ LABELS: dict[str, Label] = {
         "evaluating", ("evaluate", "forward"),
         "validation perplexity of the 0.7B Llama: model.eval(), no_grad, batch 4×512, `loss.item()` and the "
         "token accuracy's `.item()` every batch; ~3 ms of GEMMs a batch behind ~10 ms of eager launches", 25.0),
+    "slow_exit": Label(
+        "exiting", ("_shutdown", "upload_results"),
+        "a job whose script ends with its results uploading on a non-daemon thread: the interpreter joins it at "
+        "exit (threading._shutdown) for a minute, the process holding its CUDA context, the GPU running nothing "
+        "(labelled 2026-12-07, not yet run)", 15.0),
     # Patterns from users' code that no rule was written for.
     "grad_accum_item_sync": Label(
         "launch_bound", ("grad_accum_item_sync", "forward", "backward"),

@@ -1,7 +1,7 @@
 """A job's life, one phase a workload, each repeated so that every window sits in it: starting
 (CUDA and imports), loading weights (torch.load, safetensors, from_pretrained), compiling
-(inductor, Triton autotuning), checkpointing (torch.save, torch.distributed.checkpoint) and
-evaluating. The weights are a Llama-shaped 3.6B-parameter model with random bf16 weights, written
+(inductor, Triton autotuning), checkpointing (torch.save, torch.distributed.checkpoint),
+evaluating and exiting. The weights are a Llama-shaped 3.6B-parameter model with random bf16 weights, written
 once to local disk (the scratch directory) and read back with the page cache dropped, as a node
 reads them the first time."""
 
@@ -11,6 +11,8 @@ import importlib
 import os
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import torch
@@ -211,5 +213,44 @@ def llm_eval_loop() -> None:
         ready()
 
 
+def upload_results(path: Path, seconds: float) -> None:
+    """An upload of a job's results (written in 1 MB pieces, paced as a network link would be)."""
+    deadline = time.monotonic() + seconds
+    with open(path, "wb") as f:
+        while time.monotonic() < deadline:
+            f.write(os.urandom(2**20))
+            time.sleep(0.05)
+
+
+def slow_exit_job() -> None:
+    """One job: a few training steps, then its script ends with its results uploading on a
+    non-daemon thread, which the interpreter joins at exit (threading._shutdown) for a minute, the
+    process still holding its CUDA context and memory."""
+    model = torch.nn.Linear(dim(4096), dim(4096), device=DEV, dtype=torch.bfloat16)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    x = torch.randn(dim(4096), dim(4096), device=DEV, dtype=torch.bfloat16)
+    for _ in range(20):
+        model(x).float().pow(2).mean().backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    if DEV == "cuda":
+        torch.cuda.synchronize()
+    threading.Thread(target=upload_results, args=(scratch_dir() / "results.bin", 60.0)).start()
+    print("exiting", flush=True)
+
+
+def slow_exit() -> None:
+    """A launcher running that job again and again; `ready` once the first job's script has ended."""
+    command = [sys.executable, "-c", "from tests.gpu.workloads.lifecycle import slow_exit_job; slow_exit_job()"]
+    announced = False
+    while True:
+        child = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+        for line in child.stdout:
+            if line.startswith("exiting") and not announced:
+                print("ready", flush=True)
+                announced = True
+        child.wait()
+
+
 WORKLOADS = (startup_loop, torch_load_weights, safetensors_load_weights, from_pretrained_local, compile_warmup,
-             max_autotune_compile, torch_save_checkpoint, dcp_save_checkpoint, llm_eval_loop)
+             max_autotune_compile, torch_save_checkpoint, dcp_save_checkpoint, llm_eval_loop, slow_exit)
