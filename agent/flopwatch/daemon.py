@@ -25,7 +25,7 @@ from flopwatch.judge.diagnose import PHASES, DiagnosisState, diagnose, primary
 from flopwatch.judge.ledger import Charge, WasteLedger
 from flopwatch.judge.regime import Change, GpuTick, RegimeTracker, phase_onset
 from flopwatch.judge.signals import Peers, Tick, TickWindow, job_peers, loader_saturated_pids, signals
-from flopwatch.judge.stackclass import (TRAINING_SEEN, GpuDuring, corroborate, gpu_during,
+from flopwatch.judge.stackclass import (TRAINING_SEEN, GpuDuring, StackReading, corroborate, gpu_during,
                                         phase_shown, read_stacks, stack_summary)
 from flopwatch.judge.tokencost import Prices, TokenAccount
 from flopwatch.model import (AgentState, Allocation, Finding, GpuFigures, GpuSample, GpuState, HostSample, PodContainer, ProcessView,
@@ -122,6 +122,9 @@ class _PerGpu:
         self.cause_in_force: str | None = None  # the cause the last tick was charged by, if any
         self.trained: frozenset[int] = frozenset()  # processes on the GPU whose stacks showed them training
         self.scripts: frozenset[int] = frozenset()  # and those seen running a script (not embedded)
+        # The last profile read, the processes then known to run a script, and its reading: a
+        # profile is read as it comes, then again to corroborate the verdict and for a dip's phase.
+        self.read: tuple[StackProfile | None, frozenset[int], StackReading | None] = (None, frozenset(), None)
         # The last ticks, as long as a stack sample can take (it is read against the ticks it
         # spanned), and the last profile read with the GPU while it was taken.
         self.ticks: deque[GpuTick] = deque()
@@ -440,7 +443,7 @@ class Agent:
             if latest.unavailable is None and not _busy(per.during[1]):
                 per.spoke = per.during
             if latest.sampled:
-                reading = read_stacks(latest, per.scripts)
+                reading = self._read(per, latest)
                 # The top stack beside the reading: what an activity the reading calls "other" was.
                 log.debug("GPU %d: stacks of %s: %s; %s", sample.info.index, latest.pids, reading,
                           stack_summary(latest))
@@ -475,7 +478,7 @@ class Agent:
         seen, seen_profile, result = per.corroborated
         if seen is finding and seen_profile is profile:
             return result
-        reading = read_stacks(profile, per.scripts) if profile is not None and profile.sampled else None
+        reading = self._read(per, profile) if profile is not None and profile.sampled else None
         during = per.during[1] if profile is per.during[0] else per.spoke[1]
         # The phase the sample before this one named (of the same processes), which this one may
         # show going on; a verdict given without stacks between them (while one was taken)
@@ -499,6 +502,13 @@ class Agent:
         per.corroborated = (finding, profile, result)
         return result
 
+    @staticmethod
+    def _read(per: _PerGpu, profile: StackProfile) -> StackReading:
+        """read_stacks(profile, per.scripts), once for the same profile and scripts."""
+        if per.read[0] is not profile or per.read[1] != per.scripts:
+            per.read = (profile, per.scripts, read_stacks(profile, per.scripts))
+        return per.read[2]
+
     def _dip_phase(self, per: _PerGpu) -> tuple[str | None, float]:
         """In a healthy segment, the phase its last dip's stack sample saw, and the last tick it
         speaks for: a stretch under the threshold too short to be a segment of its own (a
@@ -509,7 +519,7 @@ class Agent:
                 per.dip_at < (per.regime.started if per.regime.started is not None else -math.inf):
             return None, math.inf
         if per.dip_phase[0] is not profile:
-            shown = phase_shown(read_stacks(profile, per.scripts), during.under_share if during is not None else 1.0)
+            shown = phase_shown(self._read(per, profile), during.under_share if during is not None else 1.0)
             per.dip_phase = (profile, shown[0] if shown is not None else None)
         middle = profile.timestamp - self.config.stacks.duration_seconds / 2
         return per.dip_phase[1], middle + self.config.stacks.phase_interval_seconds

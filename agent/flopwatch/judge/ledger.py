@@ -101,8 +101,11 @@ class WasteLedger:
         return self._charge(ripe) + self._charge(overdue, UNKNOWN)
 
     def _take(self, which: Callable[[_Waiting], bool]) -> list[_Waiting]:
-        taken = [w for w in self.pending if which(w)]
-        self.pending = [w for w in self.pending if not which(w)]
+        taken: list[_Waiting] = []
+        kept: list[_Waiting] = []
+        for waiting in self.pending:
+            (taken if which(waiting) else kept).append(waiting)
+        self.pending = kept
         return taken
 
     def _charge(self, ticks: list[_Waiting], default: str | None = None) -> tuple[Charge, ...]:

@@ -132,7 +132,7 @@ _PHASE_FRAMES = (
                         "validation_loop", "eval_step", "eval_loop", "evaluate_model", "test_step",
                         "prediction_step", "prediction_loop")),
     # Run only as the interpreter exits (atexit, finalization), or to end a distributed job. A main
-    # thread with no Python frame at all has returned from its script: read_stacks names it so too.
+    # thread with no Python frame for most of a sample has returned from its script: read_stacks names it so.
     ("exiting", "/threading.py", ("_shutdown",)),
     ("exiting", "concurrent/futures/", ("_python_exit",)),
     ("exiting", "multiprocessing/util.py", ("_exit_function",)),
@@ -261,7 +261,8 @@ def read_stacks(profile: StackProfile, ran_script: Iterable[int] = ()) -> StackR
     training: dict[int, float] = {}
     for stack in stacks:
         key = (stack.pid, stack.thread)
-        torn = frameless.get(key, 0.0) if frameless.get(key, 0.0) < STRONG else 0.0
+        torn = frameless.get(key, 0.0)
+        torn = torn if torn < STRONG else 0.0
         if torn and not stack.frames:
             continue
         share = stack.share / (1.0 - torn)
