@@ -328,14 +328,19 @@ def test_a_job_seen_training_while_healthy_that_then_runs_its_model_forward_only
     assert (gpu.finding.cause, gpu.finding.evidence["stacks_corrected_from"]) == ("evaluating", "io_bound")
 
 
+def no_kernels(monkeypatch, name: str, like: str) -> None:
+    """Scenario ``name``: ``like``'s, with no kernel on the SMs (a checkpoint's copies, an exit)."""
+    monkeypatch.setitem(simulated.SCENARIOS, name, replace(simulated.SCENARIOS[like], sm_active=0.0, sm_occupancy=0.0,
+                                                           nvml_utilization=0.0, tensor_active=0.0, hmma_active=0.0,
+                                                           burst_period_seconds=0.0))
+
+
 def test_an_evaluations_last_seconds_are_not_charged_to_the_exit_whose_sample_follows_them(monkeypatch):
     # An H100 lifecycle run: an evaluation loop (the GPU busy 0.2) ends, the job exits for 2-3 s (no
     # kernel), its process leaves. The exit's sample, asked at the next phase turn, speaks for the
     # ticks after the last kernel, not for the evaluation's last ticks waiting for it.
     monkeypatch.setitem(simulated.SCENARIOS, "eval_loop", replace(simulated.SCENARIOS["io_bound"], burst_period_seconds=0.0))
-    monkeypatch.setitem(simulated.SCENARIOS, "exit", replace(simulated.SCENARIOS["eval_loop"], sm_active=0.0,
-                                                             sm_occupancy=0.0, nvml_utilization=0.0, tensor_active=0.0,
-                                                             hmma_active=0.0))
+    no_kernels(monkeypatch, "exit", "eval_loop")
     built, run = agent("healthy", stacks=lambda wall: SampledOverTime(
         wall, lambda now: "training" if now - 1.8e9 <= 40 else "forward only" if now - 1.8e9 <= 70 else "exiting"))
     run(40)
@@ -345,6 +350,23 @@ def test_an_evaluations_last_seconds_are_not_charged_to_the_exit_whose_sample_fo
     run(3)
     built.lib.set_scenario(0, "idle")
     assert run(20).wasted_seconds == {"evaluating": 30.0, "exiting": 3.0, "idle": 20.0}
+
+
+def test_a_job_whose_exit_no_sample_saw_is_charged_exiting_from_its_last_kernels_to_leaving(monkeypatch):
+    # An H100 lifecycle run: an evaluation loop (the GPU busy 0.2) ends and the job exits within a
+    # phase turn: the last sample showed the evaluation, and no sample saw the exit. The ticks
+    # after its last kernels, before its process left, were its exit, not its evaluation.
+    monkeypatch.setitem(simulated.SCENARIOS, "eval_loop", replace(simulated.SCENARIOS["io_bound"], burst_period_seconds=0.0))
+    no_kernels(monkeypatch, "exit", "eval_loop")
+    built, run = agent("healthy", settle_seconds=10.0, stacks=lambda wall: SampledOverTime(
+        wall, lambda now: "training" if now - 1.8e9 <= 40 else "forward only"))
+    run(40)
+    built.lib.set_scenario(0, "eval_loop")
+    run(30)
+    built.lib.set_scenario(0, "exit")
+    run(2)
+    built.lib.set_scenario(0, "idle")
+    assert run(30).wasted_seconds == {"evaluating": 30.0, "exiting": 2.0, "idle": 20.0}  # (10 s still settling)
 
 
 @pytest.mark.parametrize("loading_from", [30, 31, 34])
@@ -441,6 +463,19 @@ def test_a_phase_goes_on_from_the_sample_before_through_a_verdict_given_without_
     assert (result.cause, result.evidence["stacks_say"]) == ("compiling", "a thread still 20% compiling the model")
 
 
+def test_no_phase_goes_on_past_a_sample_that_saw_the_job_at_work():
+    # A compile named by its stacks, then healthy training (sampled once, the GPU busy), then a
+    # stall whose sample shows a thread 20 % in the compiler beside the backward pass: a recompile
+    # within training, not the compile going on through the training.
+    built, run = agent("held_idle", stacks=lambda wall: FirstCompiledStep(
+        wall, lambda now: "compiling" if now - 1.8e9 <= 30 else "training" if now - 1.8e9 <= 60 else "first step"))
+    assert run(30).finding.cause == "compiling"
+    built.lib.set_scenario(0, "healthy")
+    run(30)
+    built.lib.set_scenario(0, "launch_bound")
+    assert run(30).finding.cause == "launch_bound"
+
+
 def test_a_new_jobs_first_seconds_are_seen_by_a_stack_sample_taken_as_its_process_appears(tmp_path):
     # The job's process appears at 21 s, imports until 23 s, then loads its weights. Its segment
     # is named seconds later; the sample taken as it appeared saw it start. (py-spy's stand-in
@@ -466,8 +501,9 @@ def test_a_new_jobs_first_seconds_are_seen_by_a_stack_sample_taken_as_its_proces
     gpu = run(20)
     assert gpu.finding.cause == "loading_weights"
     # Its first 3 s, those it imported: named at once, its phase is sampled again in the next
-    # turn, and the edge falls between the two samples; the last 3 s wait for the next.
-    assert gpu.wasted_seconds == {"idle": 20.0, "starting": 3.0, "loading_weights": 14.0}
+    # turn, and the edge falls between the two samples; the last 2 s wait for the next (a tick
+    # is a sample's when its middle is nearer it than the next).
+    assert gpu.wasted_seconds == {"idle": 20.0, "starting": 3.0, "loading_weights": 15.0}
 
 
 def test_the_debug_log_shows_a_stack_samples_top_stack_beside_its_reading(tmp_path, caplog):

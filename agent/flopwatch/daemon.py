@@ -131,7 +131,7 @@ class _PerGpu:
         self.during: tuple[StackProfile | None, GpuDuring | None] = (None, None)
         self.spoke: tuple[StackProfile | None, GpuDuring | None] = (None, None)  # the last taken as it waited
         self.dip_phase: tuple[StackProfile | None, str | None] = (None, None)  # a dip's sample and the phase it saw
-        # The last two samples read, each with the phase of the job's life it named (or None).
+        # The last three samples read, each with the phase of the job's life it named (or None).
         self.samples_named: tuple[tuple[StackProfile, str | None], ...] = ()
         # A phase the stacks named after another, the GPU's counters placing its start: (the last
         # tick of the phase before, its name), for the ledger at this tick.
@@ -292,9 +292,12 @@ class Agent:
         per.previous = sample
         per.pending.append((sample, figures, host, peers, holding))
         charges: tuple[Charge, ...] = ()
-        change = per.regime.observe(sample.timestamp, figures.interval_seconds, figures.utilization,
-                                    frozenset(p.pid for p in sample.processes), th)
+        pids = frozenset(p.pid for p in sample.processes)
+        before, since = per.regime.pids, per.regime.started
+        change = per.regime.observe(sample.timestamp, figures.interval_seconds, figures.utilization, pids, th)
         if change is not None:
+            if before is not None and not before <= pids:
+                self._exited(per, since)
             charges = self._new_segment(per, change, th)
             evaluate = True  # its ticks since the change (back-dated: several) may name it at once
         # A new segment is judged each tick until named, as soon as it has min_window_seconds: a
@@ -368,6 +371,18 @@ class Agent:
         current = per.diagnosis.finding
         return per.regime.compare(per.recent.ticks.first.sample.timestamp, recent.cause if recent else None,
                                   current.cause if current else None)
+
+    def _exited(self, per: _PerGpu, since: float | None) -> None:
+        """A job left the GPU: its ticks after its last kernels, still waiting, were its exit. The
+        verdict they wait with is the work's before them (an evaluation, a loop's stalls), the
+        stretch too short to be judged alone; a phase the stacks saw run without kernels there (a
+        last checkpoint) stands."""
+        if per.cause_in_force in PHASES and per.cause_in_force != "evaluating":
+            return
+        stopped = phase_onset("exiting", per.ticks, since if since is not None else -math.inf, math.inf,
+                              self.config.diagnosis)
+        if stopped is not None:
+            per.ledger.hand_over(stopped, per.cause_in_force, "exiting")
 
     @staticmethod
     def _new_segment(per: _PerGpu, change: Change, th: Thresholds) -> tuple[Charge, ...]:
@@ -452,6 +467,13 @@ class Agent:
                 per.trained = frozenset(p for p in per.trained if p in on_gpu) | \
                     (frozenset(latest.pids) if reading.training >= TRAINING_SEEN else frozenset())
                 per.scripts = frozenset(p for p in per.scripts if p in on_gpu) | reading.scripts
+                # Each sample of the job is a link of the chain of phases: one taken with the GPU at
+                # work names none, and no phase named before it goes on past it (a compile, then
+                # training, then a checkpoint: the checkpoint follows training, not the compile).
+                if set(latest.pids) <= set(pids):
+                    shown = None if _busy(per.during[1]) else \
+                        phase_shown(reading, per.during[1].under_share if per.during[1] is not None else 1.0)
+                    per.samples_named = (*per.samples_named[-2:], (latest, shown[0] if shown else None))
         if per.spoke[0] is not None and (_busy(per.during[1]) or (latest is not None and latest.unavailable)):
             # Taken while the GPU was busy, it shows what kept it busy, not why it waited; one that
             # could not read the processes (py-spy read only their children) shows nothing: the last
@@ -484,19 +506,18 @@ class Agent:
         # show going on; a verdict given without stacks between them (while one was taken)
         # does not break the chain.
         named = per.samples_named
-        read_before = named[:-1] if named and named[-1][0] is profile else named
-        prior = read_before[-1] if read_before else None
-        going_on = prior[1] if prior is not None and profile is not None and prior[0].pids == profile.pids \
-            else None
+        at = next((i for i, (sample, _) in enumerate(named) if sample is profile), None)
+        prior = named[at - 1] if at else None
+        going_on = prior[1] if prior is not None and prior[0].pids == profile.pids else None
         result = corroborate(finding, profile, reading,
                              trained=profile is not None and bool(per.trained.intersection(profile.pids)),
                              during=during if profile is not None else None, going_on=going_on)
-        if reading is not None and result is not None:
-            entry = (profile, result.cause if result.cause in PHASES else None)
-            per.samples_named = (*read_before[-1:], entry)
-            if going_on is not None and entry[1] not in (None, going_on):
+        if at is not None and result is not None:
+            phase = result.cause if result.cause in PHASES else None
+            per.samples_named = (*named[:at], (profile, phase), *named[at + 1:])
+            if going_on is not None and phase not in (None, going_on):
                 duration = self.config.stacks.duration_seconds
-                onset = phase_onset(entry[1], per.ticks, prior[0].timestamp - duration,
+                onset = phase_onset(phase, per.ticks, prior[0].timestamp - duration,
                                     profile.timestamp - duration / 2, self.config.diagnosis)
                 per.handover = (onset, going_on) if onset is not None else None
         per.corroborated = (finding, profile, result)

@@ -91,10 +91,18 @@ def test_a_verdict_settles_only_the_ticks_it_speaks_for_the_later_ones_wait_for_
     ledger = WasteLedger(hold_seconds=15.0)
     for t in (1.0, 2.0, 3.0):
         ledger.tick(t, 1.0, under=True, named=False, cause=None)
-    settled = ledger.tick(4.0, 1.0, under=True, named=True, cause="loading_weights", until=2.5)
+    # until 2.2: the ticks whose middle comes before it (0.5, 1.5; not 2.5)
+    settled = ledger.tick(4.0, 1.0, under=True, named=True, cause="loading_weights", until=2.2)
     assert [(c.timestamp, c.cause) for c in settled] == [(1.0, "loading_weights"), (2.0, "loading_weights")]
     settled = ledger.tick(5.0, 1.0, under=True, named=True, cause="compiling")
     assert [(c.timestamp, c.cause) for c in settled] == [(3.0, "compiling"), (4.0, "compiling"), (5.0, "compiling")]
+
+
+def test_a_tick_straddling_the_halfway_point_between_two_samples_goes_with_its_middle():
+    ledger = WasteLedger(hold_seconds=15.0)
+    ledger.tick(3.0, 1.0, under=True, named=False, cause=None)  # 2.0–3.0
+    settled = ledger.tick(4.0, 1.0, under=False, named=True, cause="loading_weights", until=2.7)
+    assert [(c.timestamp, c.cause) for c in settled] == [(3.0, "loading_weights")]
 
 
 def test_a_tick_keeps_the_verdict_it_was_given_when_a_later_one_of_its_segment_differs():

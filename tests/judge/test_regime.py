@@ -70,3 +70,17 @@ def test_a_change_outside_the_two_samples_or_a_phase_with_no_mark_of_its_own_pla
     assert phase_onset("loading_weights", steps, 12.0, 15.0, TH) is None  # the step came before the earlier sample
     assert phase_onset("compiling", steps, 9.0, 15.0, TH) is None
     assert phase_onset("exiting", ticks((0.0, 8), (0.0, 8)), 9.0, 15.0, TH) is None  # no kernels ran since
+
+
+def test_the_tick_the_kernels_stop_in_is_the_new_phases_when_they_filled_under_half_of_it():
+    # An H100 lifecycle run: training at 0.92, then the tick torch.save began in at 0.19.
+    training_then_checkpoint = ticks((0.92, 28), (0.92, 28), (0.19, 28), (0.0, 28), (0.0, 28))
+    assert phase_onset("checkpointing", training_then_checkpoint, 9.0, 15.0, TH) == 11.0
+    # and an evaluation at 0.24 whose last tick ran 0.10: the exit's
+    eval_then_exit = ticks((0.24, 28), (0.24, 28), (0.10, 28), (0.0, 28))
+    assert phase_onset("exiting", eval_then_exit, 9.0, 15.0, TH) == 11.0
+
+
+def test_the_tick_the_kernels_start_in_is_the_phase_befores_when_they_filled_under_half_of_it():
+    checkpoint_then_eval = ticks((0.0, 28), (0.0, 28), (0.08, 28), (0.24, 28), (0.25, 28))
+    assert phase_onset("evaluating", checkpoint_then_eval, 9.0, 15.0, TH) == 12.0

@@ -38,6 +38,12 @@ class _Waiting:
     cause: str | None = None
     seen: bool = False  # the verdict is a phase a stack sample placed the tick in
 
+    @property
+    def middle(self) -> float:
+        """Where a moment between two samples' phases is compared: the tick is the phase's that
+        held most of it."""
+        return self.timestamp - self.seconds / 2
+
 
 @dataclass
 class WasteLedger:
@@ -71,16 +77,16 @@ class WasteLedger:
         ``unknown`` (the agent stops, or the GPU is lost)."""
         return self._charge(self._take(lambda w: True), cause)
 
-    def hand_over(self, boundary: float, before: str, after: str, until: float = float("inf")) -> None:
+    def hand_over(self, boundary: float, before: str | None, after: str, until: float = float("inf")) -> None:
         """A phase named by the stacks after another, the GPU's counters placing its start at
         ``boundary`` (a tick's end): the ticks still waiting up to then are the phase before's, those
         after it (up to ``until``) the new one's, whichever the halfway point between the two
-        samples gave them."""
+        samples gave them (``before`` None: those given none)."""
         for waiting in self.pending:
             if waiting.timestamp <= boundary:
-                if waiting.cause is None:
+                if waiting.cause is None and before is not None:
                     waiting.cause, waiting.seen = before, True
-            elif waiting.timestamp <= until and waiting.cause in (None, before):
+            elif waiting.middle <= until and waiting.cause in (None, before):
                 waiting.cause, waiting.seen = after, True
 
     def tick(self, timestamp: float, seconds: float, under: bool, named: bool, cause: str | None,
@@ -94,7 +100,7 @@ class WasteLedger:
             self.pending.append(_Waiting(timestamp, seconds))
         if named and cause is not None:
             for waiting in self.pending:
-                if waiting.cause is None and waiting.timestamp <= until:
+                if waiting.cause is None and waiting.middle <= until:
                     waiting.cause, waiting.seen = cause, until != float("inf")
         ripe = self._take(lambda w: w.cause is not None and w.timestamp <= timestamp - self.settle_seconds)
         overdue = self._take(lambda w: timestamp - w.timestamp >= self.hold_seconds)

@@ -126,23 +126,38 @@ def phase_onset(phase: str, ticks: Iterable[GpuTick], start: float, end: float, 
     Stack samples a phase turn apart place a change of phase only halfway between them. Some
     phases begin with a mark of their own on the GPU: weights loading land in its memory (its
     first step up); an evaluation loop starts kernels on a GPU that ran none; a checkpoint or an
-    exit stops them (after the last tick that ran any). Compiling and starting up show none."""
+    exit stops them. The tick the kernels start or stop in goes to the side it spent most of its
+    time on: with kernels under half the rate of the work beside it, most of it had none."""
     def kernels(tick: GpuTick) -> bool:
         return tick.utilization is not None and tick.utilization >= th.idle_sm_active
 
-    pairs = [(before, tick) for before, tick in pairwise(ticks) if start <= before.timestamp < end]
+    def mostly_without(tick: GpuTick, work: GpuTick) -> bool:
+        return kernels(work) and tick.utilization < work.utilization / 2
+
+    ticks = list(ticks)
+    edges = [i for i in range(1, len(ticks)) if start <= ticks[i - 1].timestamp < end]  # tick i-1's end, then tick i
+
+    def beside(i: int) -> GpuTick | None:
+        return ticks[i] if 0 <= i < len(ticks) else None
+
     if phase == "loading_weights":
-        return next((before.timestamp for before, tick in pairs
-                     if before.memory_used_bytes is not None and tick.memory_used_bytes is not None
-                     and tick.memory_used_bytes - before.memory_used_bytes >= WEIGHTS_LANDING_BYTES), None)
+        return next((ticks[i - 1].timestamp for i in edges
+                     if ticks[i - 1].memory_used_bytes is not None and ticks[i].memory_used_bytes is not None
+                     and ticks[i].memory_used_bytes - ticks[i - 1].memory_used_bytes >= WEIGHTS_LANDING_BYTES), None)
     if phase == "evaluating":
-        return next((before.timestamp for before, tick in pairs if not kernels(before) and kernels(tick)), None)
+        for i in edges:
+            if not kernels(ticks[i - 1]) and kernels(ticks[i]):
+                work = beside(i + 1)
+                return ticks[i].timestamp if work is not None and mostly_without(ticks[i], work) else ticks[i - 1].timestamp
+        return None
     if phase in ("checkpointing", "exiting"):
         stopped = None
-        for before, tick in pairs:
-            if kernels(tick):
+        for i in edges:
+            if kernels(ticks[i]):
                 stopped = None
-            elif kernels(before):
-                stopped = before.timestamp
+            elif kernels(ticks[i - 1]):
+                work = beside(i - 2)
+                stopped = work.timestamp if work is not None and mostly_without(ticks[i - 1], work) \
+                    else ticks[i - 1].timestamp
         return stopped
     return None
