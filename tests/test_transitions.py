@@ -369,6 +369,23 @@ def test_a_job_whose_exit_no_sample_saw_is_charged_exiting_from_its_last_kernels
     assert run(30).wasted_seconds == {"evaluating": 30.0, "exiting": 2.0, "idle": 20.0}  # (10 s still settling)
 
 
+def test_a_checkpoint_then_an_evaluation_then_the_exit_each_take_their_own_ticks(monkeypatch):
+    # The end of an H100 lifecycle run's first job: training, an 11 s checkpoint (no kernels), a
+    # 20 s evaluation loop (the GPU busy 0.2), a 3 s exit; stack samples as py-spy takes them.
+    monkeypatch.setitem(simulated.SCENARIOS, "eval_loop", replace(simulated.SCENARIOS["io_bound"], burst_period_seconds=0.0))
+    no_kernels(monkeypatch, "saving", "host_transfer_bound")
+    no_kernels(monkeypatch, "exit", "eval_loop")
+    phases = ((40, "training"), (51, "checkpointing"), (71, "forward only"), (math.inf, "exiting"))
+    built, run = agent("healthy", settle_seconds=10.0, stacks=lambda wall: SampledOverTime(
+        wall, lambda now: next(phase for until, phase in phases if now - 1.8e9 <= until)))
+    run(40)
+    for scenario, seconds in (("saving", 11), ("eval_loop", 20), ("exit", 3)):
+        built.lib.set_scenario(0, scenario)
+        run(seconds)
+    built.lib.set_scenario(0, "idle")
+    assert run(30).wasted_seconds == {"checkpointing": 11.0, "evaluating": 20.0, "exiting": 3.0, "idle": 20.0}
+
+
 @pytest.mark.parametrize("loading_from", [30, 31, 34])
 def test_a_jobs_weights_begin_loading_where_the_gpus_memory_steps_up_not_halfway_between_samples(
         monkeypatch, loading_from):

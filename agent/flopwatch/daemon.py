@@ -131,7 +131,8 @@ class _PerGpu:
         self.during: tuple[StackProfile | None, GpuDuring | None] = (None, None)
         self.spoke: tuple[StackProfile | None, GpuDuring | None] = (None, None)  # the last taken as it waited
         self.dip_phase: tuple[StackProfile | None, str | None] = (None, None)  # a dip's sample and the phase it saw
-        # The last three samples read, each with the phase of the job's life it named (or None).
+        # The last three samples that named a phase of the job's life or none (corroborated, or
+        # taken with the GPU at work), in the order taken: a phase may go on from one to the next.
         self.samples_named: tuple[tuple[StackProfile, str | None], ...] = ()
         # A phase the stacks named after another, the GPU's counters placing its start: (the last
         # tick of the phase before, its name), for the ledger at this tick.
@@ -467,13 +468,11 @@ class Agent:
                 per.trained = frozenset(p for p in per.trained if p in on_gpu) | \
                     (frozenset(latest.pids) if reading.training >= TRAINING_SEEN else frozenset())
                 per.scripts = frozenset(p for p in per.scripts if p in on_gpu) | reading.scripts
-                # Each sample of the job is a link of the chain of phases: one taken with the GPU at
-                # work names none, and no phase named before it goes on past it (a compile, then
-                # training, then a checkpoint: the checkpoint follows training, not the compile).
-                if set(latest.pids) <= set(pids):
-                    shown = None if _busy(per.during[1]) else \
-                        phase_shown(reading, per.during[1].under_share if per.during[1] is not None else 1.0)
-                    per.samples_named = (*per.samples_named[-2:], (latest, shown[0] if shown else None))
+                # A sample of the job taken with the GPU at work is a link of the chain of phases
+                # naming none: no phase named before it goes on past it (a compile, then training,
+                # then a checkpoint: the checkpoint follows the training, not the compile).
+                if _busy(per.during[1]) and set(latest.pids) <= set(pids):
+                    per.samples_named = _linked(per.samples_named, latest, None)
         if per.spoke[0] is not None and (_busy(per.during[1]) or (latest is not None and latest.unavailable)):
             # Taken while the GPU was busy, it shows what kept it busy, not why it waited; one that
             # could not read the processes (py-spy read only their children) shows nothing: the last
@@ -505,20 +504,19 @@ class Agent:
         # The phase the sample before this one named (of the same processes), which this one may
         # show going on; a verdict given without stacks between them (while one was taken)
         # does not break the chain.
-        named = per.samples_named
-        at = next((i for i, (sample, _) in enumerate(named) if sample is profile), None)
-        prior = named[at - 1] if at else None
+        earlier = [entry for entry in per.samples_named
+                   if profile is not None and entry[0] is not profile and entry[0].timestamp <= profile.timestamp]
+        prior = earlier[-1] if earlier else None
         going_on = prior[1] if prior is not None and prior[0].pids == profile.pids else None
         result = corroborate(finding, profile, reading,
                              trained=profile is not None and bool(per.trained.intersection(profile.pids)),
                              during=during if profile is not None else None, going_on=going_on)
-        if at is not None and result is not None:
+        if reading is not None and result is not None:
             phase = result.cause if result.cause in PHASES else None
-            per.samples_named = (*named[:at], (profile, phase), *named[at + 1:])
+            per.samples_named = _linked(per.samples_named, profile, phase)
             if going_on is not None and phase not in (None, going_on):
-                duration = self.config.stacks.duration_seconds
-                onset = phase_onset(phase, per.ticks, prior[0].timestamp - duration,
-                                    profile.timestamp - duration / 2, self.config.diagnosis)
+                onset = phase_onset(phase, per.ticks, prior[0].timestamp - self.config.stacks.duration_seconds,
+                                    profile.timestamp, self.config.diagnosis)
                 per.handover = (onset, going_on) if onset is not None else None
         per.corroborated = (finding, profile, result)
         return result
@@ -598,6 +596,13 @@ def _holding(job: Allocation | None, pods: tuple[PodContainer, ...], slurm_says:
                                     owner_metadata=owners.get((pods[0].namespace, pods[0].pod), ()))
                          if pods else None)
     return Holding(allocation, frozenset({p.job for p in pods} | ({job.job} if job else set())), slurm_says)
+
+
+def _linked(named: tuple[tuple[StackProfile, str | None], ...], profile: StackProfile,
+            phase: str | None) -> tuple[tuple[StackProfile, str | None], ...]:
+    """The last three samples read, in the order they were taken, with ``profile`` naming ``phase``."""
+    entries = [entry for entry in named if entry[0] is not profile] + [(profile, phase)]
+    return tuple(sorted(entries, key=lambda entry: entry[0].timestamp))[-3:]
 
 
 def _culprits(sample: GpuSample) -> tuple[int, ...]:

@@ -120,7 +120,7 @@ class GpuTick:
 
 def phase_onset(phase: str, ticks: Iterable[GpuTick], start: float, end: float, th: Thresholds) -> float | None:
     """Where the GPU's own counters place the start of ``phase`` between ``start`` and ``end`` (the
-    earlier stack sample's start and the later one's middle, which named the phase before and this
+    earlier stack sample's start and the later one's end, which named the phase before and this
     one): the end of the last tick before it, or None where they show no sign of it.
 
     Stack samples a phase turn apart place a change of phase only halfway between them. Some
