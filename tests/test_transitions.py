@@ -335,55 +335,48 @@ def no_kernels(monkeypatch, name: str, like: str) -> None:
                                                            burst_period_seconds=0.0))
 
 
+def job_end(monkeypatch, phases, steps, settle_seconds=0.0, idle_seconds=20):
+    """A healthy job's last phases on a simulated GPU: after 40 s of training, ``steps`` ((scenario,
+    seconds), …: ``eval_loop`` busy 0.2, ``saving`` and ``exit`` with no kernels), then its process
+    gone; its stacks as py-spy takes them, in ``phases`` ((until second, phase), …); the waste by
+    cause ``idle_seconds`` later."""
+    monkeypatch.setitem(simulated.SCENARIOS, "eval_loop", replace(simulated.SCENARIOS["io_bound"], burst_period_seconds=0.0))
+    no_kernels(monkeypatch, "saving", "host_transfer_bound")
+    no_kernels(monkeypatch, "exit", "eval_loop")
+    built, run = agent("healthy", settle_seconds=settle_seconds, stacks=lambda wall: SampledOverTime(
+        wall, lambda now: next(phase for until, phase in phases if now - 1.8e9 <= until)))
+    run(40)
+    for scenario, seconds in steps:
+        built.lib.set_scenario(0, scenario)
+        run(seconds)
+    built.lib.set_scenario(0, "idle")
+    return run(idle_seconds).wasted_seconds
+
+
 def test_an_evaluations_last_seconds_are_not_charged_to_the_exit_whose_sample_follows_them(monkeypatch):
     # An H100 lifecycle run: an evaluation loop (the GPU busy 0.2) ends, the job exits for 2-3 s (no
     # kernel), its process leaves. The exit's sample, asked at the next phase turn, speaks for the
     # ticks after the last kernel, not for the evaluation's last ticks waiting for it.
-    monkeypatch.setitem(simulated.SCENARIOS, "eval_loop", replace(simulated.SCENARIOS["io_bound"], burst_period_seconds=0.0))
-    no_kernels(monkeypatch, "exit", "eval_loop")
-    built, run = agent("healthy", stacks=lambda wall: SampledOverTime(
-        wall, lambda now: "training" if now - 1.8e9 <= 40 else "forward only" if now - 1.8e9 <= 70 else "exiting"))
-    run(40)
-    built.lib.set_scenario(0, "eval_loop")
-    run(30)
-    built.lib.set_scenario(0, "exit")
-    run(3)
-    built.lib.set_scenario(0, "idle")
-    assert run(20).wasted_seconds == {"evaluating": 30.0, "exiting": 3.0, "idle": 20.0}
+    phases = ((40, "training"), (70, "forward only"), (math.inf, "exiting"))
+    assert job_end(monkeypatch, phases, (("eval_loop", 30), ("exit", 3))) == \
+        {"evaluating": 30.0, "exiting": 3.0, "idle": 20.0}
 
 
 def test_a_job_whose_exit_no_sample_saw_is_charged_exiting_from_its_last_kernels_to_leaving(monkeypatch):
-    # An H100 lifecycle run: an evaluation loop (the GPU busy 0.2) ends and the job exits within a
-    # phase turn: the last sample showed the evaluation, and no sample saw the exit. The ticks
-    # after its last kernels, before its process left, were its exit, not its evaluation.
-    monkeypatch.setitem(simulated.SCENARIOS, "eval_loop", replace(simulated.SCENARIOS["io_bound"], burst_period_seconds=0.0))
-    no_kernels(monkeypatch, "exit", "eval_loop")
-    built, run = agent("healthy", settle_seconds=10.0, stacks=lambda wall: SampledOverTime(
-        wall, lambda now: "training" if now - 1.8e9 <= 40 else "forward only"))
-    run(40)
-    built.lib.set_scenario(0, "eval_loop")
-    run(30)
-    built.lib.set_scenario(0, "exit")
-    run(2)
-    built.lib.set_scenario(0, "idle")
-    assert run(30).wasted_seconds == {"evaluating": 30.0, "exiting": 2.0, "idle": 20.0}  # (10 s still settling)
+    # An H100 lifecycle run: an evaluation loop ends and the job exits within a phase turn: the
+    # last sample showed the evaluation, and no sample saw the exit. The ticks after its last
+    # kernels, before its process left, were its exit, not its evaluation.
+    phases = ((40, "training"), (math.inf, "forward only"))
+    assert job_end(monkeypatch, phases, (("eval_loop", 30), ("exit", 2)), settle_seconds=10.0, idle_seconds=30) == \
+        {"evaluating": 30.0, "exiting": 2.0, "idle": 20.0}  # (10 s still settling)
 
 
 def test_a_checkpoint_then_an_evaluation_then_the_exit_each_take_their_own_ticks(monkeypatch):
-    # The end of an H100 lifecycle run's first job: training, an 11 s checkpoint (no kernels), a
-    # 20 s evaluation loop (the GPU busy 0.2), a 3 s exit; stack samples as py-spy takes them.
-    monkeypatch.setitem(simulated.SCENARIOS, "eval_loop", replace(simulated.SCENARIOS["io_bound"], burst_period_seconds=0.0))
-    no_kernels(monkeypatch, "saving", "host_transfer_bound")
-    no_kernels(monkeypatch, "exit", "eval_loop")
+    # The end of an H100 lifecycle run's first job: training, an 11 s checkpoint, a 20 s
+    # evaluation loop, a 3 s exit.
     phases = ((40, "training"), (51, "checkpointing"), (71, "forward only"), (math.inf, "exiting"))
-    built, run = agent("healthy", settle_seconds=10.0, stacks=lambda wall: SampledOverTime(
-        wall, lambda now: next(phase for until, phase in phases if now - 1.8e9 <= until)))
-    run(40)
-    for scenario, seconds in (("saving", 11), ("eval_loop", 20), ("exit", 3)):
-        built.lib.set_scenario(0, scenario)
-        run(seconds)
-    built.lib.set_scenario(0, "idle")
-    assert run(30).wasted_seconds == {"checkpointing": 11.0, "evaluating": 20.0, "exiting": 3.0, "idle": 20.0}
+    assert job_end(monkeypatch, phases, (("saving", 11), ("eval_loop", 20), ("exit", 3)), settle_seconds=10.0,
+                   idle_seconds=30) == {"checkpointing": 11.0, "evaluating": 20.0, "exiting": 3.0, "idle": 20.0}
 
 
 @pytest.mark.parametrize("loading_from", [30, 31, 34])
