@@ -285,6 +285,17 @@ def test_a_phase_that_follows_another_is_charged_from_the_nearer_stack_sample():
     assert gpu.wasted_seconds == {"loading_weights": 32.0, "compiling": 28.0}
 
 
+@pytest.mark.parametrize("compiling_from, loading_ticks", [(31.3, 31), (35.7, 36), (36.5, 37)])
+def test_a_phase_turn_a_sample_holds_is_placed_where_the_thread_passed_from_one_phase_to_the_next(
+        compiling_from, loading_ticks):
+    # A job loads its weights, then compiles: neither marks the GPU's counters. The sample taken
+    # across the turn holds both phases, the earlier one's share first: a tick is loading's if its
+    # middle came before the turn (halfway between two samples 5 s apart was up to 2.5 s off).
+    _, run = agent("held_idle", settle_seconds=10.0, stacks=lambda wall: SampledOverTime(
+        wall, lambda now: "loading_weights" if now - 1.8e9 <= compiling_from else "compiling"))
+    assert run(70).wasted_seconds == {"loading_weights": loading_ticks, "compiling": 60 - loading_ticks}
+
+
 def test_a_phase_keeps_its_ticks_when_the_next_phase_is_named_before_they_settle():
     # As above, with waste settling 10 s after each tick (the default): the ticks the loading
     # sample spoke for stay loading's when the compiling sample comes within their settle.

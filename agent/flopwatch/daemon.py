@@ -26,7 +26,7 @@ from flopwatch.judge.ledger import Charge, WasteLedger
 from flopwatch.judge.regime import Change, GpuTick, RegimeTracker, phase_onset
 from flopwatch.judge.signals import Peers, Tick, TickWindow, job_peers, loader_saturated_pids, signals
 from flopwatch.judge.stackclass import (TRAINING_SEEN, GpuDuring, StackReading, corroborate, gpu_during,
-                                        phase_shown, read_stacks, stack_summary)
+                                        phase_shown, phase_turn, read_stacks, stack_summary)
 from flopwatch.judge.tokencost import Prices, TokenAccount
 from flopwatch.model import (AgentState, Allocation, Finding, GpuFigures, GpuSample, GpuState, HostSample, PodContainer, ProcessView,
                              StackProfile, TokenCount)
@@ -515,8 +515,17 @@ class Agent:
             phase = result.cause if result.cause in PHASES else None
             per.samples_named = _linked(per.samples_named, profile, phase)
             if going_on is not None and phase not in (None, going_on):
-                onset = phase_onset(phase, per.ticks, prior[0].timestamp - self.config.stacks.duration_seconds,
-                                    profile.timestamp, self.config.diagnosis)
+                duration = self.config.stacks.duration_seconds
+                onset = phase_onset(phase, per.ticks, prior[0].timestamp - duration, profile.timestamp,
+                                    self.config.diagnosis)
+                # Where the GPU's counters show no mark of it, a sample that holds both phases (this
+                # one, or the one before, which named the phase it began in) shows where the thread
+                # passed from one to the next.
+                for sample in ((profile, reading), (prior[0], None)) if onset is None else ():
+                    turned = phase_turn(sample[1] or self._read(per, sample[0]), going_on, phase)
+                    if turned is not None:
+                        onset = sample[0].timestamp - duration + turned * duration
+                        break
                 per.handover = (onset, going_on) if onset is not None else None
         per.corroborated = (finding, profile, result)
         return result

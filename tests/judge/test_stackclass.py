@@ -15,7 +15,8 @@ import pytest
 from flopwatch.model import Finding, StackProfile
 from flopwatch.sources.stacks import parse_raw
 from flopwatch.judge.regime import GpuTick
-from flopwatch.judge.stackclass import GpuDuring, corroborate, gpu_during, read_stacks, stack_summary
+from flopwatch.judge.stackclass import (GpuDuring, StackReading, corroborate, gpu_during, phase_turn, read_stacks,
+                                        stack_summary)
 
 STACKS = Path(__file__).resolve().parents[1] / "stacks"
 PY = "/usr/lib/python3.11"
@@ -385,3 +386,11 @@ def test_a_few_samples_of_a_running_programs_main_thread_without_a_frame_are_lef
     text = (f'process 4242:"python3 train.py";thread (4242): MainThread;{COMPILE} 91\n'
             'process 4242:"python3 train.py";thread (4242): MainThread 9')
     assert read_stacks(parse_raw(text, (4242,)), ran_script=(4242,)).main == {"compiling": 1.0}
+
+
+def test_a_sample_holding_two_phases_places_the_turn_at_the_share_spent_in_the_first():
+    # An H100 lifecycle run: the sample across the loading → compile turn, its main thread 46 %
+    # still loading (the job logged the turn 0.92 s into the sample's 2 s).
+    across = StackReading(main={"loading_weights": 0.462, "compiling": 0.543}, threads={}, workers={})
+    assert phase_turn(across, "loading_weights", "compiling") == pytest.approx(0.46, abs=0.005)
+    assert phase_turn(StackReading(main={"compiling": 1.0}, threads={}, workers={}), "loading_weights", "compiling") is None

@@ -78,12 +78,12 @@ class WasteLedger:
         return self._charge(self._take(lambda w: True), cause)
 
     def hand_over(self, boundary: float, before: str | None, after: str, until: float = float("inf")) -> None:
-        """A phase named by the stacks after another, the GPU's counters placing its start at
-        ``boundary`` (a tick's end): the ticks still waiting up to then are the phase before's, those
-        after it (up to ``until``) the new one's, whichever the halfway point between the two
-        samples gave them (``before`` None: those given none)."""
+        """A phase named by the stacks after another, starting at ``boundary`` (where the GPU's
+        counters or the sample place it): the ticks still waiting whose middle is before it are the
+        phase before's, those after it (up to ``until``) the new one's, whichever the halfway point
+        between the two samples gave them (``before`` None: those given none)."""
         for waiting in self.pending:
-            if waiting.timestamp <= boundary:
+            if waiting.middle <= boundary:
                 if waiting.cause is None and before is not None:
                     waiting.cause, waiting.seen = before, True
             elif waiting.middle <= until and waiting.cause in (None, before):

@@ -343,6 +343,15 @@ def phase_shown(r: StackReading, under_share: float = 1.0, going_on: str | None 
     return None
 
 
+def phase_turn(r: StackReading, before: str, after: str) -> float | None:
+    """Where in a sample a thread moved from phase ``before`` to ``after``, as a share of the
+    sample's time: the share it spent in ``before``, of the two (a thread passes from one phase
+    of a job's life to the next, not back); None if the sample shows only one of them."""
+    part = _larger(r, after)
+    spent_before, spent_after = r.share(part, before), r.share(part, after)
+    return spent_before / (spent_before + spent_after) if spent_before > 0 and spent_after > 0 else None
+
+
 def _larger(r: StackReading, *activities: str) -> str:
     """The part, the main threads or the others, spending more in ``activities``."""
     return "main" if r.share("main", *activities) >= r.share("threads", *activities) else "threads"
