@@ -236,21 +236,25 @@ def test_a_healthy_jobs_short_stall_whose_dip_sample_shows_no_phase_is_not_charg
     assert run(30).wasted_seconds == {"unknown": 5.0}
 
 
-class UnreadableAtFirst(ScriptedStacks):
-    """py-spy cannot read the job on its first two tries (seconds into its imports)."""
+class Unreadable(ScriptedStacks):
+    """py-spy cannot read the job, for ``reason``, at the tries ``when(try, wall seconds after 1.8e9)`` says."""
 
-    tries = 0
+    def __init__(self, wall, phase_at, when, reason):
+        super().__init__(wall, phase_at)
+        self.when, self.reason, self.tries = when, reason, 0
 
     def request(self, key, pids, new_segment=False, phase=False):
         self.tries += 1
-        if self.tries <= 2:
-            self.profiles[key] = StackProfile(tuple(pids), 0, unavailable="not a Python process", timestamp=self.wall.now)
-            return True
-        return super().request(key, pids, new_segment, phase)
+        if not self.when(self.tries, self.wall.now - 1.8e9):
+            return super().request(key, pids, new_segment, phase)
+        self.profiles[key] = StackProfile(tuple(pids), 0, unavailable=self.reason, timestamp=self.wall.now)
+        return True
 
 
 def test_a_job_py_spy_could_not_read_at_first_is_asked_for_again_and_its_phase_named():
-    _, run = agent("held_idle", stacks=lambda wall: UnreadableAtFirst(wall, lambda now: "loading_weights"))
+    # (seconds into its imports, its first two tries)
+    _, run = agent("held_idle", stacks=lambda wall: Unreadable(
+        wall, lambda now: "loading_weights", lambda tries, _: tries <= 2, "not a Python process"))
     gpu = run(30)
     assert gpu.finding.cause == "loading_weights"
 
@@ -410,26 +414,12 @@ def test_a_jobs_weights_begin_loading_where_the_gpus_memory_steps_up_not_halfway
     assert run(20).wasted_seconds == {"idle": 30.0, "starting": loading_from - 20, "loading_weights": 15.0}
 
 
-class UnreadableAt(ScriptedStacks):
-    """From ``unreadable_from`` on (wall seconds after 1.8e9), py-spy reads none of the job's threads."""
-
-    def __init__(self, wall, phase_at, unreadable_from):
-        super().__init__(wall, phase_at)
-        self.unreadable_from = unreadable_from
-
-    def request(self, key, pids, new_segment=False, phase=False):
-        if self.wall.now - 1.8e9 < self.unreadable_from:
-            return super().request(key, pids, new_segment, phase)
-        self.profiles[key] = StackProfile(tuple(pids), 0, unavailable="py-spy read none of the process's own threads",
-                                          timestamp=self.wall.now)
-        return True
-
-
 def test_a_sample_that_reads_none_of_the_jobs_threads_leaves_the_phase_the_last_one_saw():
     # An H100 lifecycle run: the evaluation's second sample held only the compile workers' stacks,
     # and its 20 s went to the counters' input_starved.
-    built, run = agent("healthy", stacks=lambda wall: UnreadableAt(
-        wall, lambda now: "training" if now - 1.8e9 <= 40 else "forward only", unreadable_from=50))
+    built, run = agent("healthy", stacks=lambda wall: Unreadable(
+        wall, lambda now: "training" if now - 1.8e9 <= 40 else "forward only", lambda _, seconds: seconds >= 50,
+        "py-spy read none of the process's own threads"))
     run(40)
     built.lib.set_scenario(0, "io_bound")
     gpu = run(30)

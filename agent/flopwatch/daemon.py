@@ -294,7 +294,7 @@ class Agent:
         per.pending.append((sample, figures, host, peers, holding))
         charges: tuple[Charge, ...] = ()
         pids = frozenset(p.pid for p in sample.processes)
-        before, since = per.regime.pids, per.regime.started
+        before, since = per.regime.pids, per.regime.since
         change = per.regime.observe(sample.timestamp, figures.interval_seconds, figures.utilization, pids, th)
         if change is not None:
             if before is not None and not before <= pids:
@@ -373,15 +373,14 @@ class Agent:
         return per.regime.compare(per.recent.ticks.first.sample.timestamp, recent.cause if recent else None,
                                   current.cause if current else None)
 
-    def _exited(self, per: _PerGpu, since: float | None) -> None:
+    def _exited(self, per: _PerGpu, since: float) -> None:
         """A job left the GPU: its ticks after its last kernels, still waiting, were its exit. The
         verdict they wait with is the work's before them (an evaluation, a loop's stalls), the
         stretch too short to be judged alone; a phase the stacks saw run without kernels there (a
         last checkpoint) stands."""
         if per.cause_in_force in PHASES and per.cause_in_force != "evaluating":
             return
-        stopped = phase_onset("exiting", per.ticks, since if since is not None else -math.inf, math.inf,
-                              self.config.diagnosis)
+        stopped = phase_onset("exiting", per.ticks, since, math.inf, self.config.diagnosis)
         if stopped is not None:
             per.ledger.hand_over(stopped, per.cause_in_force, "exiting")
 
@@ -431,7 +430,7 @@ class Agent:
         # The segment's first verdict is what a sample taken before it was named was for; so is
         # a dip's sample the segment's that the dip began (seen ticks later, and started a few
         # ticks later still where a last burst of work followed the dip: judge/regime.py).
-        started = per.regime.started if per.regime.started is not None else -math.inf
+        started = per.regime.since
         if started - self.config.diagnosis.regime_change_seconds <= per.dip_at:
             started = min(started, per.dip_at)
         dipped_into = before is not None and before[0] == _DIP and per.dip_at >= started
@@ -544,7 +543,7 @@ class Agent:
         the sample's middle — were it a segment, its stacks would have been taken again by then."""
         profile, during = per.spoke
         if profile is None or not profile.sampled or profile.timestamp < per.dip_at or \
-                per.dip_at < (per.regime.started if per.regime.started is not None else -math.inf):
+                per.dip_at < per.regime.since:
             return None, math.inf
         if per.dip_phase[0] is not profile:
             shown = phase_shown(self._read(per, profile), during.under_share if during is not None else 1.0)

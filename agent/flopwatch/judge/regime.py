@@ -48,6 +48,11 @@ class RegimeTracker:
         # The cause a recent stretch gave that differs from the segment's, and where that stretch began.
         self._challenger: tuple[str | None, float] | None = None
 
+    @property
+    def since(self) -> float:
+        """Where the current segment started; before any, the beginning of time."""
+        return self.started if self.started is not None else float("-inf")
+
     def observe(self, timestamp: float, seconds: float, utilization: float | None, pids: frozenset[int],
                 th: Thresholds) -> Change | None:
         """The change this tick ends the current segment with, or None if it continues it."""
