@@ -134,8 +134,8 @@ class _PerGpu:
         # The last three samples that named a phase of the job's life or none (corroborated, or
         # taken with the GPU at work), in the order taken: a phase may go on from one to the next.
         self.samples_named: tuple[tuple[StackProfile, str | None], ...] = ()
-        # A phase the stacks named after another, the GPU's counters placing its start: (the last
-        # tick of the phase before, its name), for the ledger at this tick.
+        # A phase the stacks named after another, where the GPU's counters or a sample placed its
+        # start: (that moment, the phase before's name), for the ledger at this tick.
         self.handover: tuple[float, str] | None = None
 
 
