@@ -493,8 +493,8 @@ class Agent:
 
     def _corroborated(self, per: _PerGpu, finding: Finding | None, profile: StackProfile | None) -> Finding | None:
         """The finding corroborated by ``profile``, which may show the phase the sample before it
-        named going on; a phase named after another hands the ticks over to it where the GPU's
-        counters mark its start."""
+        named going on; a phase named after another hands the ticks over to it where its start is
+        placed (_phase_start)."""
         seen, seen_profile, result = per.corroborated
         if seen is finding and seen_profile is profile:
             return result
@@ -503,8 +503,8 @@ class Agent:
         # The phase the sample before this one named (of the same processes), which this one may
         # show going on; a verdict given without stacks between them (while one was taken)
         # does not break the chain.
-        earlier = [entry for entry in per.samples_named
-                   if profile is not None and entry[0] is not profile and entry[0].timestamp <= profile.timestamp]
+        earlier = [entry for entry in per.samples_named if entry[0] is not profile
+                   and entry[0].timestamp <= profile.timestamp] if profile is not None else []
         prior = earlier[-1] if earlier else None
         going_on = prior[1] if prior is not None and prior[0].pids == profile.pids else None
         result = corroborate(finding, profile, reading,
@@ -514,20 +514,26 @@ class Agent:
             phase = result.cause if result.cause in PHASES else None
             per.samples_named = _linked(per.samples_named, profile, phase)
             if going_on is not None and phase not in (None, going_on):
-                duration = self.config.stacks.duration_seconds
-                onset = phase_onset(phase, per.ticks, prior[0].timestamp - duration, profile.timestamp,
-                                    self.config.diagnosis)
-                # Where the GPU's counters show no mark of it, a sample that holds both phases (this
-                # one, or the one before, which named the phase it began in) shows where the thread
-                # passed from one to the next.
-                for sample in ((profile, reading), (prior[0], None)) if onset is None else ():
-                    turned = phase_turn(sample[1] or self._read(per, sample[0]), going_on, phase)
-                    if turned is not None:
-                        onset = sample[0].timestamp - duration + turned * duration
-                        break
+                onset = self._phase_start(per, phase, profile, going_on, prior[0])
                 per.handover = (onset, going_on) if onset is not None else None
         per.corroborated = (finding, profile, result)
         return result
+
+    def _phase_start(self, per: _PerGpu, phase: str, profile: StackProfile, before: str,
+                     prior: StackProfile) -> float | None:
+        """Where ``phase``, named by ``profile`` after ``before`` (named by ``prior``), began: where the
+        GPU's counters mark it; else where a sample holding both phases (this one, or the one
+        before) shows the thread passed from one to the next; else None (the turn stays halfway
+        between the two samples)."""
+        duration = self.config.stacks.duration_seconds
+        onset = phase_onset(phase, per.ticks, prior.timestamp - duration, profile.timestamp, self.config.diagnosis)
+        if onset is not None:
+            return onset
+        for taken in (profile, prior):
+            turned = phase_turn(self._read(per, taken), before, phase)
+            if turned is not None:
+                return taken.timestamp - duration + turned * duration
+        return None
 
     @staticmethod
     def _read(per: _PerGpu, profile: StackProfile) -> StackReading:
