@@ -155,7 +155,7 @@ class ScriptedStacks:
     def request(self, key, pids, new_segment=False, phase=False):
         frame, path = self.FRAMES[self.phase_at(self.wall.now)]
         stacks = tuple(StackShare(1.0, (frame,), "MainThread", pid, (path,)) for pid in pids)
-        self.profiles[key] = StackProfile(tuple(pids), 40, stacks, stacks, timestamp=self.wall.now)
+        self.profiles[key] = StackProfile(tuple(pids), 40, stacks, stacks, timestamp=self.wall.now, seconds=2.0)
         return True
 
     def latest(self, key):
@@ -166,13 +166,14 @@ class ScriptedStacks:
 
 
 class SampledOverTime(ScriptedStacks):
-    """As py-spy is run: a sample spans the two seconds after it is asked for, in the phases the job
-    passes through meanwhile, and is there at the first tick after; asked again, a process is due
-    after the sampler's waits (a phase's turn 2.5 s, a new segment 10 s, else 600 s)."""
+    """As py-spy is run: a sample spans the ``seconds`` after it is asked for (two, or four for two
+    processes read one after the other), in the phases the job passes through meanwhile, and is
+    there at the first tick after; asked again, a process is due after the sampler's waits (a
+    phase's turn 2.5 s, a new segment 10 s, else 600 s)."""
 
-    def __init__(self, wall, phase_at):
+    def __init__(self, wall, phase_at, seconds=2):
         super().__init__(wall, phase_at)
-        self.asked, self.last = {}, -math.inf
+        self.asked, self.last, self.seconds = {}, -math.inf, seconds
 
     def request(self, key, pids, new_segment=False, phase=False):
         if key in self.asked:
@@ -183,12 +184,13 @@ class SampledOverTime(ScriptedStacks):
         return True
 
     def latest(self, key):
-        if key in self.asked and self.wall.now >= self.asked[key][0] + 2:
+        if key in self.asked and self.wall.now >= self.asked[key][0] + self.seconds:
             start, pids = self.asked.pop(key)
-            seen = Counter(self.phase_at(start + (i + 0.5) / 10) for i in range(20))
+            seen = Counter(self.phase_at(start + (i + 0.5) * self.seconds / 20) for i in range(20))
             stacks = tuple(StackShare(n / 20, (self.FRAMES[phase][0],), "MainThread", pid, (self.FRAMES[phase][1],))
                            for phase, n in seen.most_common() for pid in pids)
-            self.profiles[key] = StackProfile(pids, 40, stacks, stacks, timestamp=start + 2)
+            self.profiles[key] = StackProfile(pids, 40, stacks, stacks, timestamp=start + self.seconds,
+                                              seconds=self.seconds)
         return self.profiles.get(key)
 
     def taking(self, key):
@@ -297,6 +299,15 @@ def test_a_phase_turn_a_sample_holds_is_placed_where_the_thread_passed_from_one_
     # middle came before the turn (halfway between two samples 5 s apart was up to 2.5 s off).
     _, run = agent("held_idle", settle_seconds=10.0, stacks=lambda wall: SampledOverTime(
         wall, lambda now: "loading_weights" if now - 1.8e9 <= compiling_from else "compiling"))
+    assert run(70).wasted_seconds == {"loading_weights": loading_ticks, "compiling": 60 - loading_ticks}
+
+
+@pytest.mark.parametrize("compiling_from, loading_ticks", [(31.3, 31), (33.7, 34), (36.5, 37)])
+def test_a_phase_turn_is_placed_within_the_seconds_the_sample_really_took(compiling_from, loading_ticks):
+    # As above, the sample taking 4 s (two processes read one after the other): the turn is
+    # placed in those 4 s, not in the 2 s one process takes.
+    _, run = agent("held_idle", settle_seconds=10.0, stacks=lambda wall: SampledOverTime(
+        wall, lambda now: "loading_weights" if now - 1.8e9 <= compiling_from else "compiling", seconds=4))
     assert run(70).wasted_seconds == {"loading_weights": loading_ticks, "compiling": 60 - loading_ticks}
 
 
@@ -439,7 +450,7 @@ class FirstCompiledStep(ScriptedStacks):
             StackShare(1.0, (backward[0],), "MainThread", pid, (backward[1],)),
             StackShare(0.2, (compile_[0],), "Thread-3", pid, (compile_[1],)),
             StackShare(0.8, (backward[0],), "Thread-3", pid, (backward[1],))))
-        self.profiles[key] = StackProfile(tuple(pids), 40, stacks, stacks, timestamp=self.wall.now)
+        self.profiles[key] = StackProfile(tuple(pids), 40, stacks, stacks, timestamp=self.wall.now, seconds=2.0)
         return True
 
 

@@ -453,8 +453,7 @@ class Agent:
         if latest is not None and per.during[0] is not latest:
             # What the GPU did while the sample was taken, not over the whole window: a phase's
             # end, or a job's input stalls beside its launches, are read against the same seconds.
-            per.during = (latest, gpu_during(per.ticks, latest.timestamp - self.config.stacks.duration_seconds,
-                                             latest.timestamp))
+            per.during = (latest, gpu_during(per.ticks, latest.started, latest.timestamp))
             if latest.unavailable is None and not _busy(per.during[1]):
                 per.spoke = per.during
             if latest.sampled:
@@ -525,14 +524,13 @@ class Agent:
         GPU's counters mark it; else where a sample holding both phases (this one, or the one
         before) shows the thread passed from one to the next; else None (the turn stays halfway
         between the two samples)."""
-        duration = self.config.stacks.duration_seconds
-        onset = phase_onset(phase, per.ticks, prior.timestamp - duration, profile.timestamp, self.config.diagnosis)
+        onset = phase_onset(phase, per.ticks, prior.started, profile.timestamp, self.config.diagnosis)
         if onset is not None:
             return onset
         for taken in (profile, prior):
             turned = phase_turn(self._read(per, taken), before, phase)
             if turned is not None:
-                return taken.timestamp - duration + turned * duration
+                return taken.started + turned * taken.seconds
         return None
 
     @staticmethod
@@ -554,8 +552,7 @@ class Agent:
         if per.dip_phase[0] is not profile:
             shown = phase_shown(self._read(per, profile), during.under_share if during is not None else 1.0)
             per.dip_phase = (profile, shown[0] if shown is not None else None)
-        middle = profile.timestamp - self.config.stacks.duration_seconds / 2
-        return per.dip_phase[1], middle + self.config.stacks.phase_interval_seconds
+        return per.dip_phase[1], profile.middle + self.config.stacks.phase_interval_seconds
 
     def _phase_until(self, per: _PerGpu, finding: Finding | None, sample: GpuSample) -> float:
         """In a named phase, the last tick its stack sample speaks for: stacks are taken again at
@@ -565,7 +562,7 @@ class Agent:
         if self.stacks is None or finding is None or finding.cause not in PHASES or finding.stacks is None:
             return math.inf
         interval = self.config.stacks.phase_interval_seconds
-        last = finding.stacks.timestamp - self.config.stacks.duration_seconds / 2  # the sample's middle
+        last = finding.stacks.middle
         following = sample.timestamp if per.asking or self.stacks.taking(sample.info.index) else \
             (math.floor(sample.timestamp / interval) + 1) * interval
         return (last + following) / 2

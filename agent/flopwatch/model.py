@@ -248,7 +248,16 @@ class StackProfile:
     # tokenizer's) is read from these, where the shown ones would leave most of it out.
     sampled: tuple[StackShare, ...] = ()
     unavailable: str | None = None  # why no stacks were taken: no permission, py-spy missing, ...
-    timestamp: float = 0.0  # wall clock, when the sample ended
+    timestamp: float = 0.0  # wall clock, when py-spy stopped reading
+    seconds: float = 0.0  # how long py-spy read (one process after another): the sample's span ends at timestamp
+
+    @property
+    def started(self) -> float:
+        return self.timestamp - self.seconds
+
+    @property
+    def middle(self) -> float:
+        return self.timestamp - self.seconds / 2
 
 
 @dataclass(frozen=True, slots=True)

@@ -288,6 +288,14 @@ def test_a_sample_that_read_only_the_processes_children_says_it_read_none_of_the
     assert profile.unavailable == "py-spy read none of the process's own threads"
 
 
+def test_a_sample_spans_py_spys_reads_of_each_process_not_the_parsing_after(tmp_path):
+    binary, _ = counting(tmp_path)
+    wall = iter([100.0, 104.0, 109.0])  # before the first read, after the second, after parsing
+    profile = StackSampler(FAST, binary=binary, wall_clock=lambda: next(wall), ptrace_check=lambda: None).sample(
+        (4242, 4343))
+    assert (profile.started, profile.timestamp, profile.seconds) == (100.0, 104.0, 4.0)
+
+
 def test_py_spys_warning_of_why_it_could_not_read_the_process_is_kept_with_the_reason(tmp_path):
     binary = stand_in(tmp_path, """
         pid = args[args.index('--pid') + 1]

@@ -290,6 +290,8 @@ class StackSampler:
     def sample(self, pids: tuple[int, ...]) -> StackProfile:
         """Record each of ``pids`` (and its children) for ``duration_seconds``; blocks that long."""
         texts, reasons, warnings = [], [], []
+        # The sample spans what py-spy read, not the parsing after: its phases are placed in time.
+        started = self.wall_clock()
         for pid in pids:
             text, reason, warning = self._record(pid)
             self._retry_later(pid, reason == NOT_PYTHON)
@@ -301,6 +303,7 @@ class StackSampler:
                 texts.append(text)
             if warning:
                 warnings.append(warning)
+        ended = self.wall_clock()
         profile = parse_raw("\n".join(texts), pids, self.settings, read_source_line) if texts else None
         if profile is not None and not any(s.pid in pids for s in profile.sampled):
             # py-spy read only the processes' children (once on an H100, mid-evaluation): nothing
@@ -309,8 +312,8 @@ class StackSampler:
             profile, reasons = None, [*reasons, why]
         if profile is None:
             return StackProfile(pids=pids, samples=0, unavailable=reasons[0] if reasons else "nothing sampled",
-                                timestamp=self.wall_clock())
-        return replace(profile, timestamp=self.wall_clock())
+                                timestamp=ended, seconds=ended - started)
+        return replace(profile, timestamp=ended, seconds=ended - started)
 
     def _record(self, pid: int) -> tuple[str, str | None, str | None]:
         """py-spy's raw output for ``pid`` and its children, or why there is none; and its first
