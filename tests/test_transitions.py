@@ -291,23 +291,18 @@ def test_a_phase_that_follows_another_is_charged_from_the_nearer_stack_sample():
     assert gpu.wasted_seconds == {"loading_weights": 32.0, "compiling": 28.0}
 
 
-@pytest.mark.parametrize("compiling_from, loading_ticks", [(31.3, 31), (35.7, 36), (36.5, 37)])
+@pytest.mark.parametrize("seconds, compiling_from, loading_ticks", [
+    (2, 31.3, 31), (2, 35.7, 36), (2, 36.5, 37),
+    (4, 31.3, 31), (4, 33.7, 34), (4, 36.5, 37),  # two processes read one after the other
+])
 def test_a_phase_turn_a_sample_holds_is_placed_where_the_thread_passed_from_one_phase_to_the_next(
-        compiling_from, loading_ticks):
+        seconds, compiling_from, loading_ticks):
     # A job loads its weights, then compiles: neither marks the GPU's counters. The sample taken
     # across the turn holds both phases, the earlier one's share first: a tick is loading's if its
-    # middle came before the turn (halfway between two samples 5 s apart was up to 2.5 s off).
+    # middle came before the turn (halfway between two samples 5 s apart was up to 2.5 s off). The
+    # turn is placed within the seconds the sample really took, not the 2 s one process takes.
     _, run = agent("held_idle", settle_seconds=10.0, stacks=lambda wall: SampledOverTime(
-        wall, lambda now: "loading_weights" if now - 1.8e9 <= compiling_from else "compiling"))
-    assert run(70).wasted_seconds == {"loading_weights": loading_ticks, "compiling": 60 - loading_ticks}
-
-
-@pytest.mark.parametrize("compiling_from, loading_ticks", [(31.3, 31), (33.7, 34), (36.5, 37)])
-def test_a_phase_turn_is_placed_within_the_seconds_the_sample_really_took(compiling_from, loading_ticks):
-    # As above, the sample taking 4 s (two processes read one after the other): the turn is
-    # placed in those 4 s, not in the 2 s one process takes.
-    _, run = agent("held_idle", settle_seconds=10.0, stacks=lambda wall: SampledOverTime(
-        wall, lambda now: "loading_weights" if now - 1.8e9 <= compiling_from else "compiling", seconds=4))
+        wall, lambda now: "loading_weights" if now - 1.8e9 <= compiling_from else "compiling", seconds=seconds))
     assert run(70).wasted_seconds == {"loading_weights": loading_ticks, "compiling": 60 - loading_ticks}
 
 
