@@ -13,6 +13,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import psutil
 import pytest
 
 from flopwatch.outputs.alerting import STACKS_ANNOTATION_CHARS, annotations
@@ -296,6 +297,44 @@ def test_a_sample_spans_py_spys_reads_of_each_process_not_the_parsing_after(tmp_
     assert (profile.started, profile.timestamp, profile.seconds) == (100.0, 104.0, 4.0)
 
 
+@pytest.fixture
+def parent_and_lone():
+    """A process with a child, and one without."""
+    parent = subprocess.Popen([sys.executable, "-c", "import subprocess, sys, time; "
+                               "subprocess.Popen(['sleep', '30']); print('ready', flush=True); time.sleep(30)"],
+                              stdout=subprocess.PIPE, text=True)
+    parent.stdout.readline()
+    lone = subprocess.Popen(["sleep", "30"])
+    yield parent, lone
+    for process in (parent, lone):
+        process.kill()
+        process.wait()
+
+
+def test_py_spy_looks_for_children_only_in_a_process_that_has_some(tmp_path, parent_and_lone):
+    # py-spy's search for children reads every process on the node ten times a second.
+    parent, lone = parent_and_lone
+    asked = tmp_path / "asked"
+    binary = stand_in(tmp_path, f"""
+        pid = args[args.index('--pid') + 1]
+        open({str(asked)!r}, 'a').write(f"{{pid}} {{'--subprocesses' in args}}\\n")
+        open(out, 'w').write(f'thread ({{pid}}): MainThread;<module> (/x.py:1) 20\\n')
+    """)
+    StackSampler(FAST, binary=binary, ptrace_check=lambda: None).sample((parent.pid, lone.pid))
+    assert asked.read_text().split("\n")[:2] == [f"{parent.pid} True", f"{lone.pid} False"]
+
+
+def test_stacks_read_without_children_are_their_own_processes(tmp_path):
+    # py-spy names no process in its records when it looks for no children.
+    binary = stand_in(tmp_path, """
+        pid = args[args.index('--pid') + 1]
+        open(out, 'w').write(f'thread ({pid}): MainThread;step (/job{pid}.py:3) 20\\n')
+    """)
+    profile = StackSampler(FAST, binary=binary, ptrace_check=lambda: None).sample((4242, 4343))
+    assert {(s.pid, s.frames[0]) for s in profile.stacks} == {(4242, "step (job4242.py:3)"),
+                                                            (4343, "step (job4343.py:3)")}
+
+
 def test_py_spys_warning_of_why_it_could_not_read_the_process_is_kept_with_the_reason(tmp_path):
     binary = stand_in(tmp_path, """
         pid = args[args.index('--pid') + 1]
@@ -308,6 +347,27 @@ def test_py_spys_warning_of_why_it_could_not_read_the_process_is_kept_with_the_r
     profile = StackSampler(FAST, binary=binary, ptrace_check=lambda: None).sample((pid,))
     assert profile.unavailable == (f"py-spy read none of the process's own threads "
                                    f"(Failed to get stack trace from {pid}: Bad address (os error 14))")
+
+
+BUSY_CHILD = """
+import subprocess, sys
+subprocess.Popen([sys.executable, "-c", sys.argv[1]]).wait()
+"""
+
+
+@needs_py_spy
+@pytest.mark.slow
+def test_py_spy_reads_a_busy_child_of_a_process_and_a_lone_process_each_under_its_own_pid(busy_child):
+    parent = subprocess.Popen([sys.executable, "-c", BUSY_CHILD, BUSY], stdout=subprocess.PIPE, text=True)
+    try:
+        parent.stdout.readline()
+        [child] = psutil.Process(parent.pid).children()
+        profile = StackSampler(FAST).sample((parent.pid, busy_child.pid))
+        busy = {s.pid for s in profile.sampled if s.frames and s.frames[0].startswith("spin_in_a_known_function")}
+        assert busy == {child.pid, busy_child.pid}
+    finally:
+        parent.kill()
+        parent.wait()
 
 
 @needs_py_spy

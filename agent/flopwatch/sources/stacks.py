@@ -22,7 +22,9 @@ import time
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Sequence
+
+import psutil
 
 from flopwatch.config import StacksConfig
 from flopwatch.model import StackProfile, StackShare
@@ -39,8 +41,9 @@ GRANT = "run as root or grant CAP_SYS_PTRACE (systemd: AmbientCapabilities=CAP_S
 
 # process 8322:"python3 train.py";thread (8322): MainThread;<module> (/x/train.py:10);step (/x/train.py:7) 39
 # A child's line names its parents first: the pid that counts is the last one. A command line
-# may hold newlines and quotes, so a record runs until the next line that starts one.
-_RECORD_START = re.compile(r'\n(?=process \d+:")')
+# may hold newlines and quotes, so a record runs until the next line that starts one (a run that
+# looked for no children names no process: its records start at the thread).
+_RECORD_START = re.compile(r'\n(?=process \d+:"|thread \()')
 # A thread with no Python frame (a main thread once its script has returned, the interpreter
 # finalizing) is its name and the count alone: ``thread (8322): MainThread 12``.
 _LINE = re.compile(r'^(?:process (?P<pid>\d+):".*?";(?=thread \(|process ))*'
@@ -90,14 +93,21 @@ def parse_raw(text: str, pids: Iterable[int], settings: StacksConfig = StacksCon
     """A StackProfile from py-spy's ``--format raw`` output (collapsed stacks, outermost frame
     first, a count last). ``source_line(pid, path, line)`` reads an innermost frame's code."""
     pids = tuple(pids)
-    default_pid = pids[0] if pids else 0
+    return parse_records([(pids[0] if pids else 0, text)], pids, settings, source_line)
+
+
+def parse_records(outputs: Sequence[tuple[int, str]], pids: Iterable[int], settings: StacksConfig = StacksConfig(),
+                  source_line: Callable[[int, str, int], str] = lambda pid, path, line: "") -> StackProfile:
+    """parse_raw over several py-spy runs, each ``(pid, output)``: a run without ``--subprocesses``
+    names no process in its records, which are the pid's it read."""
+    pids = tuple(pids)
     counts: Counter[tuple[int, str, tuple[str, ...]]] = Counter()
     per_thread: Counter[tuple[int, str]] = Counter()
-    for record in _RECORD_START.split(text):
+    for read_pid, record in ((pid, r) for pid, text in outputs for r in _RECORD_START.split(text)):
         m = _LINE.match(record.strip())
         if m is None:
             continue
-        pid = int(m["pid"]) if m["pid"] else default_pid
+        pid = int(m["pid"]) if m["pid"] else read_pid
         # Threads are named by the threading module, which a script need not import.
         thread = (m["thread"] or ("MainThread" if m["tid"] == str(pid) else m["tid"]) or "").strip()
         frames = tuple(reversed([f for f in m["frames"].split(";") if f]))
@@ -145,6 +155,24 @@ def _why(pid: int, stderr: str, returncode: int) -> str:
         return NOT_PYTHON if os.path.exists(f"/proc/{pid}") else "the process has exited"
     error = next((line for line in stderr.splitlines() if line.startswith("Error:")), None)
     return f"py-spy failed: {(error or f'exit status {returncode}')[:120]}"
+
+
+def record_args(binary: str, pid: int, settings: StacksConfig, output: str, children: bool) -> list[str]:
+    """py-spy's arguments for one sample of ``pid``: without stopping it, idle threads too, each
+    thread apart, in raw form; its children too where it has any (DataLoader workers, compile
+    workers). py-spy finds children by reading every process's stat file ten times a second: on a
+    node of a thousand processes that is most of a sample's CPU, for a job with none to find."""
+    return [binary, "record", "--pid", str(pid), "--duration", str(max(int(round(settings.duration_seconds)), 1)),
+            "--rate", str(settings.rate_hz), "--nonblocking", "--idle", "--threads",
+            *(["--subprocesses"] if children else []), "--full-filenames", "--format", "raw", "--output", output]
+
+
+def has_children(pid: int) -> bool:
+    """Whether the process has child processes now (False where it is gone: py-spy says so)."""
+    try:
+        return bool(psutil.Process(pid).children())
+    except psutil.Error:
+        return False
 
 
 class StackSampler:
@@ -289,7 +317,7 @@ class StackSampler:
 
     def sample(self, pids: tuple[int, ...]) -> StackProfile:
         """Record each of ``pids`` (and its children) for ``duration_seconds``; blocks that long."""
-        texts, reasons, warnings = [], [], []
+        outputs, reasons, warnings = [], [], []
         # The sample spans what py-spy read, not the parsing after: its phases are placed in time.
         started = self.wall_clock()
         for pid in pids:
@@ -300,11 +328,11 @@ class StackSampler:
                 if reason != "the process has exited":
                     self._log_once(reason)
             else:
-                texts.append(text)
+                outputs.append((pid, text))
             if warning:
                 warnings.append(warning)
         ended = self.wall_clock()
-        profile = parse_raw("\n".join(texts), pids, self.settings, read_source_line) if texts else None
+        profile = parse_records(outputs, pids, self.settings, read_source_line) if outputs else None
         if profile is not None and not any(s.pid in pids for s in profile.sampled):
             # py-spy read only the processes' children (once on an H100, mid-evaluation): nothing
             # of what the GPU's own processes do. py-spy says why only in a warning.
@@ -321,9 +349,7 @@ class StackSampler:
         s = self.settings
         with tempfile.TemporaryDirectory(prefix="flopwatch-stacks-") as folder:
             out = os.path.join(folder, "raw")
-            args = [self.binary, "record", "--pid", str(pid), "--duration", str(max(int(round(s.duration_seconds)), 1)),
-                    "--rate", str(s.rate_hz), "--nonblocking", "--idle", "--threads", "--subprocesses",
-                    "--full-filenames", "--format", "raw", "--output", out]
+            args = record_args(self.binary, pid, s, out, children=has_children(pid))
             try:
                 done = subprocess.run(args, capture_output=True, text=True, timeout=s.timeout_seconds,
                                       stdin=subprocess.DEVNULL, env={**os.environ, "RUST_LOG": "warn"})
