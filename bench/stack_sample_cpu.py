@@ -6,7 +6,9 @@ or, without them, a Python process busy in a loop. Each round samples it as the 
 without children) and as it did before, looking for children anyway; in alternating order, then
 again with --extra-processes sleeping processes started beside it, as a node's other processes
 (py-spy looks for children by reading every process's stat file ten times a second). CPU is
-user + system time of the reaped py-spy process.
+user + system time of the reaped py-spy process. Beside it, the agent's own CPU to learn whether
+the job has children before each sample: the kernel's children files, and psutil's scan of every
+process (what it used before).
 
     PYTHONPATH=agent python3 bench/stack_sample_cpu.py [--rounds 5] [--extra-processes 1000]
 """
@@ -20,11 +22,15 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
+from typing import Callable
+
+import psutil
 
 from common import final, has_nvidia_gpu, has_torch_cuda, start_gpu_load, stop, table
 
 from flopwatch.config import StacksConfig
-from flopwatch.sources.stacks import find_py_spy, record_args
+from flopwatch.sources.stacks import find_py_spy, has_children, record_args
 
 BUSY = """
 import sys, time
@@ -58,6 +64,13 @@ def sample_cpu_seconds(args: list[str]) -> float:
     return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
+def lookup_cpu_ms(look: Callable[[], object], times: int = 20) -> float:
+    started = time.process_time()
+    for _ in range(times):
+        look()
+    return (time.process_time() - started) / times * 1000
+
+
 def processes_on_node() -> int:
     return sum(name.isdigit() for name in os.listdir("/proc"))
 
@@ -74,7 +87,7 @@ def main() -> None:
     settings = StacksConfig()
     job, what = start_job()
     extra: list[subprocess.Popen] = []
-    rows, per_sample = [], {}
+    rows, lookups, per_sample = [], [], {}
     try:
         with tempfile.TemporaryDirectory() as folder:
             out = os.path.join(folder, "raw")
@@ -89,6 +102,8 @@ def main() -> None:
                     order = list(ways) if round_ % 2 == 0 else list(reversed(ways))
                     for name in order:
                         seconds[name].append(sample_cpu_seconds(ways[name]))
+                lookups.append((node, lookup_cpu_ms(lambda: has_children(job.pid)),
+                                lookup_cpu_ms(lambda: psutil.Process(job.pid).children())))
                 for name, values in seconds.items():
                     per_sample[(crowd, name)] = statistics.median(values)
                     rows.append((node, name, min(values), statistics.median(values), max(values)))
@@ -99,6 +114,7 @@ def main() -> None:
         stop(job)
     print(f"job: {what}; py-spy {settings.duration_seconds:g} s at {settings.rate_hz} Hz, {args.rounds} rounds")
     print(table(("processes on the node", "sampled", "CPU s min", "median", "max"), rows))
+    print(table(("processes on the node", "has children? CPU ms (children files)", "psutil's scan"), lookups))
     agent, before = per_sample[(args.extra_processes, AGENT)], per_sample[(args.extra_processes, BEFORE)]
     final("stack_sample_cpu", f"{agent:.3f} CPU s a sample as the agent takes it, {before:.3f} looking for "
           f"children, with {args.extra_processes} more processes on the node", "as small as it can be")

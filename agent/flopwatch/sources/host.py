@@ -22,7 +22,7 @@ from flopwatch.sources.redact import redact_cmdline
 from flopwatch.sources import counter_period
 from flopwatch.sources.identity import JOB_RULES, check_rules, job_name, read_identity
 from flopwatch.sources.procfs import (BLKIO_TICKS, PAGE_SIZE, PPID, RSS_PAGES, STATE, STATES, STIME, Pressure, ProcFiles, SchedStat,
-                                      blkio_seconds, cpu_seconds, host_cpu_ticks, io_bytes, load_average, pressure, schedstat,
+                                      blkio_seconds, child_pids, cpu_seconds, host_cpu_ticks, io_bytes, load_average, pressure, schedstat,
                                       stat_fields)
 
 # Listing descendants scans all of /proc; loader workers live for the whole job, so a fresh list
@@ -191,15 +191,9 @@ class HostSource:
         found: list[int] = []
         todo = [process.pid]
         while todo:
-            task_dir = f"{self.proc_root}/{todo.pop()}/task"
-            try:
-                tids = os.listdir(task_dir)
-            except OSError:
-                continue
-            for tid in tids:
-                kids = [int(pid) for pid in (self._files.read(f"{task_dir}/{tid}/children") or b"").split()]
-                found += kids
-                todo += kids
+            kids = child_pids(todo.pop(), self._files.read, self.proc_root)
+            found += kids
+            todo += kids
         return found
 
     def _threads(self, pid: int) -> tuple[dict[int, float], dict[int, SchedStat], int, float | None]:

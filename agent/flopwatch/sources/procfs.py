@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import resource
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 # /proc/PID/stat after the ")" that ends the command name: 0-based indexes of the fields used
 # (delayacct_blkio_ticks is the stat's field 42).
@@ -64,6 +64,26 @@ class ProcFiles:
     def close(self) -> None:
         self._used = set()
         self.sweep()
+
+
+def child_pids(pid: int, read: Callable[[str], bytes | None], proc_root: str = "/proc") -> list[int]:
+    """The process's children, from the kernel's per-thread children files (a few reads, where
+    psutil scans every process on the node); none where the process is gone."""
+    task_dir = f"{proc_root}/{pid}/task"
+    try:
+        tids = os.listdir(task_dir)
+    except OSError:
+        return []
+    return [int(child) for tid in tids for child in (read(f"{task_dir}/{tid}/children") or b"").split()]
+
+
+def read_once(path: str) -> bytes | None:
+    """A /proc file's content, opened, read and closed; None when it cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError:
+        return None
 
 
 def stat_fields(data: bytes, needed: int = RSS_PAGES + 1) -> list[bytes]:

@@ -28,6 +28,7 @@ import psutil
 
 from flopwatch.config import StacksConfig
 from flopwatch.model import StackProfile, StackShare
+from flopwatch.sources.procfs import child_pids, read_once
 
 log = logging.getLogger(__name__)
 # py-spy reads the interpreter's version from a buffer Python fills when it is first asked for
@@ -168,7 +169,10 @@ def record_args(binary: str, pid: int, settings: StacksConfig, output: str, chil
 
 
 def has_children(pid: int) -> bool:
-    """Whether the process has child processes now (False where it is gone: py-spy says so)."""
+    """Whether the process has child processes now (False where it is gone: py-spy says so): from
+    the kernel's children files where it keeps them, else psutil, which scans every process."""
+    if os.path.exists(f"/proc/{pid}/task/{pid}/children"):
+        return bool(child_pids(pid, read_once))
     try:
         return bool(psutil.Process(pid).children())
     except psutil.Error:
