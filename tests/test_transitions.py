@@ -280,6 +280,28 @@ def test_a_new_verdict_within_a_segment_asks_for_stacks_of_its_own():
     assert asks == [True]
 
 
+def test_a_new_verdict_while_a_phase_is_named_asks_for_stacks_at_the_phases_pace():
+    # An H100 lifecycle run: a job's GPU work changed 2 s after its loading phase's last sample;
+    # asked as a new segment's, the next sample was 10 s away, and the counters' io_bound was
+    # charged until the next turn's sample named the tokenizer the job went on to. The phase may
+    # have ended: its stacks are due a phase's half turn after the last.
+    asks = []
+
+    class Recording(ScriptedStacks):
+        def request(self, key, pids, new_segment=False, phase=False):
+            asks.append(phase)
+            return super().request(key, pids, new_segment, phase)
+
+    built, run = agent("held_idle", settle_seconds=Thresholds().charge_settle_seconds,
+                       stacks=lambda wall: Recording(wall, lambda now: "loading_weights"))
+    gpu = run(31)
+    assert gpu.finding.cause == "loading_weights"
+    per = built.agent._gpus[0]
+    asks.clear()
+    built.agent._with_stacks(per, gpu.sample, replace(per.diagnosis.finding, cause="io_bound"), True)
+    assert asks == [True]
+
+
 def test_a_phase_that_follows_another_is_charged_from_the_nearer_stack_sample():
     # A job holding the GPU idle loads its weights, then compiles from 33 s on; stacks are taken
     # again every 5 s while a phase is named. The ticks from 33 s on are nearer the sample at

@@ -440,9 +440,11 @@ class Agent:
         # sampler says when it is due.
         last = self.stacks.latest(sample.info.index)
         failed = last is not None and last.unavailable is not None and before == asked
+        # In a phase, a change of work may be the phase's end: it is sampled at the phase's pace,
+        # not after a new segment's longer wait (meanwhile the counters' verdict was charged).
         if (before != asked or failed) and self.stacks.request(
                 sample.info.index, pids, new_segment=changed or asked[0] == _DIP,
-                phase=before is not None and turn is not None and before[3] != turn):
+                phase=before is not None and turn is not None and (before[3] != turn or changed)):
             per.stacks_asked = asked  # else a sample is still being taken: asked again next tick
             if before is None or changed or asked[0] == _DIP:
                 per.stacks_asked_at = sample.timestamp
