@@ -68,6 +68,11 @@ class Thresholds:
     # Busy-but-inefficient tickets.
     memory_bound_dram_active: float = 0.6
     memory_bound_max_flops_utilization: float = 0.3
+    # memory_bound beside another cause: DRAM active at least this share of SM activity, that at
+    # least the minimum (the kernels that run read DRAM nearly all the time they hold the SMs; the
+    # H100 corpus: batch-1 decodes 1.06-1.11, elementwise 0.91, other work 0.85 at most).
+    memory_bound_dram_over_sm_active: float = 0.9
+    memory_bound_min_sm_active: float = 0.05
     fp_pipe_busy: float = 0.2
     tensor_idle: float = 0.05
     # Clocks: throttled for this fraction of the window, and the SM clock below this share of max.

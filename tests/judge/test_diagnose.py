@@ -460,9 +460,41 @@ def test_memory_bound_decoders_sharing_a_gpu_name_the_sharing_as_contributing():
 
 
 def test_a_gpu_shared_under_the_threshold_names_what_each_job_suffers_from_beside_the_sharing():
-    found = finding(utilization=0.2, nvml_utilization=0.9, processes=2, process_shares={1: 0.45, 2: 0.44})
+    found = finding(utilization=0.2, nvml_utilization=0.9, dram_active=0.1, processes=2,
+                    process_shares={1: 0.45, 2: 0.44})
     assert found.cause == "contention"
     assert [c.cause for c in found.contributing] == ["launch_bound"]
+
+
+# A batch-1 eager decode at SM 0.5 (the H100 corpus's llama_decode_half_busy): the GPU waits on
+# Python's launches half the time, and its GEMVs read DRAM the whole time they run.
+HALF_BUSY_DECODE = replace(SMALL_STEPS, utilization=0.51, nvml_utilization=0.86, sm_occupancy=0.07,
+                           tensor_active=0.015, dram_active=0.54, flops_utilization=0.016,
+                           cpu_ratio=1.0, busiest_thread_cpu_ratio=0.99)
+
+
+def test_a_decode_whose_kernels_read_dram_all_they_run_has_memory_bound_contributing():
+    # (The counters read input_starved: a thread at a core while the GPU waits; the stacks say
+    # launching, judge/stackclass.py. The contribution is the kernels' either way.)
+    found = finding(HALF_BUSY_DECODE)
+    assert [c.cause for c in found.contributing] == ["memory_bound"]
+    assert found.contributing[0].evidence["dram_active_over_sm_active"] == 1.06
+
+
+def test_a_decode_the_gpu_barely_runs_is_memory_bound_beside_its_launches_too():
+    # The 8B decode with cuDNN attention: SM 0.07, DRAM 0.08.
+    found = finding(HALF_BUSY_DECODE, utilization=0.07, nvml_utilization=0.9, dram_active=0.08)
+    assert [c.cause for c in found.contributing] == ["memory_bound"]
+
+
+def test_kernels_that_read_dram_a_fraction_of_the_time_they_run_are_not_memory_bound():
+    # A starved ResNet's convolutions: DRAM 0.65 of SM activity.
+    assert finding(HALF_BUSY_DECODE, dram_active=0.33).contributing == ()
+
+
+def test_a_gpu_that_runs_almost_nothing_is_not_called_memory_bound_however_its_dram_reads():
+    # At SM 0.01 a compile's odd kernel reads DRAM 0.9 of it: too little runs to name a limit.
+    assert finding(HALF_BUSY_DECODE, utilization=0.01, nvml_utilization=0.9, dram_active=0.01).contributing == ()
 
 
 def test_one_job_alone_has_no_contributing_cause():

@@ -8,11 +8,12 @@ the interpreter's prefix rewritten to /usr. The PyTorch stacks below are written
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from flopwatch.model import Finding, StackProfile
+from flopwatch.model import Contribution, Finding, StackProfile
 from flopwatch.sources.stacks import parse_raw
 from flopwatch.judge.regime import GpuTick
 from flopwatch.judge.stackclass import (GpuDuring, StackReading, corroborate, gpu_during, phase_turn, read_stacks,
@@ -118,6 +119,15 @@ def test_input_starved_whose_busy_thread_is_the_models_forward_is_launch_bound()
     result = corroborate(finding("input_starved"), raw((FORWARD, 30), (BACKWARD, 8), (TRAIN_LOOP, 2)))
     assert result.cause == "launch_bound"
     assert result.evidence["stacks_corrected_from"] == "input_starved"
+
+
+def test_a_cause_the_stacks_correct_keeps_what_contributed_beside_it():
+    # A batch-1 decode: the counters' input_starved, its kernels reading DRAM all they run.
+    dram = Contribution("memory_bound", "GPU bound by DRAM bandwidth", {"dram_active_over_sm_active": 1.06})
+    launching = Contribution("launch_bound", "Kernels too small", {})
+    starved = replace(finding("input_starved"), contributing=(dram, launching))
+    result = corroborate(starved, raw((FORWARD, 30), (BACKWARD, 8), (TRAIN_LOOP, 2)))
+    assert result.cause == "launch_bound" and result.contributing == (dram,)
 
 
 def test_io_bound_whose_main_thread_runs_the_models_loop_is_launch_bound():

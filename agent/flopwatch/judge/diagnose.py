@@ -92,6 +92,7 @@ class DiagnosisState:
 # contention, what each sharing job suffers from besides (the rules after it in its table).
 ALONGSIDE: tuple[Rule, ...] = (
     kernels.sharing, kernels.contention_busy, kernels.memory_bound, kernels.memory_bound_busy,
+    kernels.memory_bound_kernels,
     clocks.power_capped, clocks.thermal_throttled, clocks.clocks_capped, system.system,
 )
 MAX_CONTRIBUTING = 2

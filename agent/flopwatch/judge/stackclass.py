@@ -435,10 +435,12 @@ def corroborate(finding: Finding | None, profile: StackProfile | None, reading: 
     if cause == finding.cause:
         return replace(finding, stacks=profile, confidence=round(min(finding.confidence + 0.15, 0.95), 2),
                        evidence={**finding.evidence, "stacks_agree": said})
+    # What contributed beside the counters' cause (sharing, DRAM, clocks) holds beside the stacks' too.
     return Finding(cause=cause, severity="ticket" if cause == "low_demand" or cause in PHASES else "page",
                    confidence=0.75,
                    evidence={**finding.evidence, "stacks_corrected_from": finding.cause, "stacks_say": said},
-                   advice=ADVICE[cause], summary=SUMMARY[cause], stacks=profile)
+                   advice=ADVICE[cause], summary=SUMMARY[cause], stacks=profile,
+                   contributing=tuple(c for c in finding.contributing if c.cause != cause))
 
 
 def _user_code(path: str) -> bool:

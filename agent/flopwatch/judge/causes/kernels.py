@@ -58,6 +58,19 @@ def memory_bound(s: Signals, c: Context, th: Thresholds) -> Finding | None:
     return None
 
 
+def memory_bound_kernels(s: Signals, c: Context, th: Thresholds) -> Finding | None:
+    """Beside another cause: the kernels that run read DRAM nearly all the time they hold the SMs
+    (a batch-1 decode's GEMVs over the weights), so once the GPU stops waiting for them (CUDA
+    graphs, a faster host) bandwidth is the next limit, however low the window's DRAM mean."""
+    if s.dram_active is not None and c.utilization >= th.memory_bound_min_sm_active and \
+            s.dram_active >= th.memory_bound_dram_over_sm_active * c.utilization:
+        ratio = s.dram_active / c.utilization
+        return finding(MEMORY_BOUND, "page", strength(ratio, th.memory_bound_dram_over_sm_active), s,
+                       dram_active=s.dram_active, dram_active_over_sm_active=round(ratio, 2),
+                       flops_utilization=s.flops_utilization)
+    return None
+
+
 def launch_bound(s: Signals, c: Context, th: Thresholds) -> Finding | None:
     """Kernels so small that a launch occupies a few SMs, or too few blocks to fill the SMs while a
     kernel always runs (the launching thread then spins on the full queue and reads saturated: the
