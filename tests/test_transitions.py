@@ -261,23 +261,29 @@ def test_a_job_py_spy_could_not_read_at_first_is_asked_for_again_and_its_phase_n
     assert gpu.finding.cause == "loading_weights"
 
 
-def test_a_new_verdict_within_a_segment_asks_for_stacks_of_its_own():
-    # Host counters read every 10 s can turn the whole window's verdict at once, with no change
-    # of activity seen: the new verdict's stacks are asked for as a new segment's are.
+def asked_for_a_new_verdict(first: str, phase_at, seconds: int) -> list[tuple[bool, bool]]:
+    """After ``seconds`` on scenario ``first``, the counters' verdict turns to io_bound: the
+    (new_segment, phase) each stack request was made with then."""
     asks = []
 
     class Recording(ScriptedStacks):
         def request(self, key, pids, new_segment=False, phase=False):
-            asks.append(new_segment)
+            asks.append((new_segment, phase))
             return super().request(key, pids, new_segment, phase)
 
-    built, run = agent("input_starved", settle_seconds=Thresholds().charge_settle_seconds,
-                       stacks=lambda wall: Recording(wall, lambda now: "forward only"))
-    gpu = run(30)
+    built, run = agent(first, settle_seconds=Thresholds().charge_settle_seconds,
+                       stacks=lambda wall: Recording(wall, phase_at))
+    gpu = run(seconds)
     per = built.agent._gpus[0]
     asks.clear()
     built.agent._with_stacks(per, gpu.sample, replace(per.diagnosis.finding, cause="io_bound"), True)
-    assert asks == [True]
+    return asks
+
+
+def test_a_new_verdict_within_a_segment_asks_for_stacks_of_its_own():
+    # Host counters read every 10 s can turn the whole window's verdict at once, with no change
+    # of activity seen: the new verdict's stacks are asked for as a new segment's are.
+    assert asked_for_a_new_verdict("input_starved", lambda now: "forward only", 30) == [(True, False)]
 
 
 def test_a_new_verdict_while_a_phase_is_named_asks_for_stacks_at_the_phases_pace():
@@ -285,21 +291,7 @@ def test_a_new_verdict_while_a_phase_is_named_asks_for_stacks_at_the_phases_pace
     # asked as a new segment's, the next sample was 10 s away, and the counters' io_bound was
     # charged until the next turn's sample named the tokenizer the job went on to. The phase may
     # have ended: its stacks are due a phase's half turn after the last.
-    asks = []
-
-    class Recording(ScriptedStacks):
-        def request(self, key, pids, new_segment=False, phase=False):
-            asks.append(phase)
-            return super().request(key, pids, new_segment, phase)
-
-    built, run = agent("held_idle", settle_seconds=Thresholds().charge_settle_seconds,
-                       stacks=lambda wall: Recording(wall, lambda now: "loading_weights"))
-    gpu = run(31)
-    assert gpu.finding.cause == "loading_weights"
-    per = built.agent._gpus[0]
-    asks.clear()
-    built.agent._with_stacks(per, gpu.sample, replace(per.diagnosis.finding, cause="io_bound"), True)
-    assert asks == [True]
+    assert asked_for_a_new_verdict("held_idle", lambda now: "loading_weights", 31) == [(True, True)]
 
 
 def test_a_phase_that_follows_another_is_charged_from_the_nearer_stack_sample():
