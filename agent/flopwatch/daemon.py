@@ -441,8 +441,17 @@ class Agent:
         last = self.stacks.latest(sample.info.index)
         failed = last is not None and last.unavailable is not None and before == asked
         # In a phase, a change of work may be the phase's end: it is sampled at the phase's pace,
-        # not after a new segment's longer wait (meanwhile the counters' verdict was charged).
-        if (before != asked or failed) and self.stacks.request(
+        # not after a new segment's longer wait (meanwhile the counters' verdict was charged); but a
+        # sample of the segment that came in this very tick saw the work up to now, and a new one
+        # would set it aside for one of a job that may be leaving (an H100 lifecycle run: an
+        # evaluation ended, the job's exit started a child, the counters read input_starved; py-spy
+        # then waited 14 s on the exiting process and the evaluation's last ticks went unread).
+        just_read = changed and turn is not None and before[3] == turn and last is not None and \
+            last.unavailable is None and last.timestamp >= started and \
+            last.timestamp > sample.timestamp - per.ticks[-1].seconds
+        if just_read:
+            per.stacks_asked = asked
+        elif (before != asked or failed) and self.stacks.request(
                 sample.info.index, pids, new_segment=changed or asked[0] == _DIP,
                 phase=before is not None and turn is not None and (before[3] != turn or changed)):
             per.stacks_asked = asked  # else a sample is still being taken: asked again next tick
