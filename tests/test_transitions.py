@@ -261,9 +261,9 @@ def test_a_job_py_spy_could_not_read_at_first_is_asked_for_again_and_its_phase_n
     assert gpu.finding.cause == "loading_weights"
 
 
-def asked_for_a_new_verdict(first: str, phase_at, seconds: int, found: list | None = None) -> list[tuple[bool, bool]]:
+def asked_for_a_new_verdict(first: str, phase_at, seconds: int):
     """After ``seconds`` on scenario ``first``, the counters' verdict turns to io_bound: the
-    (new_segment, phase) each stack request was made with then (``found``: gets the finding)."""
+    (new_segment, phase) each stack request was made with then, and the finding."""
     asks = []
 
     class Recording(ScriptedStacks):
@@ -277,15 +277,13 @@ def asked_for_a_new_verdict(first: str, phase_at, seconds: int, found: list | No
     per = built.agent._gpus[0]
     asks.clear()
     finding = built.agent._with_stacks(per, gpu.sample, replace(per.diagnosis.finding, cause="io_bound"), True)
-    if found is not None:
-        found.append(finding)
-    return asks
+    return asks, finding
 
 
 def test_a_new_verdict_within_a_segment_asks_for_stacks_of_its_own():
     # Host counters read every 10 s can turn the whole window's verdict at once, with no change
     # of activity seen: the new verdict's stacks are asked for as a new segment's are.
-    assert asked_for_a_new_verdict("input_starved", lambda now: "forward only", 30) == [(True, False)]
+    assert asked_for_a_new_verdict("input_starved", lambda now: "forward only", 30)[0] == [(True, False)]
 
 
 def test_a_new_verdict_while_a_phase_is_named_asks_for_stacks_at_the_phases_pace():
@@ -293,16 +291,15 @@ def test_a_new_verdict_while_a_phase_is_named_asks_for_stacks_at_the_phases_pace
     # asked as a new segment's, the next sample was 10 s away, and the counters' io_bound was
     # charged until the next turn's sample named the tokenizer the job went on to. The phase may
     # have ended: its stacks are due a phase's half turn after the last.
-    assert asked_for_a_new_verdict("held_idle", lambda now: "loading_weights", 31) == [(True, True)]
+    assert asked_for_a_new_verdict("held_idle", lambda now: "loading_weights", 31)[0] == [(True, True)]
 
 
 def test_a_new_verdict_in_the_tick_a_phase_sample_came_is_read_against_that_sample():
     # An H100 lifecycle run: a phase sample came in the tick the counters' verdict turned (an
     # evaluation's end, its exit's child read as a loader); asking anew set it aside, py-spy then
     # waited 14 s on the exiting process, and the evaluation's last 3 s went to the new verdict.
-    found = []
-    assert asked_for_a_new_verdict("held_idle", lambda now: "loading_weights", 30, found) == []
-    assert found[0].cause == "loading_weights"
+    asks, finding = asked_for_a_new_verdict("held_idle", lambda now: "loading_weights", 30)
+    assert asks == [] and finding.cause == "loading_weights"
 
 
 def test_a_phase_that_follows_another_is_charged_from_the_nearer_stack_sample():

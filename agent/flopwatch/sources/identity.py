@@ -28,6 +28,7 @@ from typing import Iterable, Mapping
 
 from flopwatch.config import JOB_RULES
 from flopwatch.model import Identity
+from flopwatch.sources.procfs import read_once
 
 
 # A pod's UID in its cgroup: dashes with the cgroupfs driver, underscores with the systemd one.
@@ -42,6 +43,7 @@ _UNIT = re.compile(r"^[\w@:.\\-]+\.(?:service|scope)$")
 # container runtimes' scopes (named by the container id instead) and Slurm's step daemon.
 _NOT_A_JOB_UNIT = re.compile(r"^(?:session-.*\.scope|user@\d+\.service|init\.scope|slurmstepd\.scope|"
                              r"(?:docker|cri-containerd|crio|libpod|crio-conmon)-.*\.scope)$")
+_MAX_BYTES = 1 << 20  # read of each file at most
 _RANK_KEYS = ("RANK", "SLURM_PROCID", "OMPI_COMM_WORLD_RANK")
 _WORLD_SIZE_KEYS = ("WORLD_SIZE", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE")
 _LOCAL_RANK_KEYS = ("LOCAL_RANK", "SLURM_LOCALID", "OMPI_COMM_WORLD_LOCAL_RANK")
@@ -169,16 +171,16 @@ def torchrun_run(env: Mapping[str, str]) -> str | None:
 
 def read_identity(pid: int, proc_root: str = "/proc") -> Identity:
     """What /proc says of one process; unreadable parts (another user's environ) are left out."""
-    cgroup = _read(f"{proc_root}/{pid}/cgroup")
-    environ = _read(f"{proc_root}/{pid}/environ")
+    cgroup = read_once(f"{proc_root}/{pid}/cgroup", _MAX_BYTES)
+    environ = read_once(f"{proc_root}/{pid}/environ", _MAX_BYTES)
     text = cgroup.decode(errors="replace") if cgroup else ""
     found = parse_cgroup(text)
     namespace = None
     labels: dict[str, str] = {}
     if found.pod_uid is not None:
-        raw = _read(f"{proc_root}/{pid}/root/{_SERVICE_ACCOUNT_NAMESPACE}")
+        raw = read_once(f"{proc_root}/{pid}/root/{_SERVICE_ACCOUNT_NAMESPACE}", _MAX_BYTES)
         namespace = (raw.decode(errors="replace").strip() or None) if raw else None
-        raw = _read(f"{proc_root}/{pid}/root/{_DOWNWARD_API_LABELS}")
+        raw = read_once(f"{proc_root}/{pid}/root/{_DOWNWARD_API_LABELS}", _MAX_BYTES)
         labels = parse_pod_labels(raw.decode(errors="replace")) if raw else {}
     return identify(text, parse_environ(environ or b""), namespace, labels)
 
@@ -202,10 +204,3 @@ def job_name(rules: Iterable[str], identity: Identity | None, user: str | None, 
             break
     return f"{user}:{command}" if user else command
 
-
-def _read(path: str) -> bytes | None:
-    try:
-        with open(path, "rb") as f:
-            return f.read(1 << 20)
-    except OSError:
-        return None

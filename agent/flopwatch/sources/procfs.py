@@ -77,11 +77,12 @@ def child_pids(pid: int, read: Callable[[str], bytes | None], proc_root: str = "
     return [int(child) for tid in tids for child in (read(f"{task_dir}/{tid}/children") or b"").split()]
 
 
-def read_once(path: str) -> bytes | None:
-    """A /proc file's content, opened, read and closed; None when it cannot be read."""
+def read_once(path: str, limit: int = -1) -> bytes | None:
+    """A /proc file's content (up to ``limit`` bytes), opened, read and closed; None when it
+    cannot be read."""
     try:
         with open(path, "rb") as f:
-            return f.read()
+            return f.read(limit)
     except OSError:
         return None
 
