@@ -18,6 +18,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -97,19 +98,49 @@ def stop(procs: list[subprocess.Popen]) -> None:
         p.wait()
 
 
-def read_window(seconds: float) -> dict:
-    """One `flopwatch status --window SECONDS --json`, the command itself: its GPU's document, whose
-    figures are the window's means. On failure, {"error": …}."""
+def start_status(seconds: float) -> subprocess.Popen:
+    """`flopwatch status --window SECONDS --json`, the command itself, started."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO / "agent"), os.environ.get("PYTHONPATH")])))
+    # Files, not pipes: a later window's document (stacks and all) may outgrow a pipe while an earlier one is read.
+    return subprocess.Popen([sys.executable, "-m", "flopwatch", "status", "--window", str(seconds), "--json"],
+                            cwd=REPO, env=env, stdout=tempfile.TemporaryFile(), stderr=tempfile.TemporaryFile())
+
+
+def status_result(proc: subprocess.Popen, seconds: float) -> dict:
+    """The GPU's document of a started status, whose figures are the window's means; on failure, {"error": …}."""
     try:
-        done = subprocess.run([sys.executable, "-m", "flopwatch", "status", "--window", str(seconds), "--json"],
-                              cwd=REPO, env=env, capture_output=True, text=True, timeout=seconds + 60)
+        proc.wait(timeout=seconds + 60)
     except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
         return {"error": f"status did not answer within {seconds + 60:.0f} s"}
+    out, err = (_read_back(f) for f in (proc.stdout, proc.stderr))
     try:
-        return json.loads(done.stdout)["gpus"][GPU]
+        return json.loads(out)["gpus"][GPU]
     except (ValueError, LookupError):
-        return {"error": f"status exited {done.returncode}: {done.stderr[-600:]}"}
+        return {"error": f"status exited {proc.returncode}: {err[-600:]}"}
+
+
+def _read_back(file) -> str:
+    file.seek(0)
+    text = file.read().decode(errors="replace")
+    file.close()
+    return text
+
+
+def read_windows(count: int, seconds: float, staggered: bool = True) -> list[dict]:
+    """``count`` windows of status, back to back. Staggered, each next status starts ``seconds``
+    after the last one started: its own start-up (imports, NVML, the counters' first reading, ~1.5 s)
+    then overlaps the last one's final tick and stack sample, and its window begins as that one's
+    ends, instead of ~1.5 s (~4 s after a stack sample) later. Else one after another."""
+    if not staggered:
+        return [status_result(start_status(seconds), seconds) for _ in range(count)]
+    first = time.monotonic()
+    procs = []
+    for i in range(count):
+        time.sleep(max(first + i * seconds - time.monotonic(), 0.0))
+        procs.append(start_status(seconds))
+    return [status_result(p, seconds) for p in procs]
 
 
 def contributing_causes(finding: dict) -> list[str]:
@@ -148,7 +179,7 @@ def window_record(key: str, label: Label, index: int, gpu: dict) -> dict:
 
 
 def measure(started: Started, out: Path, windows: int, window_seconds: float, warmup: float,
-            following: str | None = None) -> tuple[list[dict], Started | None]:
+            following: str | None = None, staggered: bool = True) -> tuple[list[dict], Started | None]:
     """``started``'s windows, and the ``following`` workload launched (held at its gate) once this
     one is ready, so that its start-up overlaps these windows."""
     key, label = started.key, LABELS[started.key]
@@ -160,27 +191,31 @@ def measure(started: Started, out: Path, windows: int, window_seconds: float, wa
             return [{"workload": key, "expected": label.cause, "window": None, "failed": failure, "right": False}], None
         nxt = launch(following, logs) if following else None
         time.sleep(warmup)
-        return [window_record(key, label, i, read_window(window_seconds)) for i in range(windows)], nxt
+        readings = read_windows(windows, window_seconds, staggered)
+        return [window_record(key, label, i, gpu) for i, gpu in enumerate(readings)], nxt
     finally:
         stop(started.procs)
 
 
-def estimate(key: str, windows: int, window_seconds: float, warmup: float) -> float:
+def estimate(key: str, windows: int, window_seconds: float, warmup: float, staggered: bool = True) -> float:
     """Seconds from the gate to the next workload: start (its imports overlapped the last one's
-    windows, so about half of it), warm-up, windows (each with status's start, and for a host-side
-    cause its ~2 s stack sample and one more tick), the kill and the contexts' release."""
+    windows, so about half of it), warm-up, windows (status's start, ~1.5 s, once if staggered,
+    else each time; for a host-side cause a ~2 s stack sample and one more tick, once or each time),
+    the kill and the contexts' release."""
     label = LABELS[key]
     stacks = 2.5 if label.cause in HOST_SIDE else 0.0
-    return label.start_seconds / 2 + warmup + windows * (window_seconds + 1.5 + stacks) + 1.0
+    per_window = window_seconds if staggered else window_seconds + 1.5 + stacks
+    tail = 1.5 + stacks if staggered else 0.0
+    return label.start_seconds / 2 + warmup + windows * per_window + tail + 1.0
 
 
-def plan(windows: int, window_seconds: float, warmup: float, budget: float, batches: int | None = None
-         ) -> list[list[str]]:
+def plan(windows: int, window_seconds: float, warmup: float, budget: float, batches: int | None = None,
+         staggered: bool = True) -> list[list[str]]:
     """The corpus split into batches of about equal time, as few as fit ``budget`` seconds each
     (or ``batches`` of them), longest first to the lightest batch. A batch runs its slowest
     starters first: one that overruns its estimate then leaves the budget to skip a short one at
     the end, instead of running past the command's limit."""
-    seconds = {key: estimate(key, windows, window_seconds, warmup) for key in LABELS}
+    seconds = {key: estimate(key, windows, window_seconds, warmup, staggered) for key in LABELS}
     count = batches or max(1, math.ceil(sum(seconds.values()) / budget))
     while True:
         load = [0.0] * count
@@ -279,6 +314,8 @@ def main() -> None:
     parser.add_argument("--window", type=float, default=8.0, help="seconds per window")
     parser.add_argument("--warmup", type=float, default=2.0,
                         help="seconds after the first step (status's own start-up adds ~1.5)")
+    parser.add_argument("--one-at-a-time", action="store_true",
+                        help="start each window's status after the last one ended, not as its window ends")
     parser.add_argument("--budget", type=float, default=540.0,
                         help="seconds: a workload that would end past this is skipped")
     parser.add_argument("--plan", action="store_true", help="print the batches, their estimated seconds and the total")
@@ -303,12 +340,13 @@ def main() -> None:
             write_block(args.doc, "corpus", f"From {sources}:\n\n```\n" + "\n".join(lines) + "\n```")
         return
     index, _, count = args.batch.partition("/")
-    batches = plan(args.windows, args.window, args.warmup, args.budget, int(count) if count else None)
+    staggered = not args.one_at_a_time
+    batches = plan(args.windows, args.window, args.warmup, args.budget, int(count) if count else None, staggered)
     if args.plan:
         for i, keys in enumerate(batches, 1):
-            seconds = sum(estimate(k, args.windows, args.window, args.warmup) for k in keys)
+            seconds = sum(estimate(k, args.windows, args.window, args.warmup, staggered) for k in keys)
             print(f"batch {i}/{len(batches)}: ~{seconds:.0f} s: {' '.join(keys)}")
-        total = sum(estimate(k, args.windows, args.window, args.warmup) for k in LABELS)
+        total = sum(estimate(k, args.windows, args.window, args.warmup, staggered) for k in LABELS)
         print(f"{len(LABELS)} workloads × (start + {args.warmup:g} s + {args.windows} windows of {args.window:g} s): "
               f"~{total:.0f} s = {total / 60:.1f} min of device time in {len(batches)} commands")
         return
@@ -326,14 +364,14 @@ def main() -> None:
         for i, key in enumerate(keys):
             elapsed = time.monotonic() - started
             current, waiting = (waiting, None) if waiting is not None and waiting.key == key else (None, waiting)
-            if elapsed + estimate(key, args.windows, args.window, args.warmup) > args.budget:
+            if elapsed + estimate(key, args.windows, args.window, args.warmup, staggered) > args.budget:
                 print(f"skipped {key}: would pass the {args.budget:.0f} s budget at {elapsed:.0f} s", flush=True)
                 if current is not None:
                     stop(current.procs)
                 continue
             following = keys[i + 1] if i + 1 < len(keys) else None
             window_records, waiting = measure(current or launch(key, out / "logs"), out, args.windows, args.window,
-                                              args.warmup, following)
+                                              args.warmup, following, staggered)
             for r in window_records:
                 records.append(r)
                 jsonl.write(json.dumps(r, default=str) + "\n")

@@ -22,6 +22,11 @@ def test_the_batches_hold_every_workload_once_and_each_fits_a_command():
     assert all(sum(estimate(k, 3, 8.0, 3.0) for k in b) <= 540 for b in batches)
 
 
+def test_staggered_windows_pay_status_start_up_and_a_stack_sample_once_a_workload():
+    host_side = next(k for k, label in LABELS.items() if label.cause == "input_starved")
+    assert estimate(host_side, 3, 8.0, 2.0, staggered=False) - estimate(host_side, 3, 8.0, 2.0) == 2 * (1.5 + 2.5)
+
+
 def test_a_batch_count_asked_for_is_kept():
     assert len(plan(windows=3, window_seconds=8.0, warmup=3.0, budget=540, batches=9)) == 9
 
