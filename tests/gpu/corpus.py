@@ -23,6 +23,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO, Callable
 
 from flopwatch.thresholds import Thresholds
 from tests.gpu.gpus import wait_until_free
@@ -98,49 +99,61 @@ def stop(procs: list[subprocess.Popen]) -> None:
         p.wait()
 
 
-def start_status(seconds: float) -> subprocess.Popen:
+@dataclass
+class Status:
+    """A `flopwatch status` started, with the files its output goes to: files, not pipes, since a
+    later window's document (stacks and all) may outgrow a pipe while an earlier one is read."""
+
+    proc: subprocess.Popen
+    out: IO[bytes]
+    err: IO[bytes]
+
+
+def start_status(seconds: float, config: Path | None = None) -> Status:
     """`flopwatch status --window SECONDS --json`, the command itself, started."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO / "agent"), os.environ.get("PYTHONPATH")])))
-    # Files, not pipes: a later window's document (stacks and all) may outgrow a pipe while an earlier one is read.
-    return subprocess.Popen([sys.executable, "-m", "flopwatch", "status", "--window", str(seconds), "--json"],
-                            cwd=REPO, env=env, stdout=tempfile.TemporaryFile(), stderr=tempfile.TemporaryFile())
+    command = [sys.executable, "-m", "flopwatch", "status", "--window", str(seconds), "--json"]
+    out, err = tempfile.TemporaryFile(), tempfile.TemporaryFile()
+    return Status(subprocess.Popen(command + (["--config", str(config)] if config else []), cwd=REPO, env=env,
+                                   stdout=out, stderr=err), out, err)
 
 
-def status_result(proc: subprocess.Popen, seconds: float) -> dict:
+def status_result(status: Status, seconds: float) -> dict:
     """The GPU's document of a started status, whose figures are the window's means; on failure, {"error": …}."""
     try:
-        proc.wait(timeout=seconds + 60)
+        status.proc.wait(timeout=seconds + 60)
     except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+        status.proc.kill()
+        status.proc.wait()
         return {"error": f"status did not answer within {seconds + 60:.0f} s"}
-    out, err = (_read_back(f) for f in (proc.stdout, proc.stderr))
+    out, err = (_read_back(f) for f in (status.out, status.err))
     try:
         return json.loads(out)["gpus"][GPU]
     except (ValueError, LookupError):
-        return {"error": f"status exited {proc.returncode}: {err[-600:]}"}
+        return {"error": f"status exited {status.proc.returncode}: {err[-600:]}"}
 
 
-def _read_back(file) -> str:
+def _read_back(file: IO[bytes]) -> str:
     file.seek(0)
     text = file.read().decode(errors="replace")
     file.close()
     return text
 
 
-def read_windows(count: int, seconds: float, staggered: bool = True) -> list[dict]:
+def read_windows(count: int, seconds: float, staggered: bool = True, config: Path | None = None,
+                 wait: Callable[[float], None] = time.sleep) -> list[dict]:
     """``count`` windows of status, back to back. Staggered, each next status starts ``seconds``
     after the last one started: its own start-up (imports, NVML, the counters' first reading, ~1.5 s)
     then overlaps the last one's final tick and stack sample, and its window begins as that one's
     ends, instead of ~1.5 s (~4 s after a stack sample) later. Else one after another."""
     if not staggered:
-        return [status_result(start_status(seconds), seconds) for _ in range(count)]
+        return [status_result(start_status(seconds, config), seconds) for _ in range(count)]
     first = time.monotonic()
-    procs = []
+    started = []
     for i in range(count):
-        time.sleep(max(first + i * seconds - time.monotonic(), 0.0))
-        procs.append(start_status(seconds))
-    return [status_result(p, seconds) for p in procs]
+        wait(max(first + i * seconds - time.monotonic(), 0.0))
+        started.append(start_status(seconds, config))
+    return [status_result(s, seconds) for s in started]
 
 
 def contributing_causes(finding: dict) -> list[str]:

@@ -4,7 +4,7 @@ import ast
 from pathlib import Path
 
 from flopwatch.judge.diagnose import CAUSES
-from tests.gpu.corpus import estimate, merged, plan, summary, window_record
+from tests.gpu.corpus import estimate, merged, plan, read_windows, summary, window_record
 from tests.gpu.labels import LABELS, PHASES, Label
 
 WORKLOADS = Path(__file__).parent / "workloads"
@@ -25,6 +25,22 @@ def test_the_batches_hold_every_workload_once_and_each_fits_a_command():
 def test_staggered_windows_pay_status_start_up_and_a_stack_sample_once_a_workload():
     host_side = next(k for k, label in LABELS.items() if label.cause == "input_starved")
     assert estimate(host_side, 3, 8.0, 2.0, staggered=False) - estimate(host_side, 3, 8.0, 2.0) == 2 * (1.5 + 2.5)
+
+
+def test_staggered_windows_start_a_window_apart_and_each_reads_a_whole_status_document(tmp_path):
+    config = tmp_path / "config.toml"
+    config.write_text('[agent]\nsimulate = ["input_starved"]\n')
+    waits = []
+    windows = read_windows(3, 3.0, config=config, wait=waits.append)
+    assert [round(w) for w in waits] == [0, 3, 6]  # each from the first start (the recorder does not sleep)
+    assert [w["finding"]["cause"] for w in windows] == ["input_starved"] * 3
+
+
+def test_a_window_whose_status_fails_says_why(tmp_path):
+    config = tmp_path / "config.toml"
+    config.write_text('[agent]\nsimulate = ["no_such_scenario"]\n')
+    [window] = read_windows(1, 1.0, staggered=False, config=config)
+    assert "status exited 2" in window["error"] and "no_such_scenario" in window["error"]
 
 
 def test_a_batch_count_asked_for_is_kept():
