@@ -306,9 +306,15 @@ def parent_and_lone():
     parent.stdout.readline()
     lone = subprocess.Popen(["sleep", "30"])
     yield parent, lone
-    for child in psutil.Process(parent.pid).children():
-        child.kill()
-    for process in (parent, lone):
+    kill_with_children(parent, lone)
+
+
+def kill_with_children(*processes: subprocess.Popen) -> None:
+    """Each process killed after its children: a parent killed first leaves them running (a busy
+    child spinning past the test)."""
+    for process in processes:
+        for child in psutil.Process(process.pid).children():
+            child.kill()
         process.kill()
         process.wait()
 
@@ -368,10 +374,7 @@ def test_py_spy_reads_a_busy_child_of_a_process_and_a_lone_process_each_under_it
         busy = {s.pid for s in profile.sampled if s.frames and s.frames[0].startswith("spin_in_a_known_function")}
         assert busy == {child.pid, busy_child.pid}
     finally:
-        for orphan_to_be in psutil.Process(parent.pid).children():  # the parent's kill would leave it spinning
-            orphan_to_be.kill()
-        parent.kill()
-        parent.wait()
+        kill_with_children(parent)
 
 
 @needs_py_spy
