@@ -143,9 +143,9 @@ def _read_back(file: IO[bytes]) -> str:
 def read_windows(count: int, seconds: float, staggered: bool = True, config: Path | None = None,
                  wait: Callable[[float], None] = time.sleep) -> list[dict]:
     """``count`` windows of status, back to back. Staggered, each next status starts ``seconds``
-    after the last one started: its own start-up (imports, NVML, the counters' first reading, ~1.5 s)
-    then overlaps the last one's final tick and stack sample, and its window begins as that one's
-    ends, instead of ~1.5 s (~4 s after a stack sample) later. Else one after another."""
+    after the last one started, so that its start-up (imports, NVML, the counters' first reading)
+    overlaps the last one's final tick. Else one after another: on the H100 their windows ended
+    ~8.5 s apart for 8 s windows, staggered 8.0 (a stack sample mostly falls inside its window)."""
     if not staggered:
         return [status_result(start_status(seconds, config), seconds) for _ in range(count)]
     first = time.monotonic()
@@ -212,14 +212,13 @@ def measure(started: Started, out: Path, windows: int, window_seconds: float, wa
 
 def estimate(key: str, windows: int, window_seconds: float, warmup: float, staggered: bool = True) -> float:
     """Seconds from the gate to the next workload: start (its imports overlapped the last one's
-    windows, so about half of it), warm-up, windows (status's start, ~1.5 s, once if staggered,
-    else each time; for a host-side cause a ~2 s stack sample and one more tick, once or each time),
+    windows, so about half of it), warm-up, windows (one at a time, each ~0.5 s more: read_windows),
+    status's start-up and, for a host-side cause, a ~2 s stack sample and one more tick at the end,
     the kill and the contexts' release."""
     label = LABELS[key]
     stacks = 2.5 if label.cause in HOST_SIDE else 0.0
-    per_window = window_seconds if staggered else window_seconds + 1.5 + stacks
-    tail = 1.5 + stacks if staggered else 0.0
-    return label.start_seconds / 2 + warmup + windows * per_window + tail + 1.0
+    per_window = window_seconds if staggered else window_seconds + 0.5
+    return label.start_seconds / 2 + warmup + windows * per_window + 1.5 + stacks + 1.0
 
 
 def plan(windows: int, window_seconds: float, warmup: float, budget: float, batches: int | None = None,
