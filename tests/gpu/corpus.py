@@ -228,7 +228,7 @@ def plan(windows: int, window_seconds: float, warmup: float, budget: float, batc
     starters first: one that overruns its estimate then leaves the budget to skip a short one at
     the end, instead of running past the command's limit."""
     seconds = {key: estimate(key, windows, window_seconds, warmup, staggered) for key in LABELS}
-    count = batches or max(1, math.ceil(sum(seconds.values()) / budget))
+    count = batches or min(max(1, math.ceil(sum(seconds.values()) / budget)), len(LABELS))
     while True:
         load = [0.0] * count
         chosen: list[list[str]] = [[] for _ in range(count)]
@@ -236,7 +236,7 @@ def plan(windows: int, window_seconds: float, warmup: float, budget: float, batc
             i = load.index(min(load))
             load[i] += seconds[key]
             chosen[i].append(key)
-        if batches or max(load) <= budget:
+        if batches or max(load) <= budget or count == len(LABELS):  # one workload a batch: as small as they go
             return chosen
         count += 1
 
@@ -250,6 +250,14 @@ def merged(runs: list[list[dict]]) -> list[dict]:
             run.setdefault(r["workload"], []).append(r)
         latest.update(run)
     return [r for rs in latest.values() for r in rs]
+
+
+def not_yet_measured(order: list[str], runs: list[list[dict]], windows: int) -> list[str]:
+    """The workloads of ``order`` that no run measured all ``windows`` windows of (a failed start,
+    a machine taken back mid-run), in that order: the corpus goes on where its last command ended."""
+    done = {key for key in order for records in runs
+            if sum(1 for r in records if r["workload"] == key and r.get("window") is not None) >= windows}
+    return [key for key in order if key not in done]
 
 
 def summary(records: list[dict], windows: int) -> list[str]:
@@ -317,10 +325,17 @@ def write_block(doc: Path, name: str, text: str) -> None:
     doc.write_text(content[:start] + "\n" + text + "\n" + content[stop:])
 
 
+def read_runs(paths: list[str]) -> list[list[dict]]:
+    return [[json.loads(line) for line in Path(path).read_text().splitlines() if line] for path in paths]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", default="1", help="I: the I-th batch of --plan's; I/N: of N batches of about equal time")
     parser.add_argument("--only", help="these workloads (labels' keys, comma-separated) instead of a batch")
+    parser.add_argument("--after", nargs="+", metavar="JSONL",
+                        help="instead of a batch: every workload these runs have not measured, in --plan's order, "
+                             "as many as the budget allows")
     parser.add_argument("--out", default=os.environ.get("OUT", "/tmp/flopwatch-corpus"))
     parser.add_argument("--windows", type=int, default=3)
     parser.add_argument("--window", type=float, default=8.0, help="seconds per window")
@@ -343,8 +358,7 @@ def main() -> None:
             write_block(args.doc, "labels", "\n".join(labels_table()))
         return
     if args.merge:
-        records = merged([[json.loads(line) for line in Path(path).read_text().splitlines() if line]
-                          for path in args.merge])
+        records = merged(read_runs(args.merge))
         lines = summary(records, args.windows)
         print("\n".join(lines))
         if args.doc:
@@ -362,13 +376,16 @@ def main() -> None:
         print(f"{len(LABELS)} workloads × (start + {args.warmup:g} s + {args.windows} windows of {args.window:g} s): "
               f"~{total:.0f} s = {total / 60:.1f} min of device time in {len(batches)} commands")
         return
-    keys = args.only.split(",") if args.only else batches[int(index) - 1]
+    if args.after:
+        keys = not_yet_measured([k for batch in batches for k in batch], read_runs(args.after), args.windows)
+    else:
+        keys = args.only.split(",") if args.only else batches[int(index) - 1]
     unknown = [k for k in keys if k not in LABELS]
     if unknown:
         parser.error(f"no label for {', '.join(unknown)} (see tests/gpu/labels.py)")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    tag = "only" if args.only else f"batch-{index}of{len(batches)}"
+    tag = "after" if args.after else "only" if args.only else f"batch-{index}of{len(batches)}"
     started = time.monotonic()
     records: list[dict] = []
     with open(out / f"corpus-{tag}.jsonl", "w") as jsonl:

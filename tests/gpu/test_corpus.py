@@ -4,7 +4,7 @@ import ast
 from pathlib import Path
 
 from flopwatch.judge.diagnose import CAUSES
-from tests.gpu.corpus import estimate, merged, plan, read_windows, summary, window_record
+from tests.gpu.corpus import estimate, merged, not_yet_measured, plan, read_windows, summary, window_record
 from tests.gpu.labels import LABELS, PHASES, Label
 
 WORKLOADS = Path(__file__).parent / "workloads"
@@ -20,6 +20,17 @@ def test_the_batches_hold_every_workload_once_and_each_fits_a_command():
     batches = plan(windows=3, window_seconds=8.0, warmup=3.0, budget=540)
     assert sorted(k for b in batches for k in b) == sorted(LABELS)
     assert all(sum(estimate(k, 3, 8.0, 3.0) for k in b) <= 540 for b in batches)
+
+
+def test_the_corpus_goes_on_with_the_workloads_no_run_measured_every_window_of():
+    whole = [record("a", None, None), record("a", None, None), record("a", None, None)]
+    cut_short = [record("b", None, None)]
+    failed = [{"workload": "c", "expected": None, "window": None, "failed": "no first step", "right": False}]
+    assert not_yet_measured(["a", "b", "c", "d"], [whole, cut_short + failed], windows=3) == ["b", "c", "d"]
+
+
+def test_a_budget_shorter_than_a_workload_plans_one_workload_a_batch():
+    assert len(plan(windows=3, window_seconds=8.0, warmup=2.0, budget=5.0)) == len(LABELS)
 
 
 def test_windows_one_at_a_time_are_planned_half_a_second_longer_each():
