@@ -331,9 +331,10 @@ def read_runs(paths: list[str]) -> list[list[dict]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch", default="1", help="I: the I-th batch of --plan's; I/N: of N batches of about equal time")
-    parser.add_argument("--only", help="these workloads (labels' keys, comma-separated) instead of a batch")
-    parser.add_argument("--after", nargs="+", metavar="JSONL",
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--batch", default="1", help="I: the I-th batch of --plan's; I/N: of N batches of about equal time")
+    which.add_argument("--only", help="these workloads (labels' keys, comma-separated) instead of a batch")
+    which.add_argument("--after", nargs="+", metavar="JSONL",
                         help="instead of a batch: every workload these runs have not measured, in --plan's order, "
                              "as many as the budget allows")
     parser.add_argument("--out", default=os.environ.get("OUT", "/tmp/flopwatch-corpus"))
