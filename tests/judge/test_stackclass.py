@@ -97,6 +97,21 @@ def test_a_frame_whose_line_calls_os_read_is_a_file_read():
     assert read_stacks(recorded("file_read", code="return os.read(fd, 1 << 20)")).main == {"file_read": 1.0}
 
 
+def test_a_read_into_a_tensors_numpy_view_is_a_file_read_not_a_gpu_sync():
+    # The arguments run first; the thread stays in the outer call, the read.
+    reading = read_stacks(recorded("file_read", code="os.preadv(fd, [buffer.numpy()], offset)"))
+    assert reading.main == {"file_read": 1.0}
+
+
+def test_a_copy_to_the_host_inside_a_call_nothing_knows_is_still_a_gpu_sync():
+    assert read_stacks(recorded("file_read", code="arr = np.asarray(logits.cpu())")).main == {"gpu_sync": 1.0}
+
+
+def test_a_line_that_is_no_whole_statement_is_read_by_the_calls_in_its_text():
+    code = "    batch = f.readinto(buffer) if direct else (  # .item() later"
+    assert read_stacks(recorded("file_read", code=code)).main == {"file_read": 1.0}
+
+
 def test_loader_workers_are_read_by_their_main_thread_not_their_queue_feeder():
     reading = read_stacks(recorded("loader"))
     assert reading.strongest("workers") == ("data_loading", 0.897)  # the rest is its Queue.put

@@ -8,6 +8,8 @@ preparing input, whatever its CPU share says.
 
 from __future__ import annotations
 
+import ast
+import re
 from dataclasses import dataclass, replace
 from typing import Iterable, Mapping
 
@@ -97,11 +99,12 @@ _FUNCTIONS = {
     "synchronize": "gpu_sync",
     "accept": _EVENT_LOOP, "serve_forever": _EVENT_LOOP, "run_forever": _EVENT_LOOP, "_run_once": _EVENT_LOOP,
 }
-# What the innermost frame's line calls, when it calls into C (py-spy shows the calling line).
+# What the innermost frame's line calls, when it calls into C (py-spy shows the calling line): by
+# the called function's name, or by text where the line is not a whole statement.
 _CALLS = (
-    (("synchronize(", ".item()", ".cpu()", ".tolist()", ".numpy()"), "gpu_sync"),
-    (("readinto(", "pread(", "preadv(", "fromfile(", ".read(", "os.read(", "readline("), "file_read"),
-    (("select(", ".poll(", "accept(", "epoll"), _EVENT_LOOP),
+    (("synchronize", "item", "cpu", "tolist", "numpy"), "gpu_sync"),
+    (("read", "readv", "pread", "preadv", "readinto", "readline", "fromfile"), "file_read"),
+    (("select", "poll", "accept", "epoll", "epoll_wait"), _EVENT_LOOP),
 )
 
 
@@ -185,10 +188,38 @@ def frame_activity(frame: str, path: str, code: str = "") -> str | None:
     name = _function(frame)
     if name in _FUNCTIONS:
         return _FUNCTIONS[name]
-    for calls, activity in _CALLS:
-        if code and any(c in code for c in calls):
-            return activity
+    return line_activity(code) if code else None
+
+
+def line_activity(code: str) -> str | None:
+    """What a line of source calls into, the outermost call first: Python evaluates a call's
+    arguments before the call, so a thread found on the line for long is in the outer one
+    (``os.preadv(fd, [buffer.numpy()], offset)`` waits on the disk, not on the GPU)."""
+    for name in _called(code):
+        for calls, activity in _CALLS:
+            if name in calls:
+                return activity
     return None
+
+
+def _called(code: str) -> list[str]:
+    """The names of the functions a line calls, outer calls before those in their arguments; for a
+    line that is no whole statement (``for x in loader:``, a call's continuation), each name
+    followed by ``(`` in the text, in its order."""
+    try:
+        tree = ast.parse(code.strip())
+    except SyntaxError:
+        return re.findall(r"(\w+)\s*\(", code.split("#", 1)[0])
+    names, level = [], [tree]
+    while level:  # breadth first: a call before the calls in its arguments
+        names += [_callee(node) for node in level if isinstance(node, ast.Call)]
+        level = [child for node in level for child in ast.iter_child_nodes(node)]
+    return names
+
+
+def _callee(call: ast.Call) -> str:
+    func = call.func
+    return func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else ""
 
 
 def stack_activity(stack: StackShare) -> str:
