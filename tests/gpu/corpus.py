@@ -27,7 +27,7 @@ from typing import IO, Callable
 
 from flopwatch.thresholds import Thresholds
 from tests.gpu.gpus import wait_until_free
-from tests.gpu.labels import HOST_SIDE, LABELS, PHASES, Label
+from tests.gpu.labels import BUSY_CAUSES, HOST_SIDE, LABELS, PHASES, Label
 
 REPO = Path(__file__).resolve().parents[2]
 GPU = 0
@@ -161,6 +161,21 @@ def contributing_causes(finding: dict) -> list[str]:
     return [c.get("cause") if isinstance(c, dict) else c for c in finding.get("contributing") or []]
 
 
+def right_over_threshold(label: Label, r: dict) -> bool:
+    """A window over the threshold of a workload labelled with a waiting GPU's cause, read with no
+    page: nothing, or a ticket for the label's cause or a contributing one. Over the threshold the
+    agent's contract is no page, whatever the workload does under it."""
+    if (r.get("utilization_mean") or 0.0) < THRESHOLD or label.cause is None or label.cause in BUSY_CAUSES:
+        return False
+    return r.get("severity") != "page" and r.get("cause") in (None, label.cause, *label.contributing)
+
+
+def scored(r: dict, label: Label) -> dict:
+    """A window's record with ``right`` and ``right_by_label`` (the label's cause alone) by ``label``."""
+    strict = r.get("cause") == label.cause or (label.cause in PHASES and r.get("phase") == label.cause)
+    return dict(r, right=strict or right_over_threshold(label, r), right_by_label=strict)
+
+
 def window_record(key: str, label: Label, index: int, gpu: dict) -> dict:
     finding = gpu.get("finding") or {}
     evidence = finding.get("evidence") or {}
@@ -169,10 +184,9 @@ def window_record(key: str, label: Label, index: int, gpu: dict) -> dict:
     cause = finding.get("cause")
     phase = finding.get("phase") or evidence.get("phase")
     contributing = contributing_causes(finding)
-    return {
+    record = {
         "workload": key, "expected": label.cause, "window": index, "cause": cause, "phase": phase,
         "severity": finding.get("severity"), "confidence": finding.get("confidence"),
-        "right": cause == label.cause or (label.cause in PHASES and phase == label.cause),
         "contributing": contributing,
         "contributing_expected": list(label.contributing),
         "contributing_named": set(label.contributing) <= set(contributing) if label.contributing else None,
@@ -189,6 +203,7 @@ def window_record(key: str, label: Label, index: int, gpu: dict) -> dict:
         "culprit_named": label.names_culprit(frames) if label.cause in HOST_SIDE else None,
         "advice": finding.get("advice"),
     }
+    return scored(record, label)
 
 
 def measure(started: Started, out: Path, windows: int, window_seconds: float, warmup: float,
@@ -262,6 +277,9 @@ def not_yet_measured(order: list[str], runs: list[list[dict]], windows: int) -> 
 
 def summary(records: list[dict], windows: int) -> list[str]:
     """Per-workload table, confusion matrix and totals, as text lines."""
+    # Scored again by today's labels, so that runs merged from different days count alike.
+    records = [scored(r, LABELS[r["workload"]]) if r.get("window") is not None and r["workload"] in LABELS else r
+               for r in records]
     by_key: dict[str, list[dict]] = {}
     for r in records:
         by_key.setdefault(r["workload"], []).append(r)
@@ -285,6 +303,7 @@ def summary(records: list[dict], windows: int) -> list[str]:
     failed = sum(1 for r in records if r.get("window") is None)
     total = len(measured) + failed * windows
     right = sum(r["right"] for r in measured)
+    by_label = sum(r.get("right_by_label", r["right"]) for r in measured)
     healthy_pages = sum(1 for r in measured if r["expected"] is None and r.get("severity") == "page")
     high_pages = sum(1 for r in measured if r.get("severity") == "page"
                      and (r.get("utilization_mean") or 0.0) >= THRESHOLD)
@@ -294,6 +313,8 @@ def summary(records: list[dict], windows: int) -> list[str]:
     lines += ["",
               f"windows right: {right}/{total} = {right / max(total, 1):.1%}"
               + (f" ({failed} workload(s) failed to start, counted wrong)" if failed else ""),
+              f"  of them over the threshold with no page: {right - by_label}; by the label's cause alone: "
+              f"{by_label}/{total} = {by_label / max(total, 1):.1%}",
               f"pages on healthy work: {healthy_pages}",
               f"pages whose own window's utilization is ≥ {THRESHOLD}: {high_pages}",
               f"host-side windows whose stacks name the responsible function: {named_culprit}/{len(host)} = "

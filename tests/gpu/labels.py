@@ -9,6 +9,10 @@ A phase of a job's life (PHASES) is named like a cause: a workload that spends i
 weights is labelled ``loading_weights``, and a window is right when the finding names that phase,
 as its cause or as its ``phase``. ``contributing``: causes a complete finding names beside the
 primary one; scored apart, the primary alone decides whether a window is right.
+
+A label describes its workload under the threshold. A window that runs over it (a workload sized near
+the threshold, on a faster host) is right with no page: no finding, or a ticket for the label's cause
+or a contributing one. The scores say how many windows were right that way.
 """
 
 from __future__ import annotations
@@ -18,6 +22,10 @@ from dataclasses import dataclass
 PHASES = ("starting", "loading_weights", "compiling", "checkpointing", "evaluating", "exiting")
 HOST_SIDE = frozenset({"input_starved", "launch_bound", "io_bound", "host_transfer_bound", "held_idle", "low_demand",
                        *PHASES})
+# What the rules over the threshold name (judge/diagnose.py's BUSY): tickets on a busy GPU. Any other
+# label's cause is a waiting GPU's, which a window over the threshold cannot show.
+BUSY_CAUSES = frozenset({"power_capped", "thermal_throttled", "clocks_capped", "communication_bound", "memory_bound",
+                         "no_tensor_cores", "contention"})
 
 
 @dataclass(frozen=True)

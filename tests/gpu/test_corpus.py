@@ -72,6 +72,40 @@ def test_the_expected_contributing_cause_is_scored_apart_from_the_primary():
     assert not window_record("w", label, 0, {"finding": {"cause": "launch_bound"}})["contributing_named"]
 
 
+STARVED = Label("input_starved", (), "", contributing=("memory_bound",))
+
+
+def test_a_window_over_the_threshold_with_no_finding_is_right_for_a_waiting_gpus_label_but_not_by_its_cause():
+    record = window_record("w", STARVED, 0, {"utilization": 0.64, "finding": None})
+    assert (record["right"], record["right_by_label"]) == (True, False)
+
+
+def test_a_window_over_the_threshold_with_a_ticket_for_a_contributing_cause_is_right():
+    gpu = {"utilization": 0.61, "finding": {"cause": "memory_bound", "severity": "ticket"}}
+    assert window_record("w", STARVED, 0, gpu)["right"]
+
+
+def test_a_page_over_the_threshold_is_never_right_by_the_threshold():
+    gpu = {"utilization": 0.65, "finding": {"cause": "launch_bound", "severity": "page"}}
+    assert not window_record("w", STARVED, 0, gpu)["right"]
+
+
+def test_no_finding_under_the_threshold_is_wrong_for_a_waiting_gpus_label():
+    assert not window_record("w", STARVED, 0, {"utilization": 0.59, "finding": None})["right"]
+
+
+def test_no_finding_over_the_threshold_is_wrong_for_a_busy_gpus_label():
+    label = Label("no_tensor_cores", (), "")
+    assert not window_record("w", label, 0, {"utilization": 0.95, "finding": None})["right"]
+
+
+def test_the_totals_say_how_many_windows_were_right_over_the_threshold_and_the_score_by_the_cause_alone():
+    lines = summary([record("tokenizer_in_loop", "input_starved", None, utilization=0.64),
+                     record("tokenizer_in_loop", "input_starved", "input_starved", "page")], windows=2)
+    assert "windows right: 2/2 = 100.0%" in lines
+    assert "  of them over the threshold with no page: 1; by the label's cause alone: 1/2 = 50.0%" in lines
+
+
 def test_a_page_on_healthy_work_is_counted():
     lines = summary([record("healthy", None, "memory_bound", "page", utilization=0.9)], windows=1)
     assert "pages on healthy work: 1" in lines
