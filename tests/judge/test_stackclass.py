@@ -112,6 +112,10 @@ def test_a_line_that_is_no_whole_statement_is_read_by_the_calls_in_its_text():
     assert read_stacks(recorded("file_read", code=code)).main == {"file_read": 1.0}
 
 
+def test_a_line_with_a_null_byte_is_read_by_its_text():
+    assert read_stacks(recorded("file_read", code="n = f.readinto(buf)\x00")).main == {"file_read": 1.0}
+
+
 def test_loader_workers_are_read_by_their_main_thread_not_their_queue_feeder():
     reading = read_stacks(recorded("loader"))
     assert reading.strongest("workers") == ("data_loading", 0.897)  # the rest is its Queue.put

@@ -208,7 +208,7 @@ def _called(code: str) -> list[str]:
     followed by ``(`` in the text, in its order."""
     try:
         tree = ast.parse(code.strip())
-    except SyntaxError:
+    except (SyntaxError, ValueError):  # ValueError: a null byte, on Python 3.10
         return re.findall(r"(\w+)\s*\(", code.split("#", 1)[0])
     names, level = [], [tree]
     while level:  # breadth first: a call before the calls in its arguments
