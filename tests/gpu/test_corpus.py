@@ -5,7 +5,7 @@ from pathlib import Path
 
 from flopwatch.judge.diagnose import CAUSES
 from tests.gpu.corpus import estimate, merged, not_yet_measured, plan, read_windows, summary, window_record
-from tests.gpu.labels import LABELS, PHASES, Label
+from tests.gpu.labels import BUSY_CAUSES, LABELS, PHASES, Label
 
 WORKLOADS = Path(__file__).parent / "workloads"
 
@@ -140,6 +140,10 @@ def test_a_stack_names_the_culprit_by_a_frame_holding_a_responsible_function():
 def test_every_label_names_a_cause_of_the_taxonomy_or_a_phase():
     named = {label.cause for label in LABELS.values()} | {c for label in LABELS.values() for c in label.contributing}
     assert named - {None} <= set(CAUSES) | set(PHASES)
+
+
+def test_the_busy_gpus_causes_are_causes_of_the_taxonomy():
+    assert BUSY_CAUSES <= set(CAUSES)
 
 
 def test_every_label_runs_workloads_that_exist():
