@@ -12,6 +12,7 @@ Each window is one JSON line in DIR/corpus-<batch>.jsonl; the workloads' output 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -30,6 +31,7 @@ from tests.gpu.gpus import wait_until_free
 from tests.gpu.labels import BUSY_CAUSES, HOST_SIDE, LABELS, PHASES, Label
 
 REPO = Path(__file__).resolve().parents[2]
+AGENT = REPO / "agent" / "flopwatch"
 GPU = 0
 THRESHOLD = Thresholds().utilization_threshold  # what the windows are read with
 
@@ -176,7 +178,17 @@ def scored(r: dict, label: Label) -> dict:
     return dict(r, right=strict or right_over_threshold(label, r), right_by_label=strict)
 
 
-def window_record(key: str, label: Label, index: int, gpu: dict) -> dict:
+def agent_digest(root: Path = AGENT) -> str:
+    """The agent's code as a short digest of its Python files (paths and contents): the windows of
+    runs made on different days, on machines without git, count as one agent's when it matches."""
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        if "__pycache__" not in path.parts:
+            digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:12]
+
+
+def window_record(key: str, label: Label, index: int, gpu: dict, agent: str | None = None) -> dict:
     finding = gpu.get("finding") or {}
     evidence = finding.get("evidence") or {}
     stacks = evidence.get("stacks") or []
@@ -202,6 +214,7 @@ def window_record(key: str, label: Label, index: int, gpu: dict) -> dict:
         "stacks_unavailable": evidence.get("stacks_unavailable"),
         "culprit_named": label.names_culprit(frames) if label.cause in HOST_SIDE else None,
         "advice": finding.get("advice"),
+        "agent": agent,
     }
     return scored(record, label)
 
@@ -216,11 +229,12 @@ def measure(started: Started, out: Path, windows: int, window_seconds: float, wa
     try:
         failure = wait_ready(started.procs, logs, key, timeout=2 * label.start_seconds + 30)
         if failure:
-            return [{"workload": key, "expected": label.cause, "window": None, "failed": failure, "right": False}], None
+            return [{"workload": key, "expected": label.cause, "window": None, "failed": failure, "right": False,
+                     "agent": agent_digest()}], None
         nxt = launch(following, logs) if following else None
         time.sleep(warmup)
         readings = read_windows(windows, window_seconds, staggered)
-        return [window_record(key, label, i, gpu) for i, gpu in enumerate(readings)], nxt
+        return [window_record(key, label, i, gpu, agent_digest()) for i, gpu in enumerate(readings)], nxt
     finally:
         stop(started.procs)
 
@@ -325,6 +339,10 @@ def summary(records: list[dict], windows: int) -> list[str]:
         lines.append(f"windows naming the expected contributing cause(s): {named}/{len(sharing)}")
     why_not = Counter(r["stacks_unavailable"] for r in host if r.get("stacks_unavailable"))
     lines += [f"  no stacks, {reason}: {n} window(s)" for reason, n in why_not.most_common()]
+    agents: Counter[str] = Counter()
+    for r in records:  # a workload that failed to start counts its windows, as in the total
+        agents[r.get("agent") or "not recorded"] += 1 if r.get("window") is not None else windows
+    lines.append("agent (digest of its code): " + ", ".join(f"{a} {n} window(s)" for a, n in agents.most_common()))
     return lines
 
 

@@ -4,7 +4,7 @@ import ast
 from pathlib import Path
 
 from flopwatch.judge.diagnose import CAUSES
-from tests.gpu.corpus import estimate, merged, not_yet_measured, plan, read_windows, summary, window_record
+from tests.gpu.corpus import agent_digest, estimate, merged, not_yet_measured, plan, read_windows, summary, window_record
 from tests.gpu.labels import BUSY_CAUSES, LABELS, PHASES, Label
 
 WORKLOADS = Path(__file__).parent / "workloads"
@@ -154,3 +154,23 @@ def test_every_label_runs_workloads_that_exist():
                 defined |= {element.id for element in node.value.elts}
     used = {name.partition(" x")[0] for key in LABELS for name in key.split("+")}
     assert used <= defined
+
+
+def test_the_agents_digest_changes_with_its_code_and_not_with_its_caches(tmp_path):
+    (tmp_path / "judge").mkdir()
+    (tmp_path / "judge" / "rules.py").write_text("THRESHOLD = 0.6\n")
+    before = agent_digest(tmp_path)
+    (tmp_path / "judge" / "__pycache__").mkdir()
+    (tmp_path / "judge" / "__pycache__" / "rules.py").write_text("compiled")
+    assert agent_digest(tmp_path) == before
+    (tmp_path / "judge" / "rules.py").write_text("THRESHOLD = 0.5\n")
+    assert agent_digest(tmp_path) != before
+
+
+def test_the_totals_say_which_agent_read_how_many_windows():
+    records = [dict(record("a", None, None), agent="aaa"), dict(record("b", None, None), agent="aaa"),
+               record("c", None, None),
+               {"workload": "d", "expected": None, "window": None, "failed": "no first step", "right": False,
+                "agent": "bbb"}]
+    assert summary(records, windows=3)[-1] == \
+        "agent (digest of its code): bbb 3 window(s), aaa 2 window(s), not recorded 1 window(s)"
