@@ -20,7 +20,7 @@ from flopwatch.outputs.alerting import STACKS_ANNOTATION_CHARS, annotations
 from flopwatch.commands.build import VirtualClock, build_agent
 from flopwatch.config import Config, StacksConfig
 from flopwatch.model import Finding, StackProfile, StackShare
-from flopwatch.sources.stacks import StackSampler, find_py_spy, ptrace_denied, read_source_line
+from flopwatch.sources.stacks import StackSampler, find_py_spy, parse_records, ptrace_denied, read_source_line
 from flopwatch.judge.evidence import evidence_document
 from flopwatch.judge.stackclass import read_stacks
 from flopwatch.outputs.status_document import status_document
@@ -242,6 +242,21 @@ def test_a_phase_spread_over_many_short_stacks_is_read_from_every_stack_sampled(
     profile = StackSampler(StacksConfig(), binary=binary, ptrace_check=lambda: None).sample((7,))
     assert (len(profile.stacks), len(profile.sampled)) == (8, 20)
     assert read_stacks(profile).share("main", "starting") == 1.0
+
+def test_the_gpu_processs_own_threads_are_shown_before_its_workers_and_a_workers_watchdog_not_at_all():
+    # A compiled model's first backward: the main thread waits in it, autograd's thread compiles it
+    # (in many short stacks); three compile workers each have a watchdog thread at 100 %.
+    main = 'process 7:"python3 train.py";thread (7): MainThread;<module> (/train.py:1);backward (/t/autograd.py:9) 90'
+    autograd = [f'process 7:"python3 train.py";thread (0x7f01);backward (/t/aot.py:3);'
+                f'lower_{i} (/t/_inductor/x.py:{i}) 10' for i in range(9)]
+    workers = [line for pid in (20, 21, 22) for line in (
+        f'process {pid}:"python3 -m compile_worker";thread ({pid}): MainThread;get (/q.py:1) 90',
+        f'process {pid}:"python3 -m compile_worker";thread (0x{pid}): Thread-2 (run);run (/utils.py:30) 90')]
+    profile = parse_records([(7, "\n".join(workers + [main] + autograd))], (7,))
+    assert [(s.pid, s.thread) for s in profile.stacks] == [(7, "MainThread")] + [(7, "0x7f01")] * 7
+    assert all(s.thread != "Thread-2 (run)" for s in profile.stacks)
+    assert len(profile.sampled) == 16
+
 
 # -- the real py-spy on real processes -----------------------------------------------------------
 

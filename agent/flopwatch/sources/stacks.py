@@ -124,9 +124,14 @@ def parse_records(outputs: Sequence[tuple[int, str]], pids: Iterable[int], setti
         code = source_line(pid, parsed[0]["path"], int(parsed[0]["line"])) if parsed and parsed[0] else ""
         stacks.append(StackShare(share=round(share, 3), frames=shown, thread=thread, pid=pid, paths=paths,
                                  code=code))
-    # The GPU processes' main threads lead: they are the ones that feed the GPU.
-    stacks.sort(key=lambda s: (not (s.pid in pids and s.thread == "MainThread"), -s.share))
-    shown = [s for s in stacks if s.share >= settings.min_share][:settings.top_stacks]
+    # The GPU processes' main threads lead: they are the ones that feed the GPU. Their other threads
+    # (autograd's, which runs a backward pass and compiles it; a loader's pin thread) come next, then
+    # their children's main threads (loader and compile workers). A child's other threads only ferry
+    # its results back or watch its parent (a queue's feeder, a compile pool's watchdog, one at 100 %
+    # in every compile worker): shown, they would push a worker's real work out of the top stacks.
+    stacks.sort(key=lambda s: (s.pid not in pids, s.thread != "MainThread" if s.pid in pids else 0, -s.share))
+    shown = [s for s in stacks if s.share >= settings.min_share and (s.pid in pids or s.thread == "MainThread")]
+    shown = shown[:settings.top_stacks]
     return StackProfile(pids=pids, samples=sum(per_thread.values()), stacks=tuple(shown), sampled=tuple(stacks))
 
 
