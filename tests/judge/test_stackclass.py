@@ -273,6 +273,16 @@ def test_weak_stack_evidence_leaves_the_cause_and_attaches_the_stacks():
     assert (result.cause, result.confidence, result.stacks) == ("input_starved", 0.6, profile)
 
 
+def test_the_evidence_holds_every_stack_sampled_by_activity_for_each_part_of_the_job():
+    # Twenty short stacks of one thread each under the 5 % shown: the shares still count them.
+    engine = [f'process 4242:"python3 train.py";thread (770);backward ({SITE}/torch/_functorch/x.py:1);'
+              f'compile_fx_inner ({SITE}/torch/_inductor/compile_fx.py:{i}) 1' for i in range(20)]
+    text = "\n".join([f'process 4242:"python3 train.py";thread (4242): MainThread;{BACKWARD} 20',
+                      'process 4242:"python3 train.py";thread (770) 20', *engine])
+    result = corroborate(finding("input_starved"), parse_raw(text, (4242,)))
+    assert result.evidence["stack_activities"] == {"main": {"model": 1.0}, "threads": {"compiling": 0.5, "other": 0.5}}
+
+
 def test_stacks_that_could_not_be_taken_are_attached_with_the_reason():
     result = corroborate(finding("unknown"), StackProfile(pids=(1,), samples=0, unavailable="simulated"))
     assert result.stacks.unavailable == "simulated"

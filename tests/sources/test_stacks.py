@@ -504,6 +504,11 @@ def test_the_alerts_stacks_annotation_is_one_short_line():
     assert len(text) == STACKS_ANNOTATION_CHARS and text.startswith("62 % in fff") and "\n" not in text
 
 
+def test_the_alerts_evidence_line_holds_plain_figures_only():
+    finding = replace(STARVED, evidence={"utilization": 0.2, "stack_activities": {"main": {"tokenizing": 0.62}}})
+    assert annotations(tick(0.0, finding=finding).gpus[0], "http://node1:9765/")["evidence"] == "utilization=0.2"
+
+
 def test_the_alert_says_why_stacks_are_missing():
     finding = replace(STARVED, stacks=StackProfile(pids=(1,), samples=0, unavailable="simulated"))
     assert annotations(tick(0.0, finding=finding).gpus[0], "")["stacks"] == "unavailable: simulated"

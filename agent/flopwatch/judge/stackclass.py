@@ -313,6 +313,12 @@ def read_stacks(profile: StackProfile, ran_script: Iterable[int] = ()) -> StackR
                         training=round(sum(training.values()) / max(len(main), 1), 3), scripts=scripts)
 
 
+def activities(r: StackReading) -> dict[str, dict[str, float]]:
+    """Each part's shares by activity, the larger first, a share under 1 % left out."""
+    parts = {part: sorted(getattr(r, part).items(), key=lambda kv: -kv[1]) for part in ("main", "threads", "workers")}
+    return {part: {a: round(v, 2) for a, v in shares if v >= 0.01} for part, shares in parts.items() if shares}
+
+
 def _mean(parts: list[dict[str, float]]) -> dict[str, float]:
     keys = {k for p in parts for k in p}
     return {k: round(sum(p.get(k, 0.0) for p in parts) / len(parts), 3) for k in keys}
@@ -459,17 +465,20 @@ def corroborate(finding: Finding | None, profile: StackProfile | None, reading: 
         return replace(finding, stacks=profile)
     if during is None:
         during = GpuDuring(finding.evidence.get("utilization") or 0.0, 1.0)
-    verdict = _verdict(finding.cause, reading or read_stacks(profile), during, trained, going_on)
+    reading = reading or read_stacks(profile)
+    # Every stack sampled, by activity: the stacks shown are only the top few of each thread.
+    evidence = {**finding.evidence, "stack_activities": activities(reading)}
+    verdict = _verdict(finding.cause, reading, during, trained, going_on)
     if verdict is None:
-        return replace(finding, stacks=profile)
+        return replace(finding, stacks=profile, evidence=evidence)
     cause, said = verdict
     if cause == finding.cause:
         return replace(finding, stacks=profile, confidence=round(min(finding.confidence + 0.15, 0.95), 2),
-                       evidence={**finding.evidence, "stacks_agree": said})
+                       evidence={**evidence, "stacks_agree": said})
     # What contributed beside the counters' cause (sharing, DRAM, clocks) holds beside the stacks' too.
     return Finding(cause=cause, severity="ticket" if cause == "low_demand" or cause in PHASES else "page",
                    confidence=0.75,
-                   evidence={**finding.evidence, "stacks_corrected_from": finding.cause, "stacks_say": said},
+                   evidence={**evidence, "stacks_corrected_from": finding.cause, "stacks_say": said},
                    advice=ADVICE[cause], summary=SUMMARY[cause], stacks=profile,
                    contributing=tuple(c for c in finding.contributing if c.cause != cause))
 

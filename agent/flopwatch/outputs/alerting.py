@@ -142,7 +142,8 @@ def annotations(gpu: GpuView, generator_url: str) -> dict[str, str]:
     utilization = gpu.figures.utilization
     evidence = {"utilization": round(utilization, 3) if utilization is not None else None}
     if finding is not None:
-        evidence.update(finding.evidence)
+        # Plain figures only: nested ones (the stacks' shares by activity) stay in status and the history.
+        evidence.update({k: v for k, v in finding.evidence.items() if not isinstance(v, dict)})
     return {
         "summary": (finding.summary if finding and finding.summary
                     else f"GPU {gpu.figures.index} under-utilized"),
