@@ -243,6 +243,7 @@ def test_a_phase_spread_over_many_short_stacks_is_read_from_every_stack_sampled(
     assert (len(profile.stacks), len(profile.sampled)) == (8, 20)
     assert read_stacks(profile).share("main", "starting") == 1.0
 
+
 def test_the_gpu_processs_own_threads_are_shown_before_its_workers_and_a_workers_watchdog_not_at_all():
     # A compiled model's first backward: the main thread waits in it, autograd's thread compiles it
     # (in many short stacks); three compile workers each have a watchdog thread at 100 %.

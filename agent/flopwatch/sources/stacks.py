@@ -129,9 +129,11 @@ def parse_records(outputs: Sequence[tuple[int, str]], pids: Iterable[int], setti
     # their children's main threads (loader and compile workers). A child's other threads only ferry
     # its results back or watch its parent (a queue's feeder, a compile pool's watchdog, one at 100 %
     # in every compile worker): shown, they would push a worker's real work out of the top stacks.
-    stacks.sort(key=lambda s: (s.pid not in pids, s.thread != "MainThread" if s.pid in pids else 0, -s.share))
-    shown = [s for s in stacks if s.share >= settings.min_share and (s.pid in pids or s.thread == "MainThread")]
-    shown = shown[:settings.top_stacks]
+    def rank(s: StackShare) -> int:  # 0 a GPU process's main thread, 1 its others; 2, 3 a child's
+        return (s.pid not in pids) * 2 + (s.thread != "MainThread")
+
+    stacks.sort(key=lambda s: (rank(s), -s.share))
+    shown = [s for s in stacks if s.share >= settings.min_share and rank(s) < 3][:settings.top_stacks]
     return StackProfile(pids=pids, samples=sum(per_thread.values()), stacks=tuple(shown), sampled=tuple(stacks))
 
 
