@@ -220,9 +220,10 @@ def window_record(key: str, label: Label, index: int, gpu: dict, agent: str | No
 
 
 def measure(started: Started, out: Path, windows: int, window_seconds: float, warmup: float,
-            following: str | None = None, staggered: bool = True) -> tuple[list[dict], Started | None]:
+            following: str | None = None, staggered: bool = True,
+            agent: str | None = None) -> tuple[list[dict], Started | None]:
     """``started``'s windows, and the ``following`` workload launched (held at its gate) once this
-    one is ready, so that its start-up overlaps these windows."""
+    one is ready, so that its start-up overlaps these windows; ``agent``: agent_digest(), recorded."""
     key, label = started.key, LABELS[started.key]
     logs = out / "logs"
     go(started)
@@ -230,11 +231,11 @@ def measure(started: Started, out: Path, windows: int, window_seconds: float, wa
         failure = wait_ready(started.procs, logs, key, timeout=2 * label.start_seconds + 30)
         if failure:
             return [{"workload": key, "expected": label.cause, "window": None, "failed": failure, "right": False,
-                     "agent": agent_digest()}], None
+                     "agent": agent}], None
         nxt = launch(following, logs) if following else None
         time.sleep(warmup)
         readings = read_windows(windows, window_seconds, staggered)
-        return [window_record(key, label, i, gpu, agent_digest()) for i, gpu in enumerate(readings)], nxt
+        return [window_record(key, label, i, gpu, agent) for i, gpu in enumerate(readings)], nxt
     finally:
         stop(started.procs)
 
@@ -427,6 +428,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     tag = "after" if args.after else "only" if args.only else f"batch-{index}of{len(batches)}"
     started = time.monotonic()
+    agent = agent_digest()
     records: list[dict] = []
     with open(out / f"corpus-{tag}.jsonl", "w") as jsonl:
         waiting: Started | None = None
@@ -440,7 +442,7 @@ def main() -> None:
                 continue
             following = keys[i + 1] if i + 1 < len(keys) else None
             window_records, waiting = measure(current or launch(key, out / "logs"), out, args.windows, args.window,
-                                              args.warmup, following, staggered)
+                                              args.warmup, following, staggered, agent)
             for r in window_records:
                 records.append(r)
                 jsonl.write(json.dumps(r, default=str) + "\n")
