@@ -238,6 +238,14 @@ def test_a_healthy_jobs_short_stall_whose_dip_sample_shows_no_phase_is_not_charg
     assert run(30).wasted_seconds == {"unknown": 5.0}
 
 
+def test_a_page_on_the_gpus_own_work_shows_each_sharers_stacks_and_keeps_its_cause():
+    # Two jobs time-slicing the GPU, one of them compiling: the page is about both jobs' code.
+    _, run = agent("contention", stacks=lambda wall: ScriptedStacks(wall, lambda now: "compiling"))
+    gpu = run(40)
+    assert gpu.finding.cause == "contention"
+    assert len(gpu.finding.stacks.pids) == 2
+
+
 class Unreadable(ScriptedStacks):
     """py-spy cannot read the job, for ``reason``, at the tries ``when(try, wall seconds after 1.8e9)`` says."""
 

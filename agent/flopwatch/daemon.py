@@ -25,8 +25,8 @@ from flopwatch.judge.diagnose import PHASES, DiagnosisState, diagnose, primary
 from flopwatch.judge.ledger import Charge, WasteLedger
 from flopwatch.judge.regime import Change, GpuTick, RegimeTracker, phase_onset
 from flopwatch.judge.signals import Peers, Tick, TickWindow, job_peers, loader_saturated_pids, signals
-from flopwatch.judge.stackclass import (TRAINING_SEEN, GpuDuring, StackReading, corroborate, gpu_during,
-                                        phase_shown, phase_turn, read_stacks, stack_summary)
+from flopwatch.judge.stackclass import (HOST_SIDE, TRAINING_SEEN, GpuDuring, StackReading, corroborate,
+                                        gpu_during, phase_shown, phase_turn, read_stacks, stack_summary)
 from flopwatch.judge.tokencost import Prices, TokenAccount
 from flopwatch.model import (AgentState, Allocation, Finding, GpuFigures, GpuSample, GpuState, HostSample, PodContainer, ProcessView,
                              StackProfile, TokenCount)
@@ -35,9 +35,6 @@ from flopwatch.thresholds import Thresholds
 log = logging.getLogger(__name__)
 
 _ALONE = Peers()  # a GPU sharing no job with another
-# Causes on the host's side of the GPU: the culprit's Python stacks can say what it does instead.
-HOST_SIDE = frozenset({"input_starved", "launch_bound", "io_bound", "host_transfer_bound", "held_idle",
-                       "low_demand", "unknown", *PHASES})
 _DIP = "dip"  # what a sample is asked for when a healthy segment's GPU falls under the threshold
 
 
@@ -400,10 +397,10 @@ class Agent:
         return per.ledger.new_segment(change.start, per.cause_in_force)
 
     def _with_stacks(self, per: _PerGpu, sample: GpuSample, finding: Finding | None, under: bool) -> Finding | None:
-        """The finding, corroborated by its processes' stacks where a host-side cause is current:
-        asked for once per cause, set of processes and segment, taken off this thread, attached
-        when done. A phase of a job's life passes: while one is named, they are asked for again
-        every ``phase_interval_seconds`` to see it end."""
+        """The finding, corroborated by its processes' stacks where a host-side cause is current
+        (shown beside any other page): asked for once per cause, set of processes and segment,
+        taken off this thread, attached when done. A phase of a job's life passes: while one is
+        named, they are asked for again every ``phase_interval_seconds`` to see it end."""
         per.stacks_pending = False
         # A job's first seconds (imports, CUDA start-up) are often over by the time its segment is
         # named, and py-spy takes seconds more: new processes under the threshold are sampled at once.
@@ -415,8 +412,11 @@ class Agent:
         # So is a healthy job's GPU falling under the threshold: a checkpoint or an evaluation of a
         # few seconds is over by the time its segment is named (five ticks) and py-spy is done.
         dip = finding is None and per.named and under and bool(sample.processes)
-        host_side = finding is not None and finding.cause in HOST_SIDE
-        if self.stacks is None or not (starting or healthy or dip or host_side):
+        # Every page shows whose code it is about: a decode loop's line beside memory_bound, each
+        # sharer's beside contention; the stacks judge only a host-side cause.
+        judged = finding is None or finding.cause in HOST_SIDE
+        paged = finding is not None and (finding.cause in HOST_SIDE or finding.severity == "page")
+        if self.stacks is None or not (starting or healthy or dip or paged):
             return finding
         if per.culprits[0] is not sample.processes:
             per.culprits = (sample.processes, _culprits(sample))
@@ -496,9 +496,9 @@ class Agent:
             # another job's, too old, from before the GPU's work changed; or, while the next is
             # taken, a failed one or one taken for the verdict before
             profile = None
-        # A sample being taken is waited for where there is none (in a phase, _phase_until says
-        # which ticks wait for the next).
-        per.stacks_pending = profile is None and taking
+        # A sample being taken is waited for where there is none and it may change the verdict (in
+        # a phase, _phase_until says which ticks wait for the next).
+        per.stacks_pending = profile is None and taking and judged
         return self._corroborated(per, finding, profile)
 
     def _corroborated(self, per: _PerGpu, finding: Finding | None, profile: StackProfile | None) -> Finding | None:

@@ -283,6 +283,17 @@ def test_the_evidence_holds_every_stack_sampled_by_activity_for_each_part_of_the
     assert result.evidence["stack_activities"] == {"main": {"model": 1.0}, "threads": {"compiling": 0.5, "other": 0.5}}
 
 
+@pytest.mark.parametrize("cause", ["memory_bound", "contention", "waiting_on_peers"])
+def test_stacks_beside_a_cause_of_the_gpus_own_work_are_shown_and_judge_nothing(cause):
+    # A decode loop bound by DRAM runs its model's forward on the main thread, as a launch-bound one
+    # does; a sharer may be compiling: the counters' cause stands, the stacks show whose code it is.
+    for stacks in ((FORWARD, 30), (COMPILE, 30)):
+        profile = raw(stacks)
+        result = corroborate(finding(cause), profile)
+        assert (result.cause, result.confidence, result.stacks) == (cause, 0.6, profile)
+        assert "stack_activities" in result.evidence
+
+
 def test_stacks_that_could_not_be_taken_are_attached_with_the_reason():
     result = corroborate(finding("unknown"), StackProfile(pids=(1,), samples=0, unavailable="simulated"))
     assert result.stacks.unavailable == "simulated"

@@ -37,6 +37,11 @@ ACTIVITIES = {
     "exiting": "exiting (atexit handlers, interpreter finalization)",
 }
 
+# Causes on the host's side of the GPU: the culprit's Python stacks can say what it does instead.
+# Under the others (the GPU's own work, its sharing, the collectives) they show whose code the
+# finding is about, and judge nothing.
+HOST_SIDE = frozenset({"input_starved", "launch_bound", "io_bound", "host_transfer_bound", "held_idle",
+                       "low_demand", "unknown", *PHASES})
 FEEDING = ("data_loading", "tokenizing", "loader_wait")
 STRONG = 0.5  # a thread spending at least this share of its samples in one activity
 # The thread that launches the model prepares its input for at least this share of its samples:
@@ -468,7 +473,7 @@ def corroborate(finding: Finding | None, profile: StackProfile | None, reading: 
     reading = reading or read_stacks(profile)
     # Every stack sampled, by activity: the stacks shown are only the top few of each thread.
     evidence = {**finding.evidence, "stack_activities": activities(reading)}
-    verdict = _verdict(finding.cause, reading, during, trained, going_on)
+    verdict = _verdict(finding.cause, reading, during, trained, going_on) if finding.cause in HOST_SIDE else None
     if verdict is None:
         return replace(finding, stacks=profile, evidence=evidence)
     cause, said = verdict
