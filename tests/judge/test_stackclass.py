@@ -226,6 +226,10 @@ COMPILE = (f"{TRAIN_LOOP};_fn ({SITE}/torch/_dynamo/eval_frame.py:655);"
            f"compile_fx ({SITE}/torch/_inductor/compile_fx.py:1873);subs ({SITE}/sympy/core/basic.py:1044)")
 COMPILED_STEP = (f"{TRAIN_LOOP};_fn ({SITE}/torch/_dynamo/eval_frame.py:655);"
                  f"forward ({SITE}/torch/_inductor/output_code.py:460);call (/tmp/torchinductor_ada/ab/cab.py:120)")
+FIRST_CALL = (f"{TRAIN_LOOP};_fn ({SITE}/torch/_dynamo/eval_frame.py:655);"
+              f"runtime_wrapper ({SITE}/torch/_functorch/_aot_autograd/runtime_wrappers.py:340);"
+              f"_AnalyzeCustomOpInputOutputMode.__torch_dispatch__ ({SITE}/torch/_functorch/_aot_autograd/runtime_wrappers.py:409);"
+              f"OpOverload.__call__ ({SITE}/torch/_ops.py:865)")
 IMPORTS = (f"<module> (/home/ada/train.py:3);_find_and_load (<frozen importlib._bootstrap>:1176);"
            f"_load_unlocked (<frozen importlib._bootstrap>:690);<module> ({SITE}/torch/nn/modules/conv.py:1)")
 CUDA_INIT = f"{TRAIN_LOOP};_lazy_init ({SITE}/torch/cuda/__init__.py:319)"
@@ -233,7 +237,7 @@ CUDA_INIT = f"{TRAIN_LOOP};_lazy_init ({SITE}/torch/cuda/__init__.py:319)"
 
 @pytest.mark.parametrize("stack, cause", [
     (LOAD, "loading_weights"), (SAFETENSORS, "loading_weights"), (SAVE, "checkpointing"),
-    (COMPILE, "compiling"), (IMPORTS, "starting"), (CUDA_INIT, "starting"),
+    (COMPILE, "compiling"), (FIRST_CALL, "compiling"), (IMPORTS, "starting"), (CUDA_INIT, "starting"),
 ])
 def test_a_main_thread_in_a_phase_of_the_jobs_life_names_the_phase(stack, cause):
     result = corroborate(finding("io_bound"), raw((stack, 30), (FORWARD, 5)))

@@ -133,6 +133,9 @@ _PHASE_FRAMES = (
     ("compiling", "torch/nn/modules/module.py", ("compile",)),
     ("compiling", "torch/_inductor/", ("compile_fx", "compile_fx_inner", "fx_codegen_and_compile", "autotune",
                                        "benchmark_example_value", "precompile")),
+    # A compiled graph's first call runs under a mode that checks its custom ops' aliasing
+    # (AOTAutograd's cold start, never again for that graph): the last step of compiling it.
+    ("compiling", "_AnalyzeCustomOpInputOutputMode", ("__torch_dispatch__",)),
     ("compiling", "triton/runtime/autotuner.py", ("_bench", "benchmark", "prune_configs", "run")),
     ("compiling", "tensorrt", ("build_serialized_network", "build_engine")),
     ("compiling", "torch/onnx/", ("export",)),
