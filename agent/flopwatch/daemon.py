@@ -415,7 +415,7 @@ class Agent:
         # Every page shows whose code it is about: a decode loop's line beside memory_bound, each
         # sharer's beside contention; the stacks judge only a host-side cause.
         judged = finding is None or finding.cause in HOST_SIDE
-        paged = finding is not None and (finding.cause in HOST_SIDE or finding.severity == "page")
+        paged = finding is not None and (judged or finding.severity == "page")
         if self.stacks is None or not (starting or healthy or dip or paged):
             return finding
         if per.culprits[0] is not sample.processes:
