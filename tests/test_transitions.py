@@ -17,7 +17,7 @@ from flopwatch.thresholds import Thresholds
 from flopwatch.model import StackProfile, StackShare
 from flopwatch.sources import simulated
 from flopwatch.sources.stacks import StackSampler
-from tests.sources.test_stacks import stand_in
+from tests.sources.test_stacks import counting, stand_in
 
 
 def agent(first: str, sinks=(), stacks=None, before_tick=None, settle_seconds=0.0):
@@ -179,7 +179,7 @@ class SampledOverTime(ScriptedStacks):
         if key in self.asked:
             return False
         if self.wall.now - self.last < (2.5 if phase else 10.0 if new_segment else 600.0):
-            return not phase
+            return not (phase or new_segment)
         self.asked[key], self.last = (self.wall.now, tuple(pids)), self.wall.now
         return True
 
@@ -551,6 +551,20 @@ def test_a_new_jobs_first_seconds_are_seen_by_a_stack_sample_taken_as_its_proces
     # turn, and the edge falls between the two samples; the last 2 s wait for the next (a tick
     # is a sample's when its middle is nearer it than the next).
     assert gpu.wasted_seconds == {"idle": 20.0, "starting": 3.0, "loading_weights": 15.0}
+
+
+def test_a_stall_that_begins_seconds_after_the_jobs_last_sample_gets_a_sample_of_its_own(tmp_path):
+    # The healthy job was sampled at 3 s; its launches stall from 6 s. The sample from before the
+    # change does not speak for the stall, and the next one is due 10 s after it, not never.
+    script, calls = counting(tmp_path)
+    sampler: list[StackSampler] = []
+    built, run = agent("healthy", stacks=sampling(script, sampler),
+                       before_tick=lambda _: sampler[0].wait(30) if sampler else None)
+    run(5)
+    built.lib.set_scenario(0, "launch_bound")
+    gpu = run(20)
+    assert gpu.finding.cause == "launch_bound"
+    assert gpu.finding.stacks.timestamp - 1.8e9 > 6
 
 
 def test_the_debug_log_shows_a_stack_samples_top_stack_beside_its_reading(tmp_path, caplog):

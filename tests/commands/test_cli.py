@@ -11,7 +11,9 @@ import pytest
 from flopwatch.commands.build import VirtualClock, build_agent
 from flopwatch.commands.status import look, one_look
 from flopwatch.config import Config
+from flopwatch.sources.stacks import StackSampler
 from tests.agent_process import flopwatch, get, running_agent, wait_for
+from tests.sources.test_stacks import counting
 
 CONTRACT_PER_GPU = [
     "flopwatch_utilization_ratio", "flopwatch_sm_occupancy_ratio", "flopwatch_tensor_active_ratio",
@@ -98,6 +100,29 @@ def test_status_reads_the_processes_sm_shares_three_times_in_its_window():
 
     look(built.agent, config, 8.0, wait, lambda: clock.now)
     assert len(reads) >= 3
+
+
+def test_status_shows_stacks_of_work_that_changed_after_the_windows_first_sample(tmp_path):
+    # The job, healthy when the window began, was sampled then; its launches stall from 3 s.
+    script, _ = counting(tmp_path)
+    config = Config()
+    config.agent.simulate = ["healthy"]
+    one_look(config, 8.0)
+    clock, wall = VirtualClock(0.0), VirtualClock(1.8e9)
+    built = build_agent(config, clock=clock, wall_clock=wall)
+    built.agent.stacks = StackSampler(config.stacks, binary=script, clock=clock, wall_clock=wall,
+                                      ptrace_check=lambda: None)
+
+    def wait(seconds: float) -> None:
+        built.agent.stacks.wait(30)
+        clock.now += seconds
+        wall.now += seconds
+        if clock.now == 3.0:
+            built.lib.set_scenario(0, "launch_bound")
+
+    finding = look(built.agent, config, 8.0, wait, lambda: clock.now).gpus[0].finding
+    assert finding.cause == "launch_bound"
+    assert finding.stacks.timestamp - 1.8e9 >= 5  # not the sample that saw 1 s to 3 s
 
 
 def test_status_table_labels_the_last_tick_apart_from_the_window_means():

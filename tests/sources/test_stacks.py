@@ -76,6 +76,23 @@ def test_a_new_segment_of_the_gpus_work_samples_a_process_again_sooner(tmp_path)
 
 
 
+def test_a_new_segment_asked_for_before_its_sample_is_due_is_told_to_ask_again(tmp_path):
+    # The last sample, 4 s old, is of the work before the change: it does not serve the new segment.
+    binary, calls = counting(tmp_path)
+    clock = VirtualClock(0.0)
+    sampler = StackSampler(StacksConfig(segment_interval_seconds=10.0), binary=binary, clock=clock,
+                           ptrace_check=lambda: None)
+    sampler.request(0, [4242])
+    assert sampler.wait(30)
+    answers = []
+    for now in (4.0, 9.0, 10.0):
+        clock.now = now
+        answers.append(sampler.request(0, [4242], new_segment=True))
+        assert sampler.wait(30)
+    assert answers == [False, False, True]
+    assert calls.read_text().split() == ["4242", "4242"]
+
+
 def sampled_at(tmp_path, requests) -> list[float]:
     """The times a counting stand-in was run for ``requests``: (time, new_segment, phase) each."""
     binary, calls = counting(tmp_path)

@@ -50,6 +50,9 @@ def one_look(config: Config, window: float) -> Config:
     # as the agent's 30 s window reads them: read every 10 s, a few seconds' window would hold one
     # read from its first tick, and a process's share one NVML sample period from before it.
     config.agent.counter_interval_seconds = min(config.agent.counter_interval_seconds, window / 3)
+    # A segment that began after the window's first stack sample is judged by stacks of its own,
+    # due within the window rather than ten seconds after the one taken before the change.
+    config.stacks.segment_interval_seconds = min(config.stacks.segment_interval_seconds, window / 3)
     return config
 
 

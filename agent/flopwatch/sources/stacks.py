@@ -215,7 +215,7 @@ class StackSampler:
         ``new_segment``: the GPU's work changed since their last sample, which allows a shorter
         wait; ``phase``: a phase of the job's life is named, sampled again each
         ``phase_interval_seconds`` turn to see it end. False while a sample under ``key`` is
-        still being taken, or a phase's turn is not yet due: ask again."""
+        still being taken, or a new segment's or a phase's sample is not yet due: ask again."""
         pids = tuple(pids)[:2]
         now = self.clock()
         with self._lock:
@@ -229,7 +229,9 @@ class StackSampler:
                 return False
             due = tuple(p for p in pids if now - self._sampled_at.get(p, -float("inf")) >= self._wait(p, new_segment, phase))
             if not due:
-                return not phase  # a phase's turn that came too soon after the last sample is due later
+                # The last sample serves the same segment; a new segment, or a phase's next turn,
+                # needs one of its own, due later: ask again.
+                return not (phase or new_segment)
             if len(self._sampled_at) > _REMEMBERED_PROCESSES:
                 self._forget(now)
             for pid in due:
