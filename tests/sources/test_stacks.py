@@ -276,6 +276,25 @@ def test_the_gpu_processs_own_threads_are_shown_before_its_workers_and_a_workers
     assert len(profile.sampled) == 16
 
 
+def test_threads_parked_in_a_wait_are_shown_after_the_threads_at_work():
+    # A ResNet fed by two JPEG workers: the main thread waits on them; its queue feeder and pin
+    # thread, and a third worker between tasks, stood on one line for the whole sample.
+    job = 'process 7:"python3 train.py";thread (7): MainThread;<module> (/train.py:1)'
+    lines = [f"{job};_next_data (/dl.py:5);wait (/threading.py:359) 35", f"{job};backward (/t/autograd.py:9) 5",
+             'process 7:"python3 train.py";thread (0x71): QueueFeederThread;_feed (/q.py:251);wait (/threading.py:355) 40',
+             'process 7:"python3 train.py";thread (0x72): Thread-1 (_pin_memory_loop);select (/selectors.py:415) 40',
+             'process 22:"python3 train.py";thread (22): MainThread;_worker_loop (/w.py:3);get (/q.py:1) 40']
+    lines += [f'process {pid}:"python3 train.py";thread ({pid}): MainThread;_worker_loop (/w.py:3);'
+              f'__getitem__ (/data.py:20);{fn} (/pil.py:{line}) {n}'
+              for pid in (20, 21) for fn, line, n in (("decode", 10, 24), ("resized_crop", 30, 16))]
+    profile = parse_records([(7, "\n".join(lines))], (7,))
+    shown = [(s.pid, s.thread, s.frames[0].split(" ")[0]) for s in profile.stacks]
+    assert shown == [(7, "MainThread", "wait"), (7, "MainThread", "backward"),
+                     (20, "MainThread", "decode"), (21, "MainThread", "decode"),
+                     (20, "MainThread", "resized_crop"), (21, "MainThread", "resized_crop"),
+                     (22, "MainThread", "get"), (7, "QueueFeederThread", "wait")]
+
+
 # -- the real py-spy on real processes -----------------------------------------------------------
 
 BUSY = """

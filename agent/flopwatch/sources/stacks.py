@@ -97,6 +97,10 @@ def parse_raw(text: str, pids: Iterable[int], settings: StacksConfig = StacksCon
     return parse_records([(pids[0] if pids else 0, text)], pids, settings, source_line)
 
 
+# A thread whose one stack holds this share of its samples did not move while it was sampled.
+_PARKED_SHARE = 0.95
+
+
 def parse_records(outputs: Sequence[tuple[int, str]], pids: Iterable[int], settings: StacksConfig = StacksConfig(),
                   source_line: Callable[[int, str, int], str] = lambda pid, path, line: "") -> StackProfile:
     """parse_raw over several py-spy runs, each ``(pid, output)``: a run without ``--subprocesses``
@@ -126,14 +130,25 @@ def parse_records(outputs: Sequence[tuple[int, str]], pids: Iterable[int], setti
                                  code=code))
     # The GPU processes' main threads lead: they are the ones that feed the GPU. Their other threads
     # (autograd's, which runs a backward pass and compiles it; a loader's pin thread) come next, then
-    # their children's main threads (loader and compile workers). A child's other threads only ferry
-    # its results back or watch its parent (a queue's feeder, a compile pool's watchdog, one at 100 %
-    # in every compile worker): shown, they would push a worker's real work out of the top stacks.
-    def rank(s: StackShare) -> int:  # 0 a GPU process's main thread, 1 its others; 2, 3 a child's
-        return (s.pid not in pids) * 2 + (s.thread != "MainThread")
+    # their children's main threads (loader and compile workers). A thread that stood on one line
+    # for the whole sample was parked in a wait (a queue's feeder, a progress bar's monitor, a
+    # compile pool's timer, a worker waiting for its next task): it comes after those at work. A
+    # child's other threads only ferry its results back or watch its parent (a compile pool's
+    # watchdog, at 100 % in every compile worker): shown, they would push a worker's real work out.
+    parked = {(s.pid, s.thread) for s in stacks if s.share >= _PARKED_SHARE}
+
+    def rank(s: StackShare) -> int:
+        """0 a GPU process's main thread; 1 its other threads, 2 its children's main threads, at
+        work; 3 its children's, 4 its own, parked; 5 a child's other thread (not shown)."""
+        if s.pid in pids and s.thread == "MainThread":
+            return 0
+        if s.thread != "MainThread" and s.pid not in pids:
+            return 5
+        own = s.pid in pids
+        return (4 if own else 3) if (s.pid, s.thread) in parked else (1 if own else 2)
 
     stacks.sort(key=lambda s: (rank(s), -s.share))
-    shown = [s for s in stacks if s.share >= settings.min_share and rank(s) < 3][:settings.top_stacks]
+    shown = [s for s in stacks if s.share >= settings.min_share and rank(s) < 5][:settings.top_stacks]
     return StackProfile(pids=pids, samples=sum(per_thread.values()), stacks=tuple(shown), sampled=tuple(stacks))
 
 

@@ -13,23 +13,37 @@ new families' widths and batches) let a workload's set-up be tried on a CPU at a
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import torch
 
 DEV = os.environ.get("FLOPWATCH_WORKLOAD_DEVICE", "cuda")
 SIZE = float(os.environ.get("FLOPWATCH_WORKLOAD_SIZE", "1"))
+# Where each process keeps its count of steps ("<pid>.steps": "wall-seconds steps"), for a probe
+# that times the workload by its own progress; unset, nothing is counted.
+STEPS_DIR = os.environ.get("FLOPWATCH_WORKLOAD_STEPS_DIR")
 _announced = False
+_steps, _written = 0, 0.0
 
 
 def ready() -> None:
-    """Say once that the first step ran, so measuring starts after start-up, not during it."""
-    global _announced
+    """Say once that the first step ran, so measuring starts after start-up, not during it; count
+    the steps where STEPS_DIR asks (written twice a second at most)."""
+    global _announced, _steps, _written
     if not _announced:
         if DEV == "cuda":
             torch.cuda.synchronize()
         print("ready", flush=True)
         _announced = True
+    if STEPS_DIR:
+        _steps += 1
+        now = time.time()
+        if now - _written >= 0.5:
+            path = Path(STEPS_DIR) / f"{os.getpid()}.steps"
+            path.with_suffix(".part").write_text(f"{now} {_steps}")
+            path.with_suffix(".part").replace(path)
+            _written = now
 
 
 def dim(n: int) -> int:
