@@ -18,7 +18,6 @@ from collections import deque
 from typing import Any, Callable, Iterable, Mapping, Protocol
 
 from flopwatch.config import Config
-from flopwatch.judge.allocation import Holding
 from flopwatch.judge.calibration import Calibrations
 from flopwatch.judge.derive import SHIPPED, derive
 from flopwatch.judge.diagnose import PHASES, DiagnosisState, diagnose, primary
@@ -28,8 +27,8 @@ from flopwatch.judge.signals import Peers, Tick, TickWindow, job_peers, loader_s
 from flopwatch.judge.stackclass import (HOST_SIDE, TRAINING_SEEN, GpuDuring, StackReading, corroborate,
                                         gpu_during, phase_shown, phase_turn, read_stacks, stack_summary)
 from flopwatch.judge.tokencost import Prices, TokenAccount
-from flopwatch.model import (AgentState, Allocation, Finding, GpuFigures, GpuSample, GpuState, HostSample, PodContainer, ProcessView,
-                             StackProfile, TokenCount)
+from flopwatch.model import (AgentState, Allocation, Finding, GpuFigures, GpuSample, GpuState, HostSample, Holding,
+                             PodContainer, ProcessView, StackProfile, TokenCount)
 from flopwatch.thresholds import Thresholds
 
 log = logging.getLogger(__name__)

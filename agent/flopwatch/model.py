@@ -320,6 +320,28 @@ class Allocation:
         return self.job.removeprefix("slurm:"), self.user, self.account, self.partition
 
 
+@dataclass(frozen=True, slots=True)
+class Holding:
+    """What the schedulers said of one GPU at a tick."""
+
+    allocation: Allocation | None  # the job or pod holding it; None: nobody
+    jobs: frozenset[str] = frozenset()  # every holder's job (several pods when time-sliced)
+    # Slurm answers for every process on the node: one outside the holding job is an outsider.
+    # The kubelet only for pods: a node runs host daemons of its own, and a pod's process named by
+    # its cgroup alone is ``pod:<uid>``, which no holder's name matches.
+    every_process: bool = False
+
+    @property
+    def free(self) -> bool:
+        return self.allocation is None
+
+    def outsider(self, job: str) -> bool:
+        """Whether a process of ``job`` runs where the scheduler did not put it."""
+        if job in self.jobs:
+            return False
+        return self.every_process or (job.startswith("pod:") and "/" in job)
+
+
 # Who to tell, on the alerts and on flopwatch_finding_info (which the rules' alerts come from).
 OWNER_LABELS = ("hpc_job", "user", "account", "partition")
 NO_OWNER = ("", "", "", "")

@@ -1,6 +1,6 @@
 """Allocated but unused, used but unallocated: the rules that read who a scheduler gave a GPU to.
 
-Pure, like the rules of judge/causes/: from a window's signals (``Signals``, with the scheduler's ``Holding``
+Pure, like the rules of judge/causes/: from a window's signals (``Signals``, with the schedulers' ``Holding``
 of the GPU at the window's last tick) to a Finding. ``rule`` runs before the usual rules and
 answers one of three ways: a Finding, ``None`` (the GPU is free: no job holds it and no process
 runs on it — spare capacity, not waste), or ``PASS`` (the usual rules decide). Without a scheduler
@@ -9,14 +9,11 @@ runs on it — spare capacity, not waste), or ``PASS`` (the usual rules decide).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
-from flopwatch.model import Allocation, Finding
+from flopwatch.judge.signals import Signals
+from flopwatch.model import Allocation, Finding, Holding
 from flopwatch.thresholds import Thresholds
-
-if TYPE_CHECKING:
-    from flopwatch.judge.signals import Signals
 
 CAUSES = ("held_unused", "unallocated_use")
 
@@ -33,28 +30,6 @@ SUMMARY = {
     "held_unused": "GPU allocated to a job that runs nothing on it",
     "unallocated_use": "GPU used by a process outside the job it was allocated to",
 }
-
-
-@dataclass(frozen=True, slots=True)
-class Holding:
-    """What the schedulers said of one GPU at a tick."""
-
-    allocation: Allocation | None  # the job or pod holding it; None: nobody
-    jobs: frozenset[str] = frozenset()  # every holder's job (several pods when time-sliced)
-    # Slurm answers for every process on the node: one outside the holding job is an outsider.
-    # The kubelet only for pods: a node runs host daemons of its own, and a pod's process named by
-    # its cgroup alone is ``pod:<uid>``, which no holder's name matches.
-    every_process: bool = False
-
-    @property
-    def free(self) -> bool:
-        return self.allocation is None
-
-    def outsider(self, job: str) -> bool:
-        """Whether a process of ``job`` runs where the scheduler did not put it."""
-        if job in self.jobs:
-            return False
-        return self.every_process or (job.startswith("pod:") and "/" in job)
 
 
 class _Pass:

@@ -12,10 +12,9 @@ from __future__ import annotations
 from dataclasses import InitVar, dataclass, field, fields
 from typing import Hashable, Mapping, Sequence
 
-from flopwatch.judge.allocation import Holding
 from flopwatch.judge.peaks import lookup
 from flopwatch.judge.window import SlidingWindow
-from flopwatch.model import GpuFigures, GpuSample, GpuState, HostSample, WindowFigures
+from flopwatch.model import GpuFigures, GpuSample, GpuState, HostSample, Holding, WindowFigures
 
 
 @dataclass(frozen=True, slots=True)
