@@ -556,7 +556,7 @@ def test_a_new_jobs_first_seconds_are_seen_by_a_stack_sample_taken_as_its_proces
 def test_a_stall_that_begins_seconds_after_the_jobs_last_sample_gets_a_sample_of_its_own(tmp_path):
     # The healthy job was sampled at 3 s; its launches stall from 6 s. The sample from before the
     # change does not speak for the stall, and the next one is due 10 s after it, not never.
-    script, calls = counting(tmp_path)
+    script, _ = counting(tmp_path)
     sampler: list[StackSampler] = []
     built, run = agent("healthy", stacks=sampling(script, sampler),
                        before_tick=lambda _: sampler[0].wait(30) if sampler else None)
