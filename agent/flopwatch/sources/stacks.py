@@ -140,11 +140,11 @@ def parse_records(outputs: Sequence[tuple[int, str]], pids: Iterable[int], setti
     def rank(s: StackShare) -> int:
         """0 a GPU process's main thread; 1 its other threads, 2 its children's main threads, at
         work; 3 its children's, 4 its own, parked; 5 a child's other thread (not shown)."""
-        if s.pid in pids and s.thread == "MainThread":
+        own, main = s.pid in pids, s.thread == "MainThread"
+        if own and main:
             return 0
-        if s.thread != "MainThread" and s.pid not in pids:
+        if not (own or main):
             return 5
-        own = s.pid in pids
         return (4 if own else 3) if (s.pid, s.thread) in parked else (1 if own else 2)
 
     stacks.sort(key=lambda s: (rank(s), -s.share))

@@ -41,8 +41,9 @@ def ready() -> None:
         now = time.time()
         if now - _written >= 0.5:
             path = Path(STEPS_DIR) / f"{os.getpid()}.steps"
-            path.with_suffix(".part").write_text(f"{now} {_steps}")
-            path.with_suffix(".part").replace(path)
+            part = path.with_suffix(".part")
+            part.write_text(f"{now} {_steps}")
+            part.replace(path)
             _written = now
 
 
