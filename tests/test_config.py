@@ -57,6 +57,20 @@ def test_a_stack_sampling_interval_of_zero_is_named(tmp_path):
         config.load(path, env={})
 
 
+@pytest.mark.parametrize("section, key", [
+    ("agent", "interval_seconds"), ("history", "flush_interval_seconds"), ("alerting", "resend_interval_seconds"),
+    ("alerting", "timeout_seconds"), ("tokens", "scrape_interval_seconds"), ("tokens", "window_seconds"),
+    ("kubernetes", "refresh_interval_seconds"), ("kubernetes", "timeout_seconds"), ("slurm", "refresh_interval_seconds"),
+    ("slurm", "timeout_seconds"), ("reclaim", "timeout_seconds"), ("judge", "interval_seconds"),
+    ("judge", "window_seconds"), ("judge", "stale_seconds"),
+])
+def test_an_interval_or_timeout_of_zero_is_named(tmp_path, section, key):
+    # A job every 0 s would run every second instead (the scheduler's floor), a timeout of 0 never wait.
+    path = written(tmp_path, f'[{section}]\n{key} = 0\n')
+    with pytest.raises(ConfigError, match=rf"\[{section}\]\.{key}: 0(\.0)?; it must be > 0"):
+        config.load(path, env={})
+
+
 def test_bad_environment_value_is_named():
     with pytest.raises(ConfigError, match="FLOPWATCH_AGENT_INTERVAL_SECONDS"):
         config.load(env={"FLOPWATCH_AGENT_INTERVAL_SECONDS": "soon"})

@@ -64,6 +64,10 @@ class AgentConfig:
         """This node's name in metrics, history and alerts: ``hostname`` if set, else the host's."""
         return self.hostname or socket.gethostname()
 
+    def check(self) -> None:
+        # The scheduler would take 0 as 1 s without a word.
+        _require_positive(self, "agent", ("interval_seconds",))
+
 
 @dataclass
 class HistoryConfig:
@@ -73,6 +77,9 @@ class HistoryConfig:
     retention_raw_days: float = 7.0
     retention_minute_days: float = 90.0
     retention_hour_days: float = 730.0
+
+    def check(self) -> None:
+        _require_positive(self, "history", ("flush_interval_seconds",))
 
 
 @dataclass
@@ -84,6 +91,9 @@ class AlertingConfig:
     # The alerts' `job` label: the name of Prometheus's scrape job for the agents, so an alert the
     # agent pushes and the same alert from alerts/flopwatch.rules.yml are one alert.
     job: str = "flopwatch"
+
+    def check(self) -> None:
+        _require_positive(self, "alerting", ("resend_interval_seconds", "timeout_seconds"))
 
 
 @dataclass
@@ -104,6 +114,9 @@ class TokensConfig:
     price_per_gpu_hour: float = 0.0
     price_per_kwh: float = 0.0
     currency: str = "USD"
+
+    def check(self) -> None:
+        _require_positive(self, "tokens", ("scrape_interval_seconds", "window_seconds"))
 
 
 @dataclass
@@ -160,7 +173,8 @@ class KubernetesConfig:
                               "non-empty and differ in more than characters outside [a-zA-Z0-9_]")
         if self.api_url and not self.api_url.startswith("https://"):
             raise ConfigError(f"bad value for [kubernetes].api_url: {self.api_url!r}; it must start with https://")
-        _require_positive(self, "kubernetes", ("api_timeout_seconds", "event_interval_seconds"))
+        _require_positive(self, "kubernetes", ("refresh_interval_seconds", "timeout_seconds", "api_timeout_seconds",
+                                               "event_interval_seconds"))
 
 
 @dataclass
@@ -181,6 +195,9 @@ class SlurmConfig:
     gres_minor_numbers: list[str] = field(default_factory=list)
     refresh_interval_seconds: float = 30.0
     timeout_seconds: float = 10.0
+
+    def check(self) -> None:
+        _require_positive(self, "slurm", ("refresh_interval_seconds", "timeout_seconds"))
 
 
 RECLAIM_MODES = ("off", "dry-run", "on")
@@ -215,6 +232,7 @@ class ReclaimConfig:
                 raise ConfigError(f"bad value for [reclaim].{key}: {getattr(self, key)!r}; it must be >= 0")
         if self.attempts < 1:
             raise ConfigError(f"bad value for [reclaim].attempts: {self.attempts!r}; it must be >= 1")
+        _require_positive(self, "reclaim", ("timeout_seconds",))
 
     def enabled(self) -> bool:
         return (self.slurm, self.kubernetes, self.host) != ("off", "off", "off")
@@ -231,6 +249,9 @@ class JudgeConfig:
     stale_seconds: float = 30.0  # a rank with no tick this recent is unknown
     listen: str = "0.0.0.0:9767"  # /metrics of the last pass's verdicts (read-only); "" for none
     web_config_file: str = ""  # TLS and basic auth for it, as [agent].web_config_file
+
+    def check(self) -> None:
+        _require_positive(self, "judge", ("interval_seconds", "window_seconds", "stale_seconds"))
 
 
 @dataclass

@@ -157,6 +157,12 @@ def test_unknown_scenario_is_exit_2_listing_the_valid_ones():
     assert "'sleepy'" in result.stderr and "input_starved" in result.stderr
 
 
+def test_a_status_window_of_zero_is_exit_2_naming_the_option():
+    result = flopwatch("status", "--simulate", "healthy", "--window", "0")
+    assert result.returncode == 2
+    assert "--window" in result.stderr and "Traceback" not in result.stderr
+
+
 def test_bad_config_is_exit_2_naming_the_key(tmp_path):
     path = tmp_path / "c.toml"
     path.write_text("[agent]\ninterval_seconds = -1\n")

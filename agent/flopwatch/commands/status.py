@@ -18,7 +18,8 @@ from flopwatch.config import Config
 @click.command()
 @config_option
 @click.option("--from", "from_url", help="Read a running agent, e.g. http://127.0.0.1:9765.")
-@click.option("--window", type=float, default=5.0, show_default=True, help="Seconds to sample when not --from.")
+@click.option("--window", type=click.FloatRange(min=0, min_open=True), default=5.0, show_default=True,
+              help="Seconds to sample when not --from.")
 @simulate_options
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (the status document).")
 def status(config_path: str | None, from_url: str | None, window: float, simulate: str | None,
