@@ -411,8 +411,8 @@ class Agent:
         # So is a healthy job's GPU falling under the threshold: a checkpoint or an evaluation of a
         # few seconds is over by the time its segment is named (five ticks) and py-spy is done.
         dip = finding is None and per.named and under and bool(sample.processes)
-        # Every page shows whose code it is about: a decode loop's line beside memory_bound, each
-        # sharer's beside contention; the stacks judge only a host-side cause.
+        # Every page shows whose code it is about: a decode loop's line beside memory_bound, the
+        # sharers' beside contention; the stacks judge only a host-side cause.
         judged = finding is None or finding.cause in HOST_SIDE
         paged = finding is not None and (judged or finding.severity == "page")
         if self.stacks is None or not (starting or healthy or dip or paged):
