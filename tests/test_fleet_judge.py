@@ -13,7 +13,7 @@ from flopwatch.commands.judge import verdict_document, verdicts
 from flopwatch.commands.report_render import render_text
 from flopwatch.commands.tables import job_table
 from flopwatch.config import Config
-from flopwatch.history.jobs import record_verdicts
+from flopwatch.history.jobs import read_jobs, record_verdicts
 from flopwatch.history.report import HeldBackTime, Prices, Query, build_report, read_history
 from flopwatch.history.store import HistoryStore, open_engine
 from flopwatch.outputs.job_alerts import AlertmanagerPoster, JobPages
@@ -92,6 +92,25 @@ def test_a_node_gone_quiet_makes_its_ranks_unknown_not_healthy(postgres_url):
     verdict = judge(postgres_url, now + 60, "slurm:74")  # a minute later nothing new came
     assert verdict.verdict == "unknown"
     assert {r.state for r in verdict.ranks} == {"unknown"}
+
+
+def test_a_job_named_without_ranks_shows_each_gpus_own_process(tmp_path):
+    # Without a scheduler or launcher's rank, both simulated GPUs' processes are the job alice:train.py.
+    url = f"sqlite:///{tmp_path / 'h.db'}"
+    config = Config()
+    config.agent.simulate, config.stacks.enabled = ["healthy", "input_starved"], False
+    clock, wall = VirtualClock(0.0), VirtualClock(WALL_START)
+    store = HistoryStore(url, "node0", clock=wall)
+    built = build_agent(config, clock=clock, wall_clock=wall, sinks=[store])
+    for _ in range(SECONDS):
+        clock.now += 1.0
+        wall.now += 1.0
+        built.agent.tick()
+    assert store.flush(), store.last_error
+    built.agent.close()
+    [window] = read_jobs(open_engine(url), wall.now, 30.0)
+    assert window.job == "alice:train.py" and {r.rank for r in window.ranks} == {None}
+    assert [(r.gpu, r.pid) for r in window.ranks] == [(0, 100000), (1, 101000)]  # the simulator's pids
 
 
 def test_the_job_pages_once_and_a_restarted_judge_pages_the_same_alert(straggling_job, tmp_path):

@@ -3,7 +3,8 @@ judge's verdicts written back.
 
 Three small queries a pass, each on an index: the GPUs' open job spans (``ix_job_spans_end``),
 their raw ticks of the window grouped by cause (the raw tables' (host, ts, gpu) key, host by
-host), and the newest process of each rank and the GPUs' open findings (by host). Then one
+host), and the newest process of each rank and the GPUs' open findings (by host); for a job
+without ranks, also its processes' samples of the window (by process and time). Then one
 transaction: the verdicts that held a job back extend their open rows of ``job_verdicts`` or
 start new ones (``record_verdicts``).
 """
@@ -25,6 +26,7 @@ def read_jobs(engine: Engine, now: float, window_seconds: float, job: str | None
     """Every job on two GPUs or more whose span is open or ended inside the window."""
     since = now - window_seconds
     spans_t, raw_t, procs_t, findings_t = schema.job_spans, schema.gpu_raw, schema.processes, schema.findings
+    samples_t = schema.process_samples
     with engine.connect() as connection:
         query = select(spans_t.c.host, spans_t.c.gpu, spans_t.c.job, spans_t.c.rank).where(
             or_(spans_t.c.end_ts.is_(None), spans_t.c.end_ts >= since), spans_t.c.start_ts <= now)
@@ -53,6 +55,14 @@ def read_jobs(engine: Engine, now: float, window_seconds: float, job: str | None
             select(procs_t.c.host, procs_t.c.job, procs_t.c.rank, procs_t.c.pid)
             .where(procs_t.c.job.in_(list(members)), procs_t.c.host.in_(hosts))
             .order_by(procs_t.c.first_ts))}
+        # A job named without ranks (by user and command) has one such key per host for all its
+        # GPUs: there, each GPU's process is the one the window's process samples put on it.
+        rankless = sorted(name for name, gpus in members.items() if None in gpus.values())
+        on_gpu = {(host, gpu, name): pid for host, gpu, name, pid in connection.execute(
+            select(procs_t.c.host, samples_t.c.gpu, procs_t.c.job, procs_t.c.pid)
+            .join(samples_t, samples_t.c.process_id == procs_t.c.id)
+            .where(procs_t.c.job.in_(rankless), procs_t.c.host.in_(hosts), samples_t.c.ts > since)
+            .order_by(samples_t.c.ts))} if rankless else {}
         findings = {(host, gpu): {"cause": cause, "evidence": json.loads(evidence), "advice": advice,
                                   "summary": summary}
                     for host, gpu, cause, evidence, advice, summary in connection.execute(
@@ -61,7 +71,8 @@ def read_jobs(engine: Engine, now: float, window_seconds: float, job: str | None
                         .where(findings_t.c.host.in_(hosts), findings_t.c.end_ts.is_(None))
                         .order_by(findings_t.c.start_ts))}
     return [JobWindow(name, window_seconds, tuple(
-        _rank(host, gpu, rank, ticks.get((host, gpu, name)), pids.get((host, name, rank)), findings.get((host, gpu)))
+        _rank(host, gpu, rank, ticks.get((host, gpu, name)),
+              on_gpu.get((host, gpu, name), pids.get((host, name, rank))), findings.get((host, gpu)))
         for (host, gpu), rank in sorted(gpus.items())))
         for name, gpus in sorted(members.items())]
 
