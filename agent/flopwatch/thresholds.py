@@ -78,9 +78,12 @@ class Thresholds:
     # Clocks: throttled for this fraction of the window, and the SM clock below this share of max.
     throttle_fraction: float = 0.2
     clock_ratio_low: float = 0.85
-    # Contention: this many processes each with at least this SM share.
+    # Contention: this many processes each with at least this SM share; it leads under the threshold
+    # only where their work keeps the SMs at least contention_min_sm_active busy (else each one's own
+    # gaps leave most of the GPU idle, whatever turns they wait for: their own cause leads).
     contention_processes: int = 2
     contention_min_sm_ratio: float = 0.1
+    contention_min_sm_active: float = 0.2
     # communication_bound: interconnect traffic while SMs wait, and the job's other GPUs waiting
     # with this one (this share of them under the threshold too, averaged over the window).
     nvlink_busy_bytes_per_second: float = 5.0e9

@@ -386,26 +386,34 @@ def test_a_quiet_process_streaming_from_storage_is_not_low_demand():
     assert finding(LIGHT_SERVER, io_read_bytes_per_second=50e6, iowait_ratio=0.3).cause == "io_bound"
 
 
-# Two eager bf16 inference loops at batch 32 time-slicing one H200 (each alone: SM 0.04, kernel time
-# 0.22, its thread at a core).
-TWO_INFERENCE = replace(SMALL_STEPS, utilization=0.05, nvml_utilization=0.3, sm_occupancy=0.01, processes=2,
-                        process_shares={1: 0.0, 2: 0.0}, cpu_ratio=2.0, busiest_thread_cpu_ratio=1.0,
-                        thread_demand_ratio=1.0, thread_wait_ratio=0.0)
+# Two small-batch MLP trainers time-slicing one GPU under the threshold, each thread at a core: their
+# kernels keep the SMs busy enough that each waits for the other's turns.
+TWO_TRAINERS = replace(SMALL_STEPS, utilization=0.35, nvml_utilization=1.0, sm_occupancy=0.15, processes=2,
+                       process_shares={1: 0.0, 2: 0.0}, cpu_ratio=2.0, busiest_thread_cpu_ratio=1.0,
+                       thread_demand_ratio=1.0, thread_wait_ratio=0.0)
+# Two batch-1 decode loops on one H100, each alone at SM 0.03 and kernel time 0.22, its thread at a
+# core: together SM 0.07, NVML's kernel time 0.99, each at 0.93-0.97 of its pace alone.
+TWO_DECODE_LOOPS = replace(TWO_TRAINERS, utilization=0.07, nvml_utilization=0.99, sm_occupancy=0.01)
 
 
 def test_two_processes_with_real_sm_shares_are_contention_before_launch_bound():
-    assert finding(TWO_INFERENCE, process_shares={1: 0.15, 2: 0.14}).cause == "contention"
+    assert finding(TWO_TRAINERS, process_shares={1: 0.15, 2: 0.14}).cause == "contention"
 
 
 def test_two_processes_launching_work_whose_shares_nvml_did_not_report_are_contention():
-    found = finding(TWO_INFERENCE, unknown_shares=frozenset({1, 2}), process_cpu={1: 1.0, 2: 1.0})
+    found = finding(TWO_TRAINERS, unknown_shares=frozenset({1, 2}), process_cpu={1: 1.0, 2: 1.0})
     assert found.cause == "contention" and found.evidence["launching_without_share"] == "1 ? 1.00 cores, 2 ? 1.00 cores"
 
 
-
 def test_two_processes_each_launching_at_a_core_with_real_shares_are_contention():
-    found = finding(TWO_INFERENCE, process_shares={1: 0.15, 2: 0.14}, process_cpu={1: 1.0, 2: 0.98})
+    found = finding(TWO_TRAINERS, process_shares={1: 0.15, 2: 0.14}, process_cpu={1: 1.0, 2: 0.98})
     assert found.cause == "contention"
+
+
+def test_launch_bound_loops_sharing_a_gpu_whose_sms_stay_idle_are_launch_bound_with_the_sharing_contributing():
+    found = finding(TWO_DECODE_LOOPS, process_shares={1: 0.5, 2: 0.5}, process_cpu={1: 1.0, 2: 1.0})
+    assert found.cause == "launch_bound"
+    assert "contention" in [c.cause for c in found.contributing]
 
 
 def test_two_quiet_servers_sharing_a_gpu_are_low_demand_with_the_sharing_contributing():
@@ -416,7 +424,7 @@ def test_two_quiet_servers_sharing_a_gpu_are_low_demand_with_the_sharing_contrib
     assert [c.cause for c in found.contributing] == ["contention"]
 
 def test_one_process_launching_beside_a_quiet_one_stays_launch_bound():
-    assert finding(TWO_INFERENCE, unknown_shares=frozenset({1, 2}), process_cpu={1: 1.0, 2: 0.01}).cause == "launch_bound"
+    assert finding(TWO_TRAINERS, unknown_shares=frozenset({1, 2}), process_cpu={1: 1.0, 2: 0.01}).cause == "launch_bound"
 
 
 def test_a_loader_worker_holding_a_context_is_not_a_second_job_on_the_gpu():

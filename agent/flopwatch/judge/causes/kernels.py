@@ -30,13 +30,19 @@ CONTENTION = Cause(
 
 def contention(s: Signals, c: Context, th: Thresholds) -> Finding | None:
     """Time-slicing holds the GPU back: each context runs in turn and switches cost, so processes
-    that each keep launching work wait for each other's turns (two eager inference loops on an
-    H200, each alone at 0.22 kernel time: together 0.30, each slowed by a third). Sharers that
-    mostly wait on their own side (a quiet server, a loader) seldom meet: their own cause leads,
-    and the sharing contributes (``sharing``). Where a sharer's CPU is unknown, sharing leads."""
+    that each keep launching work wait for each other's turns. Where their work keeps the SMs
+    busy: on an H100, two small-batch MLP trainers (SM 0.56 alone, 0.72 together) each ran at 0.62
+    of its pace alone. On a GPU whose SMs stay mostly idle the turns cost each little beside its
+    own gaps, and one GPU each would leave each as idle (two batch-1 decoders at SM 0.07 together:
+    0.93 and 0.97 of their pace alone; loops of one-element ops, 0.001: none slower; eager
+    inference, 0.09: 0.93 and 0.68): their own cause leads. So do sharers that mostly wait on
+    their own side (a quiet server, a loader), whose turns seldom meet. The sharing then
+    contributes (``sharing``). Where a sharer's CPU is unknown, sharing leads."""
     found = sharing(s, c, th)
+    if found is None or c.utilization < th.contention_min_sm_active:
+        return None
     sharers = {*c.busy_shares, *c.launching}
-    if found is None or not sharers <= s.process_cpu.keys():
+    if not sharers <= s.process_cpu.keys():
         return found
     launching = sum(1 for pid in sharers if s.process_cpu[pid] >= th.cpu_busy_ratio)
     return found if launching >= th.contention_processes else None
