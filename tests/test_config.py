@@ -65,7 +65,7 @@ def test_a_stack_sampling_interval_of_zero_is_named(tmp_path):
     ("judge", "window_seconds"), ("judge", "stale_seconds"),
 ])
 def test_an_interval_or_timeout_of_zero_is_named(tmp_path, section, key):
-    # A job every 0 s would run every second instead (the scheduler's floor), a timeout of 0 never wait.
+    # A job every 0 s would run once a second instead (the scheduler's floor); a 0 s timeout would not wait.
     path = written(tmp_path, f'[{section}]\n{key} = 0\n')
     with pytest.raises(ConfigError, match=rf"\[{section}\]\.{key}: 0(\.0)?; it must be > 0"):
         config.load(path, env={})

@@ -13,7 +13,7 @@ import sys
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, ClassVar, Mapping
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -33,15 +33,19 @@ class ConfigError(ValueError):
     """A user's configuration mistake; the message names the key."""
 
 
-def _require_positive(section: Any, name: str, keys: tuple[str, ...]) -> None:
-    """Refuse a setting of ``[name]`` that must be > 0 and is not, naming it."""
-    for key in keys:
+def _require_positive(section: Any, name: str) -> None:
+    """Refuse a setting of ``[name]`` that must be > 0 and is not, naming it: the keys its class
+    lists in ``POSITIVE``, its intervals and timeouts (the scheduler would run a job every 0 s once
+    a second without a word; a 0 s timeout would give up at once)."""
+    for key in getattr(section, "POSITIVE", ()):
         if getattr(section, key) <= 0:
             raise ConfigError(f"bad value for [{name}].{key}: {getattr(section, key)!r}; it must be > 0")
 
 
 @dataclass
 class AgentConfig:
+    POSITIVE: ClassVar = ("interval_seconds",)
+
     listen: str = "0.0.0.0:9765"
     interval_seconds: float = 1.0
     # The energy counter (~4 ms of CPU a read), the throttle-time counters (~1 ms) and per-process
@@ -64,13 +68,11 @@ class AgentConfig:
         """This node's name in metrics, history and alerts: ``hostname`` if set, else the host's."""
         return self.hostname or socket.gethostname()
 
-    def check(self) -> None:
-        # The scheduler would take 0 as 1 s without a word.
-        _require_positive(self, "agent", ("interval_seconds",))
-
 
 @dataclass
 class HistoryConfig:
+    POSITIVE: ClassVar = ("flush_interval_seconds",)
+
     url: str = "sqlite:////var/lib/flopwatch/history.db"
     flush_interval_seconds: float = 5.0
     buffer_rows: int = 200_000
@@ -78,12 +80,11 @@ class HistoryConfig:
     retention_minute_days: float = 90.0
     retention_hour_days: float = 730.0
 
-    def check(self) -> None:
-        _require_positive(self, "history", ("flush_interval_seconds",))
-
 
 @dataclass
 class AlertingConfig:
+    POSITIVE: ClassVar = ("resend_interval_seconds", "timeout_seconds")
+
     alertmanager_urls: list[str] = field(default_factory=list)
     resend_interval_seconds: float = 60.0
     timeout_seconds: float = 5.0
@@ -91,9 +92,6 @@ class AlertingConfig:
     # The alerts' `job` label: the name of Prometheus's scrape job for the agents, so an alert the
     # agent pushes and the same alert from alerts/flopwatch.rules.yml are one alert.
     job: str = "flopwatch"
-
-    def check(self) -> None:
-        _require_positive(self, "alerting", ("resend_interval_seconds", "timeout_seconds"))
 
 
 @dataclass
@@ -106,6 +104,8 @@ class AttributionConfig:
 
 @dataclass
 class TokensConfig:
+    POSITIVE: ClassVar = ("scrape_interval_seconds", "window_seconds")
+
     push_listen: str = "127.0.0.1:9766"
     allow_remote_push: bool = False
     scrape_urls: list[str] = field(default_factory=list)
@@ -115,14 +115,14 @@ class TokensConfig:
     price_per_kwh: float = 0.0
     currency: str = "USD"
 
-    def check(self) -> None:
-        _require_positive(self, "tokens", ("scrape_interval_seconds", "window_seconds"))
-
 
 @dataclass
 class StacksConfig:
     """Python stacks of a GPU's processes, sampled with py-spy when a host-side cause leads (and a
     healthy job once a segment, until seen training)."""
+
+    POSITIVE: ClassVar = ("duration_seconds", "rate_hz", "segment_interval_seconds", "phase_interval_seconds",
+                          "timeout_seconds")
 
     enabled: bool = True
     duration_seconds: float = 2.0
@@ -137,13 +137,12 @@ class StacksConfig:
     top_stacks: int = 8
     min_share: float = 0.05  # stacks below this share of their thread's samples are left out
 
-    def check(self) -> None:
-        _require_positive(self, "stacks", ("duration_seconds", "rate_hz", "segment_interval_seconds",
-                                          "phase_interval_seconds", "timeout_seconds"))
-
 
 @dataclass
 class KubernetesConfig:
+    POSITIVE: ClassVar = ("refresh_interval_seconds", "timeout_seconds", "api_timeout_seconds",
+                          "event_interval_seconds")
+
     # "auto": the kubelet's default socket if it exists when the agent starts; a path: that socket,
     # and a warning while it cannot be read; "" or "off": never.
     pod_resources_socket: str = "auto"
@@ -173,8 +172,6 @@ class KubernetesConfig:
                               "non-empty and differ in more than characters outside [a-zA-Z0-9_]")
         if self.api_url and not self.api_url.startswith("https://"):
             raise ConfigError(f"bad value for [kubernetes].api_url: {self.api_url!r}; it must start with https://")
-        _require_positive(self, "kubernetes", ("refresh_interval_seconds", "timeout_seconds", "api_timeout_seconds",
-                                               "event_interval_seconds"))
 
 
 @dataclass
@@ -186,6 +183,8 @@ class CalibrationConfig:
 
 @dataclass
 class SlurmConfig:
+    POSITIVE: ClassVar = ("refresh_interval_seconds", "timeout_seconds")
+
     # "auto": squeue from the PATH where a slurm.conf exists ($SLURM_CONF or /etc/slurm/slurm.conf)
     # when the agent starts; a path: that squeue; "" or "off": never.
     squeue: str = "auto"
@@ -196,9 +195,6 @@ class SlurmConfig:
     refresh_interval_seconds: float = 30.0
     timeout_seconds: float = 10.0
 
-    def check(self) -> None:
-        _require_positive(self, "slurm", ("refresh_interval_seconds", "timeout_seconds"))
-
 
 RECLAIM_MODES = ("off", "dry-run", "on")
 
@@ -206,6 +202,8 @@ RECLAIM_MODES = ("off", "dry-run", "on")
 @dataclass
 class ReclaimConfig:
     """Ending jobs that hold GPUs and use none (outputs/reclaim.py). Off unless asked, per scheduler."""
+
+    POSITIVE: ClassVar = ("timeout_seconds",)
 
     slurm: str = "off"  # "off"; "dry-run": decide and record, cancel nothing; "on": scancel the job
     kubernetes: str = "off"  # as slurm; "on": delete the pod through the API server ([kubernetes].api_url)
@@ -232,7 +230,6 @@ class ReclaimConfig:
                 raise ConfigError(f"bad value for [reclaim].{key}: {getattr(self, key)!r}; it must be >= 0")
         if self.attempts < 1:
             raise ConfigError(f"bad value for [reclaim].attempts: {self.attempts!r}; it must be >= 1")
-        _require_positive(self, "reclaim", ("timeout_seconds",))
 
     def enabled(self) -> bool:
         return (self.slurm, self.kubernetes, self.host) != ("off", "off", "off")
@@ -243,15 +240,14 @@ class JudgeConfig:
     """`flopwatch judge`: the fleet judge over the shared history ([history].url), paging through
     [alerting].alertmanager_urls."""
 
+    POSITIVE: ClassVar = ("interval_seconds", "window_seconds", "stale_seconds")
+
     interval_seconds: float = 10.0
     window_seconds: float = 30.0  # each rank's ticks over this window make the job's verdict
     confirm_passes: int = 2  # a new verdict pages once it held this many passes
     stale_seconds: float = 30.0  # a rank with no tick this recent is unknown
     listen: str = "0.0.0.0:9767"  # /metrics of the last pass's verdicts (read-only); "" for none
     web_config_file: str = ""  # TLS and basic auth for it, as [agent].web_config_file
-
-    def check(self) -> None:
-        _require_positive(self, "judge", ("interval_seconds", "window_seconds", "stale_seconds"))
 
 
 @dataclass
@@ -336,6 +332,7 @@ def _set(config: Config, section: str, key: str, value: Any, *, source: str) -> 
         setattr(target, key, _coerce(value, hint))
     except (TypeError, ValueError) as e:
         raise ConfigError(f"bad value for [{section}].{key} ({source}): {e}") from None
+    _require_positive(target, section)
     check = getattr(target, "check", None)
     if check is not None:
         check()

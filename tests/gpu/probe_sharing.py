@@ -5,9 +5,10 @@ seconds: each process's steps a second beside the workload's alone, and what the
 is the control: two copies should each run at about half speed. From the repository root on a GPU
 machine: ``python3 -m tests.gpu.probe_sharing OUTDIR`` (~3 min; OUTDIR/sharing.jsonl, one line a run).
 
-The agent's contention rule pages for two sharers that each keep launching; whether they slow each
-other down where the GPU mostly waits on their Python (two batch-1 decoders: SM activity 0.04
-alone, 0.08 together, NVML's kernel time 0.27 alone and 0.99 together) is what this measures."""
+Whether sharers slow each other where the GPU mostly waits on their Python is what the contention
+rule's SM bar (``contention_min_sm_active``) rests on: on an H100 (2026-12-08,
+docs/runs/h100-sharing-probe-2026-12-08.*) two batch-1 decoders at SM 0.07 together ran at 0.93 and
+0.97 of their pace alone, two MLP trainers at 0.72 at 0.62 each."""
 
 from __future__ import annotations
 
